@@ -1,0 +1,71 @@
+// Topology: which rank holds which (pp, tp, rdp) coordinate, and who is in each group.
+//
+// Pure functions of (world size, pipeline degree, tensor degree, placement strategy):
+// no processes, no MPI. SMP's identities hold: rdp * tp = dp, pp * tp * rdp = world,
+// mp = pp * tp. The placement strategy is a permutation of the letters D, P, T whose
+// right-most letter varies fastest over consecutive world ranks; "cluster" is DPT and
+// "spread" is TPD (SMP semantics).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace smp {
+
+// SMP's smp.CommGroup.
+enum class CommGroup { WORLD, MP_GROUP, DP_GROUP, PP_GROUP, TP_GROUP, RDP_GROUP };
+
+const char* to_string(CommGroup group);
+std::vector<CommGroup> all_comm_groups();
+
+// A rank's position in the 3D grid.
+struct Coord {
+  int pp = 0;   // pipeline stage
+  int tp = 0;   // tensor-parallel shard
+  int rdp = 0;  // reduced-data-parallel replica
+  bool operator==(const Coord& other) const {
+    return pp == other.pp && tp == other.tp && rdp == other.rdp;
+  }
+};
+
+class Topology {
+ public:
+  // Throws smp::ConfigError when world_size is not pp * tp * rdp for a whole rdp, or the
+  // placement is not cluster, spread or a permutation of DPT; the message names the values.
+  Topology(int world_size, int pp_degree, int tp_degree, const std::string& placement_strategy);
+
+  int world_size() const { return world_size_; }
+  int pp_size() const { return pp_; }
+  int tp_size() const { return tp_; }
+  int rdp_size() const { return rdp_; }
+  int dp_size() const { return tp_ * rdp_; }
+  int mp_size() const { return pp_ * tp_; }
+  // The normalised placement, always three letters ("DPT" for cluster).
+  const std::string& placement() const { return placement_; }
+
+  Coord coord(int rank) const;
+  int rank_of(const Coord& coord) const;
+
+  // The world ranks of `rank`'s group of that kind, ascending. A rank's rank inside a
+  // group is its index in this list.
+  std::vector<int> group(CommGroup kind, int rank) const;
+  // Every group of that kind, each ascending, ordered by their smallest member; together
+  // they partition the world.
+  std::vector<std::vector<int>> groups(CommGroup kind) const;
+  // Index of `rank`'s group in groups(kind).
+  int group_index(CommGroup kind, int rank) const;
+  // `rank`'s rank inside its group of that kind (its index in group(kind, rank)).
+  int rank_in(CommGroup kind, int rank) const;
+
+ private:
+  int world_size_;
+  int pp_;
+  int tp_;
+  int rdp_;
+  std::string placement_;
+  int stride_pp_ = 0;  // how far apart in world rank two ranks one pp step apart are
+  int stride_tp_ = 0;
+  int stride_rdp_ = 0;
+};
+
+}  // namespace smp
