@@ -43,6 +43,8 @@ class Topology {
   // The normalised placement, always three letters ("DPT" for cluster).
   const std::string& placement() const { return placement_; }
 
+  // All calls below are pure and cheap; a rank outside 0..world_size-1 or a coordinate
+  // outside its degree throws smp::ConfigError naming the value and the allowed range.
   Coord coord(int rank) const;
   int rank_of(const Coord& coord) const;
 
@@ -58,6 +60,13 @@ class Topology {
   int rank_in(CommGroup kind, int rank) const;
 
  private:
+  int size_of(char axis) const;            // the degree of placement letter 'D', 'P' or 'T'
+  int group_size(CommGroup kind) const;    // the product of the degrees of its varying axes
+  // Mixed-radix index of c's varying (or fixed) axes for `kind`, in placement order.
+  int pack(const Coord& c, CommGroup kind, bool varying) const;
+  // The inverse: overwrite c's varying (or fixed) axes with the digits of `index`.
+  void unpack(int index, CommGroup kind, bool varying, Coord& c) const;
+
   int world_size_;
   int pp_;
   int tp_;
