@@ -1,0 +1,81 @@
+// smp: the one include for users. SMP v1's core API in C++.
+//
+//   smp::init(smp::Config::from_json_file("run.json"));   // every rank, first
+//   if (smp::tp_rank() == 0) ...;                          // SMP's rank helpers
+//   smp::process_group(smp::CommGroup::DP_GROUP).all_reduce(grad).wait();
+//   smp::shutdown();                                        // every rank, last
+//
+// smp::init builds the one state object (config, topology, communicators); everything here
+// reaches it through that object. Calls marked "collective" must be made by every rank of the
+// group named, in the same order.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "smp/communicator.h"
+#include "smp/config.h"
+#include "smp/error.h"
+#include "smp/launch.h"
+#include "smp/process_groups.h"
+#include "smp/topology.h"
+
+namespace smp {
+
+// Collective over the world. Starts MPI if needed, checks the config against the world size,
+// builds the topology and one communicator per group. Throws smp::ConfigError on a layout that
+// does not fit the world; calling it twice throws too.
+void init(const Config& config);
+// SMP's smp.init() with no argument: the config comes from SM_HP_MP_PARAMETERS.
+void init();
+bool is_initialized();
+// Collective over the world. Frees the communicators and finalises MPI if smp started it.
+void shutdown();
+
+const Config& config();
+const Topology& topology();
+const comm::ProcessGroups& process_groups();
+// The communicator of this rank's group of that kind (SMP's get_*_process_group).
+comm::Communicator& process_group(CommGroup group);
+
+// --- SMP's rank helpers -------------------------------------------------------------------
+int rank();
+int size();
+int local_rank();
+int local_size();
+int pp_rank();
+int pp_size();
+int tp_rank();
+int tp_size();
+int dp_rank();
+int dp_size();
+int rdp_rank();
+int rdp_size();
+int mp_rank();
+int mp_size();
+// World ranks of this rank's groups, ascending.
+std::vector<int> get_mp_group();
+std::vector<int> get_dp_group();
+std::vector<int> get_tp_group();
+std::vector<int> get_pp_group();
+std::vector<int> get_rdp_group();
+
+// --- SMP's object messaging ---------------------------------------------------------------
+// Objects are byte strings (serialise with JSON, say). All calls block until done or the
+// communication timeout passes.
+enum class RankType { WORLD_RANK, MP_RANK, DP_RANK };
+
+// Sends `obj` to every other member of this rank's `group`; each of them calls recv_from.
+// Not collective: only the sender calls it.
+void broadcast(const std::string& obj, CommGroup group);
+// Receives what `src_rank` sent with broadcast or send. `src_rank` counts in `rank_type`: a
+// world rank, or a rank inside this rank's MP or DP group.
+std::string recv_from(int src_rank, RankType rank_type);
+void send(const std::string& obj, int dest_rank, RankType rank_type);
+// Collective over `group`: every member's object, in group-rank order.
+std::vector<std::string> allgather(const std::string& obj, CommGroup group);
+void barrier(CommGroup group = CommGroup::WORLD);
+void dp_barrier();
+void mp_barrier();
+
+}  // namespace smp

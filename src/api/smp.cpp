@@ -1,0 +1,150 @@
+// The state smp::init builds, and SMP's rank helpers and object messaging on top of it.
+#include "smp/smp.h"
+
+#include <memory>
+
+#include <ATen/ATen.h>
+
+namespace smp {
+namespace {
+
+// The one process-wide object: built by init, read by everything, freed by shutdown.
+struct State {
+  Config config;
+  comm::ProcessGroups groups;
+};
+std::unique_ptr<State> g_state;
+
+State& state() {
+  if (!g_state) throw Error("smp: not initialised; call smp::init(config) on every rank first");
+  return *g_state;
+}
+
+int group_rank(CommGroup kind) { return process_group(kind).rank(); }
+int group_size(CommGroup kind) { return process_group(kind).size(); }
+
+// Object messages travel over WORLD on a tag of their own.
+constexpr int kObjectTag = comm::Communicator::kMaxTag - 1;
+
+int to_world_rank(int rank, RankType rank_type) {
+  const char* name = "world";
+  std::vector<int> members;
+  switch (rank_type) {
+    case RankType::WORLD_RANK:
+      members = process_group(CommGroup::WORLD).world_ranks();
+      break;
+    case RankType::MP_RANK:
+      name = "MP_GROUP";
+      members = get_mp_group();
+      break;
+    case RankType::DP_RANK:
+      name = "DP_GROUP";
+      members = get_dp_group();
+      break;
+  }
+  if (rank < 0 || rank >= static_cast<int>(members.size())) {
+    throw CommError(std::string("smp: rank ") + std::to_string(rank) + " is not a rank of the " +
+                    name + "; allowed 0.." + std::to_string(members.size() - 1));
+  }
+  return members[rank];
+}
+
+at::Tensor bytes_tensor(const std::string& obj) {
+  return at::from_blob(const_cast<char*>(obj.data()), {static_cast<int64_t>(obj.size())},
+                       at::kByte)
+      .clone();
+}
+
+std::string tensor_bytes(const at::Tensor& t) {
+  return std::string(static_cast<const char*>(t.data_ptr()), t.numel());
+}
+
+void send_world(const std::string& obj, int world_dest) {
+  process_group(CommGroup::WORLD).send(bytes_tensor(obj), world_dest, kObjectTag).wait();
+}
+
+}  // namespace
+
+void init(const Config& config) {
+  if (g_state) throw Error("smp: init called twice; call smp::shutdown() before init again");
+  comm::init_mpi();
+  config.validate_world(comm::world_size());
+  Topology topology(comm::world_size(), config.pipeline_parallel_degree,
+                    config.tensor_parallel_degree, config.placement_strategy);
+  g_state.reset(new State{config, comm::ProcessGroups(topology, config.comm_timeout_s)});
+}
+
+void init() { init(Config::from_env()); }
+bool is_initialized() { return g_state != nullptr; }
+
+void shutdown() {
+  if (g_state) barrier(CommGroup::WORLD);
+  g_state.reset();
+  comm::finalize_mpi();
+}
+
+const Config& config() { return state().config; }
+const Topology& topology() { return state().groups.topology(); }
+const comm::ProcessGroups& process_groups() { return state().groups; }
+comm::Communicator& process_group(CommGroup group) { return state().groups.get(group); }
+
+int rank() { return state().groups.world_rank(); }
+int size() { return topology().world_size(); }
+int local_rank() { return state().groups.local_rank(); }
+int local_size() { return state().groups.local_size(); }
+int pp_rank() { return group_rank(CommGroup::PP_GROUP); }
+int pp_size() { return group_size(CommGroup::PP_GROUP); }
+int tp_rank() { return group_rank(CommGroup::TP_GROUP); }
+int tp_size() { return group_size(CommGroup::TP_GROUP); }
+int dp_rank() { return group_rank(CommGroup::DP_GROUP); }
+int dp_size() { return group_size(CommGroup::DP_GROUP); }
+int rdp_rank() { return group_rank(CommGroup::RDP_GROUP); }
+int rdp_size() { return group_size(CommGroup::RDP_GROUP); }
+int mp_rank() { return group_rank(CommGroup::MP_GROUP); }
+int mp_size() { return group_size(CommGroup::MP_GROUP); }
+std::vector<int> get_mp_group() { return process_group(CommGroup::MP_GROUP).world_ranks(); }
+std::vector<int> get_dp_group() { return process_group(CommGroup::DP_GROUP).world_ranks(); }
+std::vector<int> get_tp_group() { return process_group(CommGroup::TP_GROUP).world_ranks(); }
+std::vector<int> get_pp_group() { return process_group(CommGroup::PP_GROUP).world_ranks(); }
+std::vector<int> get_rdp_group() { return process_group(CommGroup::RDP_GROUP).world_ranks(); }
+
+void broadcast(const std::string& obj, CommGroup group) {
+  for (int member : process_group(group).world_ranks()) {
+    if (member != rank()) send_world(obj, member);
+  }
+}
+
+void send(const std::string& obj, int dest_rank, RankType rank_type) {
+  send_world(obj, to_world_rank(dest_rank, rank_type));
+}
+
+std::string recv_from(int src_rank, RankType rank_type) {
+  comm::Work work =
+      process_group(CommGroup::WORLD).recv(to_world_rank(src_rank, rank_type), kObjectTag);
+  work.wait();
+  return tensor_bytes(work.result());
+}
+
+std::vector<std::string> allgather(const std::string& obj, CommGroup group) {
+  comm::Communicator& comm = process_group(group);
+  // Sizes first, then every object padded to the largest.
+  at::Tensor size = at::full({1}, static_cast<int64_t>(obj.size()), at::kLong);
+  at::Tensor sizes = at::empty({comm.size()}, at::kLong);
+  comm.all_gather(sizes, size).wait();
+  const int64_t longest = sizes.max().item<int64_t>();
+  at::Tensor mine = at::zeros({longest}, at::kByte);
+  if (!obj.empty()) mine.narrow(0, 0, obj.size()).copy_(bytes_tensor(obj));
+  at::Tensor all = at::empty({longest * comm.size()}, at::kByte);
+  comm.all_gather(all, mine).wait();
+  std::vector<std::string> out;
+  for (int r = 0; r < comm.size(); ++r) {
+    out.push_back(tensor_bytes(all.narrow(0, r * longest, sizes[r].item<int64_t>())));
+  }
+  return out;
+}
+
+void barrier(CommGroup group) { process_group(group).barrier().wait(); }
+void dp_barrier() { barrier(CommGroup::DP_GROUP); }
+void mp_barrier() { barrier(CommGroup::MP_GROUP); }
+
+}  // namespace smp

@@ -1,0 +1,454 @@
+// Communicator: collectives and point-to-point over one group.
+//
+// Host tensors go to MPI's nonblocking calls; device tensors to NCCL (nccl.cpp). Tensors that
+// are not contiguous travel through a contiguous copy that is copied back on completion.
+// Point-to-point sends a small header (dtype, shape, sequence number) before the payload; the
+// payload's tag is derived from the per-peer sequence number, so several receives from one
+// peer may be in flight and each still gets its own payload.
+#include <climits>
+#include <sstream>
+
+#include <ATen/ATen.h>
+
+#include "internal.h"
+#include "nccl.h"
+#include "smp/error.h"
+#include "smp/launch.h"
+
+namespace smp::comm {
+
+const char* to_string(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum: return "sum";
+    case ReduceOp::kAvg: return "avg";
+    case ReduceOp::kMax: return "max";
+    case ReduceOp::kMin: return "min";
+  }
+  return "?";
+}
+
+OpStats Counters::total() const {
+  OpStats sum;
+  for (const auto& [op, stats] : by_op) {
+    sum.calls += stats.calls;
+    sum.bytes += stats.bytes;
+  }
+  return sum;
+}
+
+OpStats Counters::get(const std::string& op) const {
+  auto it = by_op.find(op);
+  return it == by_op.end() ? OpStats{} : it->second;
+}
+
+namespace detail {
+
+GroupState::~GroupState() {
+  nccl.reset();
+  if (mpi_initialized()) {
+    if (control != MPI_COMM_NULL) MPI_Comm_free(&control);
+    if (comm != MPI_COMM_NULL && comm != MPI_COMM_WORLD) MPI_Comm_free(&comm);
+  }
+}
+
+std::string GroupState::describe() const {
+  std::ostringstream out;
+  out << name << " (world ranks [";
+  for (size_t i = 0; i < world_ranks.size(); ++i) out << (i ? ", " : "") << world_ranks[i];
+  out << "])";
+  return out.str();
+}
+
+std::string GroupState::describe_peer(int peer) const {
+  return "rank " + std::to_string(peer) + " (world rank " + std::to_string(world_ranks[peer]) +
+         ")";
+}
+
+int64_t GroupState::count(const std::string& op, int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex);
+  OpStats& stats = counters.by_op[op];
+  stats.calls += 1;
+  stats.bytes += bytes;
+  return num_collectives++;
+}
+
+void check_mpi(int rc, const std::string& what, const GroupState& group) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(rc, text, &length);
+  throw CommError("smp: " + what + " on " + group.describe() + " failed: " +
+                  std::string(text, length));
+}
+
+std::shared_ptr<GroupState> make_group(MPI_Comm comm, std::string name,
+                                       std::vector<int> world_ranks, double timeout_s) {
+  auto group = std::make_shared<GroupState>();
+  group->comm = comm;
+  group->name = std::move(name);
+  group->world_ranks = std::move(world_ranks);
+  group->timeout_s = timeout_s;
+  MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+  check_mpi(MPI_Comm_rank(comm, &group->rank), "MPI_Comm_rank", *group);
+  check_mpi(MPI_Comm_size(comm, &group->size), "MPI_Comm_size", *group);
+  if (static_cast<size_t>(group->size) != group->world_ranks.size()) {
+    throw InternalError("smp: " + group->describe() + " has " + std::to_string(group->size) +
+                        " MPI ranks but the topology lists " +
+                        std::to_string(group->world_ranks.size()));
+  }
+  check_mpi(MPI_Comm_dup(comm, &group->control), "MPI_Comm_dup", *group);
+  MPI_Comm_set_errhandler(group->control, MPI_ERRORS_RETURN);
+  group->send_seq.assign(group->size, 0);
+  // Payload tags live above the user's tags: [kMaxTag, 2 * kMaxTag).
+  void* tag_ub = nullptr;
+  int found = 0;
+  MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &tag_ub, &found);  // only the world has it
+  SMP_CHECK(found && *static_cast<int*>(tag_ub) >= 2 * Communicator::kMaxTag - 1);
+  return group;
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::check_mpi;
+using detail::GroupState;
+using detail::MpiWork;
+
+// Header of a point-to-point message: magic, dtype, ndim, sequence number, sizes.
+constexpr int kMaxDims = 16;
+constexpr int kHeaderLength = 4 + kMaxDims;
+constexpr int64_t kHeaderMagic = 0x736d7031;  // "smp1"
+
+int to_int_count(int64_t count, const std::string& op, const GroupState& group) {
+  if (count > INT_MAX) {
+    throw CommError("smp: " + op + " on " + group.describe() + ": " + std::to_string(count) +
+                    " elements/bytes exceed MPI's limit of " + std::to_string(INT_MAX) +
+                    " per call; split the tensor");
+  }
+  return static_cast<int>(count);
+}
+
+// A contiguous tensor to hand MPI, and whether results must be copied back into `t`.
+at::Tensor contiguous_buffer(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
+
+void require_host(const at::Tensor& t, const std::string& op) {
+  if (!t.device().is_cpu()) {
+    throw CommError("smp: " + op + " got a tensor on " + t.device().str() +
+                    "; host (cpu) tensors travel over MPI, device tensors over NCCL");
+  }
+}
+
+void require_avg_dtype(ReduceOp op, const at::Tensor& t, const std::string& what) {
+  if (op == ReduceOp::kAvg && !at::isFloatingType(t.scalar_type())) {
+    throw CommError(std::string("smp: ") + what + " with op avg needs a floating dtype; got " +
+                    c10::toString(t.scalar_type()));
+  }
+}
+
+void require_same_dtype(const at::Tensor& a, const at::Tensor& b, const std::string& what) {
+  if (a.scalar_type() != b.scalar_type() || a.device() != b.device()) {
+    throw CommError("smp: " + what + ": output is " + c10::toString(a.scalar_type()) + " on " +
+                    a.device().str() + " but input is " + c10::toString(b.scalar_type()) +
+                    " on " + b.device().str() + "; they must match");
+  }
+}
+
+Work make_work(std::shared_ptr<MpiWork> work) { return Work(std::move(work)); }
+
+std::shared_ptr<MpiWork> new_mpi_work(const std::shared_ptr<GroupState>& group, std::string op,
+                                      int64_t seq) {
+  auto work = std::make_shared<MpiWork>();
+  work->group = group;
+  work->op = std::move(op);
+  work->seq = seq;
+  return work;
+}
+
+// Two-phase receive: the header says what comes, then the payload is received into a tensor
+// made from it (or into the caller's tensor, after checking it matches).
+struct RecvWork : detail::WorkState {
+  int64_t header[kHeaderLength] = {};
+  MPI_Request header_request = MPI_REQUEST_NULL;
+  MPI_Request payload_request = MPI_REQUEST_NULL;
+  at::Tensor output;  // the caller's tensor for recv_into; undefined for recv
+  at::Tensor buffer;  // what the payload lands in
+  at::Device device = at::kCPU;
+  Work device_payload;  // NCCL payload for device tensors
+  bool have_header = false;
+
+  bool poll() override {
+    int flag = 0;
+    if (!have_header) {
+      check_mpi(MPI_Test(&header_request, &flag, MPI_STATUS_IGNORE), op, *group);
+      if (!flag) return false;
+      have_header = true;
+      start_payload();
+    }
+    if (device.is_cuda()) {
+      if (!device_payload.is_completed()) return false;
+    } else {
+      check_mpi(MPI_Test(&payload_request, &flag, MPI_STATUS_IGNORE), op, *group);
+      if (!flag) return false;
+    }
+    if (output.defined() && !output.is_same(buffer)) output.copy_(buffer);
+    result = output.defined() ? output : buffer;
+    std::lock_guard<std::mutex> lock(group->mutex);
+    group->counters.by_op["recv"].bytes += static_cast<int64_t>(buffer.nbytes());
+    return true;
+  }
+
+  void start_payload() {
+    if (header[0] != kHeaderMagic) {
+      throw CommError("smp: " + label() + ": the message header is corrupt (magic " +
+                      std::to_string(header[0]) + "); was it sent with smp's send?");
+    }
+    const auto dtype = static_cast<at::ScalarType>(header[1]);
+    const std::vector<int64_t> sizes(header + 4, header + 4 + header[2]);
+    const int64_t seq = header[3];
+    if (output.defined()) {
+      if (output.scalar_type() != dtype || output.sizes() != at::IntArrayRef(sizes)) {
+        std::ostringstream out;
+        out << "smp: " << label() << ": expected " << c10::toString(output.scalar_type())
+            << output.sizes() << " but the peer sent " << c10::toString(dtype)
+            << at::IntArrayRef(sizes);
+        throw CommError(out.str());
+      }
+      buffer = contiguous_buffer(output);
+    } else {
+      buffer = at::empty(sizes, at::TensorOptions().dtype(dtype).device(device));
+    }
+    const int tag = Communicator::kMaxTag + static_cast<int>(seq % Communicator::kMaxTag);
+    if (device.is_cuda()) {
+      device_payload = detail::nccl_recv(group, buffer, peer);
+      return;
+    }
+    const int bytes = to_int_count(static_cast<int64_t>(buffer.nbytes()), op, *group);
+    check_mpi(MPI_Irecv(buffer.data_ptr(), bytes, MPI_BYTE, peer, tag, group->comm,
+                        &payload_request),
+              op, *group);
+  }
+};
+
+}  // namespace
+
+Communicator::Communicator(std::shared_ptr<detail::GroupState> state) : state_(std::move(state)) {}
+Communicator::~Communicator() = default;
+
+const std::string& Communicator::name() const { return state_->name; }
+int Communicator::rank() const { return state_->rank; }
+int Communicator::size() const { return state_->size; }
+const std::vector<int>& Communicator::world_ranks() const { return state_->world_ranks; }
+double Communicator::timeout_s() const { return state_->timeout_s; }
+const Counters& Communicator::counters() const { return state_->counters; }
+void Communicator::reset_counters() {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  state_->counters = Counters{};
+}
+
+Work Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
+  require_avg_dtype(op, tensor, "all_reduce");
+  const int64_t seq = state_->count("all_reduce", static_cast<int64_t>(tensor.nbytes()));
+  if (tensor.is_cuda()) return detail::nccl_all_reduce(state_, tensor, op, seq);
+  require_host(tensor, "all_reduce");
+  auto work = new_mpi_work(state_, "all_reduce", seq);
+  if (tensor.numel() == 0) return make_work(work);
+  at::Tensor buffer = contiguous_buffer(tensor);
+  work->requests.resize(1);
+  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, buffer.data_ptr(),
+                           to_int_count(buffer.numel(), "all_reduce", *state_),
+                           detail::mpi_datatype(buffer.scalar_type()),
+                           detail::mpi_op(op, buffer.scalar_type()), state_->comm,
+                           &work->requests[0]),
+            "all_reduce", *state_);
+  work->keep_alive = {buffer};
+  const int size = state_->size;
+  work->on_complete = [buffer, tensor, op, size]() mutable {
+    if (op == ReduceOp::kAvg) buffer.div_(size);
+    if (!buffer.is_same(tensor)) tensor.copy_(buffer);
+  };
+  work->result = tensor;
+  return make_work(work);
+}
+
+Work Communicator::all_gather(at::Tensor& output, const at::Tensor& input) {
+  require_same_dtype(output, input, "all_gather");
+  if (output.numel() != input.numel() * state_->size) {
+    throw CommError("smp: all_gather on " + state_->describe() + ": output has " +
+                    std::to_string(output.numel()) + " elements; it must have group size (" +
+                    std::to_string(state_->size) + ") * input elements (" +
+                    std::to_string(input.numel()) + ")");
+  }
+  const int64_t seq = state_->count("all_gather", static_cast<int64_t>(input.nbytes()));
+  if (input.is_cuda()) return detail::nccl_all_gather(state_, output, input, seq);
+  require_host(input, "all_gather");
+  auto work = new_mpi_work(state_, "all_gather", seq);
+  work->result = output;
+  if (input.numel() == 0) return make_work(work);
+  at::Tensor in = contiguous_buffer(input);
+  at::Tensor out = contiguous_buffer(output);
+  const int bytes = to_int_count(static_cast<int64_t>(in.nbytes()), "all_gather", *state_);
+  to_int_count(static_cast<int64_t>(out.nbytes()), "all_gather", *state_);
+  work->requests.resize(1);
+  check_mpi(MPI_Iallgather(in.data_ptr(), bytes, MPI_BYTE, out.data_ptr(), bytes, MPI_BYTE,
+                           state_->comm, &work->requests[0]),
+            "all_gather", *state_);
+  work->keep_alive = {in, out};
+  work->on_complete = [out, output]() mutable {
+    if (!out.is_same(output)) output.copy_(out);
+  };
+  return make_work(work);
+}
+
+Work Communicator::reduce_scatter(at::Tensor& output, const at::Tensor& input, ReduceOp op) {
+  require_same_dtype(output, input, "reduce_scatter");
+  require_avg_dtype(op, input, "reduce_scatter");
+  if (input.numel() != output.numel() * state_->size) {
+    throw CommError("smp: reduce_scatter on " + state_->describe() + ": input has " +
+                    std::to_string(input.numel()) + " elements; it must have group size (" +
+                    std::to_string(state_->size) + ") * output elements (" +
+                    std::to_string(output.numel()) + ")");
+  }
+  const int64_t seq = state_->count("reduce_scatter", static_cast<int64_t>(input.nbytes()));
+  if (input.is_cuda()) return detail::nccl_reduce_scatter(state_, output, input, op, seq);
+  require_host(input, "reduce_scatter");
+  auto work = new_mpi_work(state_, "reduce_scatter", seq);
+  work->result = output;
+  if (output.numel() == 0) return make_work(work);
+  at::Tensor in = contiguous_buffer(input);
+  at::Tensor out = contiguous_buffer(output);
+  work->requests.resize(1);
+  check_mpi(MPI_Ireduce_scatter_block(in.data_ptr(), out.data_ptr(),
+                                      to_int_count(out.numel(), "reduce_scatter", *state_),
+                                      detail::mpi_datatype(in.scalar_type()),
+                                      detail::mpi_op(op, in.scalar_type()), state_->comm,
+                                      &work->requests[0]),
+            "reduce_scatter", *state_);
+  work->keep_alive = {in, out};
+  const int size = state_->size;
+  work->on_complete = [out, output, op, size]() mutable {
+    if (op == ReduceOp::kAvg) out.div_(size);
+    if (!out.is_same(output)) output.copy_(out);
+  };
+  return make_work(work);
+}
+
+Work Communicator::broadcast(at::Tensor& tensor, int root) {
+  if (root < 0 || root >= state_->size) {
+    throw CommError("smp: broadcast on " + state_->describe() + ": root " + std::to_string(root) +
+                    " is not a rank of the group; allowed 0.." + std::to_string(state_->size - 1));
+  }
+  const int64_t seq = state_->count("broadcast", static_cast<int64_t>(tensor.nbytes()));
+  if (tensor.is_cuda()) return detail::nccl_broadcast(state_, tensor, root, seq);
+  require_host(tensor, "broadcast");
+  auto work = new_mpi_work(state_, "broadcast", seq);
+  work->result = tensor;
+  if (tensor.numel() == 0) return make_work(work);
+  at::Tensor buffer = contiguous_buffer(tensor);
+  work->requests.resize(1);
+  check_mpi(MPI_Ibcast(buffer.data_ptr(),
+                       to_int_count(static_cast<int64_t>(buffer.nbytes()), "broadcast", *state_),
+                       MPI_BYTE, root, state_->comm, &work->requests[0]),
+            "broadcast", *state_);
+  work->keep_alive = {buffer};
+  work->on_complete = [buffer, tensor]() mutable {
+    if (!buffer.is_same(tensor)) tensor.copy_(buffer);
+  };
+  return make_work(work);
+}
+
+Work Communicator::barrier() {
+  auto work = new_mpi_work(state_, "barrier", state_->count("barrier", 0));
+  work->requests.resize(1);
+  check_mpi(MPI_Ibarrier(state_->comm, &work->requests[0]), "barrier", *state_);
+  return make_work(work);
+}
+
+namespace {
+
+void check_peer_and_tag(const GroupState& group, const std::string& op, int peer, int tag) {
+  if (peer < 0 || peer >= group.size || peer == group.rank) {
+    throw CommError("smp: " + op + " on " + group.describe() + ": peer " + std::to_string(peer) +
+                    " is not another rank of the group; allowed 0.." +
+                    std::to_string(group.size - 1) + " except this rank (" +
+                    std::to_string(group.rank) + ")");
+  }
+  if (tag < 0 || tag >= Communicator::kMaxTag) {
+    throw CommError("smp: " + op + " on " + group.describe() + ": tag " + std::to_string(tag) +
+                    " is out of range; allowed 0.." + std::to_string(Communicator::kMaxTag - 1));
+  }
+}
+
+}  // namespace
+
+Work Communicator::send(const at::Tensor& tensor, int peer, int tag) {
+  check_peer_and_tag(*state_, "send", peer, tag);
+  if (tensor.dim() > kMaxDims) {
+    throw CommError("smp: send on " + state_->describe() + ": tensor has " +
+                    std::to_string(tensor.dim()) + " dims; at most " + std::to_string(kMaxDims));
+  }
+  state_->count("send", static_cast<int64_t>(tensor.nbytes()));
+  int64_t seq;
+  {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    seq = state_->send_seq[peer]++;
+  }
+  auto work = new_mpi_work(state_, "send", -1);
+  work->peer = peer;
+  auto header = std::make_shared<std::vector<int64_t>>(kHeaderLength, 0);
+  (*header)[0] = kHeaderMagic;
+  (*header)[1] = static_cast<int64_t>(tensor.scalar_type());
+  (*header)[2] = tensor.dim();
+  (*header)[3] = seq;
+  for (int64_t d = 0; d < tensor.dim(); ++d) (*header)[4 + d] = tensor.size(d);
+  at::Tensor payload = contiguous_buffer(tensor);
+  work->requests.resize(tensor.is_cuda() ? 1 : 2);
+  check_mpi(MPI_Isend(header->data(), kHeaderLength, MPI_INT64_T, peer, tag, state_->comm,
+                      &work->requests[0]),
+            "send", *state_);
+  work->on_complete = [header] {};  // keeps the header alive until sent
+  work->keep_alive = {payload};
+  work->result = tensor;
+  if (tensor.is_cuda()) {
+    Work device = detail::nccl_send(state_, payload, peer);
+    work->on_complete = [header, device]() mutable { device.wait(); };
+    return make_work(work);
+  }
+  const int payload_tag = kMaxTag + static_cast<int>(seq % kMaxTag);
+  check_mpi(MPI_Isend(payload.data_ptr(),
+                      to_int_count(static_cast<int64_t>(payload.nbytes()), "send", *state_),
+                      MPI_BYTE, peer, payload_tag, state_->comm, &work->requests[1]),
+            "send", *state_);
+  return make_work(work);
+}
+
+namespace {
+
+Work post_recv(const std::shared_ptr<GroupState>& group, at::Tensor output, int peer, int tag,
+               at::Device device) {
+  group->count("recv", 0);  // bytes are added when the header says how many
+  auto work = std::make_shared<RecvWork>();
+  work->group = group;
+  work->op = "recv";
+  work->peer = peer;
+  work->output = std::move(output);
+  work->device = device;
+  check_mpi(MPI_Irecv(work->header, kHeaderLength, MPI_INT64_T, peer, tag, group->comm,
+                      &work->header_request),
+            "recv", *group);
+  return Work(work);
+}
+
+}  // namespace
+
+Work Communicator::recv(int peer, int tag, at::Device device) {
+  check_peer_and_tag(*state_, "recv", peer, tag);
+  return post_recv(state_, at::Tensor(), peer, tag, device);
+}
+
+Work Communicator::recv_into(at::Tensor& output, int peer, int tag) {
+  check_peer_and_tag(*state_, "recv", peer, tag);
+  return post_recv(state_, output, peer, tag, output.device());
+}
+
+}  // namespace smp::comm

@@ -1,0 +1,86 @@
+// Internal state shared by the communicator, its Work handles and the timeout diagnosis.
+// Not installed: only src/comm includes it.
+#pragma once
+
+#include <mpi.h>
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "smp/communicator.h"
+
+namespace smp::comm::detail {
+
+class NcclComm;  // nccl.cpp; null until a device tensor first crosses the group
+
+// Everything one group owns. Shared by the Communicator and the Works it hands out, so a
+// Work can report on its group even while the Communicator is being destroyed.
+struct GroupState {
+  MPI_Comm comm = MPI_COMM_NULL;     // collectives, p2p headers and payloads
+  MPI_Comm control = MPI_COMM_NULL;  // only the timeout diagnosis talks here
+  std::string name;
+  std::vector<int> world_ranks;
+  int rank = 0;
+  int size = 1;
+  double timeout_s = 60.0;
+
+  std::mutex mutex;  // guards what follows: calls may come from several threads
+  Counters counters;
+  int64_t num_collectives = 0;     // sequence number of the next collective, for diagnosis
+  std::vector<int64_t> send_seq;   // per peer: payload tags of this rank's sends
+  std::vector<int64_t> recv_seq;   // per peer: not used for matching, only for messages
+  std::shared_ptr<NcclComm> nccl;  // shared_ptr: destructible where NcclComm is incomplete
+
+  ~GroupState();
+  // "TP_GROUP (world ranks [0, 1])"
+  std::string describe() const;
+  // "rank 1 (world rank 3)"
+  std::string describe_peer(int peer) const;
+  // Counts a call and returns its collective sequence number.
+  int64_t count(const std::string& op, int64_t bytes);
+};
+
+// Takes ownership of `comm`. `name` is what errors print ("TP_GROUP"); `world_ranks[i]` is
+// the world rank of group rank i. Every wait is bounded by `timeout_s`.
+std::shared_ptr<GroupState> make_group(MPI_Comm comm, std::string name,
+                                       std::vector<int> world_ranks, double timeout_s);
+
+// One operation in flight. poll() advances it without blocking and reports completion.
+struct WorkState {
+  std::shared_ptr<GroupState> group;
+  std::string op;     // "all_reduce #12" style label for messages is built from op + seq
+  int64_t seq = -1;   // collective sequence number; -1 for point to point
+  int peer = -1;      // group rank of the peer for point to point
+  bool done = false;
+  at::Tensor result;
+
+  virtual ~WorkState() = default;
+  virtual bool poll() = 0;
+  std::string label() const;  // "all_reduce #12 on TP_GROUP (world ranks [0, 1])"
+};
+
+// MPI requests plus what to do once they all complete (copy back, divide for kAvg, ...).
+struct MpiWork : WorkState {
+  std::vector<MPI_Request> requests;
+  std::vector<at::Tensor> keep_alive;
+  std::function<void()> on_complete;
+  bool poll() override;
+};
+
+// Throws smp::CommError naming the call, the group and MPI's own words when rc is an error.
+void check_mpi(int rc, const std::string& what, const GroupState& group);
+
+// MPI's view of a dtype and a reduction; 16-bit floats use smp's own ops.
+MPI_Datatype mpi_datatype(at::ScalarType dtype);
+MPI_Op mpi_op(ReduceOp op, at::ScalarType dtype);
+
+// Builds the TimeoutError message for `work`: for collectives it first asks every other
+// group member, over the control communicator, which operation it is waiting in.
+std::string diagnose_timeout(const WorkState& work, double waited_s);
+
+}  // namespace smp::comm::detail
