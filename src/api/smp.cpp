@@ -70,7 +70,7 @@ void init(const Config& config) {
   comm::init_mpi();
   config.validate_world(comm::world_size());
   Topology topology(comm::world_size(), config.pipeline_parallel_degree,
-                    config.tensor_parallel_degree, config.placement_strategy);
+                    config.tensor_parallel_degree, config.placement_letters());
   g_state.reset(new State{config, comm::ProcessGroups(topology, config.comm_timeout_s)});
 }
 
