@@ -1,6 +1,7 @@
 // The state smp::init builds, and SMP's rank helpers and object messaging on top of it.
 #include "smp/smp.h"
 
+#include <cstdio>
 #include <memory>
 
 #include <ATen/ATen.h>
@@ -72,6 +73,12 @@ void init(const Config& config) {
   Topology topology(comm::world_size(), config.pipeline_parallel_degree,
                     config.tensor_parallel_degree, config.placement_letters());
   g_state.reset(new State{config, comm::ProcessGroups(topology, config.comm_timeout_s)});
+  // Accepted keys whose features smp lacks yet are said out loud, once, by rank 0.
+  if (rank() == 0) {
+    for (const std::string& warning : config.not_implemented_warnings()) {
+      std::fprintf(stderr, "smp warning: %s\n", warning.c_str());
+    }
+  }
 }
 
 void init() { init(Config::from_env()); }

@@ -79,6 +79,10 @@ void check_mpi(int rc, const std::string& what, const GroupState& group);
 MPI_Datatype mpi_datatype(at::ScalarType dtype);
 MPI_Op mpi_op(ReduceOp op, at::ScalarType dtype);
 
+// How much of a group's timeout is kept for asking the other members what they wait on, so
+// that detection plus diagnosis together end within the timeout.
+double diagnosis_grace_s(double timeout_s);
+
 // Builds the TimeoutError message for `work`: for collectives it first asks every other
 // group member, over the control communicator, which operation it is waiting in.
 std::string diagnose_timeout(const WorkState& work, double waited_s);

@@ -29,7 +29,10 @@ bool Work::is_completed() {
 void Work::wait() {
   if (is_completed()) return;
   const auto start = Clock::now();
-  const auto timeout = std::chrono::duration<double>(state_->group->timeout_s);
+  const double timeout_s = state_->group->timeout_s;
+  const bool diagnose = state_->peer < 0;  // collectives ask the group; p2p names its peer
+  const auto timeout = std::chrono::duration<double>(
+      diagnose ? timeout_s - detail::diagnosis_grace_s(timeout_s) : timeout_s);
   auto sleep = std::chrono::microseconds(100);
   while (!is_completed()) {
     const auto waited = Clock::now() - start;
@@ -109,7 +112,7 @@ std::string ask_group(const WorkState& work) {
     MPI_Irecv(theirs[peer].data(), kDiagBytes, MPI_CHAR, peer, kDiagTag, group.control,
               &recvs[peer]);
   }
-  const double grace_s = std::clamp(group.timeout_s / 2, 0.5, 5.0);
+  const double grace_s = diagnosis_grace_s(group.timeout_s);
   const auto deadline = Clock::now() + std::chrono::duration<double>(grace_s);
   std::vector<bool> heard(group.size, false);
   heard[group.rank] = true;
@@ -143,6 +146,8 @@ std::string ask_group(const WorkState& work) {
 }
 
 }  // namespace
+
+double diagnosis_grace_s(double timeout_s) { return std::min(timeout_s / 4, 5.0); }
 
 std::string diagnose_timeout(const WorkState& work, double waited_s) {
   std::ostringstream out;

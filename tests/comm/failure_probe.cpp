@@ -1,0 +1,44 @@
+// A small smp program whose rank 1 dies or hangs, for failure_test.sh.
+//   failure_probe <mode> <timeout_s>
+//   kill      rank 1 SIGKILLs itself before an all_reduce over WORLD
+//   hang      rank 1 sleeps instead of joining the all_reduce
+//   p2p-hang  rank 1 sleeps; rank 0 waits to receive from it; the others wait in a barrier
+// Survivors must print the timeout message and abort the job, as a real main does.
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <string>
+
+#include <ATen/ATen.h>
+
+#include "smp/smp.h"
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: failure_probe kill|hang|p2p-hang <timeout_s>\n");
+    return 2;
+  }
+  const std::string mode = argv[1];
+  try {
+    smp::init(smp::Config::from_json_string(std::string("{\"comm_timeout_s\": ") + argv[2] + "}"));
+    smp::barrier();
+    if (smp::rank() == 1) {
+      if (mode == "kill") std::raise(SIGKILL);
+      sleep(3600);
+    }
+    if (mode == "p2p-hang" && smp::rank() == 0) {
+      smp::process_group(smp::CommGroup::WORLD).recv(1).wait();
+    } else if (mode == "p2p-hang") {
+      smp::barrier();
+    } else {
+      at::Tensor t = at::ones({4});
+      smp::process_group(smp::CommGroup::WORLD).all_reduce(t).wait();
+    }
+    smp::shutdown();
+    return 0;
+  } catch (const smp::Error& e) {
+    std::fprintf(stderr, "[rank %d] %s\n", smp::comm::world_rank(), e.what());
+    smp::comm::abort_world(1);
+  }
+}
