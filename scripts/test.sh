@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run every smp test: unit tests and multi-rank tests under mpirun.
+# Exits non-zero if any test fails; the summary is the last lines.
+#   scripts/test.sh [ctest args...]     e.g. scripts/test.sh -L unit,  scripts/test.sh -R p2p
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+status=0
+ctest --test-dir build --output-on-failure --timeout 600 "$@" | tee build/last-test.log || status=$?
+echo
+echo "smp tests: $(grep -E 'tests passed' build/last-test.log || echo 'no summary (ctest failed to run)')"
+exit $status
