@@ -32,6 +32,25 @@ TEST(PointToPoint, RingWithUnknownShapes) {
   EXPECT_TRUE(at::equal(recv.result(), message_of((r + n - 1) % n)));
 }
 
+TEST(PointToPoint, EveryDtypeAndSizeArrivesExactly) {
+  const int n = world().size();
+  const int r = world().rank();
+  for (auto dtype : {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf, at::kLong, at::kInt,
+                     at::kByte, at::kBool}) {
+    for (int64_t size : {0, 1, 7, 1001}) {
+      // What rank s sends: s + 1 + i % 5, exact in every dtype (bool: nonzero is true).
+      auto payload = [&](int s) {
+        return (at::arange(size, at::kLong).remainder(5) + s + 1).to(dtype);
+      };
+      Work got = world().recv((r + n - 1) % n, 4);
+      Work sent = world().send(payload(r), (r + 1) % n, 4);
+      wait_all({&got, &sent});
+      EXPECT_TRUE(at::equal(got.result(), payload((r + n - 1) % n)))
+          << c10::toString(dtype) << " n=" << size;
+    }
+  }
+}
+
 TEST(PointToPoint, ManyInFlightFromOnePeerArriveInOrder) {
   const int n = world().size();
   const int r = world().rank();
