@@ -1,0 +1,115 @@
+// Schedules as data: for each pipeline rank, the ordered list of actions it runs in one step.
+//
+// Pure: no processes, no tensors. A generator turns (pp, microbatches, schedule kind, chunks
+// per rank) into a Schedule; the executor (executor.h) runs one rank's list as written; the
+// simulator runs all ranks' lists together with unit costs to prove the schedule is free of
+// deadlock and to measure its bubble and its peak of in-flight activations.
+//
+// Stages. With p ranks and v chunks per rank there are p * v stages; stage s = c * p + r lives
+// on rank r as its chunk c (Megatron's interleaved placement: the model's layers go round the
+// ranks v times). With v = 1, stage = rank.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace smp::pipeline {
+
+enum class ActionKind {
+  kForward,         // run stage `stage` on microbatch `microbatch`
+  kBackward,        // full backward of that stage: input and weight gradients together
+  kBackwardInput,   // input gradient only (zero-bubble split: the part the previous stage waits on)
+  kBackwardWeight,  // weight gradient only (may run later, to fill bubbles)
+  kSendActivation,  // send the forward output of (stage, microbatch) to the next stage's rank
+  kRecvActivation,  // receive the forward input of (stage, microbatch) from the previous stage
+  kSendGrad,        // send the input gradient of (stage, microbatch) to the previous stage
+  kRecvGrad,        // receive the output gradient of (stage, microbatch) from the next stage
+};
+const char* to_string(ActionKind kind);
+
+struct Action {
+  ActionKind kind;
+  int stage;       // global stage index, 0 .. num_stages - 1
+  int microbatch;  // 0 .. num_microbatches - 1
+  // For sends and receives: the rank on the other side. -1 for compute actions.
+  int peer = -1;
+  bool operator==(const Action& other) const {
+    return kind == other.kind && stage == other.stage && microbatch == other.microbatch &&
+           peer == other.peer;
+  }
+};
+std::string to_string(const Action& action);  // "F3.1" = forward, microbatch 3, stage 1, etc.
+
+// SMP's names: "simple" (GPipe: all forwards, then all backwards) and "interleaved" (1F1B:
+// backward first whenever possible). kInterleavedVirtual is Megatron's interleaved 1F1B with
+// v > 1 chunks per rank. kForwardOnly runs forwards only (SMP's "_only_forward", evaluation).
+enum class ScheduleKind { kSimple, kOneFOneB, kInterleavedVirtual, kForwardOnly };
+const char* to_string(ScheduleKind kind);
+
+struct ScheduleSpec {
+  ScheduleKind kind = ScheduleKind::kOneFOneB;
+  int num_ranks = 1;            // pipeline_parallel_degree
+  int num_microbatches = 1;
+  int chunks_per_rank = 1;      // v; > 1 only for kInterleavedVirtual
+  int active_microbatches = 0;  // 1F1B: cap on microbatches in flight per rank; 0 = p + 2 (SMP)
+};
+
+struct Schedule {
+  ScheduleSpec spec;
+  int num_stages = 1;                         // num_ranks * chunks_per_rank
+  std::vector<std::vector<Action>> per_rank;  // per_rank[r]: rank r's actions, in order
+
+  int rank_of_stage(int stage) const { return stage % spec.num_ranks; }
+  int chunk_of_stage(int stage) const { return stage / spec.num_ranks; }
+};
+
+// Builds the schedule, with the sends and receives in place. Throws smp::ConfigError naming
+// the field and value when the spec is impossible (ranks, microbatches or chunks < 1,
+// chunks_per_rank > 1 without kInterleavedVirtual, microbatches not a multiple of ranks for
+// kInterleavedVirtual, active_microbatches < 1).
+Schedule make_schedule(const ScheduleSpec& spec);
+
+// --- Simulation (pure) ------------------------------------------------------------------------
+struct Costs {
+  double forward = 1.0;          // per stage, per microbatch
+  double backward = 2.0;         // full backward (= backward_input + backward_weight)
+  double backward_input = 1.0;
+  double backward_weight = 1.0;
+  // Sends and receives take no time; a receive waits until the matching send happened.
+};
+
+struct SimulatedSpan {
+  Action action;
+  double start;
+  double end;
+};
+
+struct Simulation {
+  bool deadlocked = false;
+  std::string deadlock_report;                  // which ranks wait on what, when deadlocked
+  double makespan = 0;                          // end of the last action on any rank
+  std::vector<std::vector<SimulatedSpan>> per_rank;  // compute actions only, in order
+  std::vector<double> busy;                     // per rank: total compute time
+  std::vector<double> bubble_fraction;          // per rank: 1 - busy / makespan
+  // Per rank: the most microbatches whose forward ran on that rank and whose backward
+  // (kBackward or kBackwardWeight, the last of its chunks) did not yet: activations held.
+  std::vector<int> peak_in_flight;
+};
+
+// Runs every rank's list together: a rank runs its next action as soon as what it needs is
+// there (a receive needs the matching send; a compute action needs its receives done and, for
+// a backward, the same microbatch's forward on this stage). Never throws on a bad schedule:
+// reports deadlock and dependency violations in the result.
+Simulation simulate(const Schedule& schedule, const Costs& costs = {});
+
+// Checks the schedule's structure without running it: every (stage, microbatch) has exactly
+// one forward and one backward (or one input and one weight backward) on the right rank, each
+// backward after its forward on that rank, every send has one matching receive on the peer.
+// Returns a description of the first problem, or "" when there is none.
+std::string validate(const Schedule& schedule);
+
+// The bubble theory says for this spec: (p - 1) / (m + p - 1) for simple and 1F1B with v = 1;
+// for interleaved virtual stages (p - 1) / (v * m + p - 1). Forward-only: (p - 1) / (m + p - 1).
+double theoretical_bubble_fraction(const ScheduleSpec& spec);
+
+}  // namespace smp::pipeline
