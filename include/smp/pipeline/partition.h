@@ -36,13 +36,16 @@ struct Partition {
 // The normalised cost of each layer: memory_weight * (param + activation bytes) / total bytes
 // + (1 - memory_weight) * time / total time. A model with zero total bytes or time takes that
 // term as 0.
+// Throws smp::ConfigError when memory_weight is outside [0, 1] or a layer's time or byte count
+// is negative (or its time not finite).
 std::vector<double> layer_costs(const std::vector<LayerCost>& layers, double memory_weight);
 
 // The contiguous split into num_stages non-empty stages that minimises the largest stage cost
-// (ties broken by a deterministic rule written in partition.cpp), never cutting between layers of one share_group. Optimal (dynamic
-// programming), not greedy. Throws smp::ConfigError when num_stages < 1, when there are fewer
-// layers than stages, or when share groups leave fewer cut points than num_stages - 1; the
-// message names the numbers.
+// (ties broken by a deterministic rule written in partition.cpp: the most balanced optimal
+// split), never cutting between layers of one share_group. Optimal (dynamic programming), not
+// greedy. Throws smp::ConfigError when num_stages < 1, when there are fewer
+// layers than stages, when share groups leave fewer cut points than num_stages - 1, or when
+// layer_costs rejects its input; the message names the numbers.
 Partition auto_partition(const std::vector<LayerCost>& layers, int num_stages,
                          double memory_weight);
 
