@@ -38,7 +38,10 @@ struct Action {
            peer == other.peer;
   }
 };
-std::string to_string(const Action& action);  // "F3.1" = forward, microbatch 3, stage 1, etc.
+// "F3.1" = forward of microbatch 3 on stage 1; "B", "I", "W" = full, input and weight backward;
+// sends and receives name their peer: "SA3.1>2" sends that forward output to rank 2, "RA3.2<1"
+// receives stage 2's input from rank 1, likewise "SG" / "RG" for gradients.
+std::string to_string(const Action& action);
 
 // SMP's names: "simple" (GPipe: all forwards, then all backwards) and "interleaved" (1F1B:
 // backward first whenever possible). kInterleavedVirtual is Megatron's interleaved 1F1B with
@@ -51,7 +54,8 @@ struct ScheduleSpec {
   int num_ranks = 1;            // pipeline_parallel_degree
   int num_microbatches = 1;
   int chunks_per_rank = 1;      // v; > 1 only for kInterleavedVirtual
-  int active_microbatches = 0;  // 1F1B: cap on microbatches in flight per rank; 0 = p + 2 (SMP)
+  int active_microbatches = 0;  // 1F1B: cap on microbatches in flight per rank; 0 = p + 2 (SMP).
+                                // The other kinds ignore it (GPipe holds all m by definition).
 };
 
 struct Schedule {
@@ -66,7 +70,18 @@ struct Schedule {
 // Builds the schedule, with the sends and receives in place. Throws smp::ConfigError naming
 // the field and value when the spec is impossible (ranks, microbatches or chunks < 1,
 // chunks_per_rank > 1 without kInterleavedVirtual, microbatches not a multiple of ranks for
-// kInterleavedVirtual, active_microbatches < 1).
+// kInterleavedVirtual, active_microbatches < 0).
+//
+// Orders, per rank (k-th forward / backward of the rank; backwards first-in first-out):
+//   kSimple: all forwards for microbatch 0..m-1, then all backwards for 0..m-1.
+//   kOneFOneB: min(p - r - 1, m, active - 1) warmup forwards, then one forward and one
+//     backward at a time, then the remaining backwards.
+//   kInterleavedVirtual: Megatron's order: forwards of microbatches in groups of p, each group
+//     through chunk 0, 1, ..., v - 1; backwards in the same order with chunks mirrored;
+//     warmup (p - r - 1) * 2 + (v - 1) * p forwards (at most m * v), then 1F1B as above.
+//   kForwardOnly: forwards for microbatch 0..m-1.
+// A receive sits right before the compute that consumes it, a send right after the compute
+// that produces it; stages on the same rank (p = 1) exchange nothing.
 Schedule make_schedule(const ScheduleSpec& spec);
 
 // --- Simulation (pure) ------------------------------------------------------------------------
@@ -91,15 +106,20 @@ struct Simulation {
   std::vector<std::vector<SimulatedSpan>> per_rank;  // compute actions only, in order
   std::vector<double> busy;                     // per rank: total compute time
   std::vector<double> bubble_fraction;          // per rank: 1 - busy / makespan
-  // Per rank: the most microbatches whose forward ran on that rank and whose backward
-  // (kBackward or kBackwardWeight, the last of its chunks) did not yet: activations held.
+  // Per rank: the most (stage, microbatch) pairs held at once: counted from the start of the
+  // forward to the end of its kBackward (or kBackwardWeight). With v chunks a pair holds 1/v
+  // of the rank's layers: divide by v for whole-microbatch units. Pairs with no backward on the
+  // rank (forward-only) are never held, so forward-only schedules peak at 0.
   std::vector<int> peak_in_flight;
 };
 
 // Runs every rank's list together: a rank runs its next action as soon as what it needs is
-// there (a receive needs the matching send; a compute action needs its receives done and, for
-// a backward, the same microbatch's forward on this stage). Never throws on a bad schedule:
-// reports deadlock and dependency violations in the result.
+// there (a receive needs the matching send; a send needs the compute that produced its tensor;
+// a compute action needs its receives done and, for a backward, the same microbatch's forward
+// on this stage). Sends never block (the executor posts its receives early). Never throws on
+// a bad schedule: an action whose needs are never met (a dependency violation, a bad index)
+// stalls its rank, and when no rank can advance the result is deadlocked, with a report
+// naming each stuck rank, its action and what it waits for.
 Simulation simulate(const Schedule& schedule, const Costs& costs = {});
 
 // Checks the schedule's structure without running it: every (stage, microbatch) has exactly
@@ -110,6 +130,7 @@ std::string validate(const Schedule& schedule);
 
 // The bubble theory says for this spec: (p - 1) / (m + p - 1) for simple and 1F1B with v = 1;
 // for interleaved virtual stages (p - 1) / (v * m + p - 1). Forward-only: (p - 1) / (m + p - 1).
+// Throws smp::ConfigError for the specs make_schedule rejects.
 double theoretical_bubble_fraction(const ScheduleSpec& spec);
 
 }  // namespace smp::pipeline
