@@ -19,6 +19,8 @@
 #include "smp/launch.h"
 #include "smp/process_groups.h"
 #include "smp/topology.h"
+#include "smp/distributed_model.h"
+#include "smp/step.h"
 
 namespace smp {
 
@@ -29,7 +31,8 @@ void init(const Config& config);
 // SMP's smp.init() with no argument: the config comes from SM_HP_MP_PARAMETERS.
 void init();
 bool is_initialized();
-// Collective over the world. Frees the communicators and finalises MPI if smp started it.
+// Collective over the world. Frees the communicators, and finalises MPI if smp::init started
+// it (a program that started MPI itself may init again after shutdown).
 void shutdown();
 
 const Config& config();

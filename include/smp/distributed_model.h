@@ -1,0 +1,95 @@
+// smp::DistributedModel: a model as an ordered list of layers, split into pipeline stages on
+// the first step (SMP's DistributedModel).
+//
+//   std::vector<smp::pipeline::Layer> layers = ...;      // the whole model, on every rank
+//   smp::DistributedModel model(std::move(layers));
+//   auto out = smp::step(model, {x}, {y}, loss_fn);        // partitions, then runs the pipeline
+//   optimizer over model.local_parameters() ...
+//
+// Partitioning follows the config: with auto_partition, rank 0 profiles the layers on the first
+// microbatch and splits them to minimise the largest stage cost (memory_weight balances memory
+// against time), then broadcasts the split so every rank agrees; otherwise set_partition (or
+// default_partition) places each layer. After partitioning a rank keeps only its own stages'
+// layers. Build it after smp::init; every rank builds the same model.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "smp/pipeline/executor.h"
+#include "smp/pipeline/layer.h"
+#include "smp/pipeline/partition.h"
+#include "smp/pipeline/schedule.h"
+
+namespace smp {
+
+struct DistributedModelOptions {
+  // Virtual pipeline stages per rank (Megatron's interleaved schedule); an smp extension.
+  // With v > 1 the model splits into pp * v stages and config "pipeline": "interleaved" runs the
+  // interleaved-virtual 1F1B schedule.
+  int chunks_per_rank = 1;
+  // SMP: true averages gradients over microbatches (the loss is scaled by 1/microbatches);
+  // false sums them, for sum-reduced losses.
+  bool average_grads_across_microbatches = true;
+  // When set, every step writes a Chrome-trace/Perfetto JSON of each rank's actions here
+  // (timeline_rank<r>.json), and step_stats() reports the measured bubble.
+  std::string timeline_dir;
+};
+
+// What the last step measured on this rank.
+struct StepStats {
+  double wall_s = 0;
+  double busy_s = 0;
+  double measured_bubble = 0;     // 1 - busy / wall
+  double theoretical_bubble = 0;  // of the schedule that ran
+};
+
+class DistributedModel {
+ public:
+  explicit DistributedModel(std::vector<pipeline::Layer> layers,
+                            DistributedModelOptions options = {});
+
+  // SMP's set_partition: puts the layer named `layer_name` on stage `stage` (the pipeline rank;
+  // with v > 1 chunks the global stage index). Before the first step; used when auto_partition
+  // is false. Throws smp::ConfigError for an unknown layer name.
+  void set_partition(const std::string& layer_name, int stage);
+
+  // Partitions now, using `trial_inputs` (one microbatch) for profiling when auto_partition is
+  // on. Collective over the world; smp::step calls it on the first step.
+  void partition(const pipeline::Values& trial_inputs);
+  bool partitioned() const { return partition_.has_value(); }
+  const pipeline::Partition& partition_assignment() const;
+  int num_stages() const;
+
+  // The parameters of this rank's stages (SMP's local_parameters), after partitioning.
+  std::vector<at::Tensor> local_parameters() const;
+  // Names are "<layer name>.<parameter name>".
+  std::vector<std::pair<std::string, at::Tensor>> local_named_parameters() const;
+  // Global indices of this rank's stages, ascending.
+  std::vector<int> local_stages() const;
+
+  const DistributedModelOptions& options() const { return options_; }
+  const StepStats& step_stats() const { return stats_; }
+
+  // Used by smp::step: the schedule for `num_microbatches` and this rank's executor.
+  pipeline::Executor& executor_for(int num_microbatches, bool train);
+  const pipeline::Schedule& schedule_for(int num_microbatches, bool train);
+  void record_step(const pipeline::ExecutorResult& result, const pipeline::Schedule& schedule);
+
+ private:
+  std::vector<pipeline::Layer> layers_;
+  DistributedModelOptions options_;
+  std::map<std::string, int> manual_stage_;  // from set_partition
+  std::optional<pipeline::Partition> partition_;
+  // Schedules and executors by (microbatches, train).
+  std::map<std::pair<int, bool>, std::unique_ptr<pipeline::Schedule>> schedules_;
+  std::map<std::pair<int, bool>, std::unique_ptr<pipeline::Executor>> executors_;
+  StepStats stats_;
+  int steps_ = 0;
+};
+
+}  // namespace smp

@@ -1,0 +1,71 @@
+// Executor: runs this rank's action list of a Schedule on this rank's stages.
+//
+// It does what the list says and nothing else: forwards and backwards of its stages, and the
+// sends and receives between them over the pipeline group. Receives are posted a few actions
+// ahead of the compute that needs them; sends are posted and left in flight while compute
+// goes on; a microbatch's saved activations are freed as soon as its backward on a stage is
+// done. Parameter gradients accumulate across microbatches (scale the loss by 1/m to average,
+// SMP's average_grads_across_microbatches). Host tensors travel over MPI, device tensors over
+// NCCL, by the Communicator's rule.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "smp/communicator.h"
+#include "smp/pipeline/layer.h"
+#include "smp/pipeline/schedule.h"
+
+namespace smp::pipeline {
+
+// One stage held by this rank: its global index and its layers, in order.
+struct StageModule {
+  int stage = 0;
+  std::vector<const Layer*> layers;
+  std::vector<at::Tensor> parameters() const;
+};
+
+// What one step feeds the pipeline, per microbatch.
+struct StepData {
+  std::vector<Values> inputs;   // consumed by stage 0
+  std::vector<Values> targets;  // consumed by the loss on the last stage
+  // Run on the last stage per microbatch: the model's outputs and the targets in, the values
+  // to return out; the first returned value is the loss (a scalar) that backward starts from.
+  // Without it the model's outputs are returned and only forward-only schedules make sense.
+  std::function<Values(const Values& outputs, const Values& targets)> loss_fn;
+  double loss_scale = 1.0;  // backward runs on loss * loss_scale
+};
+
+struct TraceEvent {
+  Action action;
+  double start_s = 0;  // since the step began
+  double end_s = 0;
+  int64_t bytes = 0;   // payload sent or received, for communication actions
+};
+
+struct ExecutorResult {
+  // On the rank holding the last stage: what loss_fn returned for each microbatch, detached.
+  // Empty on other ranks.
+  std::vector<Values> returned;
+  std::vector<TraceEvent> trace;  // every action, when tracing was asked for
+  double wall_s = 0;              // the step, start to end
+  double busy_s = 0;              // time in compute actions
+};
+
+class Executor {
+ public:
+  // `pipe` is the pipeline group: its rank r runs schedule.per_rank[r]. `stages` holds every
+  // stage the schedule puts on this rank.
+  Executor(comm::Communicator& pipe, const Schedule& schedule, std::vector<StageModule> stages);
+
+  // Runs one step. Collective over the pipeline group. Throws smp::CommError/TimeoutError on
+  // communication failures, and whatever a layer or the loss throws.
+  ExecutorResult run(const StepData& data, bool trace = false);
+
+ private:
+  comm::Communicator& pipe_;
+  const Schedule& schedule_;
+  std::vector<StageModule> stages_;
+};
+
+}  // namespace smp::pipeline

@@ -1,0 +1,21 @@
+// Profiling: what each layer costs on a trial microbatch, for the automatic partitioner.
+#pragma once
+
+#include <vector>
+
+#include "smp/pipeline/layer.h"
+#include "smp/pipeline/partition.h"
+
+namespace smp::pipeline {
+
+// Runs the layers in order on `trial_inputs` on this process: each layer's forward and
+// backward are timed (best of `repeats`), its output bytes and parameter bytes counted, and
+// layers listing one parameter tensor put in one share group. Parameter gradients are left as
+// they were. Not collective.
+std::vector<LayerCost> profile_layers(const std::vector<Layer>& layers, const Values& trial_inputs,
+                                      int repeats = 2);
+
+// Share groups alone (no running): layers listing the same parameter tensor share a group.
+std::vector<int> share_groups(const std::vector<Layer>& layers);
+
+}  // namespace smp::pipeline

@@ -1,0 +1,40 @@
+// smp::step: one training (or evaluation) step through the pipeline (SMP's @smp.step).
+//
+// SMP's step decorates a function run once per microbatch; here the per-microbatch part is the
+// loss function, run on the last stage:
+//
+//   auto loss_fn = [](const Values& out, const Values& targets) -> Values {
+//     return {at::cross_entropy_loss(out[0], targets[0])};   // first value: the loss
+//   };
+//   std::vector<smp::StepOutput> out = smp::step(model, {tokens}, {labels}, loss_fn);
+//   float loss = out[0].reduce_mean().item<float>();
+//
+// Every tensor of inputs and targets is split into config().microbatches along its batch axis
+// (StepOptions::split indexes inputs first, then targets). Stage 0 gets the inputs; the loss
+// function gets the last stage's outputs and the targets. Backward runs inside the step;
+// gradients accumulate in the parameters' .grad (averaged over microbatches by default);
+// optimizer steps, clipping and data-parallel reduction happen outside, as in SMP. What the
+// loss function returns reaches every rank of the pipeline as StepOutputs, one per value.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "smp/distributed_model.h"
+#include "smp/pipeline/microbatch.h"
+
+namespace smp {
+
+using pipeline::Values;
+using LossFn = std::function<Values(const Values& outputs, const Values& targets)>;
+
+struct StepOptions {
+  pipeline::SplitSpec split;  // SMP's input_split_axes / non_split_inputs
+  bool train = true;          // false: forward only (no backward), for evaluation
+};
+
+// Collective over the world (every rank calls it with the same batch).
+std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, const Values& targets,
+                             const LossFn& loss_fn, const StepOptions& options = {});
+
+}  // namespace smp

@@ -1,0 +1,214 @@
+// DistributedModel: partitioning on the first step, this rank's stages, schedules per
+// microbatch count (see distributed_model.h).
+#include "smp/distributed_model.h"
+
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "smp/pipeline/profile.h"
+#include "smp/pipeline/timeline.h"
+#include "smp/smp.h"
+
+namespace smp {
+
+using pipeline::Layer;
+using pipeline::LayerCost;
+using pipeline::Partition;
+
+DistributedModel::DistributedModel(std::vector<Layer> layers, DistributedModelOptions options)
+    : layers_(std::move(layers)), options_(std::move(options)) {
+  if (options_.chunks_per_rank < 1) {
+    throw ConfigError("chunks_per_rank: got " + std::to_string(options_.chunks_per_rank) +
+                      "; allowed: an integer >= 1");
+  }
+  if (layers_.empty()) throw ConfigError("DistributedModel: the model has no layers");
+}
+
+void DistributedModel::set_partition(const std::string& layer_name, int stage) {
+  if (partitioned()) {
+    throw ConfigError("set_partition(\"" + layer_name + "\"): the model is already partitioned");
+  }
+  for (const Layer& layer : layers_) {
+    if (layer.name == layer_name) {
+      manual_stage_[layer_name] = stage;
+      return;
+    }
+  }
+  throw ConfigError("set_partition: no layer is named \"" + layer_name + "\"");
+}
+
+int DistributedModel::num_stages() const {
+  return smp::pp_size() * options_.chunks_per_rank;
+}
+
+namespace {
+
+// Names and share groups only: what manual partitioning and the checks need.
+std::vector<LayerCost> unprofiled_costs(const std::vector<Layer>& layers) {
+  const std::vector<int> groups = pipeline::share_groups(layers);
+  std::vector<LayerCost> costs(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) {
+    costs[i].name = layers[i].name;
+    costs[i].share_group = groups[i];
+    for (const at::Tensor& p : layers[i].parameters) {
+      costs[i].param_bytes += static_cast<int64_t>(p.nbytes());
+      costs[i].num_params += p.numel();
+    }
+  }
+  return costs;
+}
+
+// Rank 0 profiles and decides; the others receive its decision or its error, so every rank
+// agrees and none waits on a rank 0 that failed.
+std::vector<int> decide_on_rank0(const std::vector<Layer>& layers, const pipeline::Values& trial,
+                                 int num_stages, double memory_weight) {
+  std::string message;
+  if (smp::rank() == 0) {
+    nlohmann::json decision;
+    try {
+      const auto costs = pipeline::profile_layers(layers, trial);
+      const Partition part = pipeline::auto_partition(costs, num_stages, memory_weight);
+      std::printf("%s", pipeline::describe(part, costs).c_str());
+      std::fflush(stdout);
+      decision = {{"stages", part.stage_of_layer}};
+    } catch (const std::exception& e) {
+      decision = {{"error", e.what()}};
+    }
+    message = decision.dump();
+    smp::broadcast(message, CommGroup::WORLD);
+  } else {
+    message = smp::recv_from(0, RankType::WORLD_RANK);
+  }
+  const auto decision = nlohmann::json::parse(message);
+  if (decision.contains("error")) {
+    throw ConfigError("automatic partitioning failed on rank 0: " +
+                      decision["error"].get<std::string>());
+  }
+  return decision["stages"].get<std::vector<int>>();
+}
+
+}  // namespace
+
+void DistributedModel::partition(const pipeline::Values& trial_inputs) {
+  if (partitioned()) return;
+  const Config& cfg = smp::config();
+  const int stages = num_stages();
+  const auto costs = unprofiled_costs(layers_);
+  if (static_cast<int>(layers_.size()) < stages) {
+    throw ConfigError("pipeline_parallel_degree (" + std::to_string(smp::pp_size()) + ") x " +
+                      "chunks_per_rank (" + std::to_string(options_.chunks_per_rank) + ") = " +
+                      std::to_string(stages) + " stages, but the model has only " +
+                      std::to_string(layers_.size()) + " layers; each stage needs at least one");
+  }
+  if (cfg.auto_partition && stages > 1) {
+    std::vector<int> stage_of = decide_on_rank0(layers_, trial_inputs, stages, cfg.memory_weight);
+    partition_ = pipeline::manual_partition(stage_of, stages, 0, costs);
+  } else {
+    std::vector<int> stage_of;
+    for (const Layer& layer : layers_) {
+      auto it = manual_stage_.find(layer.name);
+      stage_of.push_back(it == manual_stage_.end() ? -1 : it->second);
+    }
+    partition_ = pipeline::manual_partition(stage_of, stages, cfg.default_partition, costs);
+    if (smp::rank() == 0 && stages > 1) {
+      std::printf("%s", pipeline::describe(*partition_, costs).c_str());
+      std::fflush(stdout);
+    }
+  }
+  // A rank keeps only its own stages' layers.
+  const std::vector<int> mine = local_stages();
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const int stage = partition_->stage_of_layer[i];
+    if (std::find(mine.begin(), mine.end(), stage) == mine.end()) {
+      layers_[i] = Layer{layers_[i].name, nullptr, {}, {}, nullptr};
+    }
+  }
+}
+
+const Partition& DistributedModel::partition_assignment() const {
+  if (!partition_) throw Error("DistributedModel: not partitioned yet (the first step does it)");
+  return *partition_;
+}
+
+std::vector<int> DistributedModel::local_stages() const {
+  std::vector<int> out;
+  for (int s = smp::pp_rank(); s < num_stages(); s += smp::pp_size()) out.push_back(s);
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> DistributedModel::local_named_parameters() const {
+  const Partition& part = partition_assignment();
+  const std::vector<int> mine = local_stages();
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (std::find(mine.begin(), mine.end(), part.stage_of_layer[i]) == mine.end()) continue;
+    for (size_t j = 0; j < layers_[i].parameters.size(); ++j) {
+      out.emplace_back(layers_[i].name + "." + layers_[i].parameter_names.at(j),
+                       layers_[i].parameters[j]);
+    }
+  }
+  return out;
+}
+
+std::vector<at::Tensor> DistributedModel::local_parameters() const {
+  std::vector<at::Tensor> out;
+  for (auto& [name, p] : local_named_parameters()) out.push_back(p);
+  return out;
+}
+
+const pipeline::Schedule& DistributedModel::schedule_for(int num_microbatches, bool train) {
+  auto& slot = schedules_[{num_microbatches, train}];
+  if (!slot) {
+    const Config& cfg = smp::config();
+    pipeline::ScheduleSpec spec;
+    spec.num_ranks = smp::pp_size();
+    spec.num_microbatches = num_microbatches;
+    spec.chunks_per_rank = options_.chunks_per_rank;
+    spec.active_microbatches = cfg.active_microbatches;
+    if (!train || cfg.pipeline == PipelineMode::kOnlyForward) {
+      spec.kind = pipeline::ScheduleKind::kForwardOnly;
+    } else if (cfg.pipeline == PipelineMode::kSimple) {
+      spec.kind = pipeline::ScheduleKind::kSimple;
+    } else {
+      spec.kind = options_.chunks_per_rank > 1 ? pipeline::ScheduleKind::kInterleavedVirtual
+                                               : pipeline::ScheduleKind::kOneFOneB;
+    }
+    slot = std::make_unique<pipeline::Schedule>(pipeline::make_schedule(spec));
+  }
+  return *slot;
+}
+
+pipeline::Executor& DistributedModel::executor_for(int num_microbatches, bool train) {
+  auto& slot = executors_[{num_microbatches, train}];
+  if (!slot) {
+    const Partition& part = partition_assignment();
+    std::vector<pipeline::StageModule> stages;
+    for (int s : local_stages()) {
+      pipeline::StageModule module;
+      module.stage = s;
+      for (int i = part.begin(s); i < part.end(s); ++i) module.layers.push_back(&layers_[i]);
+      stages.push_back(std::move(module));
+    }
+    slot = std::make_unique<pipeline::Executor>(smp::process_group(CommGroup::PP_GROUP),
+                                                schedule_for(num_microbatches, train),
+                                                std::move(stages));
+  }
+  return *slot;
+}
+
+void DistributedModel::record_step(const pipeline::ExecutorResult& result,
+                                   const pipeline::Schedule& schedule) {
+  stats_.wall_s = result.wall_s;
+  stats_.busy_s = result.busy_s;
+  stats_.measured_bubble = result.wall_s > 0 ? 1 - result.busy_s / result.wall_s : 0;
+  stats_.theoretical_bubble = pipeline::theoretical_bubble_fraction(schedule.spec);
+  if (!options_.timeline_dir.empty()) {
+    pipeline::write_chrome_trace(
+        options_.timeline_dir + "/timeline_rank" + std::to_string(smp::rank()) + ".json",
+        smp::pp_rank(), result.trace);
+  }
+  ++steps_;
+}
+
+}  // namespace smp

@@ -1,0 +1,75 @@
+// smp::step: split the batch, partition on the first call, run the pipeline, share what the
+// loss returned with every pipeline rank (see step.h).
+#include "smp/step.h"
+
+#include "smp/smp.h"
+#include "values_p2p.h"
+
+namespace smp {
+namespace {
+
+// Tag on the pipeline group for returned values; apart from the executor's tags by being the
+// largest.
+constexpr int kReturnTag = comm::Communicator::kMaxTag - 2;
+
+// The last stage's rank sends each microbatch's returned values to every other pipeline rank.
+std::vector<Values> share_returned(std::vector<Values> returned, int num_microbatches,
+                                   at::Device device) {
+  comm::Communicator& pipe = process_group(CommGroup::PP_GROUP);
+  const int last = pipe.size() - 1;
+  if (pipe.size() == 1) return returned;
+  int64_t bytes = 0;
+  if (pipe.rank() == last) {
+    std::vector<comm::Work> sends;
+    for (int peer = 0; peer < last; ++peer) {
+      for (const Values& values : returned) {
+        auto works = pipeline::send_values(pipe, values, peer, kReturnTag, &bytes);
+        sends.insert(sends.end(), works.begin(), works.end());
+      }
+    }
+    for (comm::Work& work : sends) work.wait();
+    return returned;
+  }
+  std::vector<Values> out;
+  for (int mb = 0; mb < num_microbatches; ++mb) {
+    out.push_back(pipeline::ValuesRecv(pipe, last, kReturnTag, device).wait(&bytes));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, const Values& targets,
+                             const LossFn& loss_fn, const StepOptions& options) {
+  const int m = config().microbatches;
+  Values batch = inputs;
+  batch.insert(batch.end(), targets.begin(), targets.end());
+  const std::vector<Values> split = pipeline::split_microbatches(batch, m, options.split);
+
+  pipeline::StepData data;
+  for (const Values& mb : split) {
+    data.inputs.emplace_back(mb.begin(), mb.begin() + inputs.size());
+    data.targets.emplace_back(mb.begin() + inputs.size(), mb.end());
+  }
+  data.loss_fn = loss_fn;
+  data.loss_scale = model.options().average_grads_across_microbatches ? 1.0 / m : 1.0;
+
+  if (!model.partitioned()) model.partition(data.inputs.at(0));
+  const pipeline::Schedule& schedule = model.schedule_for(m, options.train);
+  pipeline::ExecutorResult result = model.executor_for(m, options.train)
+                                        .run(data, !model.options().timeline_dir.empty());
+  model.record_step(result, schedule);
+
+  const at::Device device = inputs.empty() ? at::Device(at::kCPU) : inputs[0].device();
+  const std::vector<Values> returned = share_returned(std::move(result.returned), m, device);
+  std::vector<StepOutput> outputs;
+  const size_t num_values = returned.empty() ? 0 : returned[0].size();
+  for (size_t j = 0; j < num_values; ++j) {
+    std::vector<at::Tensor> per_microbatch;
+    for (const Values& values : returned) per_microbatch.push_back(values.at(j));
+    outputs.emplace_back(std::move(per_microbatch));
+  }
+  return outputs;
+}
+
+}  // namespace smp
