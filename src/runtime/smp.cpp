@@ -13,6 +13,7 @@ namespace {
 struct State {
   Config config;
   comm::ProcessGroups groups;
+  bool started_mpi = false;  // smp::init started MPI, so smp::shutdown finalises it
 };
 std::unique_ptr<State> g_state;
 
@@ -68,11 +69,13 @@ void send_world(const std::string& obj, int world_dest) {
 
 void init(const Config& config) {
   if (g_state) throw Error("smp: init called twice; call smp::shutdown() before init again");
+  const bool started_mpi = !comm::mpi_initialized();
   comm::init_mpi();
   config.validate_world(comm::world_size());
   Topology topology(comm::world_size(), config.pipeline_parallel_degree,
                     config.tensor_parallel_degree, config.placement_letters());
-  g_state.reset(new State{config, comm::ProcessGroups(topology, config.comm_timeout_s)});
+  g_state.reset(
+      new State{config, comm::ProcessGroups(topology, config.comm_timeout_s), started_mpi});
   // Accepted keys whose features smp lacks yet are said out loud, once, by rank 0.
   if (rank() == 0) {
     for (const std::string& warning : config.not_implemented_warnings()) {
@@ -85,9 +88,11 @@ void init() { init(Config::from_env()); }
 bool is_initialized() { return g_state != nullptr; }
 
 void shutdown() {
-  if (g_state) barrier(CommGroup::WORLD);
+  if (!g_state) return;
+  barrier(CommGroup::WORLD);
+  const bool finalise = g_state->started_mpi;
   g_state.reset();
-  comm::finalize_mpi();
+  if (finalise) comm::finalize_mpi();
 }
 
 const Config& config() { return state().config; }
