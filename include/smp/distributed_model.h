@@ -69,6 +69,14 @@ class DistributedModel {
   std::vector<at::Tensor> local_parameters() const;
   // Names are "<layer name>.<parameter name>".
   std::vector<std::pair<std::string, at::Tensor>> local_named_parameters() const;
+  // Every parameter of this rank's stages with its name and whether it is a tensor-parallel
+  // shard (reduced over RDP_GROUP) or replicated across the TP group (reduced over DP_GROUP).
+  struct LocalParameter {
+    std::string name;
+    at::Tensor tensor;
+    bool tp_sharded = false;
+  };
+  std::vector<LocalParameter> local_parameter_info() const;
   // Global indices of this rank's stages, ascending.
   std::vector<int> local_stages() const;
 

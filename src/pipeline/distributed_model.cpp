@@ -121,7 +121,7 @@ void DistributedModel::partition(const pipeline::Values& trial_inputs) {
   for (size_t i = 0; i < layers_.size(); ++i) {
     const int stage = partition_->stage_of_layer[i];
     if (std::find(mine.begin(), mine.end(), stage) == mine.end()) {
-      layers_[i] = Layer{layers_[i].name, nullptr, {}, {}, nullptr};
+      layers_[i] = Layer{layers_[i].name, nullptr, {}, {}, {}, nullptr};
     }
   }
 }
@@ -137,17 +137,24 @@ std::vector<int> DistributedModel::local_stages() const {
   return out;
 }
 
-std::vector<std::pair<std::string, at::Tensor>> DistributedModel::local_named_parameters() const {
+std::vector<DistributedModel::LocalParameter> DistributedModel::local_parameter_info() const {
   const Partition& part = partition_assignment();
   const std::vector<int> mine = local_stages();
-  std::vector<std::pair<std::string, at::Tensor>> out;
+  std::vector<LocalParameter> out;
   for (size_t i = 0; i < layers_.size(); ++i) {
     if (std::find(mine.begin(), mine.end(), part.stage_of_layer[i]) == mine.end()) continue;
-    for (size_t j = 0; j < layers_[i].parameters.size(); ++j) {
-      out.emplace_back(layers_[i].name + "." + layers_[i].parameter_names.at(j),
-                       layers_[i].parameters[j]);
+    const Layer& layer = layers_[i];
+    for (size_t j = 0; j < layer.parameters.size(); ++j) {
+      const bool sharded = j < layer.tp_sharded.size() && layer.tp_sharded[j];
+      out.push_back({layer.name + "." + layer.parameter_names.at(j), layer.parameters[j], sharded});
     }
   }
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> DistributedModel::local_named_parameters() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const LocalParameter& p : local_parameter_info()) out.emplace_back(p.name, p.tensor);
   return out;
 }
 

@@ -142,6 +142,9 @@ class Run {
 
   void execute(const Action& a, int64_t* bytes) {
     const Key key{a.stage, a.microbatch};
+    if (data_.before_backward && is_compute(a.kind) && a.kind != ActionKind::kForward) {
+      data_.before_backward(a);
+    }
     switch (a.kind) {
       case ActionKind::kForward: return forward(key);
       case ActionKind::kBackward: return backward(key, /*input=*/true, /*weight=*/true);

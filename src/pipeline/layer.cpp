@@ -1,6 +1,8 @@
 // module_layer: a libtorch module as a pipeline layer.
 #include "smp/pipeline/layer.h"
 
+#include <map>
+
 #include <torch/nn/module.h>
 
 namespace smp::pipeline {
@@ -10,9 +12,20 @@ Layer module_layer(std::string name, std::shared_ptr<torch::nn::Module> module,
   Layer layer;
   layer.name = std::move(name);
   layer.forward = std::move(forward);
+  // Which parameters are tensor-parallel shards: ask the submodule that owns each one.
+  std::map<std::string, bool> sharded;
+  for (const auto& sub : module->named_modules()) {
+    const auto* owner = dynamic_cast<const ShardedModule*>(sub.value().get());
+    if (!owner) continue;
+    const std::string prefix = sub.key().empty() ? "" : sub.key() + ".";
+    for (const auto& item : sub.value()->named_parameters(/*recurse=*/false)) {
+      sharded[prefix + item.key()] = owner->is_tp_sharded(item.key());
+    }
+  }
   for (const auto& item : module->named_parameters(/*recurse=*/true)) {
     layer.parameter_names.push_back(item.key());
     layer.parameters.push_back(item.value());
+    layer.tp_sharded.push_back(sharded.count(item.key()) ? sharded[item.key()] : false);
   }
   layer.owner = std::move(module);
   return layer;

@@ -30,12 +30,24 @@ struct Layer {
   std::vector<at::Tensor> parameters;
   // Names of those tensors ("weight"), parallel to `parameters`.
   std::vector<std::string> parameter_names;
+  // Parallel to `parameters`: true where the tensor is one tensor-parallel shard of a larger
+  // parameter (its gradient is reduced over RDP_GROUP, not DP_GROUP, as in SMP). Empty: none.
+  std::vector<bool> tp_sharded;
   // Keeps whatever owns the parameters alive (the module).
   std::shared_ptr<void> owner;
 };
 
+// Implemented by modules that hold tensor-parallel shards (smp::tp's parallel layers), so that
+// module_layer can tell a shard from a replicated parameter.
+class ShardedModule {
+ public:
+  virtual ~ShardedModule() = default;
+  // `name` is the parameter's name inside this module ("weight").
+  virtual bool is_tp_sharded(const std::string& name) const = 0;
+};
+
 // A layer over a libtorch module: `forward` calls the module; parameters are the module's
-// (recursively) with their names.
+// (recursively) with their names; tp_sharded asks each submodule that is a ShardedModule.
 Layer module_layer(std::string name, std::shared_ptr<torch::nn::Module> module,
                    std::function<Values(const Values&)> forward);
 
