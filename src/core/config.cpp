@@ -6,13 +6,14 @@
 // field in config.h and a row in docs/config.md. Cross-field rules live in validate().
 #include "smp/config.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -21,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "smp/error.h"
+#include "smp/suggest.h"
 
 namespace smp {
 namespace {
@@ -325,48 +327,11 @@ const char* kPipelineDegree = "pipeline_parallel_degree";
 
 // ---- unknown keys ----
 
-// Optimal-string-alignment distance (edits, adjacent swaps count one), case-insensitive.
-std::size_t edit_distance(const std::string& a_in, const std::string& b_in) {
-  auto lower = [](std::string s) {
-    for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    return s;
-  };
-  const std::string a = lower(a_in), b = lower(b_in);
-  std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
-  for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
-  for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
-      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
-        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
-      }
-    }
-  }
-  return d[a.size()][b.size()];
-}
-
-// The nearest valid key: within max(1, len/3) edits, else the shortest key that `key`
-// (5+ characters) begins; empty when nothing is close.
+// The nearest valid key, or "" when nothing is close.
 std::string nearest_key(const std::string& key) {
   std::vector<std::string> names = {kPartitionsAlias};
   for (const KeySpec& spec : key_specs()) names.push_back(spec.name);
-  const std::size_t limit = std::max<std::size_t>(1, key.size() / 3);
-  std::string best;
-  std::size_t best_distance = limit + 1;
-  for (const std::string& name : names) {
-    const std::size_t distance = edit_distance(key, name);
-    if (distance < best_distance) {
-      best = name;
-      best_distance = distance;
-    }
-  }
-  if (!best.empty() || key.size() < 5) return best;
-  for (const std::string& name : names) {
-    if (name.compare(0, key.size(), key) == 0 && (best.empty() || name.size() < best.size())) best = name;
-  }
-  return best;
+  return nearest_name(key, names);
 }
 
 [[noreturn]] void fail_unknown_key(const std::string& key) {
@@ -492,8 +457,11 @@ Config Config::from_json_string(const std::string& text) {
 
 Config Config::from_json_file(const std::string& path) {
   return with_context("config file " + in_quotes(path), [&] {
-    std::error_code error;
-    if (std::filesystem::is_directory(path, error)) throw ConfigError("cannot read: it is a directory");
+    // POSIX, not std::filesystem: libtorch.so exports its own copies of those symbols.
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      throw ConfigError("cannot read: it is a directory");
+    }
     std::ifstream in(path, std::ios::binary);
     if (!in) throw ConfigError(std::string("cannot read: ") + std::strerror(errno));
     std::ostringstream text;
