@@ -1,0 +1,68 @@
+// smp-train's run configuration: one JSON file with the model, the data, the training
+// hyperparameters and SMP's parallel keys.
+//
+//   {
+//     "model": {"name": "tiny", "num_layers": 4},
+//     "data": {"text": "corpus.txt", "val_fraction": 0.05},
+//     "training": {"steps": 200, "global_batch": 32, "seq_len": 64, "lr": 3e-3, ...},
+//     "smp": {"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true},
+//     "run_dir": "runs/bible"
+//   }
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "smp/config.h"
+#include "smp/models/model_config.h"
+
+namespace smp::train {
+
+struct DataConfig {
+  std::string text;           // a text file, tokenized into shards under <run_dir>/data
+  std::string shards_dir;     // or: a folder of train_*.bin / val_*.bin shards already made
+  std::string vocab_json;     // GPT-2 BPE when both are given; byte-level otherwise
+  std::string merges_txt;
+  double val_fraction = 0.05;
+};
+
+struct TrainingConfig {
+  int64_t steps = 100;
+  int64_t global_batch = 32;  // sequences per optimizer step, over all data-parallel replicas
+  int64_t seq_len = 64;
+  double lr = 3e-3;
+  double min_lr = 3e-4;        // cosine decay ends here
+  int64_t warmup_steps = 10;   // linear warm-up from 0
+  double weight_decay = 0.1;   // AdamW, on matrices only (not biases, norms)
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double grad_clip = 1.0;      // global-norm clipping; 0 disables
+  std::string precision = "fp32";  // "fp32" | "bf16" | "fp16" (sets smp's bf16 / fp16 keys)
+  uint64_t seed = 1234;
+  int64_t val_every = 50;      // steps between validation losses; 0: only at the end
+  int64_t val_batches = 4;
+  int64_t checkpoint_every = 0;  // steps between partial checkpoints; 0: none
+  std::string prompt = "\n";     // the sample at the end starts here
+  int64_t sample_tokens = 200;
+  double temperature = 0.8;
+};
+
+struct TrainConfig {
+  models::ModelConfig model;
+  DataConfig data;
+  TrainingConfig training;
+  Config smp;                    // SMP's parallel keys
+  std::string run_dir = "runs/smp-train";
+
+  // Throws smp::ConfigError naming the section, key, value and what is allowed: unknown keys
+  // (with the nearest valid one), bad types and ranges, global_batch not divisible by
+  // (data-parallel replicas x microbatches), seq_len above the model's max_seq_len.
+  static TrainConfig from_json_file(const std::string& path);
+  static TrainConfig from_json_string(const std::string& text);
+};
+
+// The learning rate at `step` (0-based): linear warm-up to lr over warmup_steps, then cosine
+// decay to min_lr at the last step.
+double learning_rate(const TrainingConfig& training, int64_t step);
+
+}  // namespace smp::train

@@ -1,0 +1,169 @@
+// smp-train's JSON configuration and learning-rate schedule (see train_config.h).
+#include "smp/train/train_config.h"
+
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "smp/error.h"
+#include "smp/suggest.h"
+
+namespace smp::train {
+namespace {
+
+using nlohmann::json;
+
+[[noreturn]] void bad(const std::string& where, const json& value, const std::string& allowed) {
+  throw ConfigError("run config " + where + ": got " + value.dump() + "; allowed: " + allowed);
+}
+
+// One section: each key a setter that checks its value; unknown keys get a suggestion.
+using Setters = std::map<std::string, std::function<void(const json&)>>;
+
+void apply(const std::string& section, const json& values, const Setters& setters) {
+  if (!values.is_object()) bad("\"" + section + "\"", values, "an object");
+  std::vector<std::string> names;
+  for (const auto& [name, setter] : setters) names.push_back(name);
+  for (const auto& [key, value] : values.items()) {
+    const auto it = setters.find(key);
+    if (it == setters.end()) {
+      throw ConfigError("run config: unknown key \"" + section + "." + key + "\"" +
+                        suggestion(key, names));
+    }
+    it->second(value);
+  }
+}
+
+std::function<void(const json&)> string_into(const std::string& where, std::string* out) {
+  return [where, out](const json& v) {
+    if (!v.is_string()) bad(where, v, "a string");
+    *out = v.get<std::string>();
+  };
+}
+
+std::function<void(const json&)> int_into(const std::string& where, int64_t* out, int64_t min) {
+  return [where, out, min](const json& v) {
+    if (!v.is_number_integer() || v.get<int64_t>() < min) {
+      bad(where, v, "an integer >= " + std::to_string(min));
+    }
+    *out = v.get<int64_t>();
+  };
+}
+
+std::function<void(const json&)> real_into(const std::string& where, double* out, double min,
+                                           double max) {
+  return [where, out, min, max](const json& v) {
+    if (!v.is_number() || v.get<double>() < min || v.get<double>() > max) {
+      bad(where, v, "a number in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
+    }
+    *out = v.get<double>();
+  };
+}
+
+Setters data_setters(DataConfig& d) {
+  return {{"text", string_into("data.text", &d.text)},
+          {"shards_dir", string_into("data.shards_dir", &d.shards_dir)},
+          {"vocab_json", string_into("data.vocab_json", &d.vocab_json)},
+          {"merges_txt", string_into("data.merges_txt", &d.merges_txt)},
+          {"val_fraction", real_into("data.val_fraction", &d.val_fraction, 0, 0.5)}};
+}
+
+Setters training_setters(TrainingConfig& t) {
+  return {
+      {"steps", int_into("training.steps", &t.steps, 1)},
+      {"global_batch", int_into("training.global_batch", &t.global_batch, 1)},
+      {"seq_len", int_into("training.seq_len", &t.seq_len, 1)},
+      {"lr", real_into("training.lr", &t.lr, 0, 10)},
+      {"min_lr", real_into("training.min_lr", &t.min_lr, 0, 10)},
+      {"warmup_steps", int_into("training.warmup_steps", &t.warmup_steps, 0)},
+      {"weight_decay", real_into("training.weight_decay", &t.weight_decay, 0, 10)},
+      {"beta1", real_into("training.beta1", &t.beta1, 0, 0.999999)},
+      {"beta2", real_into("training.beta2", &t.beta2, 0, 0.999999)},
+      {"grad_clip", real_into("training.grad_clip", &t.grad_clip, 0, 1e9)},
+      {"precision",
+       [&t](const json& v) {
+         if (!v.is_string() || (v != "fp32" && v != "bf16" && v != "fp16")) {
+           bad("training.precision", v, "\"fp32\", \"bf16\", \"fp16\"");
+         }
+         t.precision = v.get<std::string>();
+       }},
+      {"seed",
+       [&t](const json& v) {
+         if (!v.is_number_integer() || v.get<int64_t>() < 0) bad("training.seed", v, "an integer >= 0");
+         t.seed = v.get<uint64_t>();
+       }},
+      {"val_every", int_into("training.val_every", &t.val_every, 0)},
+      {"val_batches", int_into("training.val_batches", &t.val_batches, 1)},
+      {"checkpoint_every", int_into("training.checkpoint_every", &t.checkpoint_every, 0)},
+      {"prompt", string_into("training.prompt", &t.prompt)},
+      {"sample_tokens", int_into("training.sample_tokens", &t.sample_tokens, 0)},
+      {"temperature", real_into("training.temperature", &t.temperature, 0, 100)},
+  };
+}
+
+}  // namespace
+
+TrainConfig TrainConfig::from_json_string(const std::string& text) {
+  json root;
+  try {
+    root = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw ConfigError(std::string("run config: invalid JSON: ") + e.what());
+  }
+  TrainConfig c;
+  json smp_section = json::object();
+  apply("", root,
+        {{"model", [&](const json& v) { c.model = models::model_config_from_json(v); }},
+         {"data", [&](const json& v) { apply("data", v, data_setters(c.data)); }},
+         {"training", [&](const json& v) { apply("training", v, training_setters(c.training)); }},
+         {"smp", [&](const json& v) { smp_section = v; }},
+         {"run_dir", string_into("run_dir", &c.run_dir)}});
+  // The precision sets SMP's keys, unless the smp section already says otherwise.
+  if (c.training.precision != "fp32" && smp_section.is_object()) {
+    const std::string key = c.training.precision;  // "bf16" or "fp16"
+    if (smp_section.contains(key) && smp_section[key] != true) {
+      bad("smp." + key, smp_section[key], "true, as training.precision is \"" + key + "\"");
+    }
+    smp_section[key] = true;
+  }
+  c.smp = Config::from_json(smp_section);
+  if (c.data.text.empty() == c.data.shards_dir.empty()) {
+    throw ConfigError("run config data: give exactly one of \"text\" (a text file) and "
+                      "\"shards_dir\" (a folder of token shards)");
+  }
+  if (c.training.seq_len > c.model.max_seq_len) {
+    throw ConfigError("run config training.seq_len (" + std::to_string(c.training.seq_len) +
+                      ") is longer than the model's max_seq_len (" +
+                      std::to_string(c.model.max_seq_len) + ")");
+  }
+  if (c.training.min_lr > c.training.lr) {
+    throw ConfigError("run config training.min_lr (" + std::to_string(c.training.min_lr) +
+                      ") is above training.lr (" + std::to_string(c.training.lr) + ")");
+  }
+  return c;
+}
+
+TrainConfig TrainConfig::from_json_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError("run config: cannot read " + path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  try {
+    return from_json_string(text.str());
+  } catch (const ConfigError& e) {
+    throw ConfigError(path + ": " + e.what());
+  }
+}
+
+double learning_rate(const TrainingConfig& t, int64_t step) {
+  if (step < t.warmup_steps) return t.lr * static_cast<double>(step + 1) / t.warmup_steps;
+  const int64_t decay_steps = std::max<int64_t>(1, t.steps - 1 - t.warmup_steps);
+  const double progress = std::min(1.0, static_cast<double>(step - t.warmup_steps) / decay_steps);
+  return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + std::cos(M_PI * progress));
+}
+
+}  // namespace smp::train
