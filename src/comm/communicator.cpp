@@ -6,6 +6,7 @@
 // payload's tag is derived from the per-peer sequence number, so several receives from one
 // peer may be in flight and each still gets its own payload.
 #include <climits>
+#include <exception>
 #include <sstream>
 
 #include <ATen/ATen.h>
@@ -81,9 +82,32 @@ void check_mpi(int rc, const std::string& what, const GroupState& group) {
                   std::string(text, length));
 }
 
+void PendingReceives::add(const std::shared_ptr<WorkState>& work) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  works_.push_back(work);
+}
+
+void PendingReceives::advance_all() {
+  std::vector<std::shared_ptr<WorkState>> live;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::weak_ptr<WorkState>> keep;
+    for (const auto& weak : works_) {
+      if (auto work = weak.lock(); work && !work->done) {
+        live.push_back(work);
+        keep.push_back(weak);
+      }
+    }
+    works_.swap(keep);
+  }
+  for (const auto& work : live) work->advance();
+}
+
 std::shared_ptr<GroupState> make_group(MPI_Comm comm, std::string name,
-                                       std::vector<int> world_ranks, double timeout_s) {
+                                       std::vector<int> world_ranks, double timeout_s,
+                                       std::shared_ptr<PendingReceives> receives) {
   auto group = std::make_shared<GroupState>();
+  if (receives) group->receives = std::move(receives);
   group->comm = comm;
   group->name = std::move(name);
   group->world_ranks = std::move(world_ranks);
@@ -177,17 +201,33 @@ struct RecvWork : detail::WorkState {
   Work device_payload;  // NCCL payload for device tensors
   bool have_header = false;
 
-  bool poll() override {
+  std::exception_ptr error;  // from posting the payload in advance(), rethrown by poll()
+
+  void advance() override {
+    if (have_header) return;
     int flag = 0;
+    if (MPI_Test(&header_request, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || !flag) return;
+    have_header = true;
+    try {
+      start_payload();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+
+  bool poll() override {
     if (!have_header) {
+      int flag = 0;
       check_mpi(MPI_Test(&header_request, &flag, MPI_STATUS_IGNORE), op, *group);
       if (!flag) return false;
       have_header = true;
       start_payload();
     }
+    if (error) std::rethrow_exception(error);
     if (device.is_cuda()) {
       if (!device_payload.is_completed()) return false;
     } else {
+      int flag = 0;
       check_mpi(MPI_Test(&payload_request, &flag, MPI_STATUS_IGNORE), op, *group);
       if (!flag) return false;
     }
@@ -436,6 +476,7 @@ Work post_recv(const std::shared_ptr<GroupState>& group, at::Tensor output, int 
   check_mpi(MPI_Irecv(work->header, kHeaderLength, MPI_INT64_T, peer, tag, group->comm,
                       &work->header_request),
             "recv", *group);
+  group->receives->add(work);
   return Work(work);
 }
 

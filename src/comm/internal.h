@@ -17,6 +17,23 @@
 namespace smp::comm::detail {
 
 class NcclComm;  // nccl.cpp; null until a device tensor first crosses the group
+struct WorkState;
+
+// Receives whose second phase (posting the payload once the header says what comes) waits
+// for someone to poll them. Every wait advances all of them, in every group that shares this
+// registry (ProcessGroups shares one among its groups): a rank blocked in one operation must
+// still post the payload receive a peer's send depends on, or two ranks could wait on each
+// other forever.
+class PendingReceives {
+ public:
+  void add(const std::shared_ptr<WorkState>& work);
+  // Advances every live, unfinished receive one phase if it can. Never blocks or throws.
+  void advance_all();
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::weak_ptr<WorkState>> works_;
+};
 
 // Everything one group owns. Shared by the Communicator and the Works it hands out, so a
 // Work can report on its group even while the Communicator is being destroyed.
@@ -35,6 +52,7 @@ struct GroupState {
   std::vector<int64_t> send_seq;   // per peer: payload tags of this rank's sends
   std::vector<int64_t> recv_seq;   // per peer: not used for matching, only for messages
   std::shared_ptr<NcclComm> nccl;  // shared_ptr: destructible where NcclComm is incomplete
+  std::shared_ptr<PendingReceives> receives = std::make_shared<PendingReceives>();
 
   ~GroupState();
   // "TP_GROUP (world ranks [0, 1])"
@@ -47,8 +65,10 @@ struct GroupState {
 
 // Takes ownership of `comm`. `name` is what errors print ("TP_GROUP"); `world_ranks[i]` is
 // the world rank of group rank i. Every wait is bounded by `timeout_s`.
+// Groups made with the same `receives` advance each other's pending receives while waiting.
 std::shared_ptr<GroupState> make_group(MPI_Comm comm, std::string name,
-                                       std::vector<int> world_ranks, double timeout_s);
+                                       std::vector<int> world_ranks, double timeout_s,
+                                       std::shared_ptr<PendingReceives> receives = nullptr);
 
 // One operation in flight. poll() advances it without blocking and reports completion.
 struct WorkState {
@@ -61,6 +81,9 @@ struct WorkState {
 
   virtual ~WorkState() = default;
   virtual bool poll() = 0;
+  // Moves a multi-phase operation to its next phase if it can, without blocking or throwing
+  // (errors are kept for poll). Used by PendingReceives.
+  virtual void advance() {}
   std::string label() const;  // "all_reduce #12 on TP_GROUP (world ranks [0, 1])"
 };
 

@@ -22,6 +22,8 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s) : topol
   MPI_Comm_size(node, &local_size_);
   MPI_Comm_free(&node);
 
+  // One registry of pending receives for all groups: a wait in any group advances them all.
+  auto receives = std::make_shared<detail::PendingReceives>();
   for (CommGroup kind : all_comm_groups()) {
     MPI_Comm comm;
     if (kind == CommGroup::WORLD) {
@@ -30,7 +32,8 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s) : topol
       MPI_Comm_split(MPI_COMM_WORLD, topology.group_index(kind, world_rank_), world_rank_, &comm);
     }
     groups_[kind] = std::make_unique<Communicator>(
-        detail::make_group(comm, to_string(kind), topology.group(kind, world_rank_), timeout_s));
+        detail::make_group(comm, to_string(kind), topology.group(kind, world_rank_), timeout_s,
+                           receives));
   }
 }
 

@@ -35,6 +35,7 @@ void Work::wait() {
       diagnose ? timeout_s - detail::diagnosis_grace_s(timeout_s) : timeout_s);
   auto sleep = std::chrono::microseconds(100);
   while (!is_completed()) {
+    state_->group->receives->advance_all();
     const auto waited = Clock::now() - start;
     if (waited >= timeout) {
       throw TimeoutError(detail::diagnose_timeout(

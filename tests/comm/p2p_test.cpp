@@ -107,6 +107,19 @@ TEST(PointToPoint, RecvIntoChecksShapeAndDtype) {
   s2.wait();
 }
 
+// Both ranks post a receive, then wait on their own large send: the send completes only once
+// the peer's payload receive is posted, which needs the peer's receive to be advanced while
+// the peer waits on its send.
+TEST(PointToPoint, WaitingOnASendAdvancesThisRanksPendingReceives) {
+  const int n = world().size();
+  const int r = world().rank();
+  const at::Tensor big = at::full({1 << 20}, static_cast<float>(r));  // 4 MiB: not eager
+  Work got = world().recv((r + n - 1) % n, 8);
+  world().send(big, (r + 1) % n, 8).wait();
+  got.wait();
+  EXPECT_TRUE(at::equal(got.result(), at::full({1 << 20}, static_cast<float>((r + n - 1) % n))));
+}
+
 TEST(PointToPoint, BadPeerOrTagIsAClearError) {
   EXPECT_THROW(world().send(at::ones({1}), world().size(), 0), CommError);
   EXPECT_THROW(world().send(at::ones({1}), world().rank(), 0), CommError);
