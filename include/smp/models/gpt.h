@@ -1,0 +1,51 @@
+// GPT-2 and LLaMA-style language models, written for one device from smp's tensor-parallel
+// layers, as the ordered pipeline layers smp::DistributedModel splits:
+//
+//   "embed"      token embedding (vocab-parallel) [+ learned positions for GPT-2]
+//   "block.<i>"  a pre-norm transformer block: attention (heads split over TP), MLP
+//   "head"       final norm + the vocab-parallel output projection
+//
+// The model never touches process groups itself: the TP group it is given decides the
+// shards (the group of one gives the plain single-device model), and any pp x tp x dp layout
+// applies to it from outside. Parameters are drawn in full from the global seed and sliced, so
+// every layout starts from the same weights.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "smp/models/model_config.h"
+#include "smp/pipeline/layer.h"
+#include "smp/tensor_parallel/group.h"
+
+namespace smp::models {
+
+using pipeline::Values;
+
+struct Model {
+  ModelConfig config;
+  tp::TpGroup tp;
+  std::vector<pipeline::Layer> layers;
+  // Per token: inputs {tokens (B, S)} -> the head's outputs {logits (B, S, V_pad / tp)}, this
+  // rank's vocabulary columns. loss(outputs, {labels (B, S)}) = {mean cross-entropy}, computed
+  // without gathering the vocabulary.
+  Values loss(const Values& outputs, const Values& targets) const;
+  // Gathers the vocabulary: (B, S, V) logits, padding dropped. Collective over the TP group.
+  at::Tensor full_logits(const at::Tensor& local_logits) const;
+  // GPT-2's tied head: with `separate_tied_head` the head holds its own copy of the token
+  // embedding (pipeline stages apart), named by this pair, whose gradients the trainer sums.
+  std::vector<std::pair<std::string, std::string>> tied_copies;
+  // Dropout on/off for every layer (shared with the layers).
+  void set_training(bool training) const { *training_ = training; }
+  std::shared_ptr<bool> training_ = std::make_shared<bool>(true);
+};
+
+// Builds the model on `group`'s shards. `separate_tied_head`: give a tied head its own copy of
+// the embedding (needed when embedding and head sit on different pipeline stages); otherwise
+// the head uses the embedding tensor itself. Throws smp::ConfigError when heads, hidden or
+// ffn_hidden do not divide by the TP size (naming both numbers).
+Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool separate_tied_head);
+
+}  // namespace smp::models

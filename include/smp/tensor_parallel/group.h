@@ -1,0 +1,39 @@
+// TpGroup: the tensor-parallel group a primitive or parallel layer works over, and the
+// arithmetic of splitting a dimension across it.
+//
+// A TpGroup is a view of a Communicator (it owns nothing; the communicator must outlive it,
+// so build layers after smp::init and drop them before smp::shutdown), or the group of one
+// (TpGroup{}): no communication at all, the layer is its own non-parallel reference.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "smp/communicator.h"
+
+namespace smp::tp {
+
+class TpGroup {
+ public:
+  TpGroup() = default;  // a group of one: every primitive is the identity
+  explicit TpGroup(comm::Communicator& comm) : comm_(&comm) {}
+  explicit TpGroup(comm::Communicator* comm) : comm_(comm) {}  // nullptr: the group of one
+
+  int rank() const { return comm_ ? comm_->rank() : 0; }
+  int size() const { return comm_ ? comm_->size() : 1; }
+  // The communicator; only valid when size() > 1 (primitives never call it otherwise).
+  comm::Communicator& comm() const;
+  comm::Communicator* communicator() const { return comm_; }  // nullptr for the group of one
+
+ private:
+  comm::Communicator* comm_ = nullptr;
+};
+
+// Throws smp::ConfigError "<what> (<value>) is not divisible by tensor_parallel_degree (<tp>)"
+// unless value % tp == 0.
+void check_divisible(const std::string& what, int64_t value, int tp);
+
+// The smallest multiple of `multiple` that is >= value (Megatron's vocabulary padding).
+int64_t round_up(int64_t value, int64_t multiple);
+
+}  // namespace smp::tp

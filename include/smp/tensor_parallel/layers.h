@@ -1,0 +1,127 @@
+// Megatron-style parallel layers: column- and row-parallel linear, vocab-parallel embedding,
+// and a vocab-parallel cross-entropy that never materialises the full logits on one rank.
+//
+// Every layer is a libtorch module holding this rank's shards (built by slicing the full,
+// tp-independent initialisation: init.h) and implements pipeline::ShardedModule, so
+// module_layer and data parallelism tell shards (reduced over RDP_GROUP) from replicated
+// parameters (reduced over DP_GROUP). Shapes use the whole (global) sizes; each layer checks
+// that the split dim divides by the group size and throws smp::ConfigError naming both.
+// Forward and backward are collective over the layer's TP group.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "smp/pipeline/layer.h"
+#include "smp/tensor_parallel/group.h"
+#include "smp/tensor_parallel/init.h"
+
+namespace smp::tp {
+
+// Base of every module here: parameters registered with the dim they are a slice of.
+class TpModule : public torch::nn::Module, public pipeline::ShardedModule {
+ public:
+  explicit TpModule(TpGroup group) : group_(group) {}
+  const TpGroup& tp_group() const { return group_; }
+  bool is_tp_sharded(const std::string& name) const override { return tp_shard_dim(name) >= 0; }
+  // The dim of the full parameter `name` (this module's own) that is split over the group;
+  // -1 when every rank holds all of it.
+  int64_t tp_shard_dim(const std::string& name) const;
+
+ protected:
+  // Registers this rank's slice of `full` along `dim` (-1: replicated) as parameter `name`.
+  at::Tensor register_sharded(const std::string& name, const at::Tensor& full, int64_t dim);
+  // Registers `shard` itself, a slice along `dim` of some full tensor.
+  at::Tensor register_shard(const std::string& name, const at::Tensor& shard, int64_t dim);
+
+ private:
+  TpGroup group_;
+  std::map<std::string, int64_t> dims_;
+};
+
+// Every parameter of `root`, by its recursive name, with its shard dim (-1: replicated, and
+// for parameters of modules that are not TpModules).
+std::map<std::string, int64_t> tp_shard_dims(const torch::nn::Module& root);
+
+struct LinearOptions {
+  bool bias = true;
+  Init init;
+  // Sequence parallelism: inputs (column) / outputs (row) are this rank's slice of the
+  // sequence dim `sequence_dim`, gathered / reduce-scattered at the boundary.
+  bool sequence_parallel = false;
+  int64_t sequence_dim = 1;
+  // Column: `stack` projections of out_features each share one matmul (3 for Q, K, V; 2 for
+  // SwiGLU's gate and up); the weight is (stack, out, in), split along out (dim 1).
+  int64_t stack = 1;
+  bool gather_output = false;     // column: all-gather the output's last dim
+  bool input_is_parallel = true;  // row: the input is already split along its last dim
+  bool skip_bias_add = false;     // row: forward leaves the bias to the caller (bias())
+};
+
+// y = x W^T + b with W (out, in) split along out: this rank computes out/tp outputs.
+// Without sequence parallelism the input is replicated and enters through copy_to_tp.
+class ColumnParallelLinear : public TpModule {
+ public:
+  ColumnParallelLinear(int64_t in_features, int64_t out_features, TpGroup group,
+                       LinearOptions options = {});
+  // x: (..., in) -> (..., stack * out / tp), or (..., out) with gather_output.
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight, bias;  // (out/tp, in) or (stack, out/tp, in); (out/tp) or (stack, out/tp)
+
+ private:
+  int64_t in_features_;
+  LinearOptions options_;
+};
+
+// y = x W^T + b with W (out, in) split along in: each rank's partial product is summed by
+// reduce_from_tp (or reduce-scattered along the sequence with sequence parallelism).
+class RowParallelLinear : public TpModule {
+ public:
+  RowParallelLinear(int64_t in_features, int64_t out_features, TpGroup group,
+                    LinearOptions options = {});
+  // x: (..., in / tp) (or (..., in) when !input_is_parallel) -> (..., out), the bias added
+  // unless skip_bias_add.
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight, bias;  // (out, in/tp); (out), replicated
+
+ private:
+  LinearOptions options_;
+};
+
+struct EmbeddingOptions {
+  Init init = Init::normal(1.0);   // torch.nn.Embedding's N(0, 1)
+  bool sequence_parallel = false;  // output reduce-scattered along dim 1 instead of all-reduced
+};
+
+// Embedding with the vocabulary split across the group (rows [r*V/tp, (r+1)*V/tp) on rank r).
+// A vocabulary that does not divide by tp is padded with zero rows to the next multiple (as
+// Megatron does), which the start-up log says once.
+class VocabParallelEmbedding : public TpModule {
+ public:
+  VocabParallelEmbedding(int64_t num_embeddings, int64_t embedding_dim, TpGroup group,
+                         EmbeddingOptions options = {});
+  // ids: (B, S) int64 -> (B, S, H) (or (B, S/tp, H) with sequence parallelism).
+  at::Tensor forward(const at::Tensor& ids);
+  int64_t vocab_size() const { return vocab_size_; }     // as given
+  int64_t padded_vocab_size() const { return padded_; }  // a multiple of tp
+  int64_t vocab_start() const;                           // this rank's first row
+  at::Tensor weight;                                     // (padded / tp, H)
+
+ private:
+  int64_t vocab_size_, padded_;
+  EmbeddingOptions options_;
+};
+
+// Cross-entropy over a vocabulary split across the group: logits (..., V_pad/tp) are this
+// rank's columns [rank*V_pad/tp, ...); columns >= vocab_size (padding) never count. Returns the
+// per-token loss (...), the same on every rank; labels < 0 (-100, say) give 0. Forward is two
+// all-reduces of one value per token (max, then sum-exp and target logit together); backward
+// communicates nothing. A label >= vocab_size throws smp::ConfigError naming both.
+at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tensor& labels,
+                                        int64_t vocab_size, const TpGroup& group);
+
+}  // namespace smp::tp

@@ -1,0 +1,143 @@
+// smp::nn: SMP v1's distributed modules (smp.nn.Distributed*), with SMP's constructor
+// parameters and global sizes; each splits itself over the TP group.
+//
+//   smp::init(config);                        // tensor_parallel_degree > 1 needs "ddp": true
+//   torch::manual_seed(seed);                 // the same on every rank: init is tp-independent
+//   auto lm = std::make_shared<smp::nn::DistributedTransformerLMHead>(
+//       smp::nn::DistributedTransformerOptions().num_layers(12).vocab_size(50257)
+//           .hidden_size(768).num_attention_heads(12).attention_head_size(64)
+//           .intermediate_size(3072).pre_layernorm(true).post_layernorm(true)
+//           .causal_mask_size(1024).num_positions(1024));
+//   auto loss = lm->forward({ids, attention_mask, {}, {}, labels})[0];
+//
+// Python keyword arguments become chained setters on one options struct shared by the three
+// transformer modules (each reads the keys it has; SMP's leading underscores are dropped).
+// Unset `tp_group` means smp's TP_GROUP (the group of one before smp::init); unset
+// `sequence_parallel` follows config "optimize": "memory" (SMP's default) distributes
+// LayerNorm and dropout along the sequence, "speed" keeps them replicated. Build modules after
+// smp::init and drop them before smp::shutdown; every call is collective over the TP group.
+#pragma once
+
+#include <torch/arg.h>
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "smp/communicator.h"
+#include "smp/pipeline/layer.h"
+#include "smp/tensor_parallel/transformer.h"
+
+namespace smp::nn {
+
+using pipeline::Values;
+
+// smp's TP group (TpGroup{} before smp::init) and the sequence-parallel default.
+tp::TpGroup default_tp_group();
+bool default_sequence_parallel();
+
+struct DistributedLinearOptions {
+  TORCH_ARG(bool, bias) = true;
+  TORCH_ARG(std::optional<tp::TpGroup>, tp_group);
+};
+
+// torch.nn.Linear split along out_features (column-parallel, output gathered): input and
+// output are whole. out_features must divide by tp.
+class DistributedLinear : public tp::ColumnParallelLinear {
+ public:
+  DistributedLinear(int64_t in_features, int64_t out_features,
+                    const DistributedLinearOptions& options = {});
+};
+
+struct DistributedEmbeddingOptions {
+  TORCH_ARG(std::optional<int64_t>, padding_idx);
+  TORCH_ARG(std::optional<double>, max_norm);  // not implemented: must stay unset
+  TORCH_ARG(double, norm_type) = 2.0;
+  TORCH_ARG(bool, scale_grad_by_freq) = false;
+  TORCH_ARG(bool, sparse) = false;  // not implemented: must stay false
+  TORCH_ARG(at::Tensor, weight);    // SMP's _weight: the full initial weight
+  TORCH_ARG(double, initializer_range) = 0.02;
+  TORCH_ARG(bool, skip_allgather) = false;          // output stays split along embedding_dim
+  TORCH_ARG(bool, skip_scatter_and_merge) = false;  // accepted; smp's batches are prescaled
+  TORCH_ARG(std::optional<tp::TpGroup>, tp_group);
+};
+
+// torch.nn.Embedding split along embedding_dim (SMP's DistributedEmbedding): every rank holds
+// all rows and H/tp columns; the output is all-gathered unless skip_allgather.
+class DistributedEmbedding : public tp::TpModule {
+ public:
+  DistributedEmbedding(int64_t num_embeddings, int64_t embedding_dim,
+                       const DistributedEmbeddingOptions& options = {});
+  at::Tensor forward(const at::Tensor& ids);  // (B, S) -> (B, S, H) or (B, S, H / tp)
+  at::Tensor weight;                          // (num_embeddings, H / tp)
+
+ private:
+  DistributedEmbeddingOptions options_;
+};
+
+// SMP's keyword arguments of DistributedTransformerLayer, DistributedTransformer and
+// DistributedTransformerLMHead, with SMP's defaults.
+struct DistributedTransformerOptions {
+  TORCH_ARG(int64_t, num_layers) = 12;
+  TORCH_ARG(int64_t, num_attention_heads) = 32;
+  TORCH_ARG(int64_t, attention_head_size) = 32;
+  TORCH_ARG(int64_t, hidden_size) = 1024;
+  TORCH_ARG(int64_t, intermediate_size) = 4096;
+  TORCH_ARG(double, attention_dropout_prob) = 0.1;
+  TORCH_ARG(double, hidden_dropout_prob) = 0.1;
+  TORCH_ARG(std::string, activation) = "gelu";  // "gelu", "relu"; smp adds "swiglu"
+  TORCH_ARG(double, layernorm_epsilon) = 1e-5;
+  TORCH_ARG(double, initializer_range) = 0.02;
+  TORCH_ARG(bool, use_normal_initialization) = false;
+  TORCH_ARG(std::optional<int64_t>, causal_mask_size);  // set: causal attention
+  TORCH_ARG(bool, add_cross_attention) = false;         // not implemented: must stay false
+  TORCH_ARG(bool, pre_layernorm) = false;
+  TORCH_ARG(bool, post_layernorm) = true;
+  TORCH_ARG(bool, use_alibi) = false;  // not implemented: must stay false
+  // DistributedTransformerLMHead only.
+  TORCH_ARG(int64_t, vocab_size) = 30522;
+  TORCH_ARG(int64_t, num_positions) = 1024;
+  TORCH_ARG(int64_t, num_token_types) = 0;
+  TORCH_ARG(bool, add_lm_head) = true;
+  // smp extensions.
+  TORCH_ARG(std::optional<bool>, sequence_parallel);
+  TORCH_ARG(std::optional<tp::TpGroup>, tp_group);
+
+ public:
+  tp::TransformerOptions to_tp() const;  // validates; resolves the defaults above
+  tp::TpGroup group() const;
+};
+using DistributedTransformerLayerOptions = DistributedTransformerOptions;
+
+class DistributedTransformerLayer : public tp::ParallelTransformerLayer {
+ public:
+  explicit DistributedTransformerLayer(const DistributedTransformerOptions& options = {});
+  // SMP's forward((hidden (N, S, H), mask (N, 1, 1, S) additive)) -> (hidden, mask), whole
+  // sequences in and out. The native forward(x, mask) takes (N, S/tp, H) under sequence
+  // parallelism.
+  Values forward(const Values& in);
+  using tp::ParallelTransformerLayer::forward;
+};
+
+// A stack of layers (seq_layers.<i>); with pre_layernorm and post_layernorm both set, a final
+// LayerNorm normalises the stack's output (GPT-2's ln_f).
+class DistributedTransformer : public tp::TpModule {
+ public:
+  explicit DistributedTransformer(const DistributedTransformerOptions& options = {});
+  Values forward(const Values& in);  // as DistributedTransformerLayer's
+  // The native layout: (B, S/tp, H) under sequence parallelism. Includes the final norm.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& mask);
+  at::Tensor final_norm(const at::Tensor& x);  // identity without a final LayerNorm
+  bool sequence_parallel() const { return options_.sequence_parallel; }
+
+  std::vector<std::shared_ptr<DistributedTransformerLayer>> layers;
+  std::shared_ptr<tp::LayerNormParams> final_layernorm;  // null unless pre and post
+
+ private:
+  tp::TransformerOptions options_;
+};
+
+}  // namespace smp::nn
+
+#include "smp/tensor_parallel/lm_head.h"

@@ -1,0 +1,81 @@
+// DistributedTransformerLMHead as pipeline layers, and the gradient sum that keeps a head
+// weight in another stage equal to the word embedding it is tied to (see lm_head.h).
+#include <ATen/ATen.h>
+
+#include "smp/tensor_parallel/lm_head.h"
+#include "smp/tensor_parallel/primitives.h"
+
+namespace smp::nn {
+namespace {
+
+// The "lm_head" layer's module: the final norm (shared with the transformer) and, when the
+// head has its own copy of the word embedding, that copy (split by vocabulary like it).
+class HeadModule : public tp::TpModule {
+ public:
+  HeadModule(tp::TpGroup group, const std::shared_ptr<tp::LayerNormParams>& norm,
+             const at::Tensor& separate_weight)
+      : tp::TpModule(group) {
+    if (norm) register_module("final_layernorm", norm);
+    if (separate_weight.defined()) register_shard("weight", separate_weight, 0);
+  }
+};
+
+}  // namespace
+
+std::vector<pipeline::Layer> DistributedTransformerLMHead::pipeline_layers(
+    bool separate_head_weight) {
+  std::vector<pipeline::Layer> out;
+  auto self = std::static_pointer_cast<DistributedTransformerLMHead>(shared_from_this());
+  auto emb = embedding;
+  out.push_back(pipeline::module_layer("embedding", emb, [emb](const Values& in) {
+    return emb->forward(in[0], in.size() > 1 ? in[1] : at::Tensor(), {}, {});
+  }));
+  for (size_t i = 0; i < transformer->layers.size(); ++i) {
+    auto layer = transformer->layers[i];
+    out.push_back(pipeline::module_layer("layer_" + std::to_string(i), layer,
+                                         [layer](const Values& in) -> Values {
+                                           return {layer->forward(in[0], in[1]), in[1]};
+                                         }));
+  }
+  const at::Tensor word = embedding->word_embeddings->weight;
+  const bool copy = separate_head_weight && add_lm_head_;
+  if (copy) head_weight = word.detach().clone().requires_grad_(true);
+  auto head = std::make_shared<HeadModule>(tp_group(), transformer->final_layernorm,
+                                           copy ? head_weight : at::Tensor());
+  pipeline::Layer last =
+      pipeline::module_layer("lm_head", head, [self](const Values& in) -> Values {
+        const at::Tensor h = self->transformer->final_norm(in[0]);
+        if (self->add_lm_head_) {
+          const at::Tensor& w = self->head_weight.defined()
+                                    ? self->head_weight
+                                    : self->embedding->word_embeddings->weight;
+          return {self->logits(h, w)};
+        }
+        // Without a head: the hidden states, whole (SMP's output).
+        return {self->transformer->sequence_parallel()
+                    ? tp::gather_from_sequence(h, self->tp_group())
+                    : h};
+      });
+  if (!copy && add_lm_head_) {  // listing the tied tensor keeps both layers in one stage
+    last.parameters.push_back(word);
+    last.parameter_names.push_back("word_embeddings.weight");
+    last.tp_sharded.push_back(true);
+  }
+  out.push_back(std::move(last));
+  return out;
+}
+
+void DistributedTransformerLMHead::all_reduce_tied_grads(comm::Communicator& pp_group) {
+  if (!head_weight.defined()) return;
+  at::Tensor word = embedding->word_embeddings->weight;
+  at::Tensor sum = at::zeros_like(word);
+  for (const at::Tensor& t : {word, head_weight}) {
+    if (t.grad().defined()) sum.add_(t.grad());
+  }
+  pp_group.all_reduce(sum).wait();
+  for (at::Tensor t : {word, head_weight}) {
+    if (t.grad().defined()) t.mutable_grad().copy_(sum);
+  }
+}
+
+}  // namespace smp::nn
