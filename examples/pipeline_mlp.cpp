@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include "smp/distributed_optimizer.h"
 #include "smp/smp.h"
 
 using smp::pipeline::Layer;
@@ -35,7 +36,8 @@ int main() {
   try {
     smp::init(smp::Config::from_json_string(
         R"({"pipeline_parallel_degree": 2, "microbatches": 4, "pipeline": "interleaved"})"));
-    smp::DistributedModel model(make_model());
+    std::vector<Layer> layers = make_model();
+    smp::DistributedModel model(layers);
 
     // Data: y = sum of sin(x), the same batch on every rank of a pipeline.
     torch::manual_seed(1);
@@ -45,16 +47,19 @@ int main() {
       return {torch::mse_loss(out[0], target[0])};
     };
 
-    std::unique_ptr<torch::optim::Adam> optimizer;
+    // SMP's DistributedOptimizer wraps a torch optimizer; it updates the parameters this rank
+    // holds (and, with data parallelism, reduces and shards as configured).
+    std::vector<at::Tensor> all_parameters;
+    for (const Layer& layer : layers) {
+      all_parameters.insert(all_parameters.end(), layer.parameters.begin(), layer.parameters.end());
+    }
+    smp::DistributedOptimizer optimizer(
+        model, std::make_unique<torch::optim::Adam>(all_parameters, torch::optim::AdamOptions(1e-2)));
     float first = 0, last = 0;
     for (int it = 0; it < 60; ++it) {
       std::vector<smp::StepOutput> out = smp::step(model, {x}, {y}, mse);
-      if (!optimizer) {  // after the first step: the model is partitioned
-        optimizer = std::make_unique<torch::optim::Adam>(model.local_parameters(),
-                                                         torch::optim::AdamOptions(1e-2));
-      }
-      optimizer->step();
-      optimizer->zero_grad();
+      optimizer.step();
+      optimizer.zero_grad();
       last = out[0].reduce_mean().item<float>();
       if (it == 0) first = last;
       if (smp::rank() == 0 && it % 10 == 0) std::printf("step %2d  loss %.4f\n", it, last);

@@ -6,8 +6,8 @@
 //   auto out = smp::step(model, {x}, {y}, loss_fn);        // partitions, then runs the pipeline
 //   optimizer over model.local_parameters() ...
 //
-// Partitioning follows the config: with auto_partition, rank 0 profiles the layers on the first
-// microbatch and splits them to minimise the largest stage cost (memory_weight balances memory
+// Partitioning follows the config: with auto_partition, every rank profiles the layers on the
+// first microbatch and rank 0's measurements split them to minimise the largest stage cost (memory_weight balances memory
 // against time), then broadcasts the split so every rank agrees; otherwise set_partition (or
 // default_partition) places each layer. After partitioning a rank keeps only its own stages'
 // layers. Build it after smp::init; every rank builds the same model.
@@ -16,10 +16,12 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "smp/data_parallel/gradient_reducer.h"
 #include "smp/pipeline/executor.h"
 #include "smp/pipeline/layer.h"
 #include "smp/pipeline/partition.h"
@@ -35,6 +37,15 @@ struct DistributedModelOptions {
   // SMP: true averages gradients over microbatches (the loss is scaled by 1/microbatches);
   // false sums them, for sum-reduced losses.
   bool average_grads_across_microbatches = true;
+  // SMP's bucket_cap_mb: gradient buckets of about this many MiB are reduced together (ddp).
+  double bucket_cap_mb = 25;
+  // SMP's overlapping_allreduce: start each bucket's reduction during the last microbatch's
+  // backward; false reduces everything after backward.
+  bool overlapping_allreduce = true;
+  // Names ("head.weight") of parameters that are copies of a parameter another pipeline stage
+  // holds (GPT-2's tied head when embedding and head are stages apart). The caller keeps the
+  // copies' gradients equal; gradient norms count such a copy once, on the other stage.
+  std::set<std::string> tied_copies;
   // When set, every step writes a Chrome-trace/Perfetto JSON of each rank's actions here
   // (timeline_rank<r>.json), and step_stats() reports the measured bubble.
   std::string timeline_dir;
@@ -75,13 +86,23 @@ class DistributedModel {
     std::string name;
     at::Tensor tensor;
     bool tp_sharded = false;
+    int stage = 0;  // the pipeline stage holding it
   };
   std::vector<LocalParameter> local_parameter_info() const;
   // Global indices of this rank's stages, ascending.
   std::vector<int> local_stages() const;
 
   const DistributedModelOptions& options() const { return options_; }
+  // Data parallelism's gradient path (flat buffers, bucketed reduction), made when the model
+  // is partitioned; smp::step drives it and DistributedOptimizer reads it. Throws before.
+  dp::GradientReducer& gradient_reducer();
+  // The factor smp::step multiplies the loss by before backward, on top of 1/microbatches:
+  // fp16's loss scale, which DistributedOptimizer keeps here. 1 by default.
+  double loss_scale() const { return loss_scale_; }
+  void set_loss_scale(double scale) { loss_scale_ = scale; }
   const StepStats& step_stats() const { return stats_; }
+  // The actions of the last step that traced (StepOptions::trace or timeline_dir), with times.
+  const std::vector<pipeline::TraceEvent>& last_trace() const { return last_trace_; }
 
   // Used by smp::step: the schedule for `num_microbatches` and this rank's executor.
   pipeline::Executor& executor_for(int num_microbatches, bool train);
@@ -97,7 +118,10 @@ class DistributedModel {
   std::map<std::pair<int, bool>, std::unique_ptr<pipeline::Schedule>> schedules_;
   std::map<std::pair<int, bool>, std::unique_ptr<pipeline::Executor>> executors_;
   StepStats stats_;
+  std::vector<pipeline::TraceEvent> last_trace_;
   int steps_ = 0;
+  std::unique_ptr<dp::GradientReducer> reducer_;  // after partitioning
+  double loss_scale_ = 1.0;
 };
 
 }  // namespace smp

@@ -10,17 +10,19 @@
 // group named, in the same order.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "smp/communicator.h"
 #include "smp/config.h"
+#include "smp/distributed_model.h"
+#include "smp/distributed_optimizer.h"
 #include "smp/error.h"
 #include "smp/launch.h"
 #include "smp/process_groups.h"
-#include "smp/topology.h"
-#include "smp/distributed_model.h"
 #include "smp/step.h"
+#include "smp/topology.h"
 
 namespace smp {
 
@@ -78,6 +80,11 @@ void send(const std::string& obj, int dest_rank, RankType rank_type);
 // Collective over `group`: every member's object, in group-rank order.
 std::vector<std::string> allgather(const std::string& obj, CommGroup group);
 void barrier(CommGroup group = CommGroup::WORLD);
+
+// Collective over the world: rank 0 runs `work` (profiling, preparing files, ...) and every
+// rank returns its result; if it throws, every rank throws smp::ConfigError with rank 0's
+// message, prefixed by `what`. So one rank does the work and no rank waits on a failed one.
+std::string on_rank0(const std::string& what, const std::function<std::string()>& work);
 void dp_barrier();
 void mp_barrier();
 

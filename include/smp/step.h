@@ -12,8 +12,10 @@
 // Every tensor of inputs and targets is split into config().microbatches along its batch axis
 // (StepOptions::split indexes inputs first, then targets). Stage 0 gets the inputs; the loss
 // function gets the last stage's outputs and the targets. Backward runs inside the step;
-// gradients accumulate in the parameters' .grad (averaged over microbatches by default);
-// optimizer steps, clipping and data-parallel reduction happen outside, as in SMP. What the
+// gradients accumulate in the parameters' .grad (averaged over microbatches by default) and,
+// with ddp, are averaged over data-parallel replicas inside the step (overlapped with the last
+// microbatch's backward), as SMP's DistributedModel does; optimizer steps and clipping happen
+// outside (smp::DistributedOptimizer). What the
 // loss function returns reaches every rank of the pipeline as StepOutputs, one per value.
 #pragma once
 
@@ -31,6 +33,8 @@ using LossFn = std::function<Values(const Values& outputs, const Values& targets
 struct StepOptions {
   pipeline::SplitSpec split;  // SMP's input_split_axes / non_split_inputs
   bool train = true;          // false: forward only (no backward), for evaluation
+  int microbatches = 0;       // 0: config().microbatches; e.g. 1 to generate from one prompt
+  bool trace = false;         // keep this step's actions for model.last_trace()
 };
 
 // Collective over the world (every rank calls it with the same batch).

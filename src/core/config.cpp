@@ -35,19 +35,12 @@ using json = nlohmann::json;
 // than its default produces a warning from not_implemented_warnings(). When an issue
 // implements a feature, delete its key here and flip its "implemented" cell in docs/config.md.
 const std::set<std::string> kNotImplementedYet = {
-    "optimize",
-    "auto_partition",
-    "default_partition",
-    "memory_weight",
-    "active_microbatches",
     "deterministic_server",
     "skip_tracing",
     "load_partition",
     "partition_file",
     "ddp_port",
     "ddp_dist_backend",
-    "prescaled_batch",
-    "shard_optimizer_state",
     "offload_activations",
     "activation_loading_horizon",
     "delayed_parameter_initialization",
@@ -57,8 +50,6 @@ const std::set<std::string> kNotImplementedYet = {
     "sdp_max_live_parameters",
     "sdp_hierarchical_allgather",
     "sdp_gradient_clipping",
-    "fp16",
-    "bf16",
     "fp16_params",
     "static_mode",
     "fast_mode",

@@ -3,6 +3,7 @@
 #include "smp/distributed_model.h"
 
 #include <cstdio>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -59,33 +60,19 @@ std::vector<LayerCost> unprofiled_costs(const std::vector<Layer>& layers) {
   return costs;
 }
 
-// Rank 0 profiles and decides; the others receive its decision or its error, so every rank
-// agrees and none waits on a rank 0 that failed.
+// Every rank profiles (tensor-parallel layers communicate inside their TP group, so the
+// group's ranks run them together); rank 0's measurements decide, and every rank gets its
+// decision (or its error), so all agree.
 std::vector<int> decide_on_rank0(const std::vector<Layer>& layers, const pipeline::Values& trial,
                                  int num_stages, double memory_weight) {
-  std::string message;
-  if (smp::rank() == 0) {
-    nlohmann::json decision;
-    try {
-      const auto costs = pipeline::profile_layers(layers, trial);
-      const Partition part = pipeline::auto_partition(costs, num_stages, memory_weight);
-      std::printf("%s", pipeline::describe(part, costs).c_str());
-      std::fflush(stdout);
-      decision = {{"stages", part.stage_of_layer}};
-    } catch (const std::exception& e) {
-      decision = {{"error", e.what()}};
-    }
-    message = decision.dump();
-    smp::broadcast(message, CommGroup::WORLD);
-  } else {
-    message = smp::recv_from(0, RankType::WORLD_RANK);
-  }
-  const auto decision = nlohmann::json::parse(message);
-  if (decision.contains("error")) {
-    throw ConfigError("automatic partitioning failed on rank 0: " +
-                      decision["error"].get<std::string>());
-  }
-  return decision["stages"].get<std::vector<int>>();
+  const auto costs = pipeline::profile_layers(layers, trial);
+  const std::string decision = smp::on_rank0("automatic partitioning failed on rank 0", [&] {
+    const Partition part = pipeline::auto_partition(costs, num_stages, memory_weight);
+    std::printf("%s", pipeline::describe(part, costs).c_str());
+    std::fflush(stdout);
+    return nlohmann::json(part.stage_of_layer).dump();
+  });
+  return nlohmann::json::parse(decision).get<std::vector<int>>();
 }
 
 }  // namespace
@@ -124,6 +111,20 @@ void DistributedModel::partition(const pipeline::Values& trial_inputs) {
       layers_[i] = Layer{layers_[i].name, nullptr, {}, {}, {}, nullptr};
     }
   }
+  // Data parallelism: flat parameter and gradient buffers, hooks, the initial broadcast.
+  std::vector<dp::ReducedParam> params;
+  for (const LocalParameter& p : local_parameter_info()) {
+    params.push_back({p.name, p.tensor, p.tp_sharded, p.stage});
+  }
+  dp::ReducerOptions reducer_options;
+  reducer_options.bucket_cap_mb = options_.bucket_cap_mb;
+  reducer_options.overlapping = options_.overlapping_allreduce;
+  reducer_ = std::make_unique<dp::GradientReducer>(std::move(params), reducer_options);
+}
+
+dp::GradientReducer& DistributedModel::gradient_reducer() {
+  if (!reducer_) throw Error("DistributedModel: not partitioned yet (the first step does it)");
+  return *reducer_;
 }
 
 const Partition& DistributedModel::partition_assignment() const {
@@ -141,12 +142,15 @@ std::vector<DistributedModel::LocalParameter> DistributedModel::local_parameter_
   const Partition& part = partition_assignment();
   const std::vector<int> mine = local_stages();
   std::vector<LocalParameter> out;
+  std::set<const void*> seen;  // a tensor two layers share is listed once
   for (size_t i = 0; i < layers_.size(); ++i) {
     if (std::find(mine.begin(), mine.end(), part.stage_of_layer[i]) == mine.end()) continue;
     const Layer& layer = layers_[i];
     for (size_t j = 0; j < layer.parameters.size(); ++j) {
+      if (!seen.insert(layer.parameters[j].unsafeGetTensorImpl()).second) continue;
       const bool sharded = j < layer.tp_sharded.size() && layer.tp_sharded[j];
-      out.push_back({layer.name + "." + layer.parameter_names.at(j), layer.parameters[j], sharded});
+      out.push_back({layer.name + "." + layer.parameter_names.at(j), layer.parameters[j], sharded,
+                     part.stage_of_layer[i]});
     }
   }
   return out;
@@ -210,6 +214,7 @@ void DistributedModel::record_step(const pipeline::ExecutorResult& result,
   stats_.busy_s = result.busy_s;
   stats_.measured_bubble = result.wall_s > 0 ? 1 - result.busy_s / result.wall_s : 0;
   stats_.theoretical_bubble = pipeline::theoretical_bubble_fraction(schedule.spec);
+  if (!result.trace.empty()) last_trace_ = result.trace;
   if (!options_.timeline_dir.empty()) {
     pipeline::write_chrome_trace(
         options_.timeline_dir + "/timeline_rank" + std::to_string(smp::rank()) + ".json",

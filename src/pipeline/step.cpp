@@ -41,7 +41,7 @@ std::vector<Values> share_returned(std::vector<Values> returned, int num_microba
 
 std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, const Values& targets,
                              const LossFn& loss_fn, const StepOptions& options) {
-  const int m = config().microbatches;
+  const int m = options.microbatches > 0 ? options.microbatches : config().microbatches;
   Values batch = inputs;
   batch.insert(batch.end(), targets.begin(), targets.end());
   const std::vector<Values> split = pipeline::split_microbatches(batch, m, options.split);
@@ -52,12 +52,24 @@ std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, cons
     data.targets.emplace_back(mb.begin() + inputs.size(), mb.end());
   }
   data.loss_fn = loss_fn;
-  data.loss_scale = model.options().average_grads_across_microbatches ? 1.0 / m : 1.0;
-
   if (!model.partitioned()) model.partition(data.inputs.at(0));
+
+  // Data parallelism: the loss scaled by 1/m (and fp16's loss scale), 16-bit inputs under
+  // fp16/bf16, gradients reduced during the last microbatch's backward and finished here.
+  dp::GradientReducer& reducer = model.gradient_reducer();
+  data.loss_scale = (model.options().average_grads_across_microbatches ? 1.0 / m : 1.0) *
+                    model.loss_scale();
+  if (config().fp16 || config().bf16) {
+    for (Values& mb : data.inputs) mb = dp::cast_floating(mb, reducer.param_dtype());
+  }
+  if (options.train) {
+    reducer.begin_step(m, model.loss_scale());
+    data.before_backward = [&reducer](const pipeline::Action& a) { reducer.before_backward(a); };
+  }
   const pipeline::Schedule& schedule = model.schedule_for(m, options.train);
   pipeline::ExecutorResult result = model.executor_for(m, options.train)
-                                        .run(data, !model.options().timeline_dir.empty());
+                                        .run(data, options.trace || !model.options().timeline_dir.empty());
+  if (options.train) reducer.finish();
   model.record_step(result, schedule);
 
   const at::Device device = inputs.empty() ? at::Device(at::kCPU) : inputs[0].device();

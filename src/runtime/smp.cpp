@@ -156,6 +156,25 @@ std::vector<std::string> allgather(const std::string& obj, CommGroup group) {
 }
 
 void barrier(CommGroup group) { process_group(group).barrier().wait(); }
+
+std::string on_rank0(const std::string& what, const std::function<std::string()>& work) {
+  // A one-byte verdict ('+' result, '-' error) then the text, sent to every other rank.
+  std::string message;
+  if (rank() == 0) {
+    try {
+      message = "+" + work();
+    } catch (const std::exception& e) {
+      message = std::string("-") + e.what();
+    }
+    broadcast(message, CommGroup::WORLD);
+  } else {
+    message = recv_from(0, RankType::WORLD_RANK);
+  }
+  if (message.empty() || message[0] != '+') {
+    throw ConfigError(what + ": " + (message.empty() ? std::string("no result") : message.substr(1)));
+  }
+  return message.substr(1);
+}
 void dp_barrier() { barrier(CommGroup::DP_GROUP); }
 void mp_barrier() { barrier(CommGroup::MP_GROUP); }
 

@@ -1,0 +1,39 @@
+// smp-train: train a GPT-2 or LLaMA-style model with SMP's parallelism.
+//
+//   mpirun -np 4 build/apps/smp-train --config run.json      (or: srun -n 4 build/apps/smp-train ...)
+//
+// The run configuration is described in include/smp/train/train_config.h; what a run writes,
+// in include/smp/train/trainer.h.
+#include <cstdio>
+#include <string>
+
+#include "smp/smp.h"
+#include "smp/train/trainer.h"
+
+int main(int argc, char** argv) {
+  if (argc != 3 || std::string(argv[1]) != "--config") {
+    std::fprintf(stderr, "usage: smp-train --config run.json\n");
+    return 2;
+  }
+  try {
+    smp::comm::init_mpi();  // first, so that only rank 0 reports a bad configuration
+    const smp::train::TrainConfig config = smp::train::TrainConfig::from_json_file(argv[2]);
+    smp::init(config.smp);
+    smp::train::train(config);
+    smp::shutdown();
+    smp::comm::finalize_mpi();
+    return 0;
+  } catch (const smp::ConfigError& e) {
+    // Configuration and data errors are raised on every rank alike: each ends on its own.
+    if (!smp::comm::mpi_initialized() || smp::comm::world_rank() == 0) {
+      std::fprintf(stderr, "smp-train: %s\n", e.what());
+    }
+    smp::shutdown();
+    smp::comm::finalize_mpi();
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "smp-train (rank %d): %s\n",
+                 smp::comm::mpi_initialized() ? smp::comm::world_rank() : 0, e.what());
+    smp::comm::abort_world(1);
+  }
+}

@@ -1,0 +1,146 @@
+// GradientReducer: the gradient path of data parallelism (SMP's overlapping_allreduce).
+//
+// DistributedModel builds one when it partitions, from this rank's parameters. It
+//   - makes every parameter a view into one flat buffer (cast to fp16/bf16 when the config
+//     asks), laid out by FlatLayout in gradient buckets;
+//   - with "ddp": true, broadcasts each bucket from rank 0 of its group so replicas start equal;
+//   - during a training step, hooks each parameter's AccumulateGrad node: once the last
+//     microbatch's backward of a stage has begun, each gradient that lands is final, is copied
+//     into its bucket (or already accumulated there in place), and a bucket whose gradients
+//     are all final starts its all-reduce (kAvg) at once, in bucket order, overlapping the
+//     backward still running; with shard_optimizer_state it is a reduce-scatter instead, so
+//     each rank ends with the averaged slice of every bucket it owns (ZeRO-1);
+//   - finish() starts what is left and waits.
+// Replicated parameters average over DP_GROUP, tensor-parallel shards over RDP_GROUP (SMP).
+// Microbatch averaging is the loss scale 1/m that smp::step applies. Without ddp, or when
+// every group has one rank, nothing is communicated; finish() only gathers the gradients into
+// the flat buffer for the optimizer.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "smp/communicator.h"
+#include "smp/data_parallel/flat_layout.h"
+#include "smp/pipeline/schedule.h"
+
+namespace torch::autograd {
+struct Node;
+}
+
+namespace smp::dp {
+
+struct ReducedParam {
+  std::string name;
+  at::Tensor tensor;
+  bool tp_sharded = false;  // reduced over RDP_GROUP instead of DP_GROUP
+  int stage = 0;            // the pipeline stage holding it
+};
+
+struct ReducerOptions {
+  double bucket_cap_mb = 25;  // SMP's bucket_cap_mb
+  bool overlapping = true;    // SMP's overlapping_allreduce: false reduces only in finish()
+};
+
+// What the last step did.
+struct ReducerStats {
+  int buckets = 0;
+  int launched_during_backward = 0;  // buckets whose reduction started before finish()
+  double finish_wait_s = 0;          // time finish() spent waiting for reductions
+};
+
+class GradientReducer {
+ public:
+  // Collective over DP_GROUP and RDP_GROUP when ddp is on (the initial broadcast). Parameters
+  // that do not require grad are left alone; a tensor listed twice (tied) counts once. Throws
+  // smp::ConfigError for shard_optimizer_state without ddp, or parameters of mixed dtypes.
+  GradientReducer(std::vector<ReducedParam> params, const ReducerOptions& options);
+  ~GradientReducer();
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
+
+  // --- called by smp::step, in this order, on training steps ---------------------------------
+  // `loss_scale`: what the loss was multiplied by besides 1/m (fp16), remembered for the
+  // optimizer to divide out.
+  void begin_step(int num_microbatches, double loss_scale = 1.0);
+  // Before each backward action: counts weight backwards per stage; at a stage's last one its
+  // gradients are armed.
+  void before_backward(const pipeline::Action& action);
+  // Starts the buckets not yet started and waits for all. Blocks. Afterwards, unsharded: every
+  // .grad is a view of its averaged slot in flat_grads(); sharded: shard_grads() holds this
+  // rank's averaged slices, .grad the local (unreduced) gradient.
+  void finish();
+  // The dtype the parameters and the model's floating inputs have (fp32, fp16 or bf16).
+  at::ScalarType param_dtype() const { return dtype_; }
+
+  // --- used by DistributedOptimizer ----------------------------------------------------------
+  const FlatLayout& layout() const { return layout_; }
+  const std::vector<ReducedParam>& params() const { return params_; }
+  bool communicates() const { return communicates_; }
+  bool sharded() const { return sharded_; }
+  const at::Tensor& flat_params() const { return flat_params_; }
+  const at::Tensor& flat_grads() const { return flat_grads_; }
+  const at::Tensor& shard_grads() const { return shard_grads_; }  // local layout; sharded only
+  // This rank's rank in DP_GROUP / RDP_GROUP, and the communicator of a bucket's group.
+  int rank_in(ReduceGroup group) const;
+  comm::Communicator& communicator(ReduceGroup group) const;
+  // Drops every .grad (torch's set_to_none): backward then makes fresh gradients and each is
+  // copied into its slot once final. (Cheaper than zeroing the buckets and accumulating into
+  // them: one copy instead of a zero fill plus a read-modify-write.)
+  void zero_grad();
+  int64_t steps_finished() const { return steps_finished_; }
+  // The loss scale the last finished step's gradients carry.
+  double grads_loss_scale() const { return grads_loss_scale_; }
+  const ReducerStats& stats() const { return stats_; }
+
+ private:
+  void adopt_parameters();
+  void broadcast_parameters();
+  void index_stages();
+  void install_hooks();
+  void on_grad_ready(int param);
+  void copy_into_slot(int param);
+  void launch_ready();
+  void launch(int bucket);
+  void poll();
+  void remove_hooks();
+
+  std::vector<ReducedParam> params_;
+  ReducerOptions options_;
+  FlatLayout layout_;
+  at::ScalarType dtype_;
+  bool communicates_ = false;
+  bool sharded_ = false;
+  double step_loss_scale_ = 1.0;
+  double grads_loss_scale_ = 1.0;
+  at::Tensor flat_params_;
+  at::Tensor flat_grads_;
+  at::Tensor shard_grads_;
+
+  // Per step.
+  int num_microbatches_ = 1;
+  bool in_step_ = false;
+  std::vector<int> backwards_seen_;      // by local stage index
+  std::vector<int> stage_index_;         // param -> local stage index
+  std::vector<int> stages_;              // local stage numbers
+  std::vector<char> armed_;              // by local stage index
+  std::vector<char> ready_;              // by param
+  std::vector<int> pending_;             // by bucket: params not yet ready
+  int next_[2] = {0, 0};                 // next bucket to launch, per reduce group
+  std::vector<std::vector<int>> order_;  // buckets of each group, in launch order
+  std::vector<comm::Work> works_;
+
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // the hooked nodes
+  std::vector<uintptr_t> hook_keys_;
+  int64_t steps_finished_ = 0;
+  ReducerStats stats_;
+};
+
+// Floating tensors converted to `dtype`, others as they are (mixed-precision inputs).
+std::vector<at::Tensor> cast_floating(const std::vector<at::Tensor>& values, at::ScalarType dtype);
+
+}  // namespace smp::dp

@@ -1,0 +1,114 @@
+// smp::DistributedOptimizer: SMP's DistributedOptimizer. Wraps a torch::optim optimizer and
+// runs its update on flat buffers: every data-parallel rank holds the whole state, or, with
+// "shard_optimizer_state": true (ZeRO-1), only the slice of each gradient bucket it owns; it
+// updates that slice and the parameters are all-gathered. fp16/bf16 keep fp32 master weights.
+//
+//   std::vector<smp::pipeline::Layer> layers = make_model();
+//   std::vector<at::Tensor> params = ...every layer's parameters...;
+//   smp::DistributedModel model(std::move(layers));
+//   smp::DistributedOptimizer opt(model, std::make_unique<torch::optim::AdamW>(
+//       params, torch::optim::AdamWOptions(1e-3)));
+//   for (...) {
+//     smp::step(model, {x}, {y}, loss_fn);   // gradients are averaged over DP and microbatches
+//     double norm = opt.clip_master_grads(1.0);
+//     opt.step();                             // skipped (overflow() true) on an fp16 overflow
+//     opt.zero_grad();
+//   }
+//
+// Supported: torch::optim::SGD (momentum, dampening, nesterov, weight decay), Adam and AdamW
+// (amsgrad too), with any number of parameter groups; each step reads the groups' options, so
+// an LR scheduler acts on optimizer(). The update is torch::optim's, operation for operation.
+// Parameters the optimizer lists but this rank does not hold (other pipeline stages) are
+// ignored; a rank may hold none and still takes part in every collective. Differences from
+// torch::optim: a parameter that got no gradient in a step is stepped with a zero gradient
+// (as under DDP); parameter groups are read when the first step() runs (after the model is
+// partitioned) and cannot be added later. fp16 checks for overflow with a static scale too.
+//
+// Calls marked "collective" are made by every rank of the world, in the same order.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "smp/distributed_model.h"
+#include "smp/optim/loss_scaler.h"
+
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace smp {
+
+// SMP's DistributedOptimizer(optimizer, static_loss_scale, dynamic_loss_scale,
+// **dynamic_loss_args). The scale applies only with "fp16": true (else ConfigError when set).
+struct DistributedOptimizerOptions {
+  double static_loss_scale = 1.0;
+  bool dynamic_loss_scale = false;
+  optim::DynamicLossArgs dynamic_loss_args;
+};
+
+// What a checkpoint stores. `meta` holds the optimizer kind, the groups' options and step
+// counts, the loss scaler and, for a partial dict, this rank's layout; `tensors` the state.
+//   local (partial, `partial` true): 1-D fp32 tensors over this rank's local flat space,
+//     "exp_avg", "exp_avg_sq", "max_exp_avg_sq" (Adam/AdamW), "momentum_buffer" (SGD),
+//     "fp32_master" (fp16/bf16). meta["segments"] maps them: [param name, param offset, local
+//     offset, numel] rows, so any layout can be resharded by arithmetic.
+//   full (`partial` false): per parameter of this rank's stages, "<param name>/<state>"
+//     tensors shaped like the parameter (ZeRO shards gathered over DP/RDP).
+struct OptimizerStateDict {
+  bool partial = true;  // SMP's _smp_is_partial
+  nlohmann::json meta;
+  std::map<std::string, at::Tensor> tensors;
+};
+
+class DistributedOptimizer {
+ public:
+  // `optimizer` must be an SGD, Adam or AdamW over (some of) the model's parameters, else
+  // smp::ConfigError naming what is allowed; also for a loss scale without fp16, or
+  // shard_optimizer_state without ddp.
+  DistributedOptimizer(DistributedModel& model, std::unique_ptr<torch::optim::Optimizer> optimizer,
+                       DistributedOptimizerOptions options = {});
+  ~DistributedOptimizer();
+  DistributedOptimizer(const DistributedOptimizer&) = delete;
+  DistributedOptimizer& operator=(const DistributedOptimizer&) = delete;
+
+  // Collective. Unscales (fp16), skips on overflow anywhere (overflow() true, the scale
+  // drops), else updates this rank's slice and, when sharded, all-gathers the parameters over
+  // DP_GROUP / RDP_GROUP. Throws smp::Error before the model's first smp::step.
+  void step();
+  // Drops the gradients (torch's zero_grad(set_to_none = true)). Not collective.
+  void zero_grad();
+  // Whether the last step() (or clip_master_grads) found an inf/nan gradient (fp16 only).
+  bool overflow() const;
+  // Collective. Scales the master gradients so their global L2 norm, over every pipeline
+  // stage, tensor shard and (sharded) data-parallel slice, with TP-replicated parameters
+  // counted once, is at most max_norm (torch's clip_grad_norm_ rule). Returns the norm before
+  // clipping, or -1 on an fp16 overflow (SMP/Apex).
+  double clip_master_grads(double max_norm);
+  // The wrapped optimizer: its param_groups' options are read every step (LR schedulers).
+  torch::optim::Optimizer& optimizer();
+  double loss_scale() const;
+  // Bytes of optimizer state and fp32 master weights this rank holds (0 before the first step).
+  int64_t state_bytes() const;
+
+  // Not collective: this rank's state (SMP's local_state_dict, partial).
+  OptimizerStateDict local_state_dict();
+  // Loads a dict from local_state_dict() of the same layout (ranks, buckets, parameters).
+  void load_local_state_dict(const OptimizerStateDict& dict);
+  // Collective over DP_GROUP and RDP_GROUP: per-parameter state of this rank's stages.
+  OptimizerStateDict state_dict();
+  // Loads a per-parameter dict: each rank takes its slice (any sharding, any bucket layout).
+  void load_state_dict(const OptimizerStateDict& dict);
+
+  struct Impl;
+
+ private:
+  Impl& ready();
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace smp

@@ -1,0 +1,35 @@
+// The trainer behind smp-train: data, model, optimizer and the training loop, everything a run
+// writes under one run directory.
+//
+//   <run_dir>/config.json      the run configuration as understood (every default filled in)
+//   <run_dir>/data/            token shards made from the text (train_*.bin, val_*.bin)
+//   <run_dir>/metrics.jsonl    one JSON line per step and per validation
+//   <run_dir>/loss.svg         training and validation loss curves, with the unigram entropy
+//   <run_dir>/timeline.svg     the last step's pipeline timeline, one row per pipeline rank
+//   <run_dir>/timeline.json    the same as a Chrome-trace / Perfetto file (rank 0's pipeline)
+//   <run_dir>/sample.txt       text generated from the prompt at the end
+//   <run_dir>/summary.json     final losses, speed, memory, the layout
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "smp/train/train_config.h"
+
+namespace smp::train {
+
+struct TrainSummary {
+  std::vector<double> train_losses;  // per step, averaged over data-parallel replicas
+  double final_val_loss = 0;
+  double unigram_entropy = 0;        // of the training tokens, in nats
+  double tokens_per_s = 0;           // training steps after the first, validation excluded
+  std::string sample;
+  std::string run_dir;
+};
+
+// Collective over the world; smp::init(config.smp) must have run. Prints the start-up table,
+// a progress line per step and the summary on rank 0. Throws smp::ConfigError (on every rank)
+// for bad configurations and data, smp::Error otherwise.
+TrainSummary train(const TrainConfig& config);
+
+}  // namespace smp::train

@@ -1,0 +1,306 @@
+// GradientReducer: flat buffers, AccumulateGrad hooks, bucketed all-reduce / reduce-scatter
+// (see gradient_reducer.h).
+#include "smp/data_parallel/gradient_reducer.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <set>
+
+#include "smp/smp.h"
+
+namespace smp::dp {
+namespace {
+
+using torch::autograd::variable_list;
+
+// Calls back when a parameter's AccumulateGrad node has run.
+class ReadyHook : public torch::autograd::FunctionPostHook {
+ public:
+  explicit ReadyHook(std::function<void()> fn) : fn_(std::move(fn)) {}
+  variable_list operator()(const variable_list& outputs, const variable_list&) override {
+    fn_();
+    return outputs;
+  }
+
+ private:
+  std::function<void()> fn_;
+};
+
+// The dtype the config asks for, else the parameters' own (which must agree).
+at::ScalarType choose_dtype(const std::vector<ReducedParam>& params) {
+  const Config& cfg = smp::config();
+  if (cfg.fp16) return at::kHalf;
+  if (cfg.bf16) return at::kBFloat16;
+  if (params.empty()) return at::kFloat;
+  const at::ScalarType dtype = params[0].tensor.scalar_type();
+  for (const ReducedParam& p : params) {
+    if (p.tensor.scalar_type() != dtype || !at::isFloatingType(dtype)) {
+      throw ConfigError("data parallelism: parameter \"" + p.name + "\" is " +
+                        std::string(c10::toString(p.tensor.scalar_type())) + " but \"" +
+                        params[0].name + "\" is " + c10::toString(dtype) +
+                        "; allowed: one floating dtype for all trainable parameters");
+    }
+  }
+  return dtype;
+}
+
+// Trainable parameters, each tensor once.
+std::vector<ReducedParam> unique_trainable(std::vector<ReducedParam> params) {
+  std::vector<ReducedParam> out;
+  std::set<const void*> seen;
+  for (ReducedParam& p : params) {
+    if (!p.tensor.requires_grad()) continue;
+    if (!seen.insert(p.tensor.unsafeGetTensorImpl()).second) continue;
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+FlatLayout make_layout(const std::vector<ReducedParam>& params, const ReducerOptions& options,
+                       at::ScalarType dtype, bool sharded) {
+  std::vector<LayoutParam> sizes;
+  for (const ReducedParam& p : params) {
+    sizes.push_back({p.tensor.numel(), p.tp_sharded ? ReduceGroup::kRdp : ReduceGroup::kDp});
+  }
+  LayoutOptions lo;
+  lo.bucket_cap_bytes =
+      std::max<int64_t>(1, static_cast<int64_t>(options.bucket_cap_mb * (1 << 20)));
+  lo.element_size = static_cast<int64_t>(c10::elementSize(dtype));
+  lo.shard = sharded;
+  lo.dp_size = smp::dp_size();
+  lo.rdp_size = smp::rdp_size();
+  return FlatLayout(sizes, lo);
+}
+
+}  // namespace
+
+std::vector<at::Tensor> cast_floating(const std::vector<at::Tensor>& values, at::ScalarType dtype) {
+  std::vector<at::Tensor> out;
+  for (const at::Tensor& t : values) {
+    out.push_back(t.defined() && at::isFloatingType(t.scalar_type()) && t.scalar_type() != dtype
+                      ? t.to(dtype)
+                      : t);
+  }
+  return out;
+}
+
+GradientReducer::GradientReducer(std::vector<ReducedParam> params, const ReducerOptions& options)
+    : params_(unique_trainable(std::move(params))), options_(options) {
+  const Config& cfg = smp::config();
+  if (cfg.shard_optimizer_state && !cfg.ddp) {
+    throw ConfigError(
+        "config key \"shard_optimizer_state\": got true; it shards over data-parallel "
+        "ranks and requires \"ddp\": true; set \"ddp\": true");
+  }
+  if (!(options.bucket_cap_mb > 0)) {
+    throw ConfigError("bucket_cap_mb: got " + std::to_string(options.bucket_cap_mb) +
+                      "; allowed: > 0");
+  }
+  dtype_ = choose_dtype(params_);
+  sharded_ = cfg.shard_optimizer_state;
+  communicates_ = cfg.ddp && smp::dp_size() > 1;
+  layout_ = make_layout(params_, options, dtype_, sharded_);
+  adopt_parameters();
+  if (cfg.ddp) broadcast_parameters();
+  index_stages();
+  if (communicates_ && options_.overlapping) install_hooks();
+}
+
+// Parameters (and any gradients they hold) become views of the flat buffers.
+void GradientReducer::adopt_parameters() {
+  const at::Device device = params_.empty() ? at::Device(at::kCPU) : params_[0].tensor.device();
+  const auto opts = at::TensorOptions().dtype(dtype_).device(device);
+  flat_params_ = at::zeros({layout_.flat_numel()}, opts);
+  flat_grads_ = at::zeros({layout_.flat_numel()}, opts);
+  if (sharded_) shard_grads_ = at::zeros({layout_.local_numel()}, opts);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor& p = params_[i].tensor;
+    const Slot& s = layout_.slot(static_cast<int>(i));
+    at::Tensor view = flat_params_.narrow(0, s.offset, s.numel).view(p.sizes());
+    view.copy_(p.detach());
+    const at::Tensor grad = p.grad();
+    p.set_data(view);
+    at::Tensor grad_view = flat_grads_.narrow(0, s.offset, s.numel).view(p.sizes());
+    if (grad.defined()) grad_view.copy_(grad);
+    p.mutable_grad() = grad.defined() ? grad_view : at::Tensor();
+  }
+}
+
+// Replicas start equal: each bucket from rank 0 of its group.
+void GradientReducer::broadcast_parameters() {
+  std::vector<comm::Work> works;
+  for (const Bucket& b : layout_.buckets()) {
+    comm::Communicator& c = communicator(b.group);
+    if (c.size() == 1) continue;
+    at::Tensor range = flat_params_.narrow(0, b.offset, b.padded_numel);
+    works.push_back(c.broadcast(range, 0));
+  }
+  for (comm::Work& w : works) w.wait();
+}
+
+// Local stages in order, each parameter's stage index, each group's buckets in launch order.
+void GradientReducer::index_stages() {
+  for (const ReducedParam& p : params_) {
+    if (std::find(stages_.begin(), stages_.end(), p.stage) == stages_.end())
+      stages_.push_back(p.stage);
+  }
+  std::sort(stages_.begin(), stages_.end());
+  for (const ReducedParam& p : params_) {
+    stage_index_.push_back(
+        static_cast<int>(std::find(stages_.begin(), stages_.end(), p.stage) - stages_.begin()));
+  }
+  order_.resize(2);
+  for (size_t b = 0; b < layout_.buckets().size(); ++b) {
+    order_[static_cast<int>(layout_.buckets()[b].group)].push_back(static_cast<int>(b));
+  }
+}
+
+// A post hook on each parameter's AccumulateGrad node (as PyTorch's C++ DDP reducer does); the
+// nodes are kept alive so that every graph uses them.
+void GradientReducer::install_hooks() {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    std::shared_ptr<torch::autograd::Node> acc =
+        torch::autograd::impl::grad_accumulator(params_[i].tensor);
+    const int index = static_cast<int>(i);
+    hook_keys_.push_back(
+        acc->add_post_hook(std::make_unique<ReadyHook>([this, index] { on_grad_ready(index); })));
+    accumulators_.push_back(std::move(acc));
+  }
+}
+
+GradientReducer::~GradientReducer() { remove_hooks(); }
+
+void GradientReducer::remove_hooks() {
+  for (size_t i = 0; i < accumulators_.size(); ++i) {
+    accumulators_[i]->del_post_hook(hook_keys_[i]);
+  }
+  accumulators_.clear();
+  hook_keys_.clear();
+}
+
+int GradientReducer::rank_in(ReduceGroup group) const { return communicator(group).rank(); }
+
+comm::Communicator& GradientReducer::communicator(ReduceGroup group) const {
+  return smp::process_group(group == ReduceGroup::kDp ? CommGroup::DP_GROUP : CommGroup::RDP_GROUP);
+}
+
+void GradientReducer::begin_step(int num_microbatches, double loss_scale) {
+  num_microbatches_ = num_microbatches;
+  step_loss_scale_ = loss_scale;
+  in_step_ = true;
+  backwards_seen_.assign(stages_.size(), 0);
+  armed_.assign(stages_.size(), 0);
+  ready_.assign(params_.size(), 0);
+  pending_.clear();
+  for (const Bucket& b : layout_.buckets()) pending_.push_back(static_cast<int>(b.params.size()));
+  next_[0] = next_[1] = 0;
+  works_.clear();
+  stats_ = ReducerStats{};
+  stats_.buckets = static_cast<int>(layout_.buckets().size());
+}
+
+void GradientReducer::before_backward(const pipeline::Action& action) {
+  if (!in_step_) return;
+  if (action.kind != pipeline::ActionKind::kBackward &&
+      action.kind != pipeline::ActionKind::kBackwardWeight) {
+    return;  // an input-only backward accumulates no parameter gradient
+  }
+  const auto it = std::find(stages_.begin(), stages_.end(), action.stage);
+  if (it == stages_.end()) return;  // a stage without trainable parameters
+  const size_t s = it - stages_.begin();
+  if (++backwards_seen_[s] == num_microbatches_) armed_[s] = 1;
+}
+
+void GradientReducer::on_grad_ready(int param) {
+  if (!in_step_ || !armed_[stage_index_[param]] || ready_[param]) return;
+  ready_[param] = 1;
+  copy_into_slot(param);
+  const int bucket = layout_.slot(param).bucket;
+  if (--pending_[bucket] == 0) launch_ready();
+  poll();
+}
+
+// The parameter's gradient into its slot, unless backward accumulated it there already.
+void GradientReducer::copy_into_slot(int param) {
+  const at::Tensor& p = params_[param].tensor;
+  const Slot& s = layout_.slot(param);
+  at::Tensor slot = flat_grads_.narrow(0, s.offset, s.numel);
+  const at::Tensor& grad = p.grad();
+  if (!grad.defined()) {
+    slot.zero_();  // unused this step: contributes zero, as in DDP
+  } else if (grad.data_ptr() != slot.data_ptr() || grad.numel() != s.numel) {
+    slot.view(p.sizes()).copy_(grad);
+  }
+}
+
+void GradientReducer::launch_ready() {
+  for (int g = 0; g < 2; ++g) {
+    const std::vector<int>& order = order_[g];
+    while (next_[g] < static_cast<int>(order.size()) && pending_[order[next_[g]]] == 0) {
+      launch(order[next_[g]++]);
+      ++stats_.launched_during_backward;
+    }
+  }
+}
+
+void GradientReducer::launch(int b) {
+  const Bucket& bucket = layout_.buckets()[b];
+  at::Tensor range = flat_grads_.narrow(0, bucket.offset, bucket.padded_numel);
+  if (!sharded_) {
+    if (communicates_)
+      works_.push_back(communicator(bucket.group).all_reduce(range, comm::ReduceOp::kAvg));
+    return;
+  }
+  at::Tensor out = shard_grads_.narrow(0, layout_.local_base(b), bucket.shard_numel());
+  if (bucket.num_shards == 1) {
+    out.copy_(range);
+  } else {
+    works_.push_back(communicator(bucket.group).reduce_scatter(out, range, comm::ReduceOp::kAvg));
+  }
+}
+
+void GradientReducer::poll() {
+  for (comm::Work& w : works_) w.is_completed();
+}
+
+void GradientReducer::finish() {
+  if (!in_step_) return;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!ready_[i]) {
+      ready_[i] = 1;
+      copy_into_slot(static_cast<int>(i));
+    }
+  }
+  // The rest, in bucket order per group (the same order on every rank).
+  for (int g = 0; g < 2; ++g) {
+    for (; next_[g] < static_cast<int>(order_[g].size()); ++next_[g]) launch(order_[g][next_[g]]);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  for (comm::Work& w : works_) w.wait();
+  stats_.finish_wait_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  works_.clear();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor& p = params_[i].tensor;
+    const Slot& s = layout_.slot(static_cast<int>(i));
+    if (!p.grad().defined() ||
+        p.grad().data_ptr() != flat_grads_.narrow(0, s.offset, s.numel).data_ptr()) {
+      p.mutable_grad() = flat_grads_.narrow(0, s.offset, s.numel).view(p.sizes());
+    }
+  }
+  in_step_ = false;
+  grads_loss_scale_ = step_loss_scale_;
+  ++steps_finished_;
+}
+
+void GradientReducer::zero_grad() {
+  for (ReducedParam& p : params_) p.tensor.mutable_grad() = at::Tensor();
+}
+
+}  // namespace smp::dp

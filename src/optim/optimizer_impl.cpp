@@ -1,0 +1,236 @@
+// DistributedOptimizer::Impl: construction checks, runs, preparation and write-back
+// (see optimizer_impl.h).
+#include "optimizer_impl.h"
+
+#include <ATen/ATen.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
+
+#include "smp/smp.h"
+#include "updates.h"
+
+namespace smp::optim {
+
+const char* to_string(Kind kind) {
+  switch (kind) {
+    case Kind::kSgd:
+      return "sgd";
+    case Kind::kAdam:
+      return "adam";
+    case Kind::kAdamW:
+      return "adamw";
+  }
+  return "?";
+}
+
+namespace {
+
+Kind kind_of(torch::optim::Optimizer* optimizer) {
+  if (optimizer == nullptr) throw ConfigError("DistributedOptimizer: the optimizer is null");
+  if (dynamic_cast<torch::optim::SGD*>(optimizer)) return Kind::kSgd;
+  if (dynamic_cast<torch::optim::AdamW*>(optimizer)) return Kind::kAdamW;
+  if (dynamic_cast<torch::optim::Adam*>(optimizer)) return Kind::kAdam;
+  throw ConfigError(
+      "DistributedOptimizer: unsupported optimizer type; allowed: "
+      "torch::optim::SGD, torch::optim::Adam, torch::optim::AdamW");
+}
+
+LossScaler make_scaler(const DistributedOptimizerOptions& o) {
+  const bool fp16 = smp::config().fp16;
+  if (!fp16 && (o.dynamic_loss_scale || o.static_loss_scale != 1.0)) {
+    throw ConfigError(
+        "DistributedOptimizer: static_loss_scale / dynamic_loss_scale apply only "
+        "with \"fp16\": true; got static_loss_scale " +
+        std::to_string(o.static_loss_scale) + ", dynamic_loss_scale " +
+        (o.dynamic_loss_scale ? "true" : "false"));
+  }
+  return LossScaler(fp16 && o.dynamic_loss_scale, o.static_loss_scale, o.dynamic_loss_args);
+}
+
+bool amsgrad(const torch::optim::Optimizer& opt, Kind kind) {
+  using torch::optim::AdamOptions;
+  using torch::optim::AdamWOptions;
+  for (const auto& g : opt.param_groups()) {
+    const bool on = kind == Kind::kAdam    ? static_cast<const AdamOptions&>(g.options()).amsgrad()
+                    : kind == Kind::kAdamW ? static_cast<const AdamWOptions&>(g.options()).amsgrad()
+                                           : false;
+    if (on) return true;
+  }
+  return false;
+}
+
+}  // namespace
+}  // namespace smp::optim
+
+namespace smp {
+
+using optim::Kind;
+using optim::Run;
+
+DistributedOptimizer::Impl::Impl(DistributedModel& m, std::unique_ptr<torch::optim::Optimizer> opt,
+                                 const DistributedOptimizerOptions& o)
+    : model(m),
+      inner(std::move(opt)),
+      options(o),
+      kind(optim::kind_of(inner.get())),
+      scaler(optim::make_scaler(o)) {
+  const Config& cfg = smp::config();
+  if (cfg.shard_optimizer_state && !cfg.ddp) {
+    throw ConfigError(
+        "config key \"shard_optimizer_state\": got true; it shards over data-parallel "
+        "ranks and requires \"ddp\": true; set \"ddp\": true");
+  }
+  fp16 = cfg.fp16;
+  mixed = cfg.fp16 || cfg.bf16;
+  model.set_loss_scale(scaler.scale());
+}
+
+std::vector<std::string> DistributedOptimizer::Impl::state_names() const {
+  if (kind == Kind::kSgd) return {"momentum_buffer"};
+  if (optim::amsgrad(*inner, kind)) return {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+  return {"exp_avg", "exp_avg_sq"};
+}
+
+void DistributedOptimizer::Impl::initialize() {
+  if (!model.partitioned()) {
+    throw Error("DistributedOptimizer: the model is not partitioned yet; run smp::step first");
+  }
+  reducer = &model.gradient_reducer();
+  const dp::FlatLayout& layout = reducer->layout();
+  // Which optimizer group each of this rank's parameters is in (-1: not optimized).
+  std::map<const void*, int> group_of;
+  const auto& groups = inner->param_groups();
+  for (size_t g = 0; g < groups.size(); ++g) {
+    for (const at::Tensor& p : groups[g].params())
+      group_of[p.unsafeGetTensorImpl()] = static_cast<int>(g);
+  }
+  for (const dp::ReducedParam& p : reducer->params()) {
+    auto it = group_of.find(p.tensor.unsafeGetTensorImpl());
+    param_group.push_back(it == group_of.end() ? -1 : it->second);
+  }
+  // Owned segments of optimized parameters, merged into runs.
+  const int dp_rank = reducer->rank_in(dp::ReduceGroup::kDp);
+  const int rdp_rank = reducer->rank_in(dp::ReduceGroup::kRdp);
+  for (const dp::Segment& s : layout.owned_segments(dp_rank, rdp_rank)) {
+    const int g = param_group[s.param];
+    if (g < 0) continue;
+    segments.push_back(s);
+    const dp::Bucket& bucket = layout.buckets()[s.bucket];
+    // A tied copy (model.options().tied_copies) is counted on the stage holding the original.
+    const bool tied_copy = model.options().tied_copies.count(reducer->params()[s.param].name) > 0;
+    const bool in_norm = !tied_copy && (reducer->sharded() || bucket.group == dp::ReduceGroup::kRdp ||
+                                        smp::tp_rank() == 0);
+    if (!runs.empty() && runs.back().group == g && runs.back().bucket == s.bucket &&
+        runs.back().in_norm == in_norm && runs.back().flat + runs.back().numel == s.flat_offset) {
+      runs.back().numel += s.numel;
+    } else {
+      runs.push_back({g, s.bucket, s.flat_offset, s.local_offset, s.numel, in_norm});
+    }
+  }
+  // State, masters and step counts.
+  const at::ScalarType dtype = mixed ? at::kFloat : reducer->param_dtype();
+  const auto opts = at::TensorOptions().dtype(dtype).device(reducer->flat_params().device());
+  for (const std::string& name : state_names())
+    state[name] = at::zeros({layout.local_numel()}, opts);
+  if (mixed) {
+    master = at::zeros({layout.local_numel()}, opts);
+    grads32 = at::zeros({layout.local_numel()}, opts);
+    for (const Run& run : runs) {
+      master.narrow(0, run.local, run.numel)
+          .copy_(reducer->flat_params().narrow(0, run.flat, run.numel));
+    }
+  }
+  steps.assign(groups.size(), 0);
+  momentum_started.assign(groups.size(), 0);
+  initialized = true;
+  apply_pending_loads();
+}
+
+at::Tensor DistributedOptimizer::Impl::param_view(const Run& run) const {
+  if (mixed) return master.narrow(0, run.local, run.numel);
+  return reducer->flat_params().narrow(0, run.flat, run.numel);
+}
+
+at::Tensor DistributedOptimizer::Impl::grad_view(const Run& run) const {
+  if (mixed) return grads32.narrow(0, run.local, run.numel);
+  if (reducer->sharded()) return reducer->shard_grads().narrow(0, run.local, run.numel);
+  return reducer->flat_grads().narrow(0, run.flat, run.numel);
+}
+
+at::Tensor DistributedOptimizer::Impl::state_view(const std::string& name, const Run& run) const {
+  auto it = state.find(name);
+  return it == state.end() ? at::Tensor() : it->second.narrow(0, run.local, run.numel);
+}
+
+void DistributedOptimizer::Impl::prepare() {
+  if (prepared_for == reducer->steps_finished()) return;
+  prepared_for = reducer->steps_finished();
+  if (mixed) {
+    for (const Run& run : runs) {
+      const at::Tensor& source =
+          reducer->sharded() ? reducer->shard_grads() : reducer->flat_grads();
+      grads32.narrow(0, run.local, run.numel)
+          .copy_(source.narrow(0, reducer->sharded() ? run.local : run.flat, run.numel));
+    }
+  }
+  const double scale = reducer->grads_loss_scale();
+  if (scale != 1.0) {
+    for (const Run& run : runs) grad_view(run).mul_(1.0 / scale);
+  }
+  overflow = false;
+  if (!fp16) return;
+  bool bad = false;
+  for (const Run& run : runs) bad = bad || !grad_view(run).isfinite().all().item<bool>();
+  // Every rank skips together: an overflow anywhere is an overflow everywhere.
+  at::Tensor flag = at::full({1}, bad ? 1 : 0, at::kInt);
+  smp::process_group(CommGroup::WORLD).all_reduce(flag, comm::ReduceOp::kMax).wait();
+  overflow = flag.item<int>() != 0;
+}
+
+void DistributedOptimizer::Impl::update(const Run& run) {
+  at::Tensor param = param_view(run);
+  const at::Tensor grad = grad_view(run);
+  const auto& options = inner->param_groups().at(run.group).options();
+  if (kind == Kind::kSgd) {
+    at::Tensor buf = state_view("momentum_buffer", run);
+    optim::sgd_update(param, grad, buf, !momentum_started[run.group],
+                      static_cast<const torch::optim::SGDOptions&>(options));
+    return;
+  }
+  at::Tensor m = state_view("exp_avg", run);
+  at::Tensor v = state_view("exp_avg_sq", run);
+  at::Tensor vmax = state_view("max_exp_avg_sq", run);
+  if (kind == Kind::kAdam) {
+    optim::adam_update(param, grad, m, v, vmax, steps[run.group],
+                       static_cast<const torch::optim::AdamOptions&>(options));
+  } else {
+    optim::adamw_update(param, grad, m, v, vmax, steps[run.group],
+                        static_cast<const torch::optim::AdamWOptions&>(options));
+  }
+}
+
+void DistributedOptimizer::Impl::write_back() {
+  const at::Tensor& flat = reducer->flat_params();
+  if (mixed) {
+    for (const Run& run : runs)
+      flat.narrow(0, run.flat, run.numel).copy_(master.narrow(0, run.local, run.numel));
+  }
+  if (!reducer->sharded()) return;
+  // Each bucket's owned slices from every rank of its group.
+  const dp::FlatLayout& layout = reducer->layout();
+  std::vector<comm::Work> works;
+  for (size_t b = 0; b < layout.buckets().size(); ++b) {
+    const dp::Bucket& bucket = layout.buckets()[b];
+    if (bucket.num_shards == 1) continue;
+    comm::Communicator& c = reducer->communicator(bucket.group);
+    const at::Tensor mine =
+        flat.narrow(0, layout.owned_begin(static_cast<int>(b), c.rank()), bucket.shard_numel())
+            .clone();
+    at::Tensor out = flat.narrow(0, bucket.offset, bucket.padded_numel);
+    works.push_back(c.all_gather(out, mine));
+  }
+  for (comm::Work& w : works) w.wait();
+}
+
+}  // namespace smp

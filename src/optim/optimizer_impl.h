@@ -1,0 +1,89 @@
+// DistributedOptimizer's state (internal to smp_optim): which flat elements this rank updates,
+// in runs, and the flat tensors that hold masters, gradients and optimizer state.
+//
+// A run is a stretch of one bucket's owned slice whose parameters all belong to one optimizer
+// group: flat elements [flat, +numel) of the reducer's buffers, local elements [local, +numel)
+// of this rank's state. fp32 models update the flat parameter buffer itself; fp16/bf16 update
+// fp32 masters (local layout) and copy them back.
+#pragma once
+
+#include <torch/optim/optimizer.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "smp/distributed_optimizer.h"
+
+namespace smp::optim {
+
+enum class Kind { kSgd, kAdam, kAdamW };
+const char* to_string(Kind kind);
+
+struct Run {
+  int group = 0;  // optimizer parameter group
+  int bucket = 0;
+  int64_t flat = 0;
+  int64_t local = 0;
+  int64_t numel = 0;
+  bool in_norm = true;  // counted by this rank in the global gradient norm
+};
+
+}  // namespace smp::optim
+
+namespace smp {
+
+struct DistributedOptimizer::Impl {
+  Impl(DistributedModel& model, std::unique_ptr<torch::optim::Optimizer> inner,
+       const DistributedOptimizerOptions& options);
+
+  // After the model is partitioned: runs, state buffers, masters; applies pending loads.
+  void initialize();
+  // Once per finished smp::step: fp32 gradients, unscaled; the overflow check (collective).
+  void prepare();
+  // The optimizer's update of one run (or piece of one), with its group's current options.
+  void update(const optim::Run& run);
+  // Masters back into the parameters; all-gathers sharded buckets (collective).
+  void write_back();
+  // State dicts (state_dict.cpp).
+  nlohmann::json meta() const;
+  void load_meta(const nlohmann::json& meta);
+  OptimizerStateDict local_dict() const;
+  void load_local(const OptimizerStateDict& dict);
+  OptimizerStateDict full_dict() const;  // collective over DP_GROUP and RDP_GROUP
+  void load_full(const OptimizerStateDict& dict);
+  std::map<std::string, at::Tensor> all_state() const;
+  void apply_pending_loads();
+
+  at::Tensor param_view(const optim::Run& run) const;
+  at::Tensor grad_view(const optim::Run& run) const;
+  // Undefined when this optimizer keeps no such state.
+  at::Tensor state_view(const std::string& name, const optim::Run& run) const;
+  std::vector<std::string> state_names() const;
+
+  DistributedModel& model;
+  std::unique_ptr<torch::optim::Optimizer> inner;
+  DistributedOptimizerOptions options;
+  optim::Kind kind;
+  optim::LossScaler scaler;
+  bool fp16 = false;
+  bool mixed = false;  // fp16 or bf16: fp32 masters
+  bool initialized = false;
+  bool overflow = false;
+  int64_t prepared_for = -1;  // the reducer step whose gradients are prepared
+
+  dp::GradientReducer* reducer = nullptr;
+  std::vector<int> param_group;       // per reducer parameter: optimizer group or -1
+  std::vector<dp::Segment> segments;  // owned elements of optimized parameters
+  std::vector<optim::Run> runs;
+  std::map<std::string, at::Tensor> state;  // local layout
+  at::Tensor master;                        // fp32, local layout (mixed only)
+  at::Tensor grads32;                       // fp32, local layout (mixed only)
+  std::vector<int64_t> steps;               // per group
+  std::vector<char> momentum_started;       // per group (SGD)
+  std::optional<OptimizerStateDict> pending_local;
+  std::optional<OptimizerStateDict> pending_full;
+};
+
+}  // namespace smp

@@ -1,0 +1,392 @@
+// The training loop of smp-train (see trainer.h).
+#include "smp/train/trainer.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <tuple>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+#include <torch/optim/adamw.h>
+
+#include "smp/distributed_optimizer.h"
+#include "smp/models/gpt.h"
+#include "smp/pipeline/timeline.h"
+#include "smp/smp.h"
+#include "smp/train/data_loader.h"
+#include "smp/train/plots.h"
+#include "smp/train/tokenizer.h"
+
+namespace smp::train {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+void make_dirs(const std::string& dir) {
+  for (size_t slash = dir.find('/', 1);; slash = dir.find('/', slash + 1)) {
+    const std::string part = dir.substr(0, slash);
+    if (!part.empty() && ::mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) {
+      throw Error("cannot create directory " + part + ": " + std::strerror(errno));
+    }
+    if (slash == std::string::npos) break;
+  }
+}
+
+// train_*.bin and val_*.bin of a folder, sorted.
+std::pair<std::vector<std::string>, std::vector<std::string>> list_shards(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) throw Error("data.shards_dir " + dir + " cannot be read: " + std::strerror(errno));
+  std::vector<std::string> train, val;
+  while (const dirent* entry = ::readdir(d)) {
+    const std::string name = entry->d_name;
+    if (name.size() < 5 || name.compare(name.size() - 4, 4, ".bin") != 0) continue;
+    if (name.rfind("train_", 0) == 0) train.push_back(dir + "/" + name);
+    if (name.rfind("val_", 0) == 0) val.push_back(dir + "/" + name);
+  }
+  ::closedir(d);
+  std::sort(train.begin(), train.end());
+  std::sort(val.begin(), val.end());
+  if (train.empty() || val.empty()) {
+    throw Error("data.shards_dir " + dir + " needs train_*.bin and val_*.bin shards; found " +
+                std::to_string(train.size()) + " and " + std::to_string(val.size()));
+  }
+  return {train, val};
+}
+
+json config_json(const TrainConfig& c) {
+  const auto& t = c.training;
+  return {{"model", {{"name", c.model.name}, {"num_layers", c.model.num_layers},
+                     {"num_heads", c.model.num_heads}, {"hidden", c.model.hidden},
+                     {"ffn_hidden", c.model.ffn_hidden}, {"vocab_size", c.model.vocab_size},
+                     {"max_seq_len", c.model.max_seq_len}, {"dropout", c.model.dropout},
+                     {"tie_embeddings", c.model.tie_embeddings}}},
+          {"data", {{"text", c.data.text}, {"shards_dir", c.data.shards_dir},
+                    {"vocab_json", c.data.vocab_json}, {"merges_txt", c.data.merges_txt},
+                    {"val_fraction", c.data.val_fraction}}},
+          {"training", {{"steps", t.steps}, {"global_batch", t.global_batch},
+                        {"seq_len", t.seq_len}, {"lr", t.lr}, {"min_lr", t.min_lr},
+                        {"warmup_steps", t.warmup_steps}, {"weight_decay", t.weight_decay},
+                        {"beta1", t.beta1}, {"beta2", t.beta2}, {"grad_clip", t.grad_clip},
+                        {"precision", t.precision}, {"seed", t.seed}, {"val_every", t.val_every},
+                        {"val_batches", t.val_batches}, {"prompt", t.prompt},
+                        {"sample_tokens", t.sample_tokens}, {"temperature", t.temperature}}},
+          {"smp", c.smp.to_json()},
+          {"run_dir", c.run_dir}};
+}
+
+// Rank 0 makes the run directory and the token shards; every rank learns where they are.
+json prepare_run(const TrainConfig& c, const Tokenizer& tokenizer) {
+  return json::parse(on_rank0("preparing the run", [&] {
+    make_dirs(c.run_dir);
+    write_text_file(c.run_dir + "/config.json", config_json(c).dump(2) + "\n");
+    std::vector<std::string> train, val;
+    if (!c.data.text.empty()) {
+      const PreparedData data =
+          prepare_text(c.data.text, c.run_dir + "/data", tokenizer, c.data.val_fraction);
+      train = data.train_shards, val = data.val_shards;
+    } else {
+      std::tie(train, val) = list_shards(c.data.shards_dir);
+    }
+    for (const auto& path : train) TokenShard check(path);  // corrupt headers fail here
+    for (const auto& path : val) TokenShard check(path);
+    return json{{"train", train}, {"val", val}}.dump();
+  }));
+}
+
+double rss_mb() {
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * static_cast<double>(::sysconf(_SC_PAGESIZE)) / (1 << 20);
+}
+
+// Mean of a scalar over the data-parallel replicas (equal over TP and PP ranks already).
+double replica_mean(double value) {
+  at::Tensor t = at::full({1}, value, at::kDouble);
+  process_group(CommGroup::RDP_GROUP).all_reduce(t, comm::ReduceOp::kAvg).wait();
+  return t.item<double>();
+}
+
+double world_max(double value) {
+  at::Tensor t = at::full({1}, value, at::kDouble);
+  process_group(CommGroup::WORLD).all_reduce(t, comm::ReduceOp::kMax).wait();
+  return t.item<double>();
+}
+
+std::string duration(double seconds) {
+  char buf[32];
+  const int s = static_cast<int>(std::lround(seconds));
+  if (s >= 3600) {
+    std::snprintf(buf, sizeof(buf), "%dh%02dm", s / 3600, s / 60 % 60);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%dm%02ds", s / 60, s % 60);
+  }
+  return buf;
+}
+
+// GPT-2's tied head, when it sits on another stage than the embedding: the two copies start
+// equal and must get the same update, so their gradients are summed over the pipeline group.
+void sum_tied_gradients(const models::Model& model, DistributedModel& dmodel) {
+  if (model.tied_copies.empty() || pp_size() == 1) return;
+  comm::Communicator& pipe = process_group(CommGroup::PP_GROUP);
+  const int first = 0, last = pipe.size() - 1;
+  if (pipe.rank() != first && pipe.rank() != last) return;
+  const auto& [embed_name, head_name] = model.tied_copies[0];
+  const std::string mine = pipe.rank() == first ? embed_name : head_name;
+  for (auto& [name, param] : dmodel.local_named_parameters()) {
+    if (name != mine) continue;
+    at::Tensor grad = param.mutable_grad();
+    const int peer = pipe.rank() == first ? last : first;
+    comm::Work got = pipe.recv(peer, /*tag=*/7);
+    pipe.send(grad.contiguous(), peer, 7).wait();
+    got.wait();
+    grad.add_(got.result());
+  }
+}
+
+std::unique_ptr<torch::optim::AdamW> make_adamw(const DistributedModel& dmodel,
+                                                const TrainingConfig& t) {
+  // Weight decay on matrices only; biases, norms and positions are left alone.
+  std::vector<at::Tensor> decay, no_decay;
+  for (const auto& p : dmodel.local_parameter_info()) {
+    const bool positions = p.name.size() >= 3 && p.name.compare(p.name.size() - 3, 3, "wpe") == 0;
+    (p.tensor.dim() >= 2 && !positions ? decay : no_decay).push_back(p.tensor);
+  }
+  auto options = torch::optim::AdamWOptions(t.lr).betas({t.beta1, t.beta2}).weight_decay(t.weight_decay);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(options));
+  auto no_decay_options = std::make_unique<torch::optim::AdamWOptions>(options);
+  no_decay_options->weight_decay(0.0);
+  groups.emplace_back(no_decay, std::move(no_decay_options));
+  return std::make_unique<torch::optim::AdamW>(std::move(groups), options);
+}
+
+void set_lr(torch::optim::Optimizer& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) {
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  }
+}
+
+void print_startup(const TrainConfig& c, const std::vector<std::string>& layer_names,
+                   DistributedModel& dmodel, const json& data, double entropy) {
+  int64_t local_params = 0;
+  for (const auto& p : dmodel.local_parameter_info()) local_params += p.tensor.numel();
+  // fp32 weights, gradients and two Adam moments: 16 bytes a parameter, plus the activations
+  // of one microbatch kept per in-flight microbatch (a rough upper bound).
+  const double est_mb = local_params * 16.0 / (1 << 20);
+  std::ostringstream row;
+  row << "  " << rank() << "     " << pp_rank() << "   " << tp_rank() << "   " << rdp_rank()
+      << "    stages";
+  for (int s : dmodel.local_stages()) row << " " << s;
+  const auto& part = dmodel.partition_assignment();
+  for (int s : dmodel.local_stages()) {
+    row << " [" << layer_names[part.begin(s)] << " .. " << layer_names[part.end(s) - 1] << "]";
+  }
+  row << "  " << local_params << " params  ~" << static_cast<int64_t>(est_mb) << " MB";
+  const auto rows = allgather(row.str(), CommGroup::WORLD);
+  if (rank() != 0) return;
+  std::printf("smp-train: %s, %lld parameters, %d ranks (pp=%d tp=%d dp=%d), %s\n",
+              c.model.name.c_str(), static_cast<long long>(c.model.num_parameters()), size(),
+              pp_size(), tp_size(), rdp_size(), c.training.precision.c_str());
+  std::printf("data: %zu train and %zu val shards; unigram entropy %.4f nats\n",
+              data["train"].size(), data["val"].size(), entropy);
+  std::printf("rank  pp  tp  rdp   layers, parameters and memory estimate (weights+grads+Adam)\n");
+  for (const auto& r : rows) std::printf("%s\n", r.c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+TrainSummary train(const TrainConfig& c) {
+  const TrainingConfig& t = c.training;
+  const bool lead = rank() == 0;
+  const int replicas = rdp_size();
+  if (t.global_batch % replicas != 0) {
+    throw ConfigError("training.global_batch (" + std::to_string(t.global_batch) +
+                      ") must divide by the data-parallel replicas (" + std::to_string(replicas) + ")");
+  }
+  const int64_t batch = t.global_batch / replicas;
+  if (batch % config().microbatches != 0) {
+    throw ConfigError("training.global_batch / replicas (" + std::to_string(batch) +
+                      ") must divide by smp.microbatches (" +
+                      std::to_string(config().microbatches) + ")");
+  }
+  const auto tokenizer = make_tokenizer(c.data.vocab_json, c.data.merges_txt);
+  if (tokenizer->vocab_size() > c.model.vocab_size) {
+    throw ConfigError("model.vocab_size (" + std::to_string(c.model.vocab_size) +
+                      ") is smaller than the tokenizer's (" +
+                      std::to_string(tokenizer->vocab_size()) + ")");
+  }
+  const json data = prepare_run(c, *tokenizer);
+  DataLoader train_data(data["train"].get<std::vector<std::string>>(), t.seq_len, batch, t.seed,
+                        rdp_rank(), replicas);
+  DataLoader val_data(data["val"].get<std::vector<std::string>>(), t.seq_len, batch, t.seed + 1,
+                      rdp_rank(), replicas);
+  std::vector<const TokenShard*> shards;
+  for (const auto& s : train_data.shards()) shards.push_back(s.get());
+  const double entropy = lead ? unigram_entropy(shards, tokenizer->vocab_size()) : 0;
+
+  at::manual_seed(t.seed);
+  models::Model model = models::build_model(c.model, tp::TpGroup(process_group(CommGroup::TP_GROUP)),
+                                            /*separate_tied_head=*/pp_size() > 1);
+  if (!model.tied_copies.empty() && config().shard_optimizer_state) {
+    throw ConfigError("a tied embedding split across pipeline stages cannot use "
+                      "shard_optimizer_state yet; set model.tie_embeddings false or pp to 1");
+  }
+  std::vector<std::string> layer_names;
+  for (const auto& layer : model.layers) layer_names.push_back(layer.name);
+  DistributedModelOptions model_options;
+  for (const auto& [original, copy] : model.tied_copies) model_options.tied_copies.insert(copy);
+  DistributedModel dmodel(std::move(model.layers), model_options);  // keeps only its own stages
+  dmodel.partition({at::zeros({batch / config().microbatches, t.seq_len}, at::kLong)});
+  print_startup(c, layer_names, dmodel, data, entropy);
+  DistributedOptimizer optimizer(dmodel, make_adamw(dmodel, t));
+  const LossFn loss_fn = [&model](const Values& out, const Values& y) { return model.loss(out, y); };
+
+  std::ofstream metrics;
+  if (lead) metrics.open(c.run_dir + "/metrics.jsonl");
+  auto log_metrics = [&](const json& line) {
+    if (lead) metrics << line.dump() << "\n" << std::flush;
+  };
+  auto validate = [&]() {  // the same validation batches every time, so losses compare
+    model.set_training(false);
+    val_data.set_position({});
+    double sum = 0;
+    for (int64_t i = 0; i < t.val_batches; ++i) {
+      auto [x, y] = val_data.next();
+      StepOptions eval;
+      eval.train = false;
+      sum += step(dmodel, {x}, {y}, loss_fn, eval)[0].reduce_mean().item<double>();
+    }
+    model.set_training(true);
+    return replica_mean(sum / t.val_batches);
+  };
+
+  TrainSummary summary;
+  summary.run_dir = c.run_dir;
+  summary.unigram_entropy = entropy;
+  std::vector<std::pair<double, double>> train_curve, val_curve;
+  const int64_t tokens_per_step = t.global_batch * t.seq_len;
+  const auto start = Clock::now();
+  double step_seconds = 0;  // training steps after the first (which partitions and warms up)
+  for (int64_t s = 0; s < t.steps; ++s) {
+    const auto step_start = Clock::now();
+    const double lr = learning_rate(t, s);
+    set_lr(optimizer.optimizer(), lr);
+    auto [x, y] = train_data.next();
+    StepOptions options;
+    options.trace = s + 1 == t.steps;
+    const auto out = step(dmodel, {x}, {y}, loss_fn, options);
+    sum_tied_gradients(model, dmodel);
+    const double norm = t.grad_clip > 0 ? optimizer.clip_master_grads(t.grad_clip) : 0;
+    optimizer.step();
+    optimizer.zero_grad();
+    const double loss = replica_mean(out[0].reduce_mean().item<double>());
+    const double step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    if (s > 0) step_seconds += step_s;
+    const double memory = world_max(rss_mb());
+    summary.train_losses.push_back(loss);
+    train_curve.emplace_back(s + 1, loss);
+    const double rate = tokens_per_step / step_s;
+    if (lead) {
+      std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | MFU n/a (CPU) "
+                  "| mem %.0f MB/rank | ETA %s\n",
+                  static_cast<long long>(s + 1), static_cast<long long>(t.steps), loss, lr, norm,
+                  rate, memory, duration(elapsed / (s + 1) * (t.steps - s - 1)).c_str());
+      std::fflush(stdout);
+    }
+    log_metrics({{"step", s + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
+                 {"tokens_per_s", rate}, {"max_rss_mb", memory}, {"time_s", elapsed},
+                 {"overflow", optimizer.overflow()}});
+    const bool last = s + 1 == t.steps;
+    if (last || (t.val_every > 0 && (s + 1) % t.val_every == 0)) {
+      const double val = validate();
+      val_curve.emplace_back(s + 1, val);
+      summary.final_val_loss = val;
+      if (lead) std::printf("validation loss %.4f (unigram entropy %.4f)\n", val, entropy);
+      log_metrics({{"step", s + 1}, {"val_loss", val}});
+    }
+  }
+  const double total_s = std::chrono::duration<double>(Clock::now() - start).count();
+  summary.tokens_per_s = step_seconds > 0 ? tokens_per_step * (t.steps - 1) / step_seconds : 0;
+
+  // A sample from the prompt, one token at a time through the pipeline; every rank draws the
+  // same token from the same generator.
+  model.set_training(false);
+  std::vector<int> tokens = tokenizer->encode(t.prompt);
+  if (tokens.empty()) tokens.push_back(tokenizer->eot());
+  const size_t prompt_tokens = tokens.size();
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(t.seed + 7);
+  const LossFn last_logits = [&model](const Values& out, const Values&) -> Values {
+    return {model.full_logits(out[0]).select(1, -1)};
+  };
+  for (int64_t i = 0; i < t.sample_tokens; ++i) {
+    const int64_t context = std::min<int64_t>(static_cast<int64_t>(tokens.size()), t.seq_len);
+    at::Tensor ctx = at::tensor(std::vector<int64_t>(tokens.end() - context, tokens.end()), at::kLong)
+                         .view({1, context});
+    StepOptions gen;
+    gen.train = false;
+    gen.microbatches = 1;
+    const at::Tensor logits = step(dmodel, {ctx}, {}, last_logits, gen)[0].outputs()[0][0];
+    const at::Tensor probs = at::softmax(logits.to(at::kFloat) / std::max(t.temperature, 1e-6), -1);
+    tokens.push_back(static_cast<int>(at::multinomial(probs, 1, false, generator).item<int64_t>()));
+  }
+  summary.sample = tokenizer->decode(std::vector<int>(tokens.begin(), tokens.end()));
+
+  // Pictures and the summary, by rank 0; the timeline comes from rank 0's pipeline.
+  json trace = json::array();
+  for (const auto& e : dmodel.last_trace()) {
+    trace.push_back({pipeline::to_string(e.action), static_cast<int>(e.action.kind), e.action.stage,
+                     e.action.microbatch, e.action.peer, e.start_s, e.end_s, e.bytes});
+  }
+  const auto traces = allgather(trace.dump(), CommGroup::PP_GROUP);
+  if (lead) {
+    std::vector<std::vector<pipeline::TraceEvent>> per_rank;
+    for (const auto& text : traces) {
+      per_rank.emplace_back();
+      for (const auto& e : json::parse(text)) {
+        per_rank.back().push_back({{static_cast<pipeline::ActionKind>(e[1].get<int>()),
+                                    e[2].get<int>(), e[3].get<int>(), e[4].get<int>()},
+                                   e[5].get<double>(), e[6].get<double>(), e[7].get<int64_t>()});
+      }
+    }
+    write_text_file(c.run_dir + "/timeline.svg",
+                    svg_timeline("the last step's pipeline timeline (rank 0's pipeline)", per_rank));
+    pipeline::write_chrome_trace(c.run_dir + "/timeline.json", 0, per_rank.empty() ? std::vector<pipeline::TraceEvent>{} : per_rank[0]);
+    write_text_file(c.run_dir + "/loss.svg",
+                    svg_line_chart("loss, " + c.model.name + " on " + std::to_string(size()) + " ranks",
+                                   "step", "cross-entropy (nats)",
+                                   {{"train", train_curve, "#1f77b4"}, {"validation", val_curve, "#d62728"}},
+                                   {{"unigram entropy", entropy}}));
+    write_text_file(c.run_dir + "/sample.txt", summary.sample + "\n");
+    write_text_file(c.run_dir + "/summary.json",
+                    json{{"final_train_loss", summary.train_losses.back()},
+                         {"final_val_loss", summary.final_val_loss},
+                         {"unigram_entropy", entropy}, {"tokens_per_s", summary.tokens_per_s},
+                         {"steps", t.steps}, {"seconds", total_s},
+                         {"layout", {{"world", size()}, {"pp", pp_size()}, {"tp", tp_size()}, {"dp", rdp_size()}}},
+                         {"prompt_tokens", prompt_tokens}}
+                        .dump(2) + "\n");
+    std::printf("\nfinal: train loss %.4f, validation loss %.4f, unigram entropy %.4f nats; "
+                "%.0f tokens/s; %s\n", summary.train_losses.back(), summary.final_val_loss,
+                entropy, summary.tokens_per_s, duration(total_s).c_str());
+    std::printf("sample:\n%s\n\nrun directory: %s\n", summary.sample.c_str(), c.run_dir.c_str());
+    std::fflush(stdout);
+  }
+  return summary;
+}
+
+}  // namespace smp::train

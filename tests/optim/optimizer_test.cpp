@@ -1,0 +1,264 @@
+// DistributedOptimizer (runs on 1 and 2 ranks): SGD/Adam/AdamW against torch::optim on the same
+// model and data (two parameter groups, every option); fp16 loss scaling with an injected inf;
+// bf16 against fp32 over 50 steps; state dicts (partial and per-parameter, resharded);
+// bad input.
+#include <gtest/gtest.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/rmsprop.h>
+#include <torch/optim/sgd.h>
+
+#include <limits>
+
+#include "../data_parallel/harness.h"
+
+namespace smp {
+namespace {
+
+using namespace smp::testing;
+
+// Two parameter groups: the first four layers' parameters at the options given, the rest at
+// half the learning rate.
+template <typename Opt, typename Options>
+OptimizerFactory two_groups(Options options) {
+  return [options](std::vector<at::Tensor> params) -> std::unique_ptr<torch::optim::Optimizer> {
+    // `params` is ordered by name: fc0..fc3 first.
+    std::vector<at::Tensor> a(params.begin(), params.begin() + 8);
+    std::vector<at::Tensor> b(params.begin() + 8, params.end());
+    Options half = options;
+    half.lr(options.lr() / 2);
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(a, std::make_unique<Options>(options));
+    groups.emplace_back(b, std::make_unique<Options>(half));
+    return std::make_unique<Opt>(groups, options);
+  };
+}
+
+// The world's ranks each run a data-parallel replica when ddp is on; without ddp each rank is
+// an independent copy of the one-process run.
+TEST(Optimizer, EqualsTorchOptimOptionForOption) {
+  using namespace torch::optim;
+  const std::vector<std::pair<std::string, OptimizerFactory>> cases = {
+      {"sgd momentum dampening wd",
+       two_groups<SGD>(SGDOptions(0.1).momentum(0.9).dampening(0.1).weight_decay(0.01))},
+      {"sgd nesterov", two_groups<SGD>(SGDOptions(0.1).momentum(0.9).nesterov(true))},
+      {"sgd plain", two_groups<SGD>(SGDOptions(0.1))},
+      {"adam wd", two_groups<Adam>(AdamOptions(1e-2).weight_decay(0.01))},
+      {"adam amsgrad", two_groups<Adam>(AdamOptions(1e-2).betas({0.8, 0.9}).amsgrad(true))},
+      {"adamw", two_groups<AdamW>(AdamWOptions(1e-2).weight_decay(0.1))},
+      {"adamw amsgrad eps", two_groups<AdamW>(AdamWOptions(1e-2).eps(1e-6).amsgrad(true))},
+  };
+  for (const char* layout : {"", "\"ddp\": true, \"shard_optimizer_state\": true"}) {
+    reinit(layout);
+    if (comm::world_size() > 1 && std::string(layout).empty()) {
+      // Without ddp the replicas are not averaged: give every rank the whole batch.
+      continue;
+    }
+    for (const auto& [name, make] : cases) {
+      const auto ref = reference_run(make, 5);
+      SmpRun run = smp_run(make, 5);
+      // One rank unsharded: the same operations on the same numbers.
+      const double tol = comm::world_size() == 1 ? 1e-7 : 1e-6;
+      expect_params_close(*run.model, ref, tol, name + (*layout ? " zero1" : ""));
+    }
+  }
+}
+
+OptimizerFactory adam(double lr = 1e-3) {
+  return [lr](std::vector<at::Tensor> p) {
+    return std::make_unique<torch::optim::Adam>(p, torch::optim::AdamOptions(lr));
+  };
+}
+
+// fp16: an inf in one replica's loss at step 2 makes every rank skip that step, halves the
+// scale and sets overflow(); the steps after it update again.
+TEST(MixedPrecision, Fp16InjectedInfSkipsTheStepAndHalvesTheScale) {
+  reinit("\"fp16\": true, \"ddp\": true");
+  DistributedOptimizerOptions oo;
+  oo.dynamic_loss_scale = true;
+  oo.dynamic_loss_args.init_scale = 1024;
+  int it = 0;
+  LossFn loss = [&it](const Values& out, const Values& y) -> Values {
+    at::Tensor l = torch::mse_loss(out[0].to(at::kFloat), y[0]);
+    if (it == 2 && rank() == 0) l = l * std::numeric_limits<float>::infinity();
+    return {l};
+  };
+  std::vector<Layer> layers = make_mlp(1);
+  auto params = values_of(named(layers));
+  DistributedModel model(std::move(layers));
+  DistributedOptimizer opt(model, adam()(params), oo);
+  for (it = 0; it < 6; ++it) {
+    opt.zero_grad();
+    const Batch b = my_slice(whole_batch(it));
+    std::vector<StepOutput> out = step(model, {b.x}, {b.y}, loss);
+    const at::Tensor before = model.gradient_reducer().flat_params().clone();
+    EXPECT_EQ(opt.loss_scale(), it <= 2 ? 1024 : 512) << "step " << it;
+    opt.step();
+    const bool changed = !at::equal(before, model.gradient_reducer().flat_params());
+    EXPECT_EQ(opt.overflow(), it == 2) << "step " << it;
+    EXPECT_EQ(changed, it != 2) << "step " << it;
+    if (it != 2) EXPECT_TRUE(std::isfinite(out[0].reduce_mean().item<double>()));
+  }
+  EXPECT_EQ(opt.loss_scale(), 512);
+  EXPECT_EQ(model.local_parameters()[0].scalar_type(), at::kHalf);
+  EXPECT_EQ(opt.local_state_dict().tensors.at("fp32_master").scalar_type(), at::kFloat);
+}
+
+// 16-bit training against the fp32 one-process run, step by step over 50 steps.
+TEST(MixedPrecision, Bf16AndFp16TrackFp32) {
+  RefRecord ref;
+  reference_run(adam(), 50, 0, &ref);
+  struct Case {
+    const char* config;
+    double tol;  // relative loss error allowed at every step
+  };
+  for (const Case& c :
+       {Case{"\"bf16\": true, \"ddp\": true", 5e-3},
+        Case{"\"fp16\": true, \"ddp\": true, \"shard_optimizer_state\": true", 1e-3}}) {
+    reinit(c.config);
+    DistributedOptimizerOptions oo;
+    if (config().fp16) oo.static_loss_scale = 128;
+    LossFn loss = [](const Values& out, const Values& y) -> Values {
+      return {torch::mse_loss(out[0].to(at::kFloat), y[0])};
+    };
+    SmpRun run = smp_run(adam(), 50, {}, 0, oo, loss);
+    EXPECT_EQ(run.model->local_parameters()[0].scalar_type(),
+              config().fp16 ? at::kHalf : at::kBFloat16);
+    double worst = 0;
+    for (int i = 0; i < 50; ++i) {
+      worst = std::max(worst, std::abs(run.losses[i] - ref.losses[i]) / ref.losses[i]);
+    }
+    EXPECT_LT(worst, c.tol) << c.config;
+    EXPECT_LT(ref.losses[49], 0.8 * ref.losses[0]);  // it trained
+    if (rank() == 0)
+      std::printf("%s: worst relative loss error over 50 steps %.2e\n", c.config, worst);
+  }
+}
+
+// Steps `from`..`to`-1 of the reference problem on a fresh model that starts from `params`
+// with the optimizer state `dict` loaded (before partitioning: deferred).
+SmpRun resume(const std::map<std::string, at::Tensor>& params, const OptimizerStateDict& dict,
+              int from, int to) {
+  std::vector<Layer> layers = make_mlp(1);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [name, p] : named(layers)) p.copy_(params.at(name));
+  }
+  SmpRun run;
+  auto list = values_of(named(layers));
+  run.model = std::make_unique<DistributedModel>(std::move(layers));
+  run.opt = std::make_unique<DistributedOptimizer>(*run.model, adam(1e-2)(list));
+  if (dict.partial) {
+    run.opt->load_local_state_dict(dict);
+  } else {
+    run.opt->load_state_dict(dict);
+  }
+  for (int it = from; it < to; ++it) {
+    run.opt->zero_grad();
+    const Batch b = my_slice(whole_batch(it));
+    step(*run.model, {b.x}, {b.y}, mse_loss);
+    run.opt->step();
+  }
+  return run;
+}
+
+// 3 steps sharded, save, then 2 more from the saved state: partial into the same layout, and
+// per-parameter into an unsharded layout; both equal 5 uninterrupted reference steps.
+TEST(StateDict, ResumesAndReshards) {
+  const auto ref = reference_run(adam(1e-2), 5);
+  reinit("\"ddp\": true, \"shard_optimizer_state\": true");
+  OptimizerStateDict local, full;
+  std::map<std::string, at::Tensor> params;
+  {
+    SmpRun a = smp_run(adam(1e-2), 3);
+    local = a.opt->local_state_dict();
+    full = a.opt->state_dict();
+    for (auto& [name, p] : a.model->local_named_parameters()) params[name] = p.detach().clone();
+    EXPECT_EQ(local.meta.at("param_groups").at(0).at("step"), 3);
+    EXPECT_EQ(full.tensors.at("fc0.weight/exp_avg").sizes(), params.at("fc0.weight").sizes());
+  }
+  {
+    SmpRun b = resume(params, local, 3, 5);
+    expect_params_close(*b.model, ref, 1e-6, "partial dict, same layout");
+  }
+  reinit("\"ddp\": true");
+  SmpRun c = resume(params, full, 3, 5);
+  expect_params_close(*c.model, ref, 1e-6, "per-parameter dict, unsharded");
+  // A partial dict does not fit another layout when the world has several ranks.
+  if (comm::world_size() > 1) {
+    DistributedOptimizer& opt = *c.opt;
+    EXPECT_THROW(opt.load_local_state_dict(local), ConfigError);
+  }
+}
+
+template <typename F>
+void expect_config_error(F&& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "expected ConfigError containing " << needle;
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(BadInput, ClearErrors) {
+  expect_config_error([] { Config::from_json_string("{\"fp16\": true, \"bf16\": true}"); },
+                      "\"fp16\" and \"bf16\"");
+  // Sharding needs data parallelism ("ddp": true).
+  reinit("\"shard_optimizer_state\": true");
+  {
+    std::vector<Layer> layers = make_mlp(1);
+    auto params = values_of(named(layers));
+    DistributedModel model(std::move(layers));
+    expect_config_error([&] { DistributedOptimizer(model, adam()(params)); }, "\"ddp\": true");
+    const Batch b = whole_batch(0);
+    expect_config_error([&] { step(model, {b.x}, {b.y}, mse_loss); }, "shard_optimizer_state");
+  }
+  reinit("");
+  std::vector<Layer> layers = make_mlp(1);
+  auto params = values_of(named(layers));
+  DistributedModel model(std::move(layers));
+  expect_config_error(
+      [&] {
+        DistributedOptimizer(model, std::make_unique<torch::optim::RMSprop>(
+                                        params, torch::optim::RMSpropOptions(0.1)));
+      },
+      "torch::optim::AdamW");
+  DistributedOptimizerOptions scaled;
+  scaled.dynamic_loss_scale = true;
+  expect_config_error([&] { DistributedOptimizer(model, adam()(params), scaled); }, "fp16");
+  DistributedOptimizer opt(model, adam()(params));
+  EXPECT_THROW(opt.step(), Error);  // before the first smp::step
+}
+
+// A rank whose stages hold none of the optimizer's parameters still steps and clips with the
+// others (documented behaviour): only fc0 is optimized; with pp = 2 the second stage's rank
+// has nothing to update.
+TEST(BadInput, OptimizerWithNoParametersOnARank) {
+  if (comm::world_size() < 2) GTEST_SKIP() << "needs a second pipeline stage";
+  auto only_fc0 = [](std::vector<at::Tensor> p) {
+    // Sorted by name: fc0.bias, fc0.weight come first.
+    return std::make_unique<torch::optim::SGD>(std::vector<at::Tensor>{p[0], p[1]},
+                                               torch::optim::SGDOptions(0.1));
+  };
+  RefRecord ref_record;
+  const auto ref = reference_run(only_fc0, 3, 0.05, &ref_record);
+  const auto init = named(make_mlp(1));
+  for (const char* layout : {"\"ddp\": true, \"pipeline_parallel_degree\": 2",
+                             "\"ddp\": true, \"pipeline_parallel_degree\": 2, "
+                             "\"shard_optimizer_state\": true"}) {
+    reinit(layout);
+    SmpRun run = smp_run(only_fc0, 3, {}, 0.05);
+    for (auto& [name, p] : run.model->local_named_parameters()) {
+      const bool optimized = name.rfind("fc0.", 0) == 0;
+      EXPECT_TRUE(close(p, optimized ? ref.at(name) : init.at(name), 1e-6))
+          << layout << " " << name;
+    }
+    for (size_t i = 0; i < ref_record.norms.size(); ++i) {
+      EXPECT_NEAR(run.norms[i], ref_record.norms[i], 1e-6 * ref_record.norms[i]) << layout;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace smp

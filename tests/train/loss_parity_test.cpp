@@ -1,0 +1,112 @@
+// The strongest test of the whole system: a tiny GPT trained 20 steps (fp32, deterministic)
+// under every parallel layout gives the same loss curve as one process, within 1e-4 relative.
+// The one-process curve is a golden file, tests/train/golden/tiny_gpt_losses.json; it is
+// rewritten only on purpose: SMP_REGENERATE_GOLDEN=1 with one rank.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cmath>
+#include <fstream>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "smp/smp.h"
+#include "smp/train/trainer.h"
+
+namespace smp::train {
+namespace {
+
+const std::string kGolden = std::string(SMP_SOURCE_DIR) + "/tests/train/golden/tiny_gpt_losses.json";
+
+// A made-up text with structure to learn: words from a small vocabulary in a seeded order.
+std::string make_text() {
+  const std::vector<std::string> words = {"the", "lord", "said", "unto", "moses", "and",
+                                          "light", "was", "good", "in", "beginning", "earth"};
+  std::mt19937 rng(3);
+  std::string text;
+  while (text.size() < 60000) {
+    text += words[rng() % words.size()];
+    text += (rng() % 9 == 0) ? ".\n" : " ";
+  }
+  return text;
+}
+
+// A temporary folder shared by all ranks, with the text in it; made once.
+std::string work_dir() {
+  static const std::string dir = [] {
+    init(Config{});
+    const std::string made = on_rank0("making the work dir", [] {
+      char name[] = "/tmp/smp_parity_XXXXXX";
+      const std::string path = ::mkdtemp(name);
+      std::ofstream(path + "/text.txt") << make_text();
+      return path;
+    });
+    shutdown();
+    return made;
+  }();
+  return dir;
+}
+
+TrainConfig tiny_config(const std::string& smp_json, const std::string& name) {
+  TrainConfig c = TrainConfig::from_json_string(R"({
+    "model": {"name": "tiny", "num_layers": 4, "hidden": 32, "num_heads": 4, "max_seq_len": 32},
+    "data": {"text": ")" + work_dir() + R"(/text.txt", "val_fraction": 0.1},
+    "training": {"steps": 20, "global_batch": 8, "seq_len": 32, "lr": 0.003, "warmup_steps": 3,
+                 "val_every": 0, "val_batches": 1, "sample_tokens": 4, "seed": 5},
+    "smp": )" + smp_json + R"(, "run_dir": ")" + work_dir() + "/" + name + R"("})");
+  return c;
+}
+
+std::vector<double> train_layout(const std::string& smp_json, const std::string& name) {
+  const TrainConfig c = tiny_config(smp_json, name);
+  init(c.smp);
+  const std::vector<double> losses = train(c).train_losses;
+  shutdown();
+  return losses;
+}
+
+void expect_matches_golden(const std::vector<double>& losses, const std::string& layout) {
+  std::ifstream in(kGolden);
+  ASSERT_TRUE(in.good()) << "no golden file " << kGolden
+                         << "; make it with SMP_REGENERATE_GOLDEN=1 on one rank";
+  const auto golden = nlohmann::json::parse(in)["losses"].get<std::vector<double>>();
+  ASSERT_EQ(losses.size(), golden.size()) << layout;
+  for (size_t i = 0; i < golden.size(); ++i) {
+    EXPECT_LE(std::fabs(losses[i] - golden[i]), 1e-4 * std::fabs(golden[i]))
+        << layout << ": step " << i + 1 << " loss " << losses[i] << " vs golden " << golden[i];
+  }
+}
+
+TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
+  const int world = comm::world_size();
+  std::vector<std::pair<std::string, std::string>> layouts;  // (smp json, name)
+  if (world == 1) layouts = {{"{}", "one_rank"}};
+  if (world == 2) {
+    layouts = {{R"({"pipeline_parallel_degree": 2, "microbatches": 2})", "pp2"},
+               {R"({"tensor_parallel_degree": 2, "ddp": true})", "tp2"},
+               {R"({"ddp": true})", "dp2"}};
+  }
+  if (world == 4) {
+    layouts = {{R"({"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true,
+                   "microbatches": 2})", "pp2_tp2"},
+               {R"({"pipeline_parallel_degree": 2, "ddp": true, "microbatches": 2})", "pp2_dp2"},
+               {R"({"tensor_parallel_degree": 2, "ddp": true, "shard_optimizer_state": true})",
+                "tp2_dp2_zero1"}};
+  }
+  work_dir();
+  for (const auto& [smp_json, name] : layouts) {
+    const std::vector<double> losses = train_layout(smp_json, name);
+    const char* regenerate = std::getenv("SMP_REGENERATE_GOLDEN");
+    if (world == 1 && regenerate && std::string(regenerate) == "1") {
+      std::ofstream(kGolden) << nlohmann::json{{"what", "tiny GPT, 20 steps, fp32, one process"},
+                                               {"losses", losses}}.dump(2) << "\n";
+      GTEST_SKIP() << "golden file rewritten: " << kGolden;
+    }
+    expect_matches_golden(losses, name);
+  }
+  if (comm::world_rank() == 0) std::system(("rm -rf " + work_dir()).c_str());
+}
+
+}  // namespace
+}  // namespace smp::train

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# smp-train end to end: a short pp=2 x tp=2 run writes everything it promises into its run
+# directory; bad input (missing data, a corrupt shard, a config error, a layout that does not
+# fit the ranks, a sequence longer than the model's positions) ends every rank quickly with a
+# clear message and a non-zero exit, leaving nothing half-written.
+#   smp_train_test.sh <smp-train> <mpiexec>
+set -u
+train=$1
+mpiexec=$2
+work=$(mktemp -d /tmp/smp_train_test_XXXXXX)
+trap 'rm -rf "$work"' EXIT
+failed=0
+python3 -c "
+import random
+random.seed(1)
+words = 'in the beginning god created the heaven and the earth and the earth was without form'.split()
+print(' '.join(random.choice(words) for _ in range(20000)))" > "$work/text.txt"
+
+config() {  # config <name> <smp json> <training overrides> [data json]
+  local data="{\"text\": \"$work/text.txt\"}"
+  [ $# -ge 4 ] && data=$4
+  cat > "$work/$1.json" <<JSON
+{"model": {"name": "tiny", "num_layers": 2, "max_seq_len": 32},
+ "data": $data,
+ "training": {"steps": 4, "global_batch": 8, "seq_len": 32, "val_every": 2, "val_batches": 1,
+              "sample_tokens": 8 $3},
+ "smp": $2, "run_dir": "$work/runs/$1"}
+JSON
+}
+
+run() {  # run <name> <ranks> -> sets out, rc
+  out=$(timeout 120 "$mpiexec" --oversubscribe --bind-to none -np "$2" "$train" --config "$work/$1.json" 2>&1)
+  rc=$?
+}
+
+expect_failure() {  # expect_failure <name> <ranks> <message>
+  run "$1" "$2"
+  if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]; then echo "FAIL $1: exit code $rc"; failed=1; return; fi
+  if ! grep -qF -- "$3" <<< "$out"; then
+    echo "FAIL $1: no \"$3\" in:"; echo "$out"; failed=1; return
+  fi
+  if [ -n "$(find "$work/runs" -name '*.tmp*' 2>/dev/null)" ]; then
+    echo "FAIL $1: half-written files:"; find "$work/runs" -name '*.tmp*'; failed=1; return
+  fi
+  echo "ok   $1: exit $rc, \"$3\""
+}
+
+# --- the happy path -------------------------------------------------------------------------
+config good '{"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true, "microbatches": 2}' ""
+run good 4
+if [ "$rc" -ne 0 ]; then echo "FAIL good: exit $rc"; echo "$out"; failed=1; else
+  for f in config.json metrics.jsonl loss.svg timeline.svg timeline.json sample.txt summary.json data/train_000.bin data/val_000.bin; do
+    [ -s "$work/runs/good/$f" ] || { echo "FAIL good: no $f in the run directory"; failed=1; }
+  done
+  steps=$(grep -c '"tokens_per_s"' "$work/runs/good/metrics.jsonl")
+  [ "$steps" -eq 4 ] || { echo "FAIL good: $steps step lines in metrics.jsonl, expected 4"; failed=1; }
+  for want in "Partition assignments:" "rank  pp  tp  rdp" "step     4/4" "validation loss" "unigram entropy" "run directory: $work/runs/good"; do
+    grep -qF -- "$want" <<< "$out" || { echo "FAIL good: no \"$want\" in the output"; failed=1; }
+  done
+  grep -q $'\r' <<< "$out" && { echo "FAIL good: carriage returns in a log"; failed=1; }
+  echo "ok   good: a pp=2 x tp=2 run wrote its run directory"
+fi
+
+# --- bad input ------------------------------------------------------------------------------
+config missing '{}' "" "{\"text\": \"$work/no_such.txt\"}"
+expect_failure missing 2 "cannot read the text file $work/no_such.txt"
+
+mkdir -p "$work/shards"
+cp "$work/runs/good/data/train_000.bin" "$work/shards/train_000.bin"
+cp "$work/runs/good/data/val_000.bin" "$work/shards/val_000.bin"
+printf '\x01\x02\x03\x04' | dd of="$work/shards/train_000.bin" bs=1 seek=0 conv=notrunc 2>/dev/null
+config corrupt '{}' "" "{\"shards_dir\": \"$work/shards\"}"
+expect_failure corrupt 2 "train_000.bin: magic is"
+
+config typo '{"pipeline_parallel_degre": 2}' ""
+expect_failure typo 2 'did you mean "pipeline_parallel_degree"'
+
+config layout '{"pipeline_parallel_degree": 3}' ""
+expect_failure layout 2 "does not divide the world size (2)"
+
+config long_seq '{}' ', "seq_len": 33'
+expect_failure long_seq 2 "seq_len (33) is longer than the model's max_seq_len (32)"
+
+exit $failed
