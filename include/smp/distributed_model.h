@@ -87,6 +87,7 @@ class DistributedModel {
     at::Tensor tensor;
     bool tp_sharded = false;
     int stage = 0;  // the pipeline stage holding it
+    pipeline::TpShard tp_shard;  // where it sits in the whole tensor
   };
   std::vector<LocalParameter> local_parameter_info() const;
   // Global indices of this rank's stages, ascending.

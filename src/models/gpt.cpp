@@ -140,7 +140,7 @@ struct Block : torch::nn::Module {
 // linear (LLaMA). A tied weight registered here is a vocabulary shard too.
 struct Head : torch::nn::Module, pipeline::ShardedModule {
   Head(const ModelConfig& c, const tp::TpGroup& group, const at::Tensor& tied_weight)
-      : group(group) {
+      : group(group), vocab_size(c.vocab_size) {
     ln_f = register_module("ln_f", std::make_shared<Norm>(c.hidden, c.family == Family::kLlama,
                                                            c.norm_eps));
     if (tied_weight.defined()) {
@@ -150,15 +150,19 @@ struct Head : torch::nn::Module, pipeline::ShardedModule {
       lm_head = register_module("lm_head", std::make_shared<ColumnParallelLinear>(
                                                c.hidden, padded, group,
                                                LinearOptions{false, Init::normal(c.init_std)}));
+      lm_head->set_whole_size("weight", c.vocab_size);  // padding rows are no vocabulary
     }
   }
-  bool is_tp_sharded(const std::string& name) const override { return name == "weight"; }
+  pipeline::TpShard tp_shard(const std::string& name) const override {
+    return name == "weight" ? pipeline::TpShard{0, vocab_size} : pipeline::TpShard{};
+  }
   Values forward(const Values& in) {
     const at::Tensor h = ln_f->forward(in.at(0));
     if (lm_head) return {lm_head->forward(h)};
     return {at::matmul(tp::copy_to_tp(h, group), weight.t())};  // (B, S, V_pad / tp)
   }
   tp::TpGroup group;
+  int64_t vocab_size;
   std::shared_ptr<Norm> ln_f;
   std::shared_ptr<ColumnParallelLinear> lm_head;
   at::Tensor weight;

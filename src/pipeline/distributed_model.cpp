@@ -148,9 +148,10 @@ std::vector<DistributedModel::LocalParameter> DistributedModel::local_parameter_
     const Layer& layer = layers_[i];
     for (size_t j = 0; j < layer.parameters.size(); ++j) {
       if (!seen.insert(layer.parameters[j].unsafeGetTensorImpl()).second) continue;
-      const bool sharded = j < layer.tp_sharded.size() && layer.tp_sharded[j];
-      out.push_back({layer.name + "." + layer.parameter_names.at(j), layer.parameters[j], sharded,
-                     part.stage_of_layer[i]});
+      const pipeline::TpShard shard =
+          j < layer.tp_shards.size() ? layer.tp_shards[j] : pipeline::TpShard{};
+      out.push_back({layer.name + "." + layer.parameter_names.at(j), layer.parameters[j],
+                     shard.sharded(), part.stage_of_layer[i], shard});
     }
   }
   return out;

@@ -13,19 +13,19 @@ Layer module_layer(std::string name, std::shared_ptr<torch::nn::Module> module,
   layer.name = std::move(name);
   layer.forward = std::move(forward);
   // Which parameters are tensor-parallel shards: ask the submodule that owns each one.
-  std::map<std::string, bool> sharded;
+  std::map<std::string, TpShard> shards;
   for (const auto& sub : module->named_modules()) {
     const auto* owner = dynamic_cast<const ShardedModule*>(sub.value().get());
     if (!owner) continue;
     const std::string prefix = sub.key().empty() ? "" : sub.key() + ".";
     for (const auto& item : sub.value()->named_parameters(/*recurse=*/false)) {
-      sharded[prefix + item.key()] = owner->is_tp_sharded(item.key());
+      shards[prefix + item.key()] = owner->tp_shard(item.key());
     }
   }
   for (const auto& item : module->named_parameters(/*recurse=*/true)) {
     layer.parameter_names.push_back(item.key());
     layer.parameters.push_back(item.value());
-    layer.tp_sharded.push_back(sharded.count(item.key()) ? sharded[item.key()] : false);
+    layer.tp_shards.push_back(shards.count(item.key()) ? shards[item.key()] : TpShard{});
   }
   layer.owner = std::move(module);
   return layer;

@@ -13,19 +13,25 @@ namespace smp::tp {
 
 // ---- TpModule --------------------------------------------------------------------------------
 
-int64_t TpModule::tp_shard_dim(const std::string& name) const {
-  auto it = dims_.find(name);
-  return it == dims_.end() ? -1 : it->second;
+pipeline::TpShard TpModule::tp_shard(const std::string& name) const {
+  auto it = shards_.find(name);
+  return it == shards_.end() ? pipeline::TpShard{} : it->second;
+}
+
+void TpModule::set_whole_size(const std::string& name, int64_t size) {
+  auto it = shards_.find(name);
+  SMP_CHECK(it != shards_.end() && it->second.sharded() && size <= it->second.size);
+  it->second.size = size;
 }
 
 at::Tensor TpModule::register_sharded(const std::string& name, const at::Tensor& full,
                                       int64_t dim) {
-  dims_[name] = dim;
+  if (dim >= 0) shards_[name] = {dim, full.size(dim)};
   return register_parameter(name, shard_of(full, dim, group_));
 }
 
 at::Tensor TpModule::register_shard(const std::string& name, const at::Tensor& shard, int64_t dim) {
-  dims_[name] = dim;
+  if (dim >= 0) shards_[name] = {dim, shard.size(dim) * group_.size()};
   return register_parameter(name, shard);
 }
 
@@ -133,6 +139,7 @@ VocabParallelEmbedding::VocabParallelEmbedding(int64_t num_embeddings, int64_t e
     }
   }
   weight = register_sharded("weight", full, 0);
+  set_whole_size("weight", vocab_size_);
 }
 
 int64_t VocabParallelEmbedding::vocab_start() const {

@@ -13,10 +13,13 @@ namespace {
 class HeadModule : public tp::TpModule {
  public:
   HeadModule(tp::TpGroup group, const std::shared_ptr<tp::LayerNormParams>& norm,
-             const at::Tensor& separate_weight)
+             const at::Tensor& separate_weight, int64_t vocab_size)
       : tp::TpModule(group) {
     if (norm) register_module("final_layernorm", norm);
-    if (separate_weight.defined()) register_shard("weight", separate_weight, 0);
+    if (separate_weight.defined()) {
+      register_shard("weight", separate_weight, 0);
+      set_whole_size("weight", vocab_size);
+    }
   }
 };
 
@@ -41,7 +44,8 @@ std::vector<pipeline::Layer> DistributedTransformerLMHead::pipeline_layers(
   const bool copy = separate_head_weight && add_lm_head_;
   if (copy) head_weight = word.detach().clone().requires_grad_(true);
   auto head = std::make_shared<HeadModule>(tp_group(), transformer->final_layernorm,
-                                           copy ? head_weight : at::Tensor());
+                                           copy ? head_weight : at::Tensor(),
+                                           embedding->word_embeddings->vocab_size());
   pipeline::Layer last =
       pipeline::module_layer("lm_head", head, [self](const Values& in) -> Values {
         const at::Tensor h = self->transformer->final_norm(in[0]);
@@ -59,7 +63,7 @@ std::vector<pipeline::Layer> DistributedTransformerLMHead::pipeline_layers(
   if (!copy && add_lm_head_) {  // listing the tied tensor keeps both layers in one stage
     last.parameters.push_back(word);
     last.parameter_names.push_back("word_embeddings.weight");
-    last.tp_sharded.push_back(true);
+    last.tp_shards.push_back({0, embedding->word_embeddings->vocab_size()});
   }
   out.push_back(std::move(last));
   return out;

@@ -22,6 +22,17 @@ namespace smp::pipeline {
 // A layer's inputs or outputs, in order.
 using Values = std::vector<at::Tensor>;
 
+// How a parameter is split over the tensor-parallel group. Sharded (dim >= 0): TP rank r holds
+// rows [r * n, (r + 1) * n) of dim `dim` of the whole tensor, n being its local size there; the
+// whole tensor has `size` rows, and rows past it on the last ranks are padding (a vocabulary
+// padded to a multiple of tp) that belongs to no whole tensor. Replicated (dim < 0): every rank
+// holds the whole tensor.
+struct TpShard {
+  int64_t dim = -1;
+  int64_t size = 0;
+  bool sharded() const { return dim >= 0; }
+};
+
 struct Layer {
   std::string name;
   std::function<Values(const Values&)> forward;
@@ -30,9 +41,10 @@ struct Layer {
   std::vector<at::Tensor> parameters;
   // Names of those tensors ("weight"), parallel to `parameters`.
   std::vector<std::string> parameter_names;
-  // Parallel to `parameters`: true where the tensor is one tensor-parallel shard of a larger
-  // parameter (its gradient is reduced over RDP_GROUP, not DP_GROUP, as in SMP). Empty: none.
-  std::vector<bool> tp_sharded;
+  // Parallel to `parameters`: how each tensor is split over the tensor-parallel group. A shard's
+  // gradient is reduced over RDP_GROUP, a replicated tensor's over DP_GROUP (as in SMP);
+  // checkpoints place shards in the whole tensor with it. Empty: all replicated.
+  std::vector<TpShard> tp_shards;
   // Keeps whatever owns the parameters alive (the module).
   std::shared_ptr<void> owner;
 };
@@ -43,11 +55,11 @@ class ShardedModule {
  public:
   virtual ~ShardedModule() = default;
   // `name` is the parameter's name inside this module ("weight").
-  virtual bool is_tp_sharded(const std::string& name) const = 0;
+  virtual TpShard tp_shard(const std::string& name) const = 0;
 };
 
 // A layer over a libtorch module: `forward` calls the module; parameters are the module's
-// (recursively) with their names; tp_sharded asks each submodule that is a ShardedModule.
+// (recursively) with their names; tp_shards asks each submodule that is a ShardedModule.
 Layer module_layer(std::string name, std::shared_ptr<torch::nn::Module> module,
                    std::function<Values(const Values&)> forward);
 

@@ -27,10 +27,13 @@ class TpModule : public torch::nn::Module, public pipeline::ShardedModule {
  public:
   explicit TpModule(TpGroup group) : group_(group) {}
   const TpGroup& tp_group() const { return group_; }
-  bool is_tp_sharded(const std::string& name) const override { return tp_shard_dim(name) >= 0; }
+  pipeline::TpShard tp_shard(const std::string& name) const override;
   // The dim of the full parameter `name` (this module's own) that is split over the group;
   // -1 when every rank holds all of it.
-  int64_t tp_shard_dim(const std::string& name) const;
+  int64_t tp_shard_dim(const std::string& name) const { return tp_shard(name).dim; }
+  // Rows of the whole parameter along its split dim, when fewer than tp times the shard's
+  // (the rest is padding: a vocabulary padded to a multiple of tp).
+  void set_whole_size(const std::string& name, int64_t size);
 
  protected:
   // Registers this rank's slice of `full` along `dim` (-1: replicated) as parameter `name`.
@@ -40,7 +43,7 @@ class TpModule : public torch::nn::Module, public pipeline::ShardedModule {
 
  private:
   TpGroup group_;
-  std::map<std::string, int64_t> dims_;
+  std::map<std::string, pipeline::TpShard> shards_;
 };
 
 // Every parameter of `root`, by its recursive name, with its shard dim (-1: replicated, and
