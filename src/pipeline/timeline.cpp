@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "smp/error.h"
+#include "smp/files.h"
 
 namespace smp::pipeline {
 namespace {
@@ -22,18 +23,6 @@ const char* row_of(ActionKind kind) {
     case ActionKind::kRecvActivation:
     case ActionKind::kRecvGrad: return "recv";
     default: return "compute";
-  }
-}
-
-// mkdir -p. (Not std::filesystem: libtorch.so exports its own copy of those symbols, and calls
-// can bind to it and crash.)
-void make_parent_dirs(const std::string& path) {
-  for (size_t slash = path.find('/', 1); slash != std::string::npos;
-       slash = path.find('/', slash + 1)) {
-    const std::string dir = path.substr(0, slash);
-    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-      throw Error("timeline: cannot create " + dir + ": " + std::strerror(errno));
-    }
   }
 }
 
@@ -56,16 +45,9 @@ void write_chrome_trace(const std::string& path, int rank, const std::vector<Tra
   }
   trace.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", rank},
                    {"args", {{"name", "pipeline rank " + std::to_string(rank)}}}});
-  make_parent_dirs(path);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << nlohmann::json{{"traceEvents", trace}, {"displayTimeUnit", "ms"}}.dump();
-    if (!out) throw Error("timeline: cannot write " + tmp);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    throw Error("timeline: cannot rename " + tmp + " to " + path);
-  }
+  files::make_dirs(files::parent_dir(path));
+  files::write_file_atomic(
+      path, nlohmann::json{{"traceEvents", trace}, {"displayTimeUnit", "ms"}}.dump());
 }
 
 }  // namespace smp::pipeline

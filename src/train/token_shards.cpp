@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "smp/error.h"
+#include "smp/files.h"
 #include "smp/train/tokenizer.h"
 
 namespace smp::train {
@@ -20,29 +21,6 @@ namespace {
 
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
   throw Error("token shard " + path + ": " + what);
-}
-
-void write_all(int fd, const void* data, size_t bytes, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (bytes > 0) {
-    const ssize_t n = ::write(fd, p, bytes);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail(path, std::string("write failed: ") + std::strerror(errno));
-    }
-    p += n;
-    bytes -= static_cast<size_t>(n);
-  }
-}
-
-void make_dir(const std::string& dir) {
-  for (size_t slash = dir.find('/', 1);; slash = dir.find('/', slash + 1)) {
-    const std::string part = dir.substr(0, slash);
-    if (::mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) {
-      throw Error("data: cannot create directory " + part + ": " + std::strerror(errno));
-    }
-    if (slash == std::string::npos) break;
-  }
 }
 
 }  // namespace
@@ -57,23 +35,9 @@ void write_token_shard(const std::string& path, const std::vector<int>& tokens) 
     data[i] = static_cast<uint16_t>(tokens[i]);
   }
   int32_t header[kShardHeaderInts] = {kShardMagic, kShardVersion, static_cast<int32_t>(tokens.size())};
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) fail(path, std::string("cannot create ") + tmp + ": " + std::strerror(errno));
-  try {
-    write_all(fd, header, sizeof(header), path);
-    write_all(fd, data.data(), data.size() * sizeof(uint16_t), path);
-    if (::fsync(fd) != 0) fail(path, std::string("fsync failed: ") + std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    ::unlink(tmp.c_str());
-    fail(path, std::string("rename failed: ") + std::strerror(errno));
-  }
+  std::string bytes(reinterpret_cast<const char*>(header), sizeof(header));
+  bytes.append(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(uint16_t));
+  files::write_file_atomic(path, bytes, /*durable=*/true);
 }
 
 TokenShard::TokenShard(const std::string& path) : path_(path) {
@@ -137,7 +101,7 @@ PreparedData prepare_text(const std::string& text_path, const std::string& out_d
     throw ConfigError("data: val_fraction is " + std::to_string(val_fraction) +
                       "; allowed: 0 <= val_fraction < 1");
   }
-  make_dir(out_dir);
+  files::make_dirs(out_dir);
   const auto num_val = static_cast<int64_t>(std::llround(tokens.size() * val_fraction));
   const auto num_train = static_cast<int64_t>(tokens.size()) - num_val;
   PreparedData out;

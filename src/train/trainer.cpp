@@ -21,6 +21,7 @@
 #include <torch/optim/adamw.h>
 
 #include "smp/distributed_optimizer.h"
+#include "smp/files.h"
 #include "smp/models/gpt.h"
 #include "smp/pipeline/timeline.h"
 #include "smp/smp.h"
@@ -33,16 +34,6 @@ namespace {
 
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
-
-void make_dirs(const std::string& dir) {
-  for (size_t slash = dir.find('/', 1);; slash = dir.find('/', slash + 1)) {
-    const std::string part = dir.substr(0, slash);
-    if (!part.empty() && ::mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) {
-      throw Error("cannot create directory " + part + ": " + std::strerror(errno));
-    }
-    if (slash == std::string::npos) break;
-  }
-}
 
 // train_*.bin and val_*.bin of a folder, sorted.
 std::pair<std::vector<std::string>, std::vector<std::string>> list_shards(const std::string& dir) {
@@ -89,8 +80,8 @@ json config_json(const TrainConfig& c) {
 // Rank 0 makes the run directory and the token shards; every rank learns where they are.
 json prepare_run(const TrainConfig& c, const Tokenizer& tokenizer) {
   return json::parse(on_rank0("preparing the run", [&] {
-    make_dirs(c.run_dir);
-    write_text_file(c.run_dir + "/config.json", config_json(c).dump(2) + "\n");
+    files::make_dirs(c.run_dir);
+    files::write_file_atomic(c.run_dir + "/config.json", config_json(c).dump(2) + "\n");
     std::vector<std::string> train, val;
     if (!c.data.text.empty()) {
       const PreparedData data =
@@ -363,16 +354,16 @@ TrainSummary train(const TrainConfig& c) {
                                    e[5].get<double>(), e[6].get<double>(), e[7].get<int64_t>()});
       }
     }
-    write_text_file(c.run_dir + "/timeline.svg",
+    files::write_file_atomic(c.run_dir + "/timeline.svg",
                     svg_timeline("the last step's pipeline timeline (rank 0's pipeline)", per_rank));
     pipeline::write_chrome_trace(c.run_dir + "/timeline.json", 0, per_rank.empty() ? std::vector<pipeline::TraceEvent>{} : per_rank[0]);
-    write_text_file(c.run_dir + "/loss.svg",
+    files::write_file_atomic(c.run_dir + "/loss.svg",
                     svg_line_chart("loss, " + c.model.name + " on " + std::to_string(size()) + " ranks",
                                    "step", "cross-entropy (nats)",
                                    {{"train", train_curve, "#1f77b4"}, {"validation", val_curve, "#d62728"}},
                                    {{"unigram entropy", entropy}}));
-    write_text_file(c.run_dir + "/sample.txt", summary.sample + "\n");
-    write_text_file(c.run_dir + "/summary.json",
+    files::write_file_atomic(c.run_dir + "/sample.txt", summary.sample + "\n");
+    files::write_file_atomic(c.run_dir + "/summary.json",
                     json{{"final_train_loss", summary.train_losses.back()},
                          {"final_val_loss", summary.final_val_loss},
                          {"unigram_entropy", entropy}, {"tokens_per_s", summary.tokens_per_s},

@@ -27,7 +27,4 @@ std::string svg_line_chart(const std::string& title, const std::string& x_label,
 std::string svg_timeline(const std::string& title,
                          const std::vector<std::vector<pipeline::TraceEvent>>& per_rank);
 
-// Writes `text` to `path` atomically (temporary file, rename). Throws smp::Error naming the path.
-void write_text_file(const std::string& path, const std::string& text);
-
 }  // namespace smp::train
