@@ -1,6 +1,7 @@
 // smp-train: train a GPT-2 or LLaMA-style model with SMP's parallelism.
 //
 //   mpirun -np 4 build/apps/smp-train --config run.json      (or: srun -n 4 build/apps/smp-train ...)
+//   mpirun -np 4 build/apps/smp-train --config run.json --resume [tag]   (default: the newest)
 //
 // The run configuration is described in include/smp/train/train_config.h; what a run writes,
 // in include/smp/train/trainer.h.
@@ -11,13 +12,15 @@
 #include "smp/train/trainer.h"
 
 int main(int argc, char** argv) {
-  if (argc != 3 || std::string(argv[1]) != "--config") {
-    std::fprintf(stderr, "usage: smp-train --config run.json\n");
+  const bool resume = argc >= 4 && std::string(argv[3]) == "--resume";
+  if (argc < 3 || argc > 5 || std::string(argv[1]) != "--config" || (argc > 3 && !resume)) {
+    std::fprintf(stderr, "usage: smp-train --config run.json [--resume [tag]]\n");
     return 2;
   }
   try {
     smp::comm::init_mpi();  // first, so that only rank 0 reports a bad configuration
-    const smp::train::TrainConfig config = smp::train::TrainConfig::from_json_file(argv[2]);
+    smp::train::TrainConfig config = smp::train::TrainConfig::from_json_file(argv[2]);
+    if (resume) config.checkpoint.resume = argc == 5 ? argv[4] : "newest";
     smp::init(config.smp);
     smp::train::train(config);
     smp::shutdown();

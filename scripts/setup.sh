@@ -13,7 +13,7 @@ root=$(pwd)
 # nlohmann-json3-dev: config and manifests.  libgtest-dev: tests.  ccache: fast rebuilds.
 # cmake/ninja-build/g++: the build.  bible-kjv: the text the demo trains on.
 # python3-venv: the venv that holds the torch wheel (libtorch).
-packages=(build-essential cmake ninja-build ccache openmpi-bin libopenmpi-dev nlohmann-json3-dev
+packages=(build-essential cmake ninja-build ccache openmpi-bin libopenmpi-dev nlohmann-json3-dev zlib1g-dev
           libgtest-dev bible-kjv python3-venv)
 missing=()
 for p in "${packages[@]}"; do

@@ -42,10 +42,13 @@ struct DistributedModelOptions {
   // SMP's overlapping_allreduce: start each bucket's reduction during the last microbatch's
   // backward; false reduces everything after backward.
   bool overlapping_allreduce = true;
-  // Names ("head.weight") of parameters that are copies of a parameter another pipeline stage
-  // holds (GPT-2's tied head when embedding and head are stages apart). The caller keeps the
-  // copies' gradients equal; gradient norms count such a copy once, on the other stage.
-  std::set<std::string> tied_copies;
+  // Parameters that are copies of a parameter another pipeline stage holds, copy -> original
+  // ("head.weight" -> "embed.wte.weight": GPT-2's tied head when embedding and head are stages
+  // apart). smp::step sums each pair's gradients over the pipeline group, so both take the
+  // same update; gradient norms count such a copy once, on the other stage;
+  // checkpoints store the original only and load copies from it. (Not with
+  // shard_optimizer_state yet: the two stages' gradient shards do not line up.)
+  std::map<std::string, std::string> tied_copies;
   // When set, every step writes a Chrome-trace/Perfetto JSON of each rank's actions here
   // (timeline_rank<r>.json), and step_stats() reports the measured bubble.
   std::string timeline_dir;
@@ -72,7 +75,13 @@ class DistributedModel {
   // Partitions now, using `trial_inputs` (one microbatch) for profiling when auto_partition is
   // on. Collective over the world; smp::step calls it on the first step.
   void partition(const pipeline::Values& trial_inputs);
+  // Partitions with a split decided before (a checkpoint's): stage_of_layer[i] is layer i's
+  // stage. Not collective; every rank must pass the same. Throws smp::ConfigError when the
+  // split has the wrong length, is not contiguous or leaves a stage empty.
+  void set_partition_assignment(const std::vector<int>& stage_of_layer);
   bool partitioned() const { return partition_.has_value(); }
+  // Every layer's name, in order (before and after partitioning).
+  std::vector<std::string> layer_names() const;
   const pipeline::Partition& partition_assignment() const;
   int num_stages() const;
 
@@ -109,8 +118,13 @@ class DistributedModel {
   pipeline::Executor& executor_for(int num_microbatches, bool train);
   const pipeline::Schedule& schedule_for(int num_microbatches, bool train);
   void record_step(const pipeline::ExecutorResult& result, const pipeline::Schedule& schedule);
+  // After the gradients are reduced: each tied copy and its original get the sum of their
+  // gradients (point-to-point over the pipeline group), so both take the same update.
+  void sum_tied_gradients();
 
  private:
+  void keep_own_stages();  // after partition_ is set: drop other stages' layers, build the reducer
+
   std::vector<pipeline::Layer> layers_;
   DistributedModelOptions options_;
   std::map<std::string, int> manual_stage_;  // from set_partition

@@ -104,6 +104,24 @@ class DistributedOptimizer {
   // Loads a per-parameter dict: each rank takes its slice (any sharding, any bucket layout).
   void load_state_dict(const OptimizerStateDict& dict);
 
+  // For checkpoints. Not collective. One run of the state this rank holds: elements
+  // [param_offset, param_offset + values.numel()) of parameter `param`'s flattened local
+  // tensor, as a 1-D view into the live buffer (writing it loads state). `owner` is false where
+  // other ranks of the data-parallel group hold the same values (the state is not sharded)
+  // and the group's first rank writes them. "fp32_master" is among the states under fp16/bf16.
+  struct StateSlice {
+    std::string param;
+    std::string state;
+    int64_t param_offset = 0;
+    at::Tensor values;
+    bool owner = true;
+  };
+  // Initializes the optimizer when it has not stepped yet (the model must be partitioned).
+  std::vector<StateSlice> state_slices();
+  // The groups' options and step counts and the loss scaler: the same on every rank.
+  nlohmann::json state_meta();
+  void load_state_meta(const nlohmann::json& meta);
+
   struct Impl;
 
  private:

@@ -17,6 +17,7 @@
 #include "smp/communicator.h"
 #include "smp/config.h"
 #include "smp/distributed_model.h"
+#include "smp/checkpoint/checkpoint.h"
 #include "smp/distributed_optimizer.h"
 #include "smp/error.h"
 #include "smp/launch.h"

@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "smp/error.h"
+#include "smp/files.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "safetensors data is little-endian; smp writes host memory as is");
@@ -291,11 +292,6 @@ at::Tensor read_tensor(int fd, const SafetensorsHeader& header, at::ScalarType d
   return t;
 }
 
-std::string parent_dir(const std::string& path) {
-  auto slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
 
 }  // namespace
 
@@ -370,7 +366,7 @@ void save_safetensors(const std::string& path,
   if (::rename(tmp.path.c_str(), path.c_str()) != 0)
     fail_errno(path, "cannot rename the temporary file '" + tmp.path + "' onto it");
   tmp.committed = true;
-  Fd dir(::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  Fd dir(::open(files::parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir.get() < 0 || ::fsync(dir.get()) != 0) fail_errno(path, "cannot fsync its directory");
 }
 
@@ -421,6 +417,34 @@ at::Tensor load_safetensors_slice(const std::string& path, const std::string& na
   shape[0] = length;
   return read_tensor(fd.get(), header, t.dtype, shape, t.begin + start * row_bytes,
                      length * row_bytes);
+}
+
+SafetensorsReader::SafetensorsReader(const std::string& path) {
+  Fd fd = open_for_reading(path);
+  header_ = read_header(fd.get(), path);
+  fd_ = ::dup(fd.get());
+  if (fd_ < 0) fail_errno(path, "cannot duplicate its descriptor");
+}
+
+SafetensorsReader::~SafetensorsReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+at::Tensor SafetensorsReader::read(const std::string& name) const {
+  const auto& t = header_.at(name);
+  return read_tensor(fd_, header_, t.dtype, t.shape, t.begin, t.end - t.begin);
+}
+
+void SafetensorsReader::read_into(const std::string& name, const at::Tensor& out) const {
+  const auto& t = header_.at(name);
+  if (!out.is_contiguous() || !out.device().is_cpu() || out.scalar_type() != t.dtype ||
+      static_cast<uint64_t>(out.nbytes()) != t.end - t.begin) {
+    fail(header_.path, "tensor '" + name + "' (" + safetensors_dtype_name(t.dtype) + ", " +
+                           std::to_string(t.end - t.begin) + " bytes) cannot be read into a " +
+                           c10::toString(out.scalar_type()) + " tensor of " +
+                           std::to_string(out.nbytes()) + " bytes");
+  }
+  pread_all(fd_, out.data_ptr(), out.nbytes(), header_.data_start + t.begin, header_.path);
 }
 
 }  // namespace smp::checkpoint

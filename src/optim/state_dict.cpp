@@ -220,4 +220,30 @@ void DistributedOptimizer::load_state_dict(const OptimizerStateDict& dict) {
   impl_->load_full(dict);
 }
 
+std::vector<DistributedOptimizer::StateSlice> DistributedOptimizer::state_slices() {
+  if (!impl_->initialized) impl_->initialize();
+  const Impl& impl = *impl_;
+  const dp::FlatLayout& layout = impl.reducer->layout();
+  std::vector<StateSlice> out;
+  for (const auto& [name, t] : impl.all_state()) {
+    for (const dp::Segment& s : impl.segments) {
+      const dp::Bucket& bucket = layout.buckets()[s.bucket];
+      const bool owner = bucket.num_shards > 1 || impl.reducer->rank_in(bucket.group) == 0;
+      out.push_back({impl.reducer->params()[s.param].name, name, s.param_offset,
+                     t.narrow(0, s.local_offset, s.numel), owner});
+    }
+  }
+  return out;
+}
+
+nlohmann::json DistributedOptimizer::state_meta() {
+  if (!impl_->initialized) impl_->initialize();
+  return impl_->meta();
+}
+
+void DistributedOptimizer::load_state_meta(const nlohmann::json& meta) {
+  if (!impl_->initialized) impl_->initialize();
+  impl_->load_meta(meta);
+}
+
 }  // namespace smp

@@ -103,6 +103,20 @@ void DistributedModel::partition(const pipeline::Values& trial_inputs) {
       std::fflush(stdout);
     }
   }
+  keep_own_stages();
+}
+
+void DistributedModel::set_partition_assignment(const std::vector<int>& stage_of_layer) {
+  if (partitioned()) throw Error("DistributedModel::set_partition_assignment: already partitioned");
+  if (stage_of_layer.size() != layers_.size()) {
+    throw ConfigError("partition assignment: " + std::to_string(stage_of_layer.size()) +
+                      " layers given; the model has " + std::to_string(layers_.size()));
+  }
+  partition_ = pipeline::manual_partition(stage_of_layer, num_stages(), 0, unprofiled_costs(layers_));
+  keep_own_stages();
+}
+
+void DistributedModel::keep_own_stages() {
   // A rank keeps only its own stages' layers.
   const std::vector<int> mine = local_stages();
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -130,6 +144,12 @@ dp::GradientReducer& DistributedModel::gradient_reducer() {
 const Partition& DistributedModel::partition_assignment() const {
   if (!partition_) throw Error("DistributedModel: not partitioned yet (the first step does it)");
   return *partition_;
+}
+
+std::vector<std::string> DistributedModel::layer_names() const {
+  std::vector<std::string> out;
+  for (const Layer& layer : layers_) out.push_back(layer.name);
+  return out;
 }
 
 std::vector<int> DistributedModel::local_stages() const {
@@ -222,6 +242,52 @@ void DistributedModel::record_step(const pipeline::ExecutorResult& result,
         smp::pp_rank(), result.trace);
   }
   ++steps_;
+}
+
+namespace {
+
+// The pipeline rank holding parameter `name` ("<layer name>.<parameter name>").
+int pp_rank_of(const std::string& name, const std::vector<Layer>& layers, const Partition& part) {
+  size_t best = layers.size();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const std::string prefix = layers[i].name + ".";
+    if (name.rfind(prefix, 0) == 0 && (best == layers.size() || prefix.size() > layers[best].name.size() + 1)) {
+      best = i;
+    }
+  }
+  if (best == layers.size()) throw ConfigError("tied_copies: no layer holds parameter \"" + name + "\"");
+  return part.stage_of_layer[best] % smp::pp_size();
+}
+
+}  // namespace
+
+void DistributedModel::sum_tied_gradients() {
+  if (options_.tied_copies.empty()) return;
+  if (reducer_->sharded()) {
+    throw ConfigError("tied_copies across pipeline stages cannot be used with shard_optimizer_state yet");
+  }
+  std::map<std::string, at::Tensor> local;
+  for (const LocalParameter& p : local_parameter_info()) local[p.name] = p.tensor;
+  comm::Communicator& pipe = smp::process_group(CommGroup::PP_GROUP);
+  for (const auto& [copy, original] : options_.tied_copies) {
+    const int a = pp_rank_of(original, layers_, *partition_);
+    const int b = pp_rank_of(copy, layers_, *partition_);
+    if (a == b) {
+      if (pipe.rank() != a) continue;
+      at::Tensor sum = local.at(original).mutable_grad().add(local.at(copy).mutable_grad());
+      local.at(original).mutable_grad().copy_(sum);
+      local.at(copy).mutable_grad().copy_(sum);
+      continue;
+    }
+    if (pipe.rank() != a && pipe.rank() != b) continue;
+    at::Tensor grad = local.at(pipe.rank() == a ? original : copy).mutable_grad();
+    const int peer = pipe.rank() == a ? b : a;
+    constexpr int kTag = 7;
+    comm::Work got = pipe.recv(peer, kTag);
+    pipe.send(grad.contiguous(), peer, kTag).wait();
+    got.wait();
+    grad.add_(got.result());
+  }
 }
 
 }  // namespace smp

@@ -69,7 +69,10 @@ std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, cons
   const pipeline::Schedule& schedule = model.schedule_for(m, options.train);
   pipeline::ExecutorResult result = model.executor_for(m, options.train)
                                         .run(data, options.trace || !model.options().timeline_dir.empty());
-  if (options.train) reducer.finish();
+  if (options.train) {
+    reducer.finish();
+    model.sum_tied_gradients();
+  }
   model.record_step(result, schedule);
 
   const at::Device device = inputs.empty() ? at::Device(at::kCPU) : inputs[0].device();

@@ -98,11 +98,22 @@ Setters training_setters(TrainingConfig& t) {
        }},
       {"val_every", int_into("training.val_every", &t.val_every, 0)},
       {"val_batches", int_into("training.val_batches", &t.val_batches, 1)},
-      {"checkpoint_every", int_into("training.checkpoint_every", &t.checkpoint_every, 0)},
       {"prompt", string_into("training.prompt", &t.prompt)},
       {"sample_tokens", int_into("training.sample_tokens", &t.sample_tokens, 0)},
       {"temperature", real_into("training.temperature", &t.temperature, 0, 100)},
   };
+}
+
+Setters checkpoint_setters(CheckpointConfig& k) {
+  return {{"dir", string_into("checkpoint.dir", &k.dir)},
+          {"every", int_into("checkpoint.every", &k.every, 0)},
+          {"keep", int_into("checkpoint.keep", &k.keep, 0)},
+          {"full_at_end",
+           [&k](const json& v) {
+             if (!v.is_boolean()) bad("checkpoint.full_at_end", v, "true or false");
+             k.full_at_end = v.get<bool>();
+           }},
+          {"resume", string_into("checkpoint.resume", &k.resume)}};
 }
 
 }  // namespace
@@ -120,6 +131,7 @@ TrainConfig TrainConfig::from_json_string(const std::string& text) {
         {{"model", [&](const json& v) { c.model = models::model_config_from_json(v); }},
          {"data", [&](const json& v) { apply("data", v, data_setters(c.data)); }},
          {"training", [&](const json& v) { apply("training", v, training_setters(c.training)); }},
+         {"checkpoint", [&](const json& v) { apply("checkpoint", v, checkpoint_setters(c.checkpoint)); }},
          {"smp", [&](const json& v) { smp_section = v; }},
          {"run_dir", string_into("run_dir", &c.run_dir)}});
   // The precision sets SMP's keys, unless the smp section already says otherwise.
@@ -131,6 +143,7 @@ TrainConfig TrainConfig::from_json_string(const std::string& text) {
     smp_section[key] = true;
   }
   c.smp = Config::from_json(smp_section);
+  if (c.checkpoint.dir.empty()) c.checkpoint.dir = c.run_dir + "/checkpoints";
   if (c.data.text.empty() == c.data.shards_dir.empty()) {
     throw ConfigError("run config data: give exactly one of \"text\" (a text file) and "
                       "\"shards_dir\" (a folder of token shards)");

@@ -20,9 +20,11 @@
 #include <nlohmann/json.hpp>
 #include <torch/optim/adamw.h>
 
+#include "smp/checkpoint/checkpoint.h"
 #include "smp/distributed_optimizer.h"
 #include "smp/files.h"
 #include "smp/models/gpt.h"
+#include "smp/models/hf.h"
 #include "smp/pipeline/timeline.h"
 #include "smp/smp.h"
 #include "smp/train/data_loader.h"
@@ -127,26 +129,6 @@ std::string duration(double seconds) {
   return buf;
 }
 
-// GPT-2's tied head, when it sits on another stage than the embedding: the two copies start
-// equal and must get the same update, so their gradients are summed over the pipeline group.
-void sum_tied_gradients(const models::Model& model, DistributedModel& dmodel) {
-  if (model.tied_copies.empty() || pp_size() == 1) return;
-  comm::Communicator& pipe = process_group(CommGroup::PP_GROUP);
-  const int first = 0, last = pipe.size() - 1;
-  if (pipe.rank() != first && pipe.rank() != last) return;
-  const auto& [embed_name, head_name] = model.tied_copies[0];
-  const std::string mine = pipe.rank() == first ? embed_name : head_name;
-  for (auto& [name, param] : dmodel.local_named_parameters()) {
-    if (name != mine) continue;
-    at::Tensor grad = param.mutable_grad();
-    const int peer = pipe.rank() == first ? last : first;
-    comm::Work got = pipe.recv(peer, /*tag=*/7);
-    pipe.send(grad.contiguous(), peer, 7).wait();
-    got.wait();
-    grad.add_(got.result());
-  }
-}
-
 std::unique_ptr<torch::optim::AdamW> make_adamw(const DistributedModel& dmodel,
                                                 const TrainingConfig& t) {
   // Weight decay on matrices only; biases, norms and positions are left alone.
@@ -198,6 +180,27 @@ void print_startup(const TrainConfig& c, const std::vector<std::string>& layer_n
   std::fflush(stdout);
 }
 
+// Full checkpoints in Hugging Face's names and layout, with its config.json.
+FullCheckpointFormat hf_format(const models::ModelConfig& model) {
+  FullCheckpointFormat format;
+  format.to_file = [model](const FullCheckpointFormat::Tensors& whole) { return models::to_hf(model, whole); };
+  format.from_file = [model](const FullCheckpointFormat::Tensors& hf) { return models::from_hf(model, hf); };
+  format.config = models::hf_config(model);
+  return format;
+}
+
+json curve_json(const std::vector<std::pair<double, double>>& curve) {
+  json out = json::array();
+  for (const auto& [x, y] : curve) out.push_back({x, y});
+  return out;
+}
+
+std::vector<std::pair<double, double>> curve_from_json(const json& j) {
+  std::vector<std::pair<double, double>> out;
+  for (const json& point : j) out.emplace_back(point.at(0).get<double>(), point.at(1).get<double>());
+  return out;
+}
+
 }  // namespace
 
 TrainSummary train(const TrainConfig& c) {
@@ -239,15 +242,50 @@ TrainSummary train(const TrainConfig& c) {
   std::vector<std::string> layer_names;
   for (const auto& layer : model.layers) layer_names.push_back(layer.name);
   DistributedModelOptions model_options;
-  for (const auto& [original, copy] : model.tied_copies) model_options.tied_copies.insert(copy);
+  for (const auto& [original, copy] : model.tied_copies) model_options.tied_copies[copy] = original;
   DistributedModel dmodel(std::move(model.layers), model_options);  // keeps only its own stages
-  dmodel.partition({at::zeros({batch / config().microbatches, t.seq_len}, at::kLong)});
+  const CheckpointConfig& ck = c.checkpoint;
+  const std::string resume_tag = ck.resume == "newest" ? "" : ck.resume;
+  // Resuming under the same pipeline keeps the checkpoint's partition (as SMP does).
+  if (ck.resume.empty() || !use_checkpoint_partition(ck.dir, dmodel, resume_tag)) {
+    dmodel.partition({at::zeros({batch / config().microbatches, t.seq_len}, at::kLong)});
+  }
   print_startup(c, layer_names, dmodel, data, entropy);
   DistributedOptimizer optimizer(dmodel, make_adamw(dmodel, t));
   const LossFn loss_fn = [&model](const Values& out, const Values& y) { return model.loss(out, y); };
 
+  TrainSummary summary;
+  std::vector<std::pair<double, double>> train_curve, val_curve;
+  if (!ck.resume.empty()) {
+    const json user = resume_from_checkpoint(ck.dir, dmodel, &optimizer, resume_tag);
+    summary.first_step = user.at("step").get<int64_t>();
+    train_data.set_position({user.at("train_position").at(0).get<int64_t>(),
+                             user.at("train_position").at(1).get<int64_t>()});
+    if (summary.first_step >= t.steps) {
+      throw ConfigError("checkpoint.resume: the checkpoint is at step " +
+                        std::to_string(summary.first_step) + " and training.steps is " +
+                        std::to_string(t.steps) + "; raise training.steps to train on");
+    }
+    train_curve = curve_from_json(user.at("train_curve"));
+    val_curve = curve_from_json(user.at("val_curve"));
+    if (lead) std::printf("resumed at step %lld\n", static_cast<long long>(summary.first_step));
+  }
+  auto save = [&](const std::string& tag, bool partial, int64_t steps_done) {
+    const auto begin = Clock::now();
+    const LoaderPosition position = train_data.position();
+    const json user = {{"step", steps_done}, {"train_position", {position.epoch, position.cursor}},
+                       {"train_curve", curve_json(train_curve)}, {"val_curve", curve_json(val_curve)}};
+    save_checkpoint(ck.dir, tag, partial, dmodel, &optimizer, user, static_cast<int>(ck.keep),
+                    hf_format(c.model));
+    if (lead) {
+      std::printf("checkpoint %s/%s%s saved in %.2f s\n", ck.dir.c_str(), tag.c_str(),
+                  partial ? "_partial" : "", std::chrono::duration<double>(Clock::now() - begin).count());
+      std::fflush(stdout);
+    }
+  };
+
   std::ofstream metrics;
-  if (lead) metrics.open(c.run_dir + "/metrics.jsonl");
+  if (lead) metrics.open(c.run_dir + "/metrics.jsonl", ck.resume.empty() ? std::ios::trunc : std::ios::app);
   auto log_metrics = [&](const json& line) {
     if (lead) metrics << line.dump() << "\n" << std::flush;
   };
@@ -265,14 +303,12 @@ TrainSummary train(const TrainConfig& c) {
     return replica_mean(sum / t.val_batches);
   };
 
-  TrainSummary summary;
   summary.run_dir = c.run_dir;
   summary.unigram_entropy = entropy;
-  std::vector<std::pair<double, double>> train_curve, val_curve;
   const int64_t tokens_per_step = t.global_batch * t.seq_len;
   const auto start = Clock::now();
   double step_seconds = 0;  // training steps after the first (which partitions and warms up)
-  for (int64_t s = 0; s < t.steps; ++s) {
+  for (int64_t s = summary.first_step; s < t.steps; ++s) {
     const auto step_start = Clock::now();
     const double lr = learning_rate(t, s);
     set_lr(optimizer.optimizer(), lr);
@@ -280,14 +316,13 @@ TrainSummary train(const TrainConfig& c) {
     StepOptions options;
     options.trace = s + 1 == t.steps;
     const auto out = step(dmodel, {x}, {y}, loss_fn, options);
-    sum_tied_gradients(model, dmodel);
     const double norm = t.grad_clip > 0 ? optimizer.clip_master_grads(t.grad_clip) : 0;
     optimizer.step();
     optimizer.zero_grad();
     const double loss = replica_mean(out[0].reduce_mean().item<double>());
     const double step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-    if (s > 0) step_seconds += step_s;
+    if (s > summary.first_step) step_seconds += step_s;
     const double memory = world_max(rss_mb());
     summary.train_losses.push_back(loss);
     train_curve.emplace_back(s + 1, loss);
@@ -310,9 +345,12 @@ TrainSummary train(const TrainConfig& c) {
       if (lead) std::printf("validation loss %.4f (unigram entropy %.4f)\n", val, entropy);
       log_metrics({{"step", s + 1}, {"val_loss", val}});
     }
+    if (ck.every > 0 && (s + 1) % ck.every == 0) save("step_" + std::to_string(s + 1), true, s + 1);
   }
+  if (ck.full_at_end) save("final", false, t.steps);
   const double total_s = std::chrono::duration<double>(Clock::now() - start).count();
-  summary.tokens_per_s = step_seconds > 0 ? tokens_per_step * (t.steps - 1) / step_seconds : 0;
+  const int64_t timed_steps = t.steps - summary.first_step - 1;
+  summary.tokens_per_s = step_seconds > 0 ? tokens_per_step * timed_steps / step_seconds : 0;
 
   // A sample from the prompt, one token at a time through the pipeline; every rank draws the
   // same token from the same generator.

@@ -73,6 +73,24 @@ at::Tensor load_safetensors_tensor(const std::string& path, const std::string& n
 at::Tensor load_safetensors_slice(const std::string& path, const std::string& name, int64_t dim,
                                   int64_t start, int64_t length);
 
+// An open file for many reads: the header is read and validated once.
+class SafetensorsReader {
+ public:
+  explicit SafetensorsReader(const std::string& path);
+  ~SafetensorsReader();
+  SafetensorsReader(const SafetensorsReader&) = delete;
+  SafetensorsReader& operator=(const SafetensorsReader&) = delete;
+  const SafetensorsHeader& header() const { return header_; }
+  at::Tensor read(const std::string& name) const;
+  // Reads tensor `name`'s bytes straight into `out`, a contiguous CPU tensor of the same dtype
+  // and element count (any shape); throws naming the file and both when they differ.
+  void read_into(const std::string& name, const at::Tensor& out) const;
+
+ private:
+  int fd_ = -1;
+  SafetensorsHeader header_;
+};
+
 // The safetensors dtype name of a torch dtype ("F32", "BF16", ...); throws smp::Error listing
 // the allowed dtypes when safetensors has none.
 std::string safetensors_dtype_name(at::ScalarType dtype);

@@ -5,6 +5,7 @@
 //     "model": {"name": "tiny", "num_layers": 4},
 //     "data": {"text": "corpus.txt", "val_fraction": 0.05},
 //     "training": {"steps": 200, "global_batch": 32, "seq_len": 64, "lr": 3e-3, ...},
+//     "checkpoint": {"every": 100, "keep": 2, "full_at_end": true, "resume": "newest"},
 //     "smp": {"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true},
 //     "run_dir": "runs/bible"
 //   }
@@ -41,16 +42,26 @@ struct TrainingConfig {
   uint64_t seed = 1234;
   int64_t val_every = 50;      // steps between validation losses; 0: only at the end
   int64_t val_batches = 4;
-  int64_t checkpoint_every = 0;  // steps between partial checkpoints; 0: none
   std::string prompt = "\n";     // the sample at the end starts here
   int64_t sample_tokens = 200;
   double temperature = 0.8;
+};
+
+// Checkpoints (smp::save_checkpoint): partial ones every `every` steps, named "step_<n>";
+// a full Hugging Face-compatible one named "final" at the end when `full_at_end`.
+struct CheckpointConfig {
+  std::string dir;         // default: <run_dir>/checkpoints
+  int64_t every = 0;       // steps between partial checkpoints; 0: none
+  int64_t keep = 2;        // partial checkpoints kept (the oldest are deleted); 0: all
+  bool full_at_end = false;
+  std::string resume;      // "" (start fresh), "newest", or a tag; smp-train --resume sets it
 };
 
 struct TrainConfig {
   models::ModelConfig model;
   DataConfig data;
   TrainingConfig training;
+  CheckpointConfig checkpoint;
   Config smp;                    // SMP's parallel keys
   std::string run_dir = "runs/smp-train";
 

@@ -9,6 +9,9 @@
 //   <run_dir>/timeline.json    the same as a Chrome-trace / Perfetto file (rank 0's pipeline)
 //   <run_dir>/sample.txt       text generated from the prompt at the end
 //   <run_dir>/summary.json     final losses, speed, memory, the layout
+//   <checkpoint dir>/          checkpoints (CheckpointConfig; default <run_dir>/checkpoints):
+//                              step_<n>_partial/ every `every` steps, final/ (Hugging Face
+//                              weights, transformers loads it) when full_at_end
 #pragma once
 
 #include <string>
@@ -19,7 +22,8 @@
 namespace smp::train {
 
 struct TrainSummary {
-  std::vector<double> train_losses;  // per step, averaged over data-parallel replicas
+  int64_t first_step = 0;            // steps done before this run (resumed from a checkpoint)
+  std::vector<double> train_losses;  // per step of this run, averaged over data-parallel replicas
   double final_val_loss = 0;
   double unigram_entropy = 0;        // of the training tokens, in nats
   double tokens_per_s = 0;           // training steps after the first, validation excluded

@@ -1,0 +1,69 @@
+// Checkpoint throughput: save_checkpoint and resume_from_checkpoint of a gpt2-124m model with
+// its AdamW state (fp32: weights + two moments, ~1.5 GB), on one or more ranks.
+//
+//   checkpoint_bench <dir> [rounds]
+//
+// Prints, from rank 0, one line per round:  save_s=<s> load_s=<s> bytes=<n>
+// (bytes: every rank's checkpoint files together). bench/checkpoint.sh compares them with dd.
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <torch/optim/adamw.h>
+
+#include "smp/files.h"
+#include "smp/models/gpt.h"
+#include "smp/smp.h"
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: checkpoint_bench <dir> [rounds]\n");
+    return 2;
+  }
+  const std::string dir = argv[1];
+  const int rounds = argc > 2 ? std::atoi(argv[2]) : 3;
+  smp::comm::init_mpi();
+  smp::init(smp::Config::from_json_string(R"({"ddp": true})"));
+  using Clock = std::chrono::steady_clock;
+  at::manual_seed(1);
+  smp::models::Model model = smp::models::build_model(
+      smp::models::named_model("gpt2-124m"), smp::tp::TpGroup(smp::process_group(smp::CommGroup::TP_GROUP)),
+      smp::pp_size() > 1);
+  smp::DistributedModel dmodel(std::move(model.layers));
+  dmodel.partition({at::zeros({1, 8}, at::kLong)});
+  smp::DistributedOptimizer optimizer(
+      dmodel, std::make_unique<torch::optim::AdamW>(dmodel.local_parameters(),
+                                                     torch::optim::AdamWOptions(1e-4)));
+  for (auto& s : optimizer.state_slices()) s.values.normal_();  // state as after training
+
+  for (int r = 0; r < rounds; ++r) {
+    smp::barrier();
+    auto start = Clock::now();
+    smp::save_checkpoint(dir, "bench", true, dmodel, &optimizer);
+    const double save_s = std::chrono::duration<double>(Clock::now() - start).count();
+    smp::barrier();
+    start = Clock::now();
+    smp::resume_from_checkpoint(dir, dmodel, &optimizer, "bench");
+    smp::barrier();
+    const double load_s = std::chrono::duration<double>(Clock::now() - start).count();
+    if (smp::rank() == 0) {
+      long long bytes = 0;
+      const std::string folder = dir + "/bench_partial";
+      for (const auto& name : smp::files::list_dir(folder)) {
+        struct stat st {};
+        if (::stat((folder + "/" + name).c_str(), &st) == 0) bytes += st.st_size;
+      }
+      std::printf("save_s=%.4f load_s=%.4f bytes=%lld\n", save_s, load_s, bytes);
+      std::fflush(stdout);
+    }
+  }
+  smp::barrier();
+  if (smp::rank() == 0) smp::files::remove_tree(dir + "/bench_partial");
+  smp::shutdown();
+  smp::comm::finalize_mpi();
+  return 0;
+}

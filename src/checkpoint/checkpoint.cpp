@@ -1,0 +1,505 @@
+// save_checkpoint and resume_from_checkpoint (see include/smp/checkpoint/checkpoint.h and
+// docs/checkpoint_format.md).
+#include "smp/checkpoint/checkpoint.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <cctype>
+#include <csignal>
+#include <cstdlib>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <set>
+
+#include "shard_index.h"
+#include "smp/checkpoint/safetensors.h"
+#include "smp/error.h"
+#include "smp/files.h"
+#include "smp/smp.h"
+
+namespace smp {
+namespace {
+
+using checkpoint::Piece;
+using checkpoint::ShardIndex;
+using nlohmann::json;
+using Shape = std::vector<int64_t>;
+
+constexpr const char* kFormat = "smp-checkpoint";
+constexpr int kVersion = 1;
+
+void check_tag(const std::string& tag) {
+  const bool ok = !tag.empty() && tag != "." && tag != ".." &&
+                  std::all_of(tag.begin(), tag.end(), [](char c) {
+                    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ||
+                           c == '-';
+                  });
+  if (!ok) {
+    throw ConfigError("checkpoint tag \"" + tag +
+                      "\" is not allowed; use letters, digits, '.', '_' and '-'");
+  }
+}
+
+// Runs `work` on every rank; when any rank throws, every rank throws the first failing rank's
+// message (so a bad file on one rank stops all of them together instead of hanging the rest).
+void everywhere(const std::string& what, const std::function<void()>& work) {
+  std::string error;
+  try {
+    work();
+  } catch (const std::exception& e) {
+    error = e.what();
+    if (error.empty()) error = "unknown error";
+  }
+  const std::vector<std::string> all = allgather(error, CommGroup::WORLD);
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (!all[r].empty()) throw Error(what + " failed on rank " + std::to_string(r) + ": " + all[r]);
+  }
+}
+
+std::string folder(const std::string& path, const std::string& tag, bool partial) {
+  return path + "/" + tag + (partial ? "_partial" : "");
+}
+
+std::string rank_file(int rank) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "rank_%05d.safetensors", rank);
+  return name;
+}
+
+// A parameter of this rank where it sits in its whole tensor, under the name a checkpoint
+// stores it by (a tied copy goes by its original's name).
+struct Placed {
+  std::string name;
+  at::Tensor tensor;
+  Shape whole, offsets;
+  bool tied_copy = false;
+  bool writer = false;  // this rank writes it (replicas leave it to their group's first rank)
+};
+
+std::vector<Placed> placed_parameters(const DistributedModel& model) {
+  std::vector<Placed> out;
+  const auto& copies = model.options().tied_copies;
+  for (const auto& p : model.local_parameter_info()) {
+    Placed x;
+    auto copy = copies.find(p.name);
+    x.tied_copy = copy != copies.end();
+    x.name = x.tied_copy ? copy->second : p.name;
+    x.tensor = p.tensor.detach();
+    x.whole = p.tensor.sizes().vec();
+    x.offsets.assign(x.whole.size(), 0);
+    if (p.tp_shard.sharded()) {
+      const auto dim = static_cast<size_t>(p.tp_shard.dim);
+      x.offsets[dim] = tp_rank() * x.whole[dim];
+      x.whole[dim] = p.tp_shard.size;
+    }
+    x.writer = !x.tied_copy && (p.tp_sharded ? rdp_rank() == 0 : dp_rank() == 0);
+    out.push_back(std::move(x));
+  }
+  return out;
+}
+
+const Placed& find_placed(const std::vector<Placed>& placed, const std::string& local_name,
+                          const DistributedModel& model) {
+  const auto& copies = model.options().tied_copies;
+  auto copy = copies.find(local_name);
+  const std::string& name = copy == copies.end() ? local_name : copy->second;
+  for (const Placed& p : placed) {
+    if (p.name == name) return p;
+  }
+  throw Error("checkpoint: optimizer state for '" + local_name + "', a parameter this rank does not hold");
+}
+
+json layout_json(const DistributedModel& model) {
+  return {{"world", size()}, {"pp", pp_size()}, {"tp", tp_size()}, {"rdp", rdp_size()},
+          {"chunks_per_rank", model.options().chunks_per_rank},
+          {"shard_optimizer_state", config().shard_optimizer_state}};
+}
+
+// Writes this rank's file into `dir`; returns {"file", "tensors": {key: {"shape", "pieces"}}}.
+json write_shard(const std::string& dir, const DistributedModel& model,
+                 DistributedOptimizer* optimizer) {
+  const std::string file = rank_file(rank());
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  json entries = json::object();
+  auto add = [&](const std::string& key, const Placed& p, const at::Tensor& values,
+                 int64_t flat_start, int64_t flat_numel) {
+    at::Tensor host = values.to(at::kCPU).contiguous();
+    Piece piece;
+    piece.file = file;
+    piece.name = flat_numel < 0 ? key : key + "@" + std::to_string(flat_start);
+    piece.offsets = p.offsets;
+    piece.shape = p.tensor.sizes().vec();
+    piece.flat_start = flat_start;
+    piece.flat_numel = flat_numel;
+    piece.crc32 = checkpoint::crc32_of(host);
+    if (!entries.contains(key)) entries[key] = {{"shape", p.whole}, {"pieces", json::array()}};
+    entries[key]["pieces"].push_back(checkpoint::to_json(piece));
+    tensors.emplace_back(piece.name, host);
+  };
+  const std::vector<Placed> placed = placed_parameters(model);
+  for (const Placed& p : placed) {
+    if (p.writer) add("model/" + p.name, p, p.tensor, 0, -1);
+  }
+  if (optimizer != nullptr) {
+    for (const auto& s : optimizer->state_slices()) {
+      const Placed& p = find_placed(placed, s.param, model);
+      if (!s.owner || p.tied_copy) continue;
+      add("optim/" + p.name + "/" + s.state, p, s.values, s.param_offset, s.values.numel());
+    }
+  }
+  const at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
+  tensors.emplace_back("rng/cpu", rng);
+  checkpoint::save_safetensors(dir + "/" + file, tensors);
+  // Fault injection for tests: this rank dies here, as in a crash in the middle of a save.
+  if (const char* kill = std::getenv("SMP_TEST_CHECKPOINT_KILL_RANK"); kill && std::atoi(kill) == rank()) {
+    ::raise(SIGKILL);
+  }
+  return {{"file", file}, {"rank", rank()}, {"pp", pp_rank()}, {"tp", tp_rank()},
+          {"rdp", rdp_rank()}, {"rng_crc32", checkpoint::crc32_of(rng)}, {"tensors", entries}};
+}
+
+// Rank 0: the full checkpoint's files from the partial shards in `dir`, which it then removes.
+void consolidate(const std::string& dir, json& manifest, const FullCheckpointFormat& format) {
+  ShardIndex index(dir, manifest["tensors"]);
+  std::map<std::string, at::Tensor> weights;
+  std::vector<std::pair<std::string, at::Tensor>> states;
+  for (const std::string& key : index.keys()) {
+    if (key.rfind("model/", 0) == 0) weights[key.substr(6)] = index.read_whole(key);
+  }
+  std::vector<std::pair<std::string, at::Tensor>> file_tensors;
+  if (format.to_file) {
+    file_tensors = format.to_file(weights);
+  } else {
+    file_tensors.assign(weights.begin(), weights.end());
+  }
+  weights.clear();
+  checkpoint::save_safetensors(dir + "/model.safetensors", file_tensors, {{"format", "pt"}});
+  file_tensors.clear();
+  json tensors = json::object();
+  for (const std::string& key : index.keys()) {
+    if (key.rfind("optim/", 0) != 0) continue;
+    at::Tensor whole = index.read_whole(key);
+    Piece piece;
+    piece.file = "optimizer.safetensors";
+    piece.name = key.substr(6);
+    piece.shape = whole.sizes().vec();
+    piece.offsets.assign(piece.shape.size(), 0);
+    piece.crc32 = checkpoint::crc32_of(whole);
+    tensors[key] = {{"shape", piece.shape}, {"pieces", {checkpoint::to_json(piece)}}};
+    states.emplace_back(piece.name, whole);
+  }
+  if (!states.empty()) checkpoint::save_safetensors(dir + "/optimizer.safetensors", states);
+  if (!format.config.is_null()) {
+    files::write_file_atomic(dir + "/config.json", format.config.dump(2) + "\n", true);
+  }
+  for (const json& r : manifest["ranks"]) files::remove_tree(dir + "/" + r["file"].get<std::string>());
+  manifest["ranks"] = json::array();
+  manifest["tensors"] = tensors;  // the optimizer state; the weights are model.safetensors
+  manifest["weights"] = {{"file", "model.safetensors"}, {"translated", bool(format.to_file)}};
+}
+
+// Moves `tmp` onto `final_dir`, replacing an older checkpoint of the same tag.
+void commit(const std::string& tmp, const std::string& final_dir) {
+  const std::string old = final_dir + ".old";
+  files::remove_tree(old);
+  if (files::exists(final_dir)) files::rename_durable(final_dir, old);
+  files::rename_durable(tmp, final_dir);
+  files::remove_tree(old);
+}
+
+json read_manifest_at(const std::string& dir) {
+  const std::string file = dir + "/manifest.json";
+  json m;
+  try {
+    m = json::parse(files::read_file(file));
+  } catch (const json::exception& e) {
+    throw Error("checkpoint manifest " + file + " is not valid JSON: " + e.what());
+  }
+  if (m.value("format", "") != kFormat || !m.contains("version") || m["version"].get<int>() > kVersion) {
+    throw Error("checkpoint manifest " + file + ": format " + m.value("format", "?") + " version " +
+                (m.contains("version") ? m["version"].dump() : "?") + "; this smp reads " + kFormat +
+                " versions up to " + std::to_string(kVersion));
+  }
+  return m;
+}
+
+// Complete checkpoints of one kind in `path`, newest first.
+std::vector<std::pair<int64_t, std::string>> complete_checkpoints(const std::string& path, bool partial) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  for (const std::string& name : files::list_dir(path)) {
+    const std::string dir = path + "/" + name;
+    if (!files::exists(dir + "/manifest.json") || name.size() > 4 && name.substr(name.size() - 4) == ".tmp") continue;
+    const bool is_partial = name.size() > 8 && name.substr(name.size() - 8) == "_partial";
+    if (is_partial != partial) continue;
+    try {
+      out.emplace_back(read_manifest_at(dir).value("saved_at_ns", int64_t{0}), dir);
+    } catch (const Error&) {
+      continue;  // unreadable: not a candidate
+    }
+  }
+  std::sort(out.rbegin(), out.rend());
+  return out;
+}
+
+void prune(const std::string& path, int keep) {
+  const auto all = complete_checkpoints(path, /*partial=*/true);
+  for (size_t i = static_cast<size_t>(keep); i < all.size(); ++i) files::remove_tree(all[i].second);
+}
+
+// The folder resume_from_checkpoint loads, with a message for every incomplete one skipped.
+std::string choose_folder(const std::string& path, const std::string& tag, bool partial, bool verbose) {
+  if (!tag.empty()) {
+    check_tag(tag);
+    const std::string dir = folder(path, tag, partial);
+    if (!files::exists(dir + "/manifest.json")) {
+      throw Error("resume_from_checkpoint: " + dir + " is not a complete checkpoint (no manifest.json" +
+                  (files::exists(dir + ".tmp") ? "; " + dir + ".tmp is a save that did not finish)" : ")"));
+    }
+    return dir;
+  }
+  if (verbose && files::is_dir(path)) {
+    for (const std::string& name : files::list_dir(path)) {
+      if (name.size() > 4 && name.substr(name.size() - 4) == ".tmp") {
+        std::printf("smp: skipping incomplete checkpoint %s/%s (a save that did not finish)\n",
+                    path.c_str(), name.c_str());
+      }
+    }
+  }
+  std::string newest;
+  if (files::exists(path + "/newest")) {
+    newest = files::read_file(path + "/newest");
+    newest.erase(newest.find_last_not_of(" \n\r\t") + 1);
+    const std::string dir = folder(path, newest, partial);
+    if (!newest.empty() && files::exists(dir + "/manifest.json")) return dir;
+  }
+  if (!files::is_dir(path)) throw Error("resume_from_checkpoint: no checkpoint folder " + path);
+  const auto all = complete_checkpoints(path, partial);
+  if (all.empty()) {
+    throw Error(std::string("resume_from_checkpoint: no complete ") + (partial ? "partial" : "full") +
+                " checkpoint in " + path);
+  }
+  if (verbose && !newest.empty()) {
+    std::printf("smp: %s/newest names \"%s\", which is not a complete %s checkpoint; loading %s\n",
+                path.c_str(), newest.c_str(), partial ? "partial" : "full", all.front().second.c_str());
+  }
+  return all.front().second;
+}
+
+void load_parameters(ShardIndex& index, const std::vector<Placed>& placed, bool strict) {
+  at::NoGradGuard no_grad;
+  std::vector<std::string> missing;
+  for (const Placed& p : placed) {
+    const std::string key = "model/" + p.name;
+    if (!index.contains(key)) {
+      missing.push_back(p.name);
+      continue;
+    }
+    const Shape& stored = index.entry(key).shape;
+    if (stored != p.whole) {
+      throw ConfigError("checkpoint parameter '" + p.name + "' has shape " +
+                        c10::str(at::IntArrayRef(stored)) + "; the model's is " +
+                        c10::str(at::IntArrayRef(p.whole)));
+    }
+    // Padding rows (past the whole tensor) are zero.
+    for (size_t d = 0; d < p.whole.size(); ++d) {
+      const int64_t valid =
+          std::clamp<int64_t>(p.whole[d] - p.offsets[d], 0, p.tensor.size(static_cast<int64_t>(d)));
+      const auto dim = static_cast<int64_t>(d);
+      if (valid < p.tensor.size(dim)) p.tensor.narrow(dim, valid, p.tensor.size(dim) - valid).zero_();
+    }
+    index.read_region(key, p.offsets, p.tensor);
+  }
+  if (strict && !missing.empty()) {
+    std::string names;
+    for (const auto& n : missing) names += (names.empty() ? "" : ", ") + n;
+    throw ConfigError("checkpoint has no parameter " + names + " (strict; pass strict=false to keep their values)");
+  }
+}
+
+void load_optimizer_state(ShardIndex& index, const std::vector<Placed>& placed,
+                          const DistributedModel& model, DistributedOptimizer& optimizer,
+                          const json& meta, bool load, bool strict) {
+  for (const auto& s : optimizer.state_slices()) {
+    const Placed& p = find_placed(placed, s.param, model);
+    const std::string key = "optim/" + p.name + "/" + s.state;
+    if (load && index.contains(key)) {
+      index.read_flat(key, p.offsets, p.tensor.sizes().vec(), s.param_offset, s.values);
+    } else if (s.state == "fp32_master") {  // masters follow the loaded parameters
+      s.values.copy_(p.tensor.reshape(-1).narrow(0, s.param_offset, s.values.numel()));
+    } else if (load && strict) {
+      throw ConfigError("checkpoint has no optimizer state '" + key.substr(6) +
+                        "' (strict; pass strict=false to start it from zero)");
+    }
+  }
+  if (load) optimizer.load_state_meta(meta);
+}
+
+int saved_stages(const json& manifest) {
+  const auto stages = manifest["partition"]["stage_of_layer"].get<std::vector<int>>();
+  return stages.empty() ? 0 : *std::max_element(stages.begin(), stages.end()) + 1;
+}
+
+// SMP keeps the partition of the checkpoint on resume, when the pipeline is the same.
+bool adopt_partition(const json& manifest, DistributedModel& model) {
+  if (saved_stages(manifest) != model.num_stages() || manifest["layout"]["pp"].get<int>() != pp_size() ||
+      manifest["partition"]["layers"].get<std::vector<std::string>>() != model.layer_names()) {
+    return false;
+  }
+  model.set_partition_assignment(manifest["partition"]["stage_of_layer"].get<std::vector<int>>());
+  return true;
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, const std::string& tag, bool partial,
+                     DistributedModel& model, DistributedOptimizer* optimizer,
+                     const json& user_content, int num_kept_partial_checkpoints,
+                     const FullCheckpointFormat& format) {
+  check_tag(tag);
+  if (num_kept_partial_checkpoints < 0) {
+    throw ConfigError("num_kept_partial_checkpoints: got " + std::to_string(num_kept_partial_checkpoints) +
+                      "; allowed: 0 (keep all) or more");
+  }
+  if (!model.partitioned()) {
+    throw ConfigError("save_checkpoint: the model is not partitioned yet; run a step (or partition()) first");
+  }
+  const std::string final_dir = folder(path, tag, partial);
+  const std::string tmp = final_dir + ".tmp";
+  everywhere("save_checkpoint: preparing " + tmp, [&] {
+    if (rank() != 0) return;
+    files::make_dirs(path);
+    files::remove_tree(tmp);
+    files::make_dirs(tmp);
+  });
+  json mine;
+  everywhere("save_checkpoint: writing " + tmp, [&] { mine = write_shard(tmp, model, optimizer); });
+  const std::vector<std::string> shards = allgather(mine.dump(), CommGroup::WORLD);
+  const json optimizer_meta = optimizer != nullptr ? optimizer->state_meta() : json(nullptr);
+  everywhere("save_checkpoint: committing " + final_dir, [&] {
+    if (rank() != 0) return;
+    json manifest = {
+        {"format", kFormat}, {"version", kVersion}, {"tag", tag}, {"partial", partial},
+        {"saved_at_ns", std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::system_clock::now().time_since_epoch()).count()},
+        {"layout", layout_json(model)},
+        {"partition", {{"layers", model.layer_names()},
+                       {"stage_of_layer", model.partition_assignment().stage_of_layer}}},
+        {"optimizer", optimizer_meta}, {"user_content", user_content},
+        {"ranks", json::array()}, {"tensors", json::object()}};
+    for (const std::string& text : shards) {
+      json shard = json::parse(text);
+      for (auto& [key, entry] : shard["tensors"].items()) {
+        json& all = manifest["tensors"][key];
+        if (all.is_null()) all = {{"shape", entry["shape"]}, {"pieces", json::array()}};
+        for (auto& piece : entry["pieces"]) all["pieces"].push_back(piece);
+      }
+      shard.erase("tensors");
+      manifest["ranks"].push_back(shard);
+    }
+    if (!partial) consolidate(tmp, manifest, format);
+    files::write_file_atomic(tmp + "/manifest.json", manifest.dump(1) + "\n", /*durable=*/true);
+    files::fsync_path(tmp);
+    commit(tmp, final_dir);
+    files::write_file_atomic(path + "/newest", tag + "\n", /*durable=*/true);
+    if (partial && num_kept_partial_checkpoints > 0) prune(path, num_kept_partial_checkpoints);
+  });
+}
+
+bool use_checkpoint_partition(const std::string& path, DistributedModel& model,
+                              const std::string& tag, bool partial) {
+  json manifest;
+  everywhere("use_checkpoint_partition: reading the manifest", [&] {
+    manifest = read_manifest_at(choose_folder(path, tag, partial, /*verbose=*/false));
+  });
+  return !model.partitioned() && adopt_partition(manifest, model);
+}
+
+json read_checkpoint_manifest(const std::string& path, const std::string& tag, bool partial) {
+  return read_manifest_at(choose_folder(path, tag, partial, /*verbose=*/false));
+}
+
+json resume_from_checkpoint(const std::string& path, DistributedModel& model,
+                            DistributedOptimizer* optimizer, const std::string& tag, bool partial,
+                            bool strict, bool load_optimizer, const FullCheckpointFormat& format) {
+  std::string dir;
+  json manifest;
+  everywhere("resume_from_checkpoint: reading the manifest", [&] {
+    dir = choose_folder(path, tag, partial, /*verbose=*/rank() == 0);
+    manifest = read_manifest_at(dir);
+  });
+  if (rank() == 0) {
+    std::printf("smp: resuming from %s\n", dir.c_str());
+    std::fflush(stdout);
+  }
+  if (!model.partitioned() && !adopt_partition(manifest, model)) {
+    throw ConfigError("resume_from_checkpoint: the checkpoint was saved with " +
+                      std::to_string(saved_stages(manifest)) + " pipeline stages over pp " +
+                      manifest["layout"]["pp"].dump() + "; this run has " +
+                      std::to_string(model.num_stages()) + " over pp " + std::to_string(pp_size()) +
+                      ": partition the model first (model.partition), then resume");
+  }
+  const std::vector<Placed> placed = placed_parameters(model);
+  everywhere("resume_from_checkpoint: loading " + dir, [&] {
+    ShardIndex index(dir, manifest["tensors"]);
+    if (manifest.contains("weights")) {  // a full checkpoint: the consolidated weights
+      auto tensors = checkpoint::load_safetensors(dir + "/" + manifest["weights"]["file"].get<std::string>());
+      if (manifest["weights"]["translated"].get<bool>()) {
+        if (!format.from_file) {
+          throw ConfigError("resume_from_checkpoint: " + dir + " holds translated weights; "
+                            "pass the FullCheckpointFormat that wrote them");
+        }
+        tensors = format.from_file(tensors);
+      }
+      for (auto& [name, t] : tensors) index.add_memory("model/" + name, t);
+    }
+    load_parameters(index, placed, strict);
+    if (optimizer != nullptr) {
+      const bool load = load_optimizer && !manifest["optimizer"].is_null();
+      if (load_optimizer && strict && !load) {
+        throw ConfigError("resume_from_checkpoint: " + dir + " holds no optimizer state "
+                          "(pass load_optimizer=false)");
+      }
+      load_optimizer_state(index, placed, model, *optimizer, manifest["optimizer"], load, strict);
+    }
+    if (manifest["layout"] == layout_json(model)) {  // the same layout: each rank's RNG state
+      for (const json& r : manifest["ranks"]) {
+        if (r["rank"].get<int>() != rank()) continue;
+        const std::string path_of_file = dir + "/" + r["file"].get<std::string>();
+        const at::Tensor state = checkpoint::SafetensorsReader(path_of_file).read("rng/cpu");
+        if (checkpoint::crc32_of(state) != r["rng_crc32"].get<uint32_t>()) {
+          throw Error("checkpoint file " + path_of_file + ": tensor 'rng/cpu' fails its checksum: "
+                      "the file is corrupted");
+        }
+        at::Generator generator = at::detail::getDefaultCPUGenerator();
+        std::lock_guard<std::mutex> lock(generator.mutex());
+        generator.set_state(state);
+      }
+    }
+  });
+  if (strict) {  // every stored parameter must have been taken by some rank
+    std::string mine;
+    for (const Placed& p : placed) mine += p.name + "\n";
+    std::set<std::string> used;
+    for (const std::string& names : allgather(mine, CommGroup::WORLD)) {
+      for (size_t a = 0, b; a < names.size(); a = b + 1) {
+        b = names.find('\n', a);
+        used.insert(names.substr(a, b - a));
+      }
+    }
+    std::string unused;
+    for (const auto& [key, entry] : manifest["tensors"].items()) {
+      if (key.rfind("model/", 0) == 0 && !used.count(key.substr(6))) unused += " " + key.substr(6);
+    }
+    if (!unused.empty()) {
+      throw ConfigError("resume_from_checkpoint: " + dir + " has parameters this model lacks:" +
+                        unused + " (strict; pass strict=false to ignore them)");
+    }
+  }
+  return manifest["user_content"];
+}
+
+}  // namespace smp

@@ -1,0 +1,293 @@
+// save_checkpoint / resume_from_checkpoint on one layout at a time (1, 2 and 4 ranks): a
+// partial checkpoint restores every parameter and every optimizer state bit for bit; a full
+// one holds the whole tensors of the single-device model; corrupt and truncated files are
+// named; an unfinished save is skipped; old checkpoints are pruned; bad input is refused.
+// (Resharding across layouts and killed saves: checkpoint_resume_test.sh, through smp-train.)
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include <ATen/ATen.h>
+#include <torch/optim/adamw.h>
+
+#include "smp/checkpoint/safetensors.h"
+#include "smp/files.h"
+#include "smp/models/gpt.h"
+#include "smp/models/hf.h"
+#include "smp/smp.h"
+
+namespace smp {
+namespace {
+
+using nlohmann::json;
+
+models::ModelConfig tiny() {
+  models::ModelConfig c = models::named_model("tiny");
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.hidden = 32;
+  c.ffn_hidden = 128;
+  c.vocab_size = 50;  // not a multiple of 4: the vocabulary pads under tp
+  c.max_seq_len = 16;
+  c.dropout = 0;
+  return c;
+}
+
+// One layout's model, optimizer and a few steps of training on fixed data.
+struct Trainee {
+  models::Model model;
+  std::unique_ptr<DistributedModel> dmodel;
+  std::unique_ptr<DistributedOptimizer> optimizer;
+
+  Trainee(uint64_t seed, const models::ModelConfig& config = tiny()) {
+    at::manual_seed(seed);
+    model = models::build_model(config, tp::TpGroup(process_group(CommGroup::TP_GROUP)), pp_size() > 1);
+    DistributedModelOptions options;
+    for (const auto& [original, copy] : model.tied_copies) options.tied_copies[copy] = original;
+    dmodel = std::make_unique<DistributedModel>(std::move(model.layers), options);
+    dmodel->partition({at::zeros({2, 16}, at::kLong)});
+    optimizer = std::make_unique<DistributedOptimizer>(
+        *dmodel, std::make_unique<torch::optim::AdamW>(dmodel->local_parameters(),
+                                                       torch::optim::AdamWOptions(1e-2)));
+  }
+  void train(int steps) {
+    at::manual_seed(99);
+    const at::Tensor x = at::randint(0, 50, {4, 16}, at::kLong);
+    const at::Tensor y = at::randint(0, 50, {4, 16}, at::kLong);
+    const LossFn loss = [this](const Values& out, const Values& t) { return model.loss(out, t); };
+    for (int i = 0; i < steps; ++i) {
+      step(*dmodel, {x}, {y}, loss);
+      optimizer->step();
+      optimizer->zero_grad();
+    }
+  }
+  std::vector<at::Tensor> snapshot() {
+    std::vector<at::Tensor> out;
+    for (const auto& p : dmodel->local_parameters()) out.push_back(p.detach().clone());
+    for (const auto& s : optimizer->state_slices()) out.push_back(s.values.clone());
+    return out;
+  }
+};
+
+// A folder every rank shares, fresh per test.
+std::string shared_dir() {
+  return on_rank0("making a folder", [] {
+    char name[] = "/tmp/smp_checkpoint_XXXXXX";
+    return std::string(::mkdtemp(name));
+  });
+}
+
+void cleanup(const std::string& dir) {
+  barrier();
+  if (rank() == 0) files::remove_tree(dir);
+}
+
+std::vector<std::string> layouts() {
+  switch (comm::world_size()) {
+    case 1: return {"{}"};
+    case 2: return {R"({"pipeline_parallel_degree": 2, "microbatches": 2})",
+                    R"({"tensor_parallel_degree": 2, "ddp": true})",
+                    R"({"ddp": true, "shard_optimizer_state": true})"};
+    default: return {R"({"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true,
+                         "microbatches": 2})",
+                     R"({"tensor_parallel_degree": 2, "ddp": true, "shard_optimizer_state": true})",
+                     R"({"pipeline_parallel_degree": 2, "ddp": true, "microbatches": 2})"};
+  }
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Checkpoint, PartialRoundTripIsBitExact) {
+  for (const std::string& layout : layouts()) {
+    SCOPED_TRACE(layout);
+    init(Config::from_json_string(layout));
+    const std::string dir = shared_dir();
+    Trainee run(1);
+    run.train(3);
+    save_checkpoint(dir, "a", true, *run.dmodel, run.optimizer.get(), {{"step", 3}});
+    const std::vector<at::Tensor> saved = run.snapshot();
+    const json meta = run.optimizer->state_meta();
+    run.train(2);  // moves everything away from the checkpoint
+
+    Trainee fresh(7);  // other initial weights, not partitioned by the checkpoint
+    const json user = resume_from_checkpoint(dir, *fresh.dmodel, fresh.optimizer.get());
+    EXPECT_EQ(user["step"], 3);
+    const std::vector<at::Tensor> loaded = fresh.snapshot();
+    ASSERT_EQ(loaded.size(), saved.size());
+    for (size_t i = 0; i < saved.size(); ++i) EXPECT_TRUE(at::equal(loaded[i], saved[i])) << "tensor " << i;
+    EXPECT_EQ(fresh.optimizer->state_meta(), meta);
+
+    // Continuing from the checkpoint equals continuing from the run itself.
+    Trainee again(1);
+    again.train(3);
+    again.train(2);
+    fresh.train(2);
+    const auto a = again.snapshot(), b = fresh.snapshot();
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "after 2 more steps, tensor " << i;
+    cleanup(dir);
+    shutdown();
+  }
+}
+
+TEST(Checkpoint, FullCheckpointHoldsTheWholeTensors) {
+  init(Config::from_json_string(layouts()[0]));
+  const std::string dir = shared_dir();
+  Trainee run(3);
+  save_checkpoint(dir, "full", false, *run.dmodel, run.optimizer.get(), {{"note", "x"}});
+  at::manual_seed(3);
+  const models::Model reference = models::build_model(tiny(), tp::TpGroup{}, false);
+  const auto stored = checkpoint::load_safetensors(dir + "/full/model.safetensors");
+  size_t compared = 0;
+  for (const auto& layer : reference.layers) {
+    for (size_t j = 0; j < layer.parameters.size(); ++j) {
+      const std::string name = layer.name + "." + layer.parameter_names[j];
+      if (name == "head.weight") continue;  // GPT-2's tied head is the embedding
+      ASSERT_TRUE(stored.count(name)) << name;
+      EXPECT_TRUE(at::equal(stored.at(name), layer.parameters[j].detach())) << name;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, stored.size());
+  EXPECT_FALSE(files::exists(dir + "/full/rank_00000.safetensors"));  // consolidated away
+
+  Trainee fresh(8);
+  const json user = resume_from_checkpoint(dir, *fresh.dmodel, fresh.optimizer.get(), "", false);
+  EXPECT_EQ(user["note"], "x");
+  const auto a = run.snapshot(), b = fresh.snapshot();
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "tensor " << i;
+  cleanup(dir);
+  shutdown();
+}
+
+#ifdef SMP_TEST_PYTHON
+// A full checkpoint in Hugging Face's format, consolidated from any layout, is what transformers
+// loads: its logits equal smp's; and it resumes (translated back) to the same weights.
+TEST(Checkpoint, FullHuggingFaceCheckpointLoadsInTransformers) {
+  init(Config::from_json_string(layouts()[0]));
+  const std::string dir = shared_dir();
+  models::ModelConfig config = tiny();
+  config.vocab_size = 51;
+  Trainee run(4, config);
+  run.train(2);
+  FullCheckpointFormat format;
+  format.to_file = [config](const FullCheckpointFormat::Tensors& t) { return models::to_hf(config, t); };
+  format.from_file = [config](const FullCheckpointFormat::Tensors& t) { return models::from_hf(config, t); };
+  format.config = models::hf_config(config);
+  save_checkpoint(dir, "hf", false, *run.dmodel, run.optimizer.get(), nullptr, 0, format);
+
+  at::manual_seed(5);
+  const at::Tensor tokens = at::randint(0, config.vocab_size, {2, 16}, at::kLong);
+  StepOptions eval;
+  eval.train = false;
+  eval.microbatches = 1;
+  const LossFn full_logits = [&run](const Values& out, const Values&) -> Values {
+    return {run.model.full_logits(out[0])};
+  };
+  const at::Tensor logits = step(*run.dmodel, {tokens}, {}, full_logits, eval)[0].outputs()[0];
+  const std::string verdict = on_rank0("transformers' check", [&] {
+    checkpoint::save_safetensors(dir + "/reference.safetensors", {{"tokens", tokens}, {"logits", logits}});
+    const std::string command = std::string(SMP_TEST_PYTHON) + " " + SMP_HF_REFERENCE + " check " +
+                                dir + "/hf " + dir + "/reference.safetensors 2>&1";
+    return std::to_string(std::system(command.c_str()));
+  });
+  EXPECT_EQ(verdict, "0") << "transformers disagrees with smp's logits (see the output above)";
+
+  Trainee fresh(9, config);
+  resume_from_checkpoint(dir, *fresh.dmodel, fresh.optimizer.get(), "hf", false, true, true, format);
+  const auto a = run.snapshot(), b = fresh.snapshot();
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "tensor " << i;
+  cleanup(dir);
+  shutdown();
+}
+#endif
+
+TEST(Checkpoint, CorruptAndTruncatedFilesAreNamed) {
+  init(Config::from_json_string(layouts()[0]));
+  const std::string dir = shared_dir();
+  Trainee run(1);
+  run.train(1);
+  save_checkpoint(dir, "a", true, *run.dmodel, run.optimizer.get());
+  const std::string file = dir + "/a_partial/rank_00000.safetensors";
+  const std::string good = files::read_file(file);
+  barrier();
+  if (rank() == 0) {  // flip one byte of the first tensor's data
+    std::string bad = good;
+    bad[checkpoint::read_safetensors_header(file).data_start + 5] ^= 0x5a;
+    files::write_file_atomic(file, bad);
+  }
+  barrier();
+  std::string message = error_of([&] { Trainee fresh(2); resume_from_checkpoint(dir, *fresh.dmodel, fresh.optimizer.get()); });
+  EXPECT_NE(message.find("rank_00000.safetensors"), std::string::npos) << message;
+  EXPECT_NE(message.find("checksum"), std::string::npos) << message;
+  barrier();
+  if (rank() == 0) files::write_file_atomic(file, good.substr(0, good.size() - 100));
+  barrier();
+  message = error_of([&] { Trainee fresh(2); resume_from_checkpoint(dir, *fresh.dmodel, fresh.optimizer.get()); });
+  EXPECT_NE(message.find("rank_00000.safetensors"), std::string::npos) << message;
+  EXPECT_NE(message.find("truncated"), std::string::npos) << message;
+  cleanup(dir);
+  shutdown();
+}
+
+TEST(Checkpoint, UnfinishedSaveIsSkippedAndOldOnesArePruned) {
+  init(Config::from_json_string(layouts()[0]));
+  const std::string dir = shared_dir();
+  Trainee run(1);
+  for (int i = 1; i <= 3; ++i) {
+    run.train(1);
+    save_checkpoint(dir, "s" + std::to_string(i), true, *run.dmodel, run.optimizer.get(),
+                    {{"step", i}}, /*num_kept_partial_checkpoints=*/2);
+  }
+  EXPECT_FALSE(files::exists(dir + "/s1_partial"));
+  EXPECT_TRUE(files::exists(dir + "/s2_partial/manifest.json"));
+  barrier();
+  if (rank() == 0) {  // what a save killed half-way leaves: a .tmp folder, and a stale newest
+    files::make_dirs(dir + "/s4_partial.tmp");
+    files::write_file_atomic(dir + "/s4_partial.tmp/rank_00000.safetensors", "partial");
+    files::write_file_atomic(dir + "/newest", "s4\n");
+  }
+  barrier();
+  Trainee fresh(2);
+  EXPECT_EQ(resume_from_checkpoint(dir, *fresh.dmodel, fresh.optimizer.get())["step"], 3);
+  const std::string message = error_of([&] {
+    Trainee other(2);
+    resume_from_checkpoint(dir, *other.dmodel, other.optimizer.get(), "s4");
+  });
+  EXPECT_NE(message.find("did not finish"), std::string::npos) << message;
+  cleanup(dir);
+  shutdown();
+}
+
+TEST(Checkpoint, BadInputIsRefused) {
+  init(Config::from_json_string(layouts()[0]));
+  const std::string dir = shared_dir();
+  Trainee run(1);
+  std::string message = error_of([&] { save_checkpoint(dir, "../up", true, *run.dmodel, nullptr); });
+  EXPECT_NE(message.find("tag \"../up\""), std::string::npos) << message;
+  message = error_of([&] { save_checkpoint(dir, "a", true, *run.dmodel, nullptr, nullptr, -1); });
+  EXPECT_NE(message.find("num_kept_partial_checkpoints: got -1"), std::string::npos) << message;
+  save_checkpoint(dir, "a", true, *run.dmodel, nullptr);
+  models::ModelConfig wider = tiny();
+  wider.ffn_hidden = 64;
+  message = error_of([&] { Trainee other(1, wider); resume_from_checkpoint(dir, *other.dmodel, nullptr); });
+  EXPECT_NE(message.find("up.weight' has shape"), std::string::npos) << message;
+  message = error_of([&] { Trainee other(1); resume_from_checkpoint(dir, *other.dmodel, other.optimizer.get()); });
+  EXPECT_NE(message.find("no optimizer state"), std::string::npos) << message;
+  message = error_of([&] { Trainee other(1); resume_from_checkpoint(dir + "/nothing", *other.dmodel, nullptr); });
+  EXPECT_NE(message.find("no checkpoint folder"), std::string::npos) << message;
+  cleanup(dir);
+  shutdown();
+}
+
+}  // namespace
+}  // namespace smp
