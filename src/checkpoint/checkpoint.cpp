@@ -125,9 +125,9 @@ json write_shard(const std::string& dir, const DistributedModel& model,
   const std::string file = rank_file(rank());
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   json entries = json::object();
+  std::vector<std::pair<std::string, Piece>> pieces;  // (key, piece), checksums filled below
   auto add = [&](const std::string& key, const Placed& p, const at::Tensor& values,
                  int64_t flat_start, int64_t flat_numel) {
-    at::Tensor host = values.to(at::kCPU).contiguous();
     Piece piece;
     piece.file = file;
     piece.name = flat_numel < 0 ? key : key + "@" + std::to_string(flat_start);
@@ -135,10 +135,9 @@ json write_shard(const std::string& dir, const DistributedModel& model,
     piece.shape = p.tensor.sizes().vec();
     piece.flat_start = flat_start;
     piece.flat_numel = flat_numel;
-    piece.crc32 = checkpoint::crc32_of(host);
     if (!entries.contains(key)) entries[key] = {{"shape", p.whole}, {"pieces", json::array()}};
-    entries[key]["pieces"].push_back(checkpoint::to_json(piece));
-    tensors.emplace_back(piece.name, host);
+    pieces.emplace_back(key, piece);
+    tensors.emplace_back(piece.name, values);
   };
   const std::vector<Placed> placed = placed_parameters(model);
   for (const Placed& p : placed) {
@@ -153,13 +152,18 @@ json write_shard(const std::string& dir, const DistributedModel& model,
   }
   const at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
   tensors.emplace_back("rng/cpu", rng);
-  checkpoint::save_safetensors(dir + "/" + file, tensors);
+  std::vector<uint32_t> crcs;
+  checkpoint::save_safetensors(dir + "/" + file, tensors, {}, &crcs);
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    pieces[i].second.crc32 = crcs[i];
+    entries[pieces[i].first]["pieces"].push_back(checkpoint::to_json(pieces[i].second));
+  }
   // Fault injection for tests: this rank dies here, as in a crash in the middle of a save.
   if (const char* kill = std::getenv("SMP_TEST_CHECKPOINT_KILL_RANK"); kill && std::atoi(kill) == rank()) {
     ::raise(SIGKILL);
   }
   return {{"file", file}, {"rank", rank()}, {"pp", pp_rank()}, {"tp", tp_rank()},
-          {"rdp", rdp_rank()}, {"rng_crc32", checkpoint::crc32_of(rng)}, {"tensors", entries}};
+          {"rdp", rdp_rank()}, {"rng_crc32", crcs.back()}, {"tensors", entries}};
 }
 
 // Rank 0: the full checkpoint's files from the partial shards in `dir`, which it then removes.

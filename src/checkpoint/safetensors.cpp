@@ -10,6 +10,7 @@
 #include "smp/checkpoint/safetensors.h"
 
 #include <fcntl.h>
+#include <zlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -315,7 +316,8 @@ std::string safetensors_dtype_name(at::ScalarType dtype) {
 
 void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+                      const std::map<std::string, std::string>& metadata,
+                      std::vector<uint32_t>* crc32s) {
   // 1. Validate everything and build the header before creating any file.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -355,9 +357,19 @@ void save_safetensors(const std::string& path,
     len_bytes[i] = static_cast<unsigned char>(uint64_t(text.size()) >> (8 * i));
   write_all(tmp.fd.get(), len_bytes, 8, tmp.path);
   write_all(tmp.fd.get(), text.data(), text.size(), tmp.path);
+  if (crc32s != nullptr) crc32s->clear();
   for (const auto& [name, t] : tensors) {
     at::Tensor host = t.detach().to(at::kCPU).resolve_conj().resolve_neg().contiguous();
-    write_all(tmp.fd.get(), host.data_ptr(), host.nbytes(), tmp.path);
+    // In chunks, each checksummed just before it is written, while it is still in cache.
+    constexpr size_t kChunk = 4 << 20;
+    const auto* data = static_cast<const unsigned char*>(host.data_ptr());
+    uLong crc = ::crc32_z(0, nullptr, 0);
+    for (size_t done = 0, n = host.nbytes(); done < n; done += kChunk) {
+      const size_t len = std::min(kChunk, n - done);
+      if (crc32s != nullptr) crc = ::crc32_z(crc, data + done, len);
+      write_all(tmp.fd.get(), data + done, len, tmp.path);
+    }
+    if (crc32s != nullptr) crc32s->push_back(static_cast<uint32_t>(crc));
   }
 
   // 3. Commit: fsync, close, rename, fsync the directory so the rename itself is durable.

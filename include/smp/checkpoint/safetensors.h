@@ -53,9 +53,11 @@ struct SafetensorsHeader {
 // failure neither `path` (if it did not exist) nor the temporary file is left behind.
 // Throws smp::Error for a duplicate or reserved name, an undefined/sparse/meta tensor, a dtype
 // safetensors cannot represent (e.g. complex), or an I/O failure.
+// `crc32s`, when given, receives each tensor's CRC-32 (zlib's), computed as it is written.
 void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                      const std::map<std::string, std::string>& metadata = {});
+                      const std::map<std::string, std::string>& metadata = {},
+                      std::vector<uint32_t>* crc32s = nullptr);
 
 // Reads and validates only the header (and the file's size); no tensor data is read.
 SafetensorsHeader read_safetensors_header(const std::string& path);
