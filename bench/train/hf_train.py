@@ -20,8 +20,12 @@ def main():
                         embd_pdrop=0.0, attn_pdrop=0.0)
     config._attn_implementation = "sdpa"
     torch.manual_seed(t.get("seed", 1234))
-    model = GPT2LMHeadModel(config)
+    device = t.get("device", "cpu")
+    model = GPT2LMHeadModel(config).to(device)
     model.train()
+    # bf16 on a GPU: autocast, as a Hugging Face user would train (fp32 weights and optimizer).
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16,
+                              enabled=device == "cuda" and t.get("precision") == "bf16")
     opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=(t.get("beta1", 0.9), t.get("beta2", 0.95)),
                             weight_decay=t.get("weight_decay", 0.1))
     batch, seq, steps = t["global_batch"], t["seq_len"], t["steps"]
@@ -29,12 +33,17 @@ def main():
     for step in range(steps):
         if step == 1:
             start = time.perf_counter()
-        x = torch.randint(0, config.vocab_size, (batch, seq + 1))
-        out = model(input_ids=x[:, :-1], labels=x[:, :-1])
+        x = torch.randint(0, config.vocab_size, (batch, seq + 1), device=device)
+        with autocast:
+            out = model(input_ids=x[:, :-1], labels=x[:, :-1])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.get("grad_clip", 1.0))
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device == "cuda" and step == 0:
+            torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     print(f"RESULT_HF tokens_per_s={batch * seq * (steps - 1) / seconds:.1f}")
 

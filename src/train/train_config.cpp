@@ -98,6 +98,12 @@ Setters training_setters(TrainingConfig& t) {
        }},
       {"val_every", int_into("training.val_every", &t.val_every, 0)},
       {"val_batches", int_into("training.val_batches", &t.val_batches, 1)},
+      {"device",
+       [&t](const json& v) {
+         if (!v.is_string() || (v != "cpu" && v != "cuda")) bad("training.device", v, "\"cpu\", \"cuda\"");
+         t.device = v.get<std::string>();
+       }},
+      {"peak_tflops", real_into("training.peak_tflops", &t.peak_tflops, 0, 1e6)},
       {"prompt", string_into("training.prompt", &t.prompt)},
       {"sample_tokens", int_into("training.sample_tokens", &t.sample_tokens, 0)},
       {"temperature", real_into("training.temperature", &t.temperature, 0, 100)},

@@ -17,6 +17,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <nlohmann/json.hpp>
 #include <torch/optim/adamw.h>
 
@@ -129,6 +130,16 @@ std::string duration(double seconds) {
   return buf;
 }
 
+// The device this rank trains on: the CPU, or GPU local_rank % GPUs.
+at::Device training_device(const TrainingConfig& t) {
+  if (t.device == "cpu") return at::kCPU;
+  const int gpus = at::hasCUDA() ? static_cast<int>(at::detail::getCUDAHooks().deviceCount()) : 0;
+  if (gpus == 0) {
+    throw ConfigError("training.device \"cuda\": this machine has no CUDA device; allowed here: \"cpu\"");
+  }
+  return {at::kCUDA, static_cast<c10::DeviceIndex>(local_rank() % gpus)};
+}
+
 std::unique_ptr<torch::optim::AdamW> make_adamw(const DistributedModel& dmodel,
                                                 const TrainingConfig& t) {
   // Weight decay on matrices only; biases, norms and positions are left alone.
@@ -206,6 +217,7 @@ std::vector<std::pair<double, double>> curve_from_json(const json& j) {
 TrainSummary train(const TrainConfig& c) {
   const TrainingConfig& t = c.training;
   const bool lead = rank() == 0;
+  const at::Device device = training_device(t);  // before anything is written
   const int replicas = rdp_size();
   if (t.global_batch % replicas != 0) {
     throw ConfigError("training.global_batch (" + std::to_string(t.global_batch) +
@@ -235,6 +247,11 @@ TrainSummary train(const TrainConfig& c) {
   at::manual_seed(t.seed);
   models::Model model = models::build_model(c.model, tp::TpGroup(process_group(CommGroup::TP_GROUP)),
                                             /*separate_tied_head=*/pp_size() > 1);
+  for (auto& layer : model.layers) {  // built on the CPU from the seed, then moved (as Module::to)
+    for (auto& p : layer.parameters) {
+      if (p.device() != device) p.set_data(p.to(device));
+    }
+  }
   if (!model.tied_copies.empty() && config().shard_optimizer_state) {
     throw ConfigError("a tied embedding split across pipeline stages cannot use "
                       "shard_optimizer_state yet; set model.tie_embeddings false or pp to 1");
@@ -248,7 +265,7 @@ TrainSummary train(const TrainConfig& c) {
   const std::string resume_tag = ck.resume == "newest" ? "" : ck.resume;
   // Resuming under the same pipeline keeps the checkpoint's partition (as SMP does).
   if (ck.resume.empty() || !use_checkpoint_partition(ck.dir, dmodel, resume_tag)) {
-    dmodel.partition({at::zeros({batch / config().microbatches, t.seq_len}, at::kLong)});
+    dmodel.partition({at::zeros({batch / config().microbatches, t.seq_len}, at::kLong).to(device)});
   }
   print_startup(c, layer_names, dmodel, data, entropy);
   DistributedOptimizer optimizer(dmodel, make_adamw(dmodel, t));
@@ -297,7 +314,7 @@ TrainSummary train(const TrainConfig& c) {
       auto [x, y] = val_data.next();
       StepOptions eval;
       eval.train = false;
-      sum += step(dmodel, {x}, {y}, loss_fn, eval)[0].reduce_mean().item<double>();
+      sum += step(dmodel, {x.to(device)}, {y.to(device)}, loss_fn, eval)[0].reduce_mean().item<double>();
     }
     model.set_training(true);
     return replica_mean(sum / t.val_batches);
@@ -315,7 +332,7 @@ TrainSummary train(const TrainConfig& c) {
     auto [x, y] = train_data.next();
     StepOptions options;
     options.trace = s + 1 == t.steps;
-    const auto out = step(dmodel, {x}, {y}, loss_fn, options);
+    const auto out = step(dmodel, {x.to(device)}, {y.to(device)}, loss_fn, options);
     const double norm = t.grad_clip > 0 ? optimizer.clip_master_grads(t.grad_clip) : 0;
     optimizer.step();
     optimizer.zero_grad();
@@ -327,15 +344,20 @@ TrainSummary train(const TrainConfig& c) {
     summary.train_losses.push_back(loss);
     train_curve.emplace_back(s + 1, loss);
     const double rate = tokens_per_step / step_s;
+    const double mfu = t.peak_tflops > 0
+                           ? c.model.flops_per_token(t.seq_len) * rate / (t.peak_tflops * 1e12 * size())
+                           : 0;
     if (lead) {
-      std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | MFU n/a (CPU) "
+      char mfu_text[32] = "MFU n/a";
+      if (mfu > 0) std::snprintf(mfu_text, sizeof(mfu_text), "MFU %.1f%%", 100 * mfu);
+      std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %s "
                   "| mem %.0f MB/rank | ETA %s\n",
                   static_cast<long long>(s + 1), static_cast<long long>(t.steps), loss, lr, norm,
-                  rate, memory, duration(elapsed / (s + 1) * (t.steps - s - 1)).c_str());
+                  rate, mfu_text, memory, duration(elapsed / (s + 1) * (t.steps - s - 1)).c_str());
       std::fflush(stdout);
     }
     log_metrics({{"step", s + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
-                 {"tokens_per_s", rate}, {"max_rss_mb", memory}, {"time_s", elapsed},
+                 {"tokens_per_s", rate}, {"mfu", mfu}, {"max_rss_mb", memory}, {"time_s", elapsed},
                  {"overflow", optimizer.overflow()}});
     const bool last = s + 1 == t.steps;
     if (last || (t.val_every > 0 && (s + 1) % t.val_every == 0)) {
@@ -351,6 +373,9 @@ TrainSummary train(const TrainConfig& c) {
   const double total_s = std::chrono::duration<double>(Clock::now() - start).count();
   const int64_t timed_steps = t.steps - summary.first_step - 1;
   summary.tokens_per_s = step_seconds > 0 ? tokens_per_step * timed_steps / step_seconds : 0;
+  summary.mfu = t.peak_tflops > 0 ? c.model.flops_per_token(t.seq_len) * summary.tokens_per_s /
+                                        (t.peak_tflops * 1e12 * size())
+                                  : 0;
 
   // A sample from the prompt, one token at a time through the pipeline; every rank draws the
   // same token from the same generator.
@@ -365,12 +390,14 @@ TrainSummary train(const TrainConfig& c) {
   for (int64_t i = 0; i < t.sample_tokens; ++i) {
     const int64_t context = std::min<int64_t>(static_cast<int64_t>(tokens.size()), t.seq_len);
     at::Tensor ctx = at::tensor(std::vector<int64_t>(tokens.end() - context, tokens.end()), at::kLong)
-                         .view({1, context});
+                         .view({1, context})
+                         .to(device);
     StepOptions gen;
     gen.train = false;
     gen.microbatches = 1;
     const at::Tensor logits = step(dmodel, {ctx}, {}, last_logits, gen)[0].outputs()[0][0];
-    const at::Tensor probs = at::softmax(logits.to(at::kFloat) / std::max(t.temperature, 1e-6), -1);
+    const at::Tensor probs =
+        at::softmax(logits.to(at::kFloat).cpu() / std::max(t.temperature, 1e-6), -1);
     tokens.push_back(static_cast<int>(at::multinomial(probs, 1, false, generator).item<int64_t>()));
   }
   summary.sample = tokenizer->decode(std::vector<int>(tokens.begin(), tokens.end()));
@@ -405,6 +432,7 @@ TrainSummary train(const TrainConfig& c) {
                     json{{"final_train_loss", summary.train_losses.back()},
                          {"final_val_loss", summary.final_val_loss},
                          {"unigram_entropy", entropy}, {"tokens_per_s", summary.tokens_per_s},
+                         {"mfu", summary.mfu}, {"device", t.device},
                          {"steps", t.steps}, {"seconds", total_s},
                          {"layout", {{"world", size()}, {"pp", pp_size()}, {"tp", tp_size()}, {"dp", rdp_size()}}},
                          {"prompt_tokens", prompt_tokens}}

@@ -42,6 +42,8 @@ struct TrainingConfig {
   uint64_t seed = 1234;
   int64_t val_every = 50;      // steps between validation losses; 0: only at the end
   int64_t val_batches = 4;
+  std::string device = "cpu";  // "cpu" | "cuda" (GPU local_rank % GPUs on each rank)
+  double peak_tflops = 0;      // the device's peak (e.g. 989 for an H100's dense bf16): MFU; 0: n/a
   std::string prompt = "\n";     // the sample at the end starts here
   int64_t sample_tokens = 200;
   double temperature = 0.8;

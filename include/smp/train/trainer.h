@@ -27,6 +27,7 @@ struct TrainSummary {
   double final_val_loss = 0;
   double unigram_entropy = 0;        // of the training tokens, in nats
   double tokens_per_s = 0;           // training steps after the first, validation excluded
+  double mfu = 0;                    // model FLOPs utilisation (training.peak_tflops; 0: n/a)
   std::string sample;
   std::string run_dir;
 };
