@@ -80,7 +80,8 @@ class DistributedOptimizer {
   // drops), else updates this rank's slice and, when sharded, all-gathers the parameters over
   // DP_GROUP / RDP_GROUP. Throws smp::Error before the model's first smp::step.
   void step();
-  // Drops the gradients (torch's zero_grad(set_to_none = true)). Not collective.
+  // Zeroes the gradients in place (torch's zero_grad(set_to_none = false)): each .grad stays a
+  // view into the flat gradient buffer, so backward accumulates there directly. Not collective.
   void zero_grad();
   // Whether the last step() (or clip_master_grads) found an inf/nan gradient (fp16 only).
   bool overflow() const;

@@ -300,7 +300,17 @@ void GradientReducer::finish() {
 }
 
 void GradientReducer::zero_grad() {
-  for (ReducedParam& p : params_) p.tensor.mutable_grad() = at::Tensor();
+  // Zeroes the flat buffer and leaves every .grad a view of its slot: the next backward
+  // accumulates straight into place (no fresh allocation, no copy into the slot).
+  flat_grads_.zero_();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor& p = params_[i].tensor;
+    const Slot& s = layout_.slot(static_cast<int>(i));
+    const at::Tensor slot = flat_grads_.narrow(0, s.offset, s.numel);
+    if (!p.grad().defined() || p.grad().data_ptr() != slot.data_ptr()) {
+      p.mutable_grad() = slot.view(p.sizes());
+    }
+  }
 }
 
 }  // namespace smp::dp

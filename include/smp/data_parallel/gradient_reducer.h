@@ -88,9 +88,9 @@ class GradientReducer {
   // This rank's rank in DP_GROUP / RDP_GROUP, and the communicator of a bucket's group.
   int rank_in(ReduceGroup group) const;
   comm::Communicator& communicator(ReduceGroup group) const;
-  // Drops every .grad (torch's set_to_none): backward then makes fresh gradients and each is
-  // copied into its slot once final. (Cheaper than zeroing the buckets and accumulating into
-  // them: one copy instead of a zero fill plus a read-modify-write.)
+  // Zeroes the flat gradient buffer and makes every .grad a view of its slot, so backward
+  // accumulates in place. (Dropping the gradients instead costs a fresh allocation per
+  // gradient — fresh pages, page faults — and a copy into the slot each step.)
   void zero_grad();
   int64_t steps_finished() const { return steps_finished_; }
   // The loss scale the last finished step's gradients carry.
