@@ -44,10 +44,10 @@ struct DistributedModelOptions {
   bool overlapping_allreduce = true;
   // Parameters that are copies of a parameter another pipeline stage holds, copy -> original
   // ("head.weight" -> "embed.wte.weight": GPT-2's tied head when embedding and head are stages
-  // apart). smp::step sums each pair's gradients over the pipeline group, so both take the
-  // same update; gradient norms count such a copy once, on the other stage;
-  // checkpoints store the original only and load copies from it. (Not with
-  // shard_optimizer_state yet: the two stages' gradient shards do not line up.)
+  // apart). Each pair's gradients are summed over the pipeline group, so both take the same
+  // update (after the data-parallel reduction; with shard_optimizer_state, before it, as the
+  // two stages' shards do not line up); gradient norms count such a copy once, on the other
+  // stage; checkpoints store the original only and load copies from it.
   std::map<std::string, std::string> tied_copies;
   // When set, every step writes a Chrome-trace/Perfetto JSON of each rank's actions here
   // (timeline_rank<r>.json), and step_stats() reports the measured bubble.
@@ -118,12 +118,14 @@ class DistributedModel {
   pipeline::Executor& executor_for(int num_microbatches, bool train);
   const pipeline::Schedule& schedule_for(int num_microbatches, bool train);
   void record_step(const pipeline::ExecutorResult& result, const pipeline::Schedule& schedule);
-  // After the gradients are reduced: each tied copy and its original get the sum of their
-  // gradients (point-to-point over the pipeline group), so both take the same update.
+  // After the gradients are reduced (smp::step): each tied copy and its original get the sum
+  // of their gradients, point-to-point over the pipeline group. With shard_optimizer_state the
+  // reducer has done it before reducing, and this does nothing.
   void sum_tied_gradients();
 
  private:
   void keep_own_stages();  // after partition_ is set: drop other stages' layers, build the reducer
+  void sum_tied_slots();   // the sum, on the reducer's gradient slots
 
   std::vector<pipeline::Layer> layers_;
   DistributedModelOptions options_;

@@ -198,7 +198,10 @@ void GradientReducer::begin_step(int num_microbatches, double loss_scale) {
   armed_.assign(stages_.size(), 0);
   ready_.assign(params_.size(), 0);
   pending_.clear();
-  for (const Bucket& b : layout_.buckets()) pending_.push_back(static_cast<int>(b.params.size()));
+  for (size_t b = 0; b < layout_.buckets().size(); ++b) {
+    const int params = static_cast<int>(layout_.buckets()[b].params.size());
+    pending_.push_back(params + (b < held_.size() && held_[b] ? 1 : 0));  // a held one never hits 0
+  }
   next_[0] = next_[1] = 0;
   works_.clear();
   stats_ = ReducerStats{};
@@ -277,6 +280,7 @@ void GradientReducer::finish() {
       copy_into_slot(static_cast<int>(i));
     }
   }
+  if (finish_hook_) finish_hook_();
   // The rest, in bucket order per group (the same order on every rank).
   for (int g = 0; g < 2; ++g) {
     for (; next_[g] < static_cast<int>(order_[g].size()); ++next_[g]) launch(order_[g][next_[g]]);
@@ -297,6 +301,17 @@ void GradientReducer::finish() {
   in_step_ = false;
   grads_loss_scale_ = step_loss_scale_;
   ++steps_finished_;
+}
+
+void GradientReducer::hold_until_finish(const std::vector<int>& params, std::function<void()> hook) {
+  held_.assign(layout_.buckets().size(), 0);
+  for (int p : params) held_[layout_.slot(p).bucket] = 1;
+  finish_hook_ = std::move(hook);
+}
+
+at::Tensor GradientReducer::grad_slot(int param) const {
+  const Slot& s = layout_.slot(param);
+  return flat_grads_.narrow(0, s.offset, s.numel).view(params_[param].tensor.sizes());
 }
 
 void GradientReducer::zero_grad() {

@@ -134,6 +134,16 @@ void DistributedModel::keep_own_stages() {
   reducer_options.bucket_cap_mb = options_.bucket_cap_mb;
   reducer_options.overlapping = options_.overlapping_allreduce;
   reducer_ = std::make_unique<dp::GradientReducer>(std::move(params), reducer_options);
+  if (!options_.tied_copies.empty() && reducer_->sharded()) {
+    std::vector<int> tied;
+    for (size_t i = 0; i < reducer_->params().size(); ++i) {
+      const std::string& name = reducer_->params()[i].name;
+      for (const auto& [copy, original] : options_.tied_copies) {
+        if (name == copy || name == original) tied.push_back(static_cast<int>(i));
+      }
+    }
+    reducer_->hold_until_finish(tied, [this] { sum_tied_slots(); });
+  }
 }
 
 dp::GradientReducer& DistributedModel::gradient_reducer() {
@@ -262,31 +272,32 @@ int pp_rank_of(const std::string& name, const std::vector<Layer>& layers, const 
 }  // namespace
 
 void DistributedModel::sum_tied_gradients() {
-  if (options_.tied_copies.empty()) return;
-  if (reducer_->sharded()) {
-    throw ConfigError("tied_copies across pipeline stages cannot be used with shard_optimizer_state yet");
-  }
-  std::map<std::string, at::Tensor> local;
-  for (const LocalParameter& p : local_parameter_info()) local[p.name] = p.tensor;
+  if (!options_.tied_copies.empty() && !reducer_->sharded()) sum_tied_slots();
+}
+
+void DistributedModel::sum_tied_slots() {
+  std::map<std::string, int> index;
+  for (size_t i = 0; i < reducer_->params().size(); ++i) index[reducer_->params()[i].name] = static_cast<int>(i);
+  auto grad = [&](const std::string& name) { return reducer_->grad_slot(index.at(name)); };
   comm::Communicator& pipe = smp::process_group(CommGroup::PP_GROUP);
   for (const auto& [copy, original] : options_.tied_copies) {
     const int a = pp_rank_of(original, layers_, *partition_);
     const int b = pp_rank_of(copy, layers_, *partition_);
     if (a == b) {
       if (pipe.rank() != a) continue;
-      at::Tensor sum = local.at(original).mutable_grad().add(local.at(copy).mutable_grad());
-      local.at(original).mutable_grad().copy_(sum);
-      local.at(copy).mutable_grad().copy_(sum);
+      const at::Tensor sum = grad(original).add(grad(copy));
+      grad(original).copy_(sum);
+      grad(copy).copy_(sum);
       continue;
     }
     if (pipe.rank() != a && pipe.rank() != b) continue;
-    at::Tensor grad = local.at(pipe.rank() == a ? original : copy).mutable_grad();
+    at::Tensor mine = grad(pipe.rank() == a ? original : copy);
     const int peer = pipe.rank() == a ? b : a;
     constexpr int kTag = 7;
     comm::Work got = pipe.recv(peer, kTag);
-    pipe.send(grad.contiguous(), peer, kTag).wait();
+    pipe.send(mine.contiguous(), peer, kTag).wait();
     got.wait();
-    grad.add_(got.result());
+    mine.add_(got.result());
   }
 }
 

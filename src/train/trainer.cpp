@@ -252,10 +252,6 @@ TrainSummary train(const TrainConfig& c) {
       if (p.device() != device) p.set_data(p.to(device));
     }
   }
-  if (!model.tied_copies.empty() && config().shard_optimizer_state) {
-    throw ConfigError("a tied embedding split across pipeline stages cannot use "
-                      "shard_optimizer_state yet; set model.tie_embeddings false or pp to 1");
-  }
   std::vector<std::string> layer_names;
   for (const auto& layer : model.layers) layer_names.push_back(layer.name);
   DistributedModelOptions model_options;

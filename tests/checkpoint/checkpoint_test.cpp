@@ -159,6 +159,7 @@ TEST(Checkpoint, ResumesUnderEveryOtherLayout) {
            {R"({"pipeline_parallel_degree": 4, "microbatches": 4})", 1},
            {R"({"tensor_parallel_degree": 4, "ddp": true})", 1},
            {R"({"tensor_parallel_degree": 2, "ddp": true, "shard_optimizer_state": true})", 1},
+           {R"({"pipeline_parallel_degree": 2, "ddp": true, "microbatches": 2, "shard_optimizer_state": true})", 1},
            {R"({"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true, "microbatches": 2})", 2}};
   } else {
     GTEST_SKIP() << "needs 2 or 4 ranks";

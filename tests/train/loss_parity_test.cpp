@@ -91,6 +91,8 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
     layouts = {{R"({"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true,
                    "microbatches": 2})", "pp2_tp2"},
                {R"({"pipeline_parallel_degree": 2, "ddp": true, "microbatches": 2})", "pp2_dp2"},
+               {R"({"pipeline_parallel_degree": 2, "ddp": true, "microbatches": 2,
+                   "shard_optimizer_state": true})", "pp2_dp2_zero1_tied_head"},
                {R"({"tensor_parallel_degree": 2, "ddp": true, "shard_optimizer_state": true})",
                 "tp2_dp2_zero1"}};
   }

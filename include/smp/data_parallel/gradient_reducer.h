@@ -20,6 +20,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -74,6 +75,13 @@ class GradientReducer {
   // .grad is a view of its averaged slot in flat_grads(); sharded: shard_grads() holds this
   // rank's averaged slices, .grad the local (unreduced) gradient.
   void finish();
+  // Holds back the buckets holding `params` (indices) until finish(), which first runs `hook`
+  // with every slot of flat_grads() filled but nothing reduced, then reduces them: for work that
+  // must see the local gradients before the reduction (tied copies under ZeRO-1, whose shards
+  // of the two stages do not line up after it).
+  void hold_until_finish(const std::vector<int>& params, std::function<void()> hook);
+  // Parameter `param`'s gradient slot in flat_grads(), shaped like the parameter.
+  at::Tensor grad_slot(int param) const;
   // The dtype the parameters and the model's floating inputs have (fp32, fp16 or bf16).
   at::ScalarType param_dtype() const { return dtype_; }
 
@@ -133,6 +141,8 @@ class GradientReducer {
   int next_[2] = {0, 0};                 // next bucket to launch, per reduce group
   std::vector<std::vector<int>> order_;  // buckets of each group, in launch order
   std::vector<comm::Work> works_;
+  std::vector<char> held_;                // by bucket: launched only in finish()
+  std::function<void()> finish_hook_;     // runs in finish() before the held buckets
 
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // the hooked nodes
   std::vector<uintptr_t> hook_keys_;
