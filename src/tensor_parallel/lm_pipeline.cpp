@@ -69,17 +69,9 @@ std::vector<pipeline::Layer> DistributedTransformerLMHead::pipeline_layers(
   return out;
 }
 
-void DistributedTransformerLMHead::all_reduce_tied_grads(comm::Communicator& pp_group) {
-  if (!head_weight.defined()) return;
-  at::Tensor word = embedding->word_embeddings->weight;
-  at::Tensor sum = at::zeros_like(word);
-  for (const at::Tensor& t : {word, head_weight}) {
-    if (t.grad().defined()) sum.add_(t.grad());
-  }
-  pp_group.all_reduce(sum).wait();
-  for (at::Tensor t : {word, head_weight}) {
-    if (t.grad().defined()) t.mutable_grad().copy_(sum);
-  }
+std::map<std::string, std::string> DistributedTransformerLMHead::tied_copies() const {
+  if (!head_weight.defined()) return {};
+  return {{"lm_head.weight", "embedding.word_embeddings.weight"}};
 }
 
 }  // namespace smp::nn

@@ -2,7 +2,7 @@
 // a pipeline Layer, trained through smp::DistributedModel / smp::step against one process.
 // Layouts: tp = world (pp = 1); on 4 ranks also tp = 2 with two replicas, and pp = 2 x tp = 2
 // split by hand and automatically (the tied head in the last stage keeps its own copy, kept
-// equal by all_reduce_tied_grads).
+// equal by smp::step, through DistributedModelOptions::tied_copies).
 // Under optimize "speed" and "memory": loss every step, every local gradient on the first, the
 // parameters after 3 SGD steps; gradients of replicated parameters identical across the group.
 #include <gtest/gtest.h>
@@ -82,7 +82,10 @@ void check_layout(int pp, int tp, const std::string& optimize, bool automatic = 
   for (auto& [name, p] : ref) ref_list.push_back(p);
   auto dims = tp::tp_shard_dims(*lm);
 
-  DistributedModel model(lm->pipeline_layers(/*separate_head_weight=*/pp > 1));
+  std::vector<pipeline::Layer> layers = lm->pipeline_layers(/*separate_head_weight=*/pp > 1);
+  DistributedModelOptions options;
+  options.tied_copies = lm->tied_copies();
+  DistributedModel model(std::move(layers), options);
   for (auto [layer, stage] :
        {std::pair{"embedding", 0}, {"layer_0", 0}, {"layer_1", pp - 1}, {"lm_head", pp - 1}}) {
     if (!automatic) model.set_partition(layer, stage);
@@ -94,7 +97,6 @@ void check_layout(int pp, int tp, const std::string& optimize, bool automatic = 
     const at::Tensor ref_loss = ref_lm_loss(ref, ids, keep, labels, 2, ref_of_lm());
     ref_loss.backward();
     const std::vector<StepOutput> out = step(model, {ids, keep}, {labels}, loss_fn);
-    lm->all_reduce_tied_grads(process_group(CommGroup::PP_GROUP));
     EXPECT_TRUE(close(out.at(0).reduce_mean(), ref_loss.detach(), kTol)) << "loss, step " << it;
     std::vector<at::Tensor> local;
     std::set<const void*> seen;  // the tied weight is listed by two layers when pp = 1

@@ -4,9 +4,13 @@
 //
 // As pipeline layers (pipeline_layers): "embedding", "layer_<i>", "lm_head". The tied weight
 // cannot sit in two pipeline stages, so with pp > 1 ask for a separate head weight (Megatron's
-// approach): it starts equal to the word embedding, and after each step
-// all_reduce_tied_grads(PP_GROUP) sums the two copies' gradients so they stay equal.
+// approach): it starts equal to the word embedding; pass tied_copies() to the
+// DistributedModel (DistributedModelOptions::tied_copies) and smp::step sums the two copies'
+// gradients so they stay equal.
 #pragma once
+
+#include <map>
+#include <string>
 
 #include "smp/tensor_parallel/nn.h"
 
@@ -50,10 +54,9 @@ class DistributedTransformerLMHead : public tp::TpModule {
   // {ids, attention_mask}; output of "lm_head": {logits} (without add_lm_head: {hidden}, the
   // final norm applied). Call once.
   std::vector<pipeline::Layer> pipeline_layers(bool separate_head_weight);
-  // Collective over `pp_group`: sums the word embedding's and the separate head weight's
-  // gradients (each counted where defined, i.e. where its stage lives) and gives every copy
-  // the sum. A no-op without a separate head weight.
-  void all_reduce_tied_grads(comm::Communicator& pp_group);
+  // For DistributedModelOptions::tied_copies: {"lm_head.weight": "embedding.word_embeddings.weight"}
+  // once pipeline_layers(true) made a separate head weight; empty otherwise.
+  std::map<std::string, std::string> tied_copies() const;
 
   int64_t vocab_size() const { return vocab_size_; }
   std::shared_ptr<LMEmbedding> embedding;
