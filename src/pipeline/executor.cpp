@@ -88,6 +88,9 @@ class Run {
     const int m = static_cast<int>(data.inputs.size());
     result_.returned.resize(schedule.num_stages - 1 == last_local_stage() ? m : 0);
     device_ = find_device();
+    for (const Action& a : schedule.per_rank[pipe.rank()]) {
+      if (a.kind == ActionKind::kBackward || a.kind == ActionKind::kBackwardInput) has_backward_ = true;
+    }
   }
 
   ExecutorResult go() {
@@ -179,7 +182,8 @@ class Run {
 
   void forward(const Key& key) {
     const auto [stage, mb] = key;
-    Saved& saved = saved_[key];
+    Saved scratch;  // forward-only steps keep nothing past the forward
+    Saved& saved = has_backward_ ? saved_[key] : scratch;
     if (stage == 0) {
       saved.inputs = data_.inputs.at(mb);
     } else {
@@ -288,6 +292,7 @@ class Run {
   Clock::time_point start_;
   ExecutorResult result_;
   at::Device device_ = at::kCPU;
+  bool has_backward_ = false;  // this rank's schedule runs backwards (else nothing is saved)
 
   std::map<Key, Saved> saved_;
   std::map<Key, Values> acts_in_;      // forward inputs that arrived, by (stage, microbatch)
