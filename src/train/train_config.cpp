@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "smp/error.h"
+#include "smp/files.h"
+#include "smp/models/hf.h"
 #include "smp/suggest.h"
 
 namespace smp::train {
@@ -122,6 +124,38 @@ Setters checkpoint_setters(CheckpointConfig& k) {
           {"resume", string_into("checkpoint.resume", &k.resume)}};
 }
 
+// {"name": ..., overrides} or {"from_hf": folder[, "dropout": p]}.
+void model_section(const json& v, TrainConfig& c) {
+  if (!v.is_object() || !v.contains("from_hf")) {
+    c.model = models::model_config_from_json(v);
+    return;
+  }
+  for (const auto& [key, value] : v.items()) {
+    if (key != "from_hf" && key != "dropout") {
+      bad("model." + key, value, "only \"dropout\" beside \"from_hf\" (the folder's config.json "
+                                 "gives the architecture)");
+    }
+  }
+  if (!v["from_hf"].is_string()) bad("model.from_hf", v["from_hf"], "a folder path");
+  c.init_from_hf = v["from_hf"].get<std::string>();
+  const std::string path = c.init_from_hf + "/config.json";
+  json hf;
+  try {
+    hf = json::parse(files::read_file(path));
+  } catch (const Error& e) {
+    throw ConfigError(std::string("model.from_hf: ") + e.what());
+  } catch (const json::exception& e) {
+    throw ConfigError("model.from_hf: " + path + " is not valid JSON: " + e.what());
+  }
+  c.model = models::model_config_from_hf(hf);
+  if (v.contains("dropout")) {
+    if (!v["dropout"].is_number() || v["dropout"].get<double>() < 0 || v["dropout"].get<double>() >= 1) {
+      bad("model.dropout", v["dropout"], "0 <= dropout < 1");
+    }
+    c.model.dropout = v["dropout"].get<double>();
+  }
+}
+
 }  // namespace
 
 TrainConfig TrainConfig::from_json_string(const std::string& text) {
@@ -134,7 +168,7 @@ TrainConfig TrainConfig::from_json_string(const std::string& text) {
   TrainConfig c;
   json smp_section = json::object();
   apply("", root,
-        {{"model", [&](const json& v) { c.model = models::model_config_from_json(v); }},
+        {{"model", [&](const json& v) { model_section(v, c); }},
          {"data", [&](const json& v) { apply("data", v, data_setters(c.data)); }},
          {"training", [&](const json& v) { apply("training", v, training_setters(c.training)); }},
          {"checkpoint", [&](const json& v) { apply("checkpoint", v, checkpoint_setters(c.checkpoint)); }},

@@ -61,11 +61,15 @@ std::pair<std::vector<std::string>, std::vector<std::string>> list_shards(const 
 
 json config_json(const TrainConfig& c) {
   const auto& t = c.training;
-  return {{"model", {{"name", c.model.name}, {"num_layers", c.model.num_layers},
-                     {"num_heads", c.model.num_heads}, {"hidden", c.model.hidden},
-                     {"ffn_hidden", c.model.ffn_hidden}, {"vocab_size", c.model.vocab_size},
-                     {"max_seq_len", c.model.max_seq_len}, {"dropout", c.model.dropout},
-                     {"tie_embeddings", c.model.tie_embeddings}}},
+  const json model = c.init_from_hf.empty()
+      ? json{{"name", c.model.name}, {"num_layers", c.model.num_layers},
+             {"num_heads", c.model.num_heads}, {"hidden", c.model.hidden},
+             {"ffn_hidden", c.model.ffn_hidden}, {"vocab_size", c.model.vocab_size},
+             {"max_seq_len", c.model.max_seq_len}, {"dropout", c.model.dropout},
+             {"tie_embeddings", c.model.tie_embeddings}}
+      : json{{"from_hf", c.init_from_hf}, {"dropout", c.model.dropout}};
+  const auto& k = c.checkpoint;
+  return {{"model", model},
           {"data", {{"text", c.data.text}, {"shards_dir", c.data.shards_dir},
                     {"vocab_json", c.data.vocab_json}, {"merges_txt", c.data.merges_txt},
                     {"val_fraction", c.data.val_fraction}}},
@@ -75,7 +79,10 @@ json config_json(const TrainConfig& c) {
                         {"beta1", t.beta1}, {"beta2", t.beta2}, {"grad_clip", t.grad_clip},
                         {"precision", t.precision}, {"seed", t.seed}, {"val_every", t.val_every},
                         {"val_batches", t.val_batches}, {"prompt", t.prompt},
-                        {"sample_tokens", t.sample_tokens}, {"temperature", t.temperature}}},
+                        {"sample_tokens", t.sample_tokens}, {"temperature", t.temperature},
+                        {"device", t.device}, {"peak_tflops", t.peak_tflops}}},
+          {"checkpoint", {{"dir", k.dir}, {"every", k.every}, {"keep", k.keep},
+                          {"full_at_end", k.full_at_end}, {"resume", k.resume}}},
           {"smp", c.smp.to_json()},
           {"run_dir", c.run_dir}};
 }
@@ -247,6 +254,7 @@ TrainSummary train(const TrainConfig& c) {
   at::manual_seed(t.seed);
   models::Model model = models::build_model(c.model, tp::TpGroup(process_group(CommGroup::TP_GROUP)),
                                             /*separate_tied_head=*/pp_size() > 1);
+  if (!c.init_from_hf.empty()) models::load_hf(c.init_from_hf, model);  // fine-tuning
   for (auto& layer : model.layers) {  // built on the CPU from the seed, then moved (as Module::to)
     for (auto& p : layer.parameters) {
       if (p.device() != device) p.set_data(p.to(device));

@@ -2,7 +2,8 @@
 # smp-train end to end: a short pp=2 x tp=2 run writes everything it promises into its run
 # directory; bad input (missing data, a corrupt shard, a config error, a layout that does not
 # fit the ranks, a sequence longer than the model's positions) ends every rank quickly with a
-# clear message and a non-zero exit, leaving nothing half-written.
+# clear message and a non-zero exit, leaving nothing half-written. A run fine-tunes from the
+# Hugging Face folder an earlier run saved (model.from_hf) and starts from its trained loss.
 #   smp_train_test.sh <smp-train> <mpiexec>
 set -u
 train=$1
@@ -61,6 +62,26 @@ if [ "$rc" -ne 0 ]; then echo "FAIL good: exit $rc"; echo "$out"; failed=1; else
   echo "ok   good: a pp=2 x tp=2 run wrote its run directory"
 fi
 
+# --- fine-tuning from a Hugging Face folder: the good run's full checkpoint ---------------------
+cat > "$work/from_hf.json" <<JSON
+{"model": {"from_hf": "$work/runs/hf_source/checkpoints/final"},
+ "data": {"text": "$work/text.txt"},
+ "training": {"steps": 2, "global_batch": 8, "seq_len": 32, "val_every": 0, "val_batches": 1,
+              "sample_tokens": 0},
+ "smp": {"tensor_parallel_degree": 2, "ddp": true}, "run_dir": "$work/runs/from_hf"}
+JSON
+config hf_source '{}' ', "steps": 30, "lr": 0.003' && sed -i 's/"smp": {}/"checkpoint": {"full_at_end": true}, "smp": {}/' "$work/hf_source.json"
+run hf_source 1
+[ "$rc" -eq 0 ] || { echo "FAIL hf_source: exit $rc"; echo "$out"; failed=1; }
+run from_hf 2
+first_loss() { python3 -c "import json,sys; print([json.loads(l)['loss'] for l in open(sys.argv[1]) if '\"loss\"' in l][0])" "$1"; }
+if [ "$rc" -ne 0 ]; then echo "FAIL from_hf: exit $rc"; echo "$out"; failed=1; else
+  fresh=$(first_loss "$work/runs/hf_source/metrics.jsonl"); tuned=$(first_loss "$work/runs/from_hf/metrics.jsonl")
+  if python3 -c "import sys; sys.exit(0 if $tuned < $fresh - 0.5 else 1)"; then
+    echo "ok   from_hf: starts at loss $tuned from the trained weights (a fresh model: $fresh)"
+  else echo "FAIL from_hf: first loss $tuned, not well below a fresh model's $fresh"; failed=1; fi
+fi
+
 # --- bad input ------------------------------------------------------------------------------
 config missing '{}' "" "{\"text\": \"$work/no_such.txt\"}"
 expect_failure missing 2 "cannot read the text file $work/no_such.txt"
@@ -71,6 +92,9 @@ cp "$work/runs/good/data/val_000.bin" "$work/shards/val_000.bin"
 printf '\x01\x02\x03\x04' | dd of="$work/shards/train_000.bin" bs=1 seek=0 conv=notrunc 2>/dev/null
 config corrupt '{}' "" "{\"shards_dir\": \"$work/shards\"}"
 expect_failure corrupt 2 "train_000.bin: magic is"
+
+sed "s|runs/hf_source/checkpoints/final|no_such_folder|; s|runs/from_hf|runs/bad_hf|" "$work/from_hf.json" > "$work/bad_hf.json"
+expect_failure bad_hf 2 "model.from_hf: cannot open $work/no_such_folder/config.json"
 
 config typo '{"pipeline_parallel_degre": 2}' ""
 expect_failure typo 2 'did you mean "pipeline_parallel_degree"'

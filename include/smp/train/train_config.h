@@ -2,7 +2,7 @@
 // hyperparameters and SMP's parallel keys.
 //
 //   {
-//     "model": {"name": "tiny", "num_layers": 4},
+//     "model": {"name": "tiny", "num_layers": 4},     (or {"from_hf": "<folder>"})
 //     "data": {"text": "corpus.txt", "val_fraction": 0.05},
 //     "training": {"steps": 200, "global_batch": 32, "seq_len": 64, "lr": 3e-3, ...},
 //     "checkpoint": {"every": 100, "keep": 2, "full_at_end": true, "resume": "newest"},
@@ -66,6 +66,10 @@ struct TrainConfig {
   CheckpointConfig checkpoint;
   Config smp;                    // SMP's parallel keys
   std::string run_dir = "runs/smp-train";
+  // "model": {"from_hf": "<folder>"}: a Hugging Face GPT-2 / LLaMA folder (config.json,
+  // model.safetensors) gives the architecture and the starting weights (fine-tuning); only
+  // "dropout" may be set beside it.
+  std::string init_from_hf;
 
   // Throws smp::ConfigError naming the section, key, value and what is allowed: unknown keys
   // (with the nearest valid one), bad types and ranges, global_batch not divisible by
