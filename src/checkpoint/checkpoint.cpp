@@ -297,7 +297,9 @@ void load_parameters(ShardIndex& index, const std::vector<Placed>& placed, bool 
   at::NoGradGuard no_grad;
   std::vector<std::string> missing;
   for (const Placed& p : placed) {
-    const std::string key = "model/" + p.name;
+    // Mixed precision: the fp32 master is the exact value (the bf16/fp16 weight is its rounding).
+    const std::string master = "optim/" + p.name + "/fp32_master";
+    const std::string key = index.contains(master) ? master : "model/" + p.name;
     if (!index.contains(key)) {
       missing.push_back(p.name);
       continue;

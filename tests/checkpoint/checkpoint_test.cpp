@@ -91,7 +91,8 @@ std::vector<std::string> layouts() {
     case 1: return {"{}"};
     case 2: return {R"({"pipeline_parallel_degree": 2, "microbatches": 2})",
                     R"({"tensor_parallel_degree": 2, "ddp": true})",
-                    R"({"ddp": true, "shard_optimizer_state": true})"};
+                    R"({"ddp": true, "shard_optimizer_state": true})",
+                    R"({"ddp": true, "shard_optimizer_state": true, "bf16": true})"};
     default: return {R"({"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true,
                          "microbatches": 2})",
                      R"({"tensor_parallel_degree": 2, "ddp": true, "shard_optimizer_state": true})",
