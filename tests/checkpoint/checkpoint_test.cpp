@@ -329,6 +329,27 @@ TEST(Checkpoint, UnfinishedSaveIsSkippedAndOldOnesArePruned) {
   shutdown();
 }
 
+// smp::save / smp::load: each rank's own file under SMP's suffixes, or one whole file.
+TEST(Checkpoint, SaveAndLoadUseSmpSuffixes) {
+  init(Config::from_json_string(layouts()[0]));
+  const std::string dir = shared_dir();
+  const at::Tensor mine = at::full({3}, static_cast<double>(rank()));
+  save({{"x", mine}}, dir + "/state", true, {{"rank", rank()}});
+  EXPECT_TRUE(files::exists(dir + "/state_" + std::to_string(pp_rank()) + "_" + std::to_string(tp_rank())));
+  nlohmann::json extra;
+  const auto back = load(dir + "/state", true, &extra);
+  EXPECT_TRUE(at::equal(back.at("x"), mine));
+  EXPECT_EQ(extra["rank"], rank());
+  barrier();
+  if (rank() == 0) save({{"y", at::arange(4)}}, dir + "/whole.safetensors", false);
+  barrier();
+  EXPECT_TRUE(at::equal(load(dir + "/whole.safetensors", false).at("y"), at::arange(4)));
+  const std::string message = error_of([&] { load(dir + "/absent"); });
+  EXPECT_NE(message.find(dir + "/absent_"), std::string::npos) << message;
+  cleanup(dir);
+  shutdown();
+}
+
 TEST(Checkpoint, BadInputIsRefused) {
   init(Config::from_json_string(layouts()[0]));
   const std::string dir = shared_dir();

@@ -1,5 +1,6 @@
 // SMP's checkpoints: save_checkpoint / resume_from_checkpoint, partial (a shard per rank) and
-// full (consolidated, Hugging Face-compatible when the model says how), reshardable on load.
+// full (consolidated, Hugging Face-compatible when the model says how), reshardable on load;
+// and SMP's smp.save / smp.load of a rank's own tensors.
 //
 //   smp::save_checkpoint("ckpt", "step_100", /*partial=*/true, model, &optimizer,
 //                        {{"step", 100}}, /*num_kept_partial_checkpoints=*/3);
@@ -74,6 +75,19 @@ nlohmann::json resume_from_checkpoint(const std::string& path, DistributedModel&
                                       bool partial = true, bool strict = true,
                                       bool load_optimizer = true,
                                       const FullCheckpointFormat& format = {});
+
+// SMP's smp.save / smp.load for tensors (a state dict) with optional JSON (`extra`, kept in
+// the safetensors metadata). Not collective: the calling rank reads or writes (SMP's users call
+// save on rdp_rank() == 0). partial: the file is this rank's, `path` with SMP's suffixes
+// appended, "_<pp_rank>_<tp_rank>", and "_<rdp_rank>" with shard_optimizer_state; full: `path`
+// itself. Atomic writes (save_safetensors); errors name the file.
+void save(const std::map<std::string, at::Tensor>& tensors, const std::string& path,
+          bool partial = true, const nlohmann::json& extra = nullptr);
+// Returns the tensors; `extra`, when given, receives the JSON saved with them (null if none).
+std::map<std::string, at::Tensor> load(const std::string& path, bool partial = true,
+                                       nlohmann::json* extra = nullptr);
+// The file save/load use on this rank: `path`, with SMP's suffixes when partial.
+std::string rank_path(const std::string& path, bool partial = true);
 
 // Partitions a model not partitioned yet the way checkpoint `tag` (empty: the newest) was, when
 // the checkpoint's pipeline has as many stages over the same pp and the same layers; returns
