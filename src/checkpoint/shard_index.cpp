@@ -208,14 +208,14 @@ void ShardIndex::read_flat(const std::string& key, const Shape& offsets, const S
   for (const Piece& p : e.pieces) {  // the same layout: this very slice was saved
     if (p.offsets == offsets && p.shape == rect_shape && !p.whole_rectangle() &&
         p.flat_start == flat_start && p.flat_numel == out.numel() && out.is_contiguous() &&
-        dtype_of(p) == out.scalar_type()) {
+        out.device().is_cpu() && dtype_of(p) == out.scalar_type()) {
       read_piece(p, out);
       return;
     }
   }
   const std::string cache_key = key + "|" + describe(offsets, rect_shape);
   if (cache_key != cached_key_ || cached_.scalar_type() != out.scalar_type()) {
-    cached_ = at::zeros(rect_shape, out.options());
+    cached_ = at::zeros(rect_shape, at::TensorOptions().dtype(out.scalar_type()));  // host
     read_region(key, offsets, cached_);
     cached_key_ = cache_key;
   }
