@@ -99,6 +99,10 @@ class DistributedModel {
     pipeline::TpShard tp_shard;  // where it sits in the whole tensor
   };
   std::vector<LocalParameter> local_parameter_info() const;
+  // The extra state of this rank's layers (Layer::get_state), "<layer>/<name>" -> tensor, and
+  // setting it back (names of layers this rank does not hold are an error).
+  std::map<std::string, at::Tensor> local_layer_state() const;
+  void load_local_layer_state(const std::map<std::string, at::Tensor>& state);
   // Global indices of this rank's stages, ascending.
   std::vector<int> local_stages() const;
 

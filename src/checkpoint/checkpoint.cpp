@@ -150,20 +150,27 @@ json write_shard(const std::string& dir, const DistributedModel& model,
       add("optim/" + p.name + "/" + s.state, p, s.values, s.param_offset, s.values.numel());
     }
   }
-  const at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
-  tensors.emplace_back("rng/cpu", rng);
+  // Per-rank state, restored only under the same layout: the layers' (dropout RNG streams)
+  // and the default CPU generator.
+  const std::map<std::string, at::Tensor> layer_state = model.local_layer_state();
+  for (const auto& [key, t] : layer_state) tensors.emplace_back("state/" + key, t);
+  tensors.emplace_back("rng/cpu", at::detail::getDefaultCPUGenerator().get_state());
   std::vector<uint32_t> crcs;
   checkpoint::save_safetensors(dir + "/" + file, tensors, {}, &crcs);
   for (size_t i = 0; i < pieces.size(); ++i) {
     pieces[i].second.crc32 = crcs[i];
     entries[pieces[i].first]["pieces"].push_back(checkpoint::to_json(pieces[i].second));
   }
+  json states = json::object();
+  size_t i = pieces.size();
+  for (const auto& [key, t] : layer_state) states[key] = crcs[i++];
   // Fault injection for tests: this rank dies here, as in a crash in the middle of a save.
   if (const char* kill = std::getenv("SMP_TEST_CHECKPOINT_KILL_RANK"); kill && std::atoi(kill) == rank()) {
     ::raise(SIGKILL);
   }
   return {{"file", file}, {"rank", rank()}, {"pp", pp_rank()}, {"tp", tp_rank()},
-          {"rdp", rdp_rank()}, {"rng_crc32", crcs.back()}, {"tensors", entries}};
+          {"rdp", rdp_rank()}, {"rng_crc32", crcs.back()}, {"layer_state", states},
+          {"tensors", entries}};
 }
 
 // Rank 0: the full checkpoint's files from the partial shards in `dir`, which it then removes.
@@ -495,15 +502,26 @@ json resume_from_checkpoint(const std::string& path, DistributedModel& model,
       }
       load_optimizer_state(index, placed, model, *optimizer, manifest["optimizer"], load, strict);
     }
-    if (manifest["layout"] == layout_json(model)) {  // the same layout: each rank's RNG state
+    if (manifest["layout"] == layout_json(model)) {  // the same layout: each rank's RNG states
       for (const json& r : manifest["ranks"]) {
         if (r["rank"].get<int>() != rank()) continue;
         const std::string path_of_file = dir + "/" + r["file"].get<std::string>();
-        const at::Tensor state = checkpoint::SafetensorsReader(path_of_file).read("rng/cpu");
-        if (checkpoint::crc32_of(state) != r["rng_crc32"].get<uint32_t>()) {
-          throw Error("checkpoint file " + path_of_file + ": tensor 'rng/cpu' fails its checksum: "
-                      "the file is corrupted");
+        const checkpoint::SafetensorsReader file(path_of_file);
+        auto checked = [&](const std::string& name, uint32_t crc) {
+          const at::Tensor t = file.read(name);
+          if (checkpoint::crc32_of(t) != crc) {
+            throw Error("checkpoint file " + path_of_file + ": tensor '" + name +
+                        "' fails its checksum: the file is corrupted");
+          }
+          return t;
+        };
+        std::map<std::string, at::Tensor> layer_state;
+        const json saved_states = r.value("layer_state", json::object());
+        for (const auto& [key, crc] : saved_states.items()) {
+          layer_state[key] = checked("state/" + key, crc.get<uint32_t>());
         }
+        model.load_local_layer_state(layer_state);
+        const at::Tensor state = checked("rng/cpu", r["rng_crc32"].get<uint32_t>());
         at::Generator generator = at::detail::getDefaultCPUGenerator();
         std::lock_guard<std::mutex> lock(generator.mutex());
         generator.set_state(state);

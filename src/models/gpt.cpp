@@ -174,6 +174,15 @@ pipeline::Layer as_layer(const std::string& name, std::shared_ptr<M> module) {
                                 [module](const Values& in) { return module->forward(in); });
 }
 
+// A layer with dropout also hands its RNG streams to checkpoints (exact resumes).
+template <typename M>
+pipeline::Layer as_layer_with_rng(const std::string& name, std::shared_ptr<M> module) {
+  pipeline::Layer layer = as_layer(name, module);
+  layer.get_state = [module] { return module->rng.state(); };
+  layer.set_state = [module](const std::map<std::string, at::Tensor>& s) { module->rng.load_state(s); };
+  return layer;
+}
+
 }  // namespace
 
 Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool separate_tied_head) {
@@ -183,10 +192,10 @@ Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool sepa
   model.config = config;
   model.tp = group;
   auto embed = std::make_shared<Embed>(config, group, model.training_);
-  model.layers.push_back(as_layer("embed", embed));
+  model.layers.push_back(as_layer_with_rng("embed", embed));
   for (int64_t i = 0; i < config.num_layers; ++i) {
     model.layers.push_back(
-        as_layer("block." + std::to_string(i), std::make_shared<Block>(config, group, model.training_)));
+        as_layer_with_rng("block." + std::to_string(i), std::make_shared<Block>(config, group, model.training_)));
   }
   at::Tensor tied;
   if (config.tie_embeddings) {

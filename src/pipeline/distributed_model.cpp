@@ -2,6 +2,7 @@
 // microbatch count (see distributed_model.h).
 #include "smp/distributed_model.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <set>
 
@@ -154,6 +155,31 @@ dp::GradientReducer& DistributedModel::gradient_reducer() {
 const Partition& DistributedModel::partition_assignment() const {
   if (!partition_) throw Error("DistributedModel: not partitioned yet (the first step does it)");
   return *partition_;
+}
+
+std::map<std::string, at::Tensor> DistributedModel::local_layer_state() const {
+  std::map<std::string, at::Tensor> out;
+  for (const Layer& layer : layers_) {
+    if (!layer.get_state) continue;
+    for (auto& [name, t] : layer.get_state()) out[layer.name + "/" + name] = t;
+  }
+  return out;
+}
+
+void DistributedModel::load_local_layer_state(const std::map<std::string, at::Tensor>& state) {
+  std::map<std::string, std::map<std::string, at::Tensor>> by_layer;
+  for (const auto& [key, t] : state) {
+    const size_t slash = key.find('/');
+    by_layer[key.substr(0, slash)][slash == std::string::npos ? "" : key.substr(slash + 1)] = t;
+  }
+  for (const auto& [name, values] : by_layer) {
+    const auto it = std::find_if(layers_.begin(), layers_.end(),
+                                 [&](const Layer& l) { return l.name == name && l.set_state; });
+    if (it == layers_.end()) {
+      throw ConfigError("layer state for \"" + name + "\": no layer of this rank by that name keeps state");
+    }
+    it->set_state(values);
+  }
 }
 
 std::vector<std::string> DistributedModel::layer_names() const {

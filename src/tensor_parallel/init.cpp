@@ -59,6 +59,26 @@ at::Generator& DropoutRng::stream(bool sharded, const at::Device& device) {
   return it->second;
 }
 
+std::map<std::string, at::Tensor> DropoutRng::state() const {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& [key, gen] : streams_) {
+    std::lock_guard<std::mutex> lock(const_cast<at::Generator&>(gen).mutex());
+    out[key] = gen.get_state();
+  }
+  return out;
+}
+
+void DropoutRng::load_state(const std::map<std::string, at::Tensor>& state) {
+  for (const auto& [key, value] : state) {
+    if (key.size() < 2 || (key[0] != 'r' && key[0] != 's')) {
+      throw ConfigError("dropout RNG state: stream \"" + key + "\" is not \"<r|s><device>\"");
+    }
+    at::Generator& gen = stream(key[0] == 's', at::Device(key.substr(1)));
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(value);
+  }
+}
+
 at::Tensor DropoutRng::dropout(const at::Tensor& x, double p, bool sharded, bool train) {
   if (!train || p == 0.0) return x;
   if (p < 0.0 || p >= 1.0) {

@@ -109,19 +109,22 @@ std::string error_of(const std::function<void()>& fn) {
   return "";
 }
 
+// With dropout on, so the dropout streams must be restored too.
 TEST(Checkpoint, PartialRoundTripIsBitExact) {
+  models::ModelConfig config = tiny();
+  config.dropout = 0.1;
   for (const std::string& layout : layouts()) {
     SCOPED_TRACE(layout);
     init(Config::from_json_string(layout));
     const std::string dir = shared_dir();
-    Trainee run(1);
+    Trainee run(1, config);
     run.train(3);
     save_checkpoint(dir, "a", true, *run.dmodel, run.optimizer.get(), {{"step", 3}});
     const std::vector<at::Tensor> saved = run.snapshot();
     const json meta = run.optimizer->state_meta();
     run.train(2);  // moves everything away from the checkpoint
 
-    Trainee fresh(7);  // other initial weights, not partitioned by the checkpoint
+    Trainee fresh(7, config);  // other initial weights and dropout seeds
     const json user = resume_from_checkpoint(dir, *fresh.dmodel, fresh.optimizer.get());
     EXPECT_EQ(user["step"], 3);
     const std::vector<at::Tensor> loaded = fresh.snapshot();
@@ -130,7 +133,7 @@ TEST(Checkpoint, PartialRoundTripIsBitExact) {
     EXPECT_EQ(fresh.optimizer->state_meta(), meta);
 
     // Continuing from the checkpoint equals continuing from the run itself.
-    Trainee again(1);
+    Trainee again(1, config);
     again.train(3);
     again.train(2);
     fresh.train(2);

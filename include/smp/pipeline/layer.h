@@ -7,6 +7,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,6 +48,10 @@ struct Layer {
   std::vector<TpShard> tp_shards;
   // Keeps whatever owns the parameters alive (the module).
   std::shared_ptr<void> owner;
+  // Optional state besides the parameters that a checkpoint keeps per rank and restores under
+  // the same layout (dropout RNG streams): tensors by name, and setting them back.
+  std::function<std::map<std::string, at::Tensor>()> get_state;
+  std::function<void(const std::map<std::string, at::Tensor>&)> set_state;
 };
 
 // Implemented by modules that hold tensor-parallel shards (smp::tp's parallel layers), so that
