@@ -142,6 +142,13 @@ class DistributedModel {
   std::vector<pipeline::TraceEvent> last_trace_;
   int steps_ = 0;
   std::unique_ptr<dp::GradientReducer> reducer_;  // after partitioning
+  // Each tied pair: the pipeline ranks of original and copy, and their reducer indices on this
+  // rank (-1 where this rank holds neither).
+  struct TiedPair {
+    int original_rank = 0, copy_rank = 0;
+    int original = -1, copy = -1;
+  };
+  std::vector<TiedPair> tied_;
   double loss_scale_ = 1.0;
 };
 

@@ -80,12 +80,19 @@ std::string recv_from(int src_rank, RankType rank_type);
 void send(const std::string& obj, int dest_rank, RankType rank_type);
 // Collective over `group`: every member's object, in group-rank order.
 std::vector<std::string> allgather(const std::string& obj, CommGroup group);
+std::vector<std::string> allgather(const std::string& obj, comm::Communicator& group);
 void barrier(CommGroup group = CommGroup::WORLD);
 
 // Collective over the world: rank 0 runs `work` (profiling, preparing files, ...) and every
 // rank returns its result; if it throws, every rank throws smp::ConfigError with rank 0's
 // message, prefixed by `what`. So one rank does the work and no rank waits on a failed one.
 std::string on_rank0(const std::string& what, const std::function<std::string()>& work);
+// Collective over `group` (default the world): every rank runs `work`; if any throws, every
+// rank throws smp::Error "<what> failed on rank <r>: <message>" for the first failing rank,
+// so a failure on one rank stops them all together instead of leaving the rest waiting.
+void on_every_rank(const std::string& what, const std::function<void()>& work);
+void on_every_rank(const std::string& what, const std::function<void()>& work,
+                   comm::Communicator& group);
 void dp_barrier();
 void mp_barrier();
 

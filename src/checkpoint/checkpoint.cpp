@@ -44,22 +44,6 @@ void check_tag(const std::string& tag) {
   }
 }
 
-// Runs `work` on every rank; when any rank throws, every rank throws the first failing rank's
-// message (so a bad file on one rank stops all of them together instead of hanging the rest).
-void everywhere(const std::string& what, const std::function<void()>& work) {
-  std::string error;
-  try {
-    work();
-  } catch (const std::exception& e) {
-    error = e.what();
-    if (error.empty()) error = "unknown error";
-  }
-  const std::vector<std::string> all = allgather(error, CommGroup::WORLD);
-  for (size_t r = 0; r < all.size(); ++r) {
-    if (!all[r].empty()) throw Error(what + " failed on rank " + std::to_string(r) + ": " + all[r]);
-  }
-}
-
 std::string folder(const std::string& path, const std::string& tag, bool partial) {
   return path + "/" + tag + (partial ? "_partial" : "");
 }
@@ -382,17 +366,17 @@ void save_checkpoint(const std::string& path, const std::string& tag, bool parti
   }
   const std::string final_dir = folder(path, tag, partial);
   const std::string tmp = final_dir + ".tmp";
-  everywhere("save_checkpoint: preparing " + tmp, [&] {
+  on_every_rank("save_checkpoint: preparing " + tmp, [&] {
     if (rank() != 0) return;
     files::make_dirs(path);
     files::remove_tree(tmp);
     files::make_dirs(tmp);
   });
   json mine;
-  everywhere("save_checkpoint: writing " + tmp, [&] { mine = write_shard(tmp, model, optimizer); });
+  on_every_rank("save_checkpoint: writing " + tmp, [&] { mine = write_shard(tmp, model, optimizer); });
   const std::vector<std::string> shards = allgather(mine.dump(), CommGroup::WORLD);
   const json optimizer_meta = optimizer != nullptr ? optimizer->state_meta() : json(nullptr);
-  everywhere("save_checkpoint: committing " + final_dir, [&] {
+  on_every_rank("save_checkpoint: committing " + final_dir, [&] {
     if (rank() != 0) return;
     json manifest = {
         {"format", kFormat}, {"version", kVersion}, {"tag", tag}, {"partial", partial},
@@ -449,7 +433,7 @@ std::map<std::string, at::Tensor> load(const std::string& path, bool partial, js
 bool use_checkpoint_partition(const std::string& path, DistributedModel& model,
                               const std::string& tag, bool partial) {
   json manifest;
-  everywhere("use_checkpoint_partition: reading the manifest", [&] {
+  on_every_rank("use_checkpoint_partition: reading the manifest", [&] {
     manifest = read_manifest_at(choose_folder(path, tag, partial, /*verbose=*/false));
   });
   return !model.partitioned() && adopt_partition(manifest, model);
@@ -464,7 +448,7 @@ json resume_from_checkpoint(const std::string& path, DistributedModel& model,
                             bool strict, bool load_optimizer, const FullCheckpointFormat& format) {
   std::string dir;
   json manifest;
-  everywhere("resume_from_checkpoint: reading the manifest", [&] {
+  on_every_rank("resume_from_checkpoint: reading the manifest", [&] {
     dir = choose_folder(path, tag, partial, /*verbose=*/rank() == 0);
     manifest = read_manifest_at(dir);
   });
@@ -480,7 +464,7 @@ json resume_from_checkpoint(const std::string& path, DistributedModel& model,
                       ": partition the model first (model.partition), then resume");
   }
   const std::vector<Placed> placed = placed_parameters(model);
-  everywhere("resume_from_checkpoint: loading " + dir, [&] {
+  on_every_rank("resume_from_checkpoint: loading " + dir, [&] {
     ShardIndex index(dir, manifest["tensors"]);
     if (manifest.contains("weights")) {  // a full checkpoint: the consolidated weights
       auto tensors = checkpoint::load_safetensors(dir + "/" + manifest["weights"]["file"].get<std::string>());

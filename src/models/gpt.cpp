@@ -202,7 +202,7 @@ Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool sepa
     tied = embed->wte->weight;
     if (separate_tied_head) {
       tied = tied.detach().clone().requires_grad_(true);
-      model.tied_copies.emplace_back("embed.wte.weight", "head.weight");
+      model.tied_copies["head.weight"] = "embed.wte.weight";
     }
   }
   model.layers.push_back(as_layer("head", std::make_shared<Head>(config, group, tied)));

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <set>
 #include <tuple>
 
@@ -17,6 +16,7 @@
 #include "smp/checkpoint/safetensors.h"
 #include "smp/error.h"
 #include "smp/files.h"
+#include "smp/smp.h"
 #include "smp/tensor_parallel/primitives.h"
 
 namespace smp::models {
@@ -435,8 +435,7 @@ std::map<std::string, at::Tensor> whole_parameters(const Model& model) {
 }
 
 void load_whole_parameters(Model& model, const std::map<std::string, at::Tensor>& whole) {
-  std::map<std::string, std::string> copy_of;  // a tied head's copy -> the tensor it copies
-  for (const auto& [original, copy] : model.tied_copies) copy_of[copy] = original;
+  const std::map<std::string, std::string>& copy_of = model.tied_copies;  // copy -> original
   struct Load {
     at::Tensor param;
     pipeline::TpShard shard;
@@ -496,32 +495,19 @@ void load_whole_parameters(Model& model, const std::map<std::string, at::Tensor>
 
 void save_hf(const std::string& dir, const Model& model) {
   const std::map<std::string, at::Tensor> whole = whole_parameters(model);  // collective
-  std::string error;
-  if (model.tp.rank() == 0) {
-    try {
-      files::make_dirs(dir);
-      checkpoint::save_safetensors(dir + "/model.safetensors", to_hf(model.config, whole),
-                                   {{"format", "pt"}});
-      files::write_file_atomic(dir + "/config.json", hf_config(model.config).dump(2) + "\n",
-                               /*durable=*/true);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
+  const auto write = [&] {  // by TP rank 0
+    if (model.tp.rank() != 0) return;
+    files::make_dirs(dir);
+    checkpoint::save_safetensors(dir + "/model.safetensors", to_hf(model.config, whole),
+                                 {{"format", "pt"}});
+    files::write_file_atomic(dir + "/config.json", hf_config(model.config).dump(2) + "\n",
+                             /*durable=*/true);
+  };
+  if (model.tp.size() == 1) {
+    write();
+  } else {  // every rank of the group returns or throws together
+    on_every_rank("save_hf " + dir, write, model.tp.comm());
   }
-  // TP rank 0's verdict: its message's length, then the message, so every rank throws it.
-  if (model.tp.size() > 1) {
-    comm::Communicator& comm = model.tp.comm();
-    at::Tensor length = at::full({1}, static_cast<int64_t>(error.size()), at::kLong);
-    comm.broadcast(length, 0).wait();
-    const int64_t n = length.item<int64_t>();
-    if (n > 0) {
-      at::Tensor bytes = at::empty({n}, at::kByte);
-      if (model.tp.rank() == 0) std::memcpy(bytes.data_ptr(), error.data(), n);
-      comm.broadcast(bytes, 0).wait();
-      error.assign(static_cast<const char*>(bytes.data_ptr()), n);
-    }
-  }
-  if (!error.empty()) throw Error("save_hf " + dir + " (on TP rank 0): " + error);
 }
 
 void load_hf(const std::string& dir, Model& model) {

@@ -117,6 +117,24 @@ void DistributedModel::set_partition_assignment(const std::vector<int>& stage_of
   keep_own_stages();
 }
 
+namespace {
+
+// The pipeline rank holding parameter `name` ("<layer name>.<parameter name>"): the layer
+// whose name is the longest prefix of it.
+int pp_rank_of(const std::string& name, const std::vector<Layer>& layers, const Partition& part) {
+  size_t best = layers.size();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const std::string prefix = layers[i].name + ".";
+    if (name.rfind(prefix, 0) == 0 && (best == layers.size() || prefix.size() > layers[best].name.size() + 1)) {
+      best = i;
+    }
+  }
+  if (best == layers.size()) throw ConfigError("tied_copies: no layer holds parameter \"" + name + "\"");
+  return part.stage_of_layer[best] % smp::pp_size();
+}
+
+}  // namespace
+
 void DistributedModel::keep_own_stages() {
   // A rank keeps only its own stages' layers.
   const std::vector<int> mine = local_stages();
@@ -135,15 +153,18 @@ void DistributedModel::keep_own_stages() {
   reducer_options.bucket_cap_mb = options_.bucket_cap_mb;
   reducer_options.overlapping = options_.overlapping_allreduce;
   reducer_ = std::make_unique<dp::GradientReducer>(std::move(params), reducer_options);
-  if (!options_.tied_copies.empty() && reducer_->sharded()) {
-    std::vector<int> tied;
-    for (size_t i = 0; i < reducer_->params().size(); ++i) {
-      const std::string& name = reducer_->params()[i].name;
-      for (const auto& [copy, original] : options_.tied_copies) {
-        if (name == copy || name == original) tied.push_back(static_cast<int>(i));
-      }
-    }
-    reducer_->hold_until_finish(tied, [this] { sum_tied_slots(); });
+  // Tied copies: where each half of a pair lives, found once.
+  std::map<std::string, int> index;
+  for (size_t i = 0; i < reducer_->params().size(); ++i) index[reducer_->params()[i].name] = static_cast<int>(i);
+  std::vector<int> held;
+  for (const auto& [copy, original] : options_.tied_copies) {
+    TiedPair t{pp_rank_of(original, layers_, *partition_), pp_rank_of(copy, layers_, *partition_)};
+    if (index.count(original)) held.push_back(t.original = index[original]);
+    if (index.count(copy)) held.push_back(t.copy = index[copy]);
+    tied_.push_back(t);
+  }
+  if (!tied_.empty() && reducer_->sharded()) {
+    reducer_->hold_until_finish(held, [this] { sum_tied_slots(); });
   }
 }
 
@@ -280,45 +301,24 @@ void DistributedModel::record_step(const pipeline::ExecutorResult& result,
   ++steps_;
 }
 
-namespace {
-
-// The pipeline rank holding parameter `name` ("<layer name>.<parameter name>").
-int pp_rank_of(const std::string& name, const std::vector<Layer>& layers, const Partition& part) {
-  size_t best = layers.size();
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const std::string prefix = layers[i].name + ".";
-    if (name.rfind(prefix, 0) == 0 && (best == layers.size() || prefix.size() > layers[best].name.size() + 1)) {
-      best = i;
-    }
-  }
-  if (best == layers.size()) throw ConfigError("tied_copies: no layer holds parameter \"" + name + "\"");
-  return part.stage_of_layer[best] % smp::pp_size();
-}
-
-}  // namespace
-
 void DistributedModel::sum_tied_gradients() {
-  if (!options_.tied_copies.empty() && !reducer_->sharded()) sum_tied_slots();
+  if (!tied_.empty() && !reducer_->sharded()) sum_tied_slots();
 }
 
 void DistributedModel::sum_tied_slots() {
-  std::map<std::string, int> index;
-  for (size_t i = 0; i < reducer_->params().size(); ++i) index[reducer_->params()[i].name] = static_cast<int>(i);
-  auto grad = [&](const std::string& name) { return reducer_->grad_slot(index.at(name)); };
   comm::Communicator& pipe = smp::process_group(CommGroup::PP_GROUP);
-  for (const auto& [copy, original] : options_.tied_copies) {
-    const int a = pp_rank_of(original, layers_, *partition_);
-    const int b = pp_rank_of(copy, layers_, *partition_);
-    if (a == b) {
-      if (pipe.rank() != a) continue;
-      const at::Tensor sum = grad(original).add(grad(copy));
-      grad(original).copy_(sum);
-      grad(copy).copy_(sum);
+  const int me = pipe.rank();
+  for (const TiedPair& t : tied_) {
+    if (t.original_rank == t.copy_rank) {
+      if (me != t.original_rank) continue;
+      const at::Tensor sum = reducer_->grad_slot(t.original).add(reducer_->grad_slot(t.copy));
+      reducer_->grad_slot(t.original).copy_(sum);
+      reducer_->grad_slot(t.copy).copy_(sum);
       continue;
     }
-    if (pipe.rank() != a && pipe.rank() != b) continue;
-    at::Tensor mine = grad(pipe.rank() == a ? original : copy);
-    const int peer = pipe.rank() == a ? b : a;
+    if (me != t.original_rank && me != t.copy_rank) continue;
+    at::Tensor mine = reducer_->grad_slot(me == t.original_rank ? t.original : t.copy);
+    const int peer = me == t.original_rank ? t.copy_rank : t.original_rank;
     constexpr int kTag = 7;
     comm::Work got = pipe.recv(peer, kTag);
     pipe.send(mine.contiguous(), peer, kTag).wait();

@@ -138,7 +138,10 @@ std::string recv_from(int src_rank, RankType rank_type) {
 }
 
 std::vector<std::string> allgather(const std::string& obj, CommGroup group) {
-  comm::Communicator& comm = process_group(group);
+  return allgather(obj, process_group(group));
+}
+
+std::vector<std::string> allgather(const std::string& obj, comm::Communicator& comm) {
   // Sizes first, then every object padded to the largest.
   at::Tensor size = at::full({1}, static_cast<int64_t>(obj.size()), at::kLong);
   at::Tensor sizes = at::empty({comm.size()}, at::kLong);
@@ -175,6 +178,25 @@ std::string on_rank0(const std::string& what, const std::function<std::string()>
   }
   return message.substr(1);
 }
+void on_every_rank(const std::string& what, const std::function<void()>& work) {
+  on_every_rank(what, work, process_group(CommGroup::WORLD));
+}
+
+void on_every_rank(const std::string& what, const std::function<void()>& work,
+                   comm::Communicator& group) {
+  std::string error;
+  try {
+    work();
+  } catch (const std::exception& e) {
+    error = e.what();
+    if (error.empty()) error = "unknown error";
+  }
+  const std::vector<std::string> all = allgather(error, group);
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (!all[r].empty()) throw Error(what + " failed on rank " + std::to_string(r) + ": " + all[r]);
+  }
+}
+
 void dp_barrier() { barrier(CommGroup::DP_GROUP); }
 void mp_barrier() { barrier(CommGroup::MP_GROUP); }
 

@@ -263,7 +263,7 @@ TrainSummary train(const TrainConfig& c) {
   std::vector<std::string> layer_names;
   for (const auto& layer : model.layers) layer_names.push_back(layer.name);
   DistributedModelOptions model_options;
-  for (const auto& [original, copy] : model.tied_copies) model_options.tied_copies[copy] = original;
+  model_options.tied_copies = model.tied_copies;
   DistributedModel dmodel(std::move(model.layers), model_options);  // keeps only its own stages
   const CheckpointConfig& ck = c.checkpoint;
   const std::string resume_tag = ck.resume == "newest" ? "" : ck.resume;

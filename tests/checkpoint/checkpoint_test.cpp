@@ -47,7 +47,7 @@ struct Trainee {
     model = models::build_model(config, tp::TpGroup(process_group(CommGroup::TP_GROUP)), pp_size() > 1);
     DistributedModelOptions options;
     options.chunks_per_rank = chunks_per_rank;
-    for (const auto& [original, copy] : model.tied_copies) options.tied_copies[copy] = original;
+    options.tied_copies = model.tied_copies;
     dmodel = std::make_unique<DistributedModel>(std::move(model.layers), options);
     dmodel->partition({at::zeros({2, 16}, at::kLong)});
     optimizer = std::make_unique<DistributedOptimizer>(

@@ -11,6 +11,7 @@
 // every layout starts from the same weights.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -35,8 +36,8 @@ struct Model {
   // Gathers the vocabulary: (B, S, V) logits, padding dropped. Collective over the TP group.
   at::Tensor full_logits(const at::Tensor& local_logits) const;
   // GPT-2's tied head: with `separate_tied_head` the head holds its own copy of the token
-  // embedding (pipeline stages apart), named by this pair, whose gradients the trainer sums.
-  std::vector<std::pair<std::string, std::string>> tied_copies;
+  // embedding (pipeline stages apart): copy -> original, for DistributedModelOptions.
+  std::map<std::string, std::string> tied_copies;
   // Dropout on/off for every layer (shared with the layers).
   void set_training(bool training) const { *training_ = training; }
   std::shared_ptr<bool> training_ = std::make_shared<bool>(true);
