@@ -20,6 +20,10 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <nlohmann/json.hpp>
 #include <torch/optim/adamw.h>
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#define SMP_TRAIN_CUDA_STATS 1
+#endif
 
 #include "smp/checkpoint/checkpoint.h"
 #include "smp/distributed_optimizer.h"
@@ -106,7 +110,16 @@ json prepare_run(const TrainConfig& c, const Tokenizer& tokenizer) {
   }));
 }
 
-double rss_mb() {
+// The memory this rank trains in: on the CPU its resident set; on a GPU the peak that the
+// caching allocator has reserved on the device (what nvidia-smi shows, less the CUDA context).
+double memory_mb(const at::Device& device) {
+#ifdef SMP_TRAIN_CUDA_STATS
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    return static_cast<double>(stats.reserved_bytes[aggregate].peak) / (1 << 20);
+  }
+#endif
   std::ifstream statm("/proc/self/statm");
   long pages = 0, resident = 0;
   statm >> pages >> resident;
@@ -344,7 +357,7 @@ TrainSummary train(const TrainConfig& c) {
     const double step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     if (s > summary.first_step) step_seconds += step_s;
-    const double memory = world_max(rss_mb());
+    const double memory = world_max(memory_mb(device));
     summary.train_losses.push_back(loss);
     train_curve.emplace_back(s + 1, loss);
     const double rate = tokens_per_step / step_s;
@@ -355,13 +368,14 @@ TrainSummary train(const TrainConfig& c) {
       char mfu_text[32] = "MFU n/a";
       if (mfu > 0) std::snprintf(mfu_text, sizeof(mfu_text), "MFU %.1f%%", 100 * mfu);
       std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %s "
-                  "| mem %.0f MB/rank | ETA %s\n",
+                  "| mem %.0f MB%s/rank | ETA %s\n",
                   static_cast<long long>(s + 1), static_cast<long long>(t.steps), loss, lr, norm,
-                  rate, mfu_text, memory, duration(elapsed / (s + 1) * (t.steps - s - 1)).c_str());
+                  rate, mfu_text, memory, device.is_cuda() ? " GPU" : "", duration(elapsed / (s + 1) * (t.steps - s - 1)).c_str());
       std::fflush(stdout);
     }
     log_metrics({{"step", s + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
-                 {"tokens_per_s", rate}, {"mfu", mfu}, {"max_rss_mb", memory}, {"time_s", elapsed},
+                 {"tokens_per_s", rate}, {"mfu", mfu},
+                 {device.is_cuda() ? "gpu_peak_reserved_mb" : "max_rss_mb", memory}, {"time_s", elapsed},
                  {"overflow", optimizer.overflow()}});
     const bool last = s + 1 == t.steps;
     if (last || (t.val_every > 0 && (s + 1) % t.val_every == 0)) {
