@@ -54,6 +54,17 @@ struct DistributedModelOptions {
   std::string timeline_dir;
 };
 
+// SMP's set_activation_checkpointing options (its checkpoint_sequential strategies).
+struct ActivationCheckpointing {
+  // "each": every layer recomputes on its own; "contiguous": consecutive checkpointed layers of
+  // one stage recompute as one run; "group_<N>": runs of up to N of them. Runs never cross
+  // stages (SMP: a sequence may span partitions, each part recomputed where it runs).
+  std::string strategy = "each";
+  // Recompute from the generators' states the forward started from (the default CPU and CUDA
+  // generators and each layer's own streams, Layer::get_state), so dropout draws the same masks.
+  bool preserve_rng_state = true;
+};
+
 // What the last step measured on this rank.
 struct StepStats {
   double wall_s = 0;
@@ -71,6 +82,15 @@ class DistributedModel {
   // with v > 1 chunks the global stage index). Before the first step; used when auto_partition
   // is false. Throws smp::ConfigError for an unknown layer name.
   void set_partition(const std::string& layer_name, int stage);
+
+  // SMP's set_activation_checkpointing: the layer named `layer_name`, or every layer whose name
+  // starts with `layer_name + "."` ("block": block.0, block.1, ...), keeps only its inputs from
+  // the forward and runs its forward again right before its backward (activation
+  // checkpointing: the activations inside it are not held between the two, for about one more
+  // forward of compute). Before the first step; throws smp::ConfigError for a name that matches
+  // no layer, an unknown strategy, or a call after the first step.
+  void set_activation_checkpointing(const std::string& layer_name,
+                                    const ActivationCheckpointing& options = {});
 
   // Partitions now, using `trial_inputs` (one microbatch) for profiling when auto_partition is
   // on. Collective over the world; smp::step calls it on the first step.
@@ -130,10 +150,14 @@ class DistributedModel {
  private:
   void keep_own_stages();  // after partition_ is set: drop other stages' layers, build the reducer
   void sum_tied_slots();   // the sum, on the reducer's gradient slots
+  std::vector<pipeline::RecomputedRun> recomputed_runs(int begin, int end) const;
 
   std::vector<pipeline::Layer> layers_;
   DistributedModelOptions options_;
   std::map<std::string, int> manual_stage_;  // from set_partition
+  // From set_activation_checkpointing, by layer name: the call's options and its number (runs
+  // join only layers of one call).
+  std::map<std::string, std::pair<ActivationCheckpointing, int>> checkpointed_;
   std::optional<pipeline::Partition> partition_;
   // Schedules and executors by (microbatches, train).
   std::map<std::pair<int, bool>, std::unique_ptr<pipeline::Schedule>> schedules_;

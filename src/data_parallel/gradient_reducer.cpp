@@ -197,6 +197,8 @@ void GradientReducer::begin_step(int num_microbatches, double loss_scale) {
   backwards_seen_.assign(stages_.size(), 0);
   armed_.assign(stages_.size(), 0);
   ready_.assign(params_.size(), 0);
+  accumulated_.assign(params_.size(), 0);
+  accumulations_.resize(params_.size(), 1);
   pending_.clear();
   for (size_t b = 0; b < layout_.buckets().size(); ++b) {
     const int params = static_cast<int>(layout_.buckets()[b].params.size());
@@ -220,8 +222,14 @@ void GradientReducer::before_backward(const pipeline::Action& action) {
   if (++backwards_seen_[s] == num_microbatches_) armed_[s] = 1;
 }
 
+void GradientReducer::set_accumulations(int param, int count) {
+  accumulations_.resize(params_.size(), 1);
+  accumulations_.at(param) = count;
+}
+
 void GradientReducer::on_grad_ready(int param) {
   if (!in_step_ || !armed_[stage_index_[param]] || ready_[param]) return;
+  if (++accumulated_[param] < accumulations_[param]) return;  // more parts to come
   ready_[param] = 1;
   copy_into_slot(param);
   const int bucket = layout_.slot(param).bucket;

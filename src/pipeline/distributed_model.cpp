@@ -40,6 +40,64 @@ void DistributedModel::set_partition(const std::string& layer_name, int stage) {
   throw ConfigError("set_partition: no layer is named \"" + layer_name + "\"");
 }
 
+void DistributedModel::set_activation_checkpointing(const std::string& layer_name,
+                                                    const ActivationCheckpointing& options) {
+  const std::string what = "set_activation_checkpointing(\"" + layer_name + "\")";
+  if (!executors_.empty()) throw ConfigError(what + ": call it before the first step");
+  const std::string& strategy = options.strategy;
+  if (strategy != "each" && strategy != "contiguous") {
+    const bool group = strategy.rfind("group_", 0) == 0 && strategy.size() > 6 &&
+                       strategy.find_first_not_of("0123456789", 6) == std::string::npos &&
+                       std::stol(strategy.substr(6)) > 0;
+    if (!group) {
+      throw ConfigError(what + ": strategy \"" + strategy +
+                        "\" is not one of \"each\", \"contiguous\", \"group_<N>\" (N >= 1)");
+    }
+  }
+  const int call = static_cast<int>(checkpointed_.size()) + 1;
+  bool matched = false;
+  for (const Layer& layer : layers_) {
+    if (layer.name == layer_name || layer.name.rfind(layer_name + ".", 0) == 0) {
+      checkpointed_[layer.name] = {options, call};
+      matched = true;
+    }
+  }
+  if (!matched) {
+    throw ConfigError(what + ": no layer is named \"" + layer_name + "\" or \"" + layer_name +
+                      ".*\"; layers: " + [this] {
+                        std::string names;
+                        for (const Layer& l : layers_) names += (names.empty() ? "" : ", ") + l.name;
+                        return names;
+                      }());
+  }
+}
+
+// The recomputed runs of stage layers [begin, end): consecutive checkpointed layers of one
+// set_activation_checkpointing call, cut into runs as its strategy says.
+std::vector<pipeline::RecomputedRun> DistributedModel::recomputed_runs(int begin, int end) const {
+  std::vector<pipeline::RecomputedRun> runs;
+  int prev_call = 0;
+  for (int i = begin; i < end; ++i) {
+    auto it = checkpointed_.find(layers_[i].name);
+    if (it == checkpointed_.end()) {
+      prev_call = 0;
+      continue;
+    }
+    const auto& [options, call] = it->second;
+    size_t limit = 1;
+    if (options.strategy == "contiguous") limit = layers_.size();
+    if (options.strategy.rfind("group_", 0) == 0) limit = std::stoul(options.strategy.substr(6));
+    const size_t local = static_cast<size_t>(i - begin);
+    if (call == prev_call && runs.back().end - runs.back().begin < limit) {
+      runs.back().end = local + 1;
+    } else {
+      runs.push_back({local, local + 1, options.preserve_rng_state});
+    }
+    prev_call = call;
+  }
+  return runs;
+}
+
 int DistributedModel::num_stages() const {
   return smp::pp_size() * options_.chunks_per_rank;
 }
@@ -277,6 +335,13 @@ pipeline::Executor& DistributedModel::executor_for(int num_microbatches, bool tr
       pipeline::StageModule module;
       module.stage = s;
       for (int i = part.begin(s); i < part.end(s); ++i) module.layers.push_back(&layers_[i]);
+      module.recomputed = recomputed_runs(part.begin(s), part.end(s));
+      const std::map<const void*, int> uses = pipeline::accumulations_per_backward(module);
+      const auto& params = reducer_->params();
+      for (size_t i = 0; i < params.size(); ++i) {
+        auto it = uses.find(params[i].tensor.unsafeGetTensorImpl());
+        if (it != uses.end() && it->second > 1) reducer_->set_accumulations(static_cast<int>(i), it->second);
+      }
       stages.push_back(std::move(module));
     }
     slot = std::make_unique<pipeline::Executor>(smp::process_group(CommGroup::PP_GROUP),

@@ -12,6 +12,8 @@
 #include <map>
 #include <set>
 #include <memory>
+#include <mutex>
+#include <optional>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -72,12 +74,90 @@ Values detached(const Values& values) {
   return out;
 }
 
+// The generators a forward draws from: the default ones of the CPU and of the stage's device,
+// and each layer's own streams (Layer::get_state). A recompute starts from the states they had
+// when the forward began, so dropout draws the same masks; then they are put back.
+struct RngState {
+  std::vector<std::pair<at::Generator, at::Tensor>> generators;
+  std::vector<std::pair<const Layer*, std::map<std::string, at::Tensor>>> layers;
+};
+
+RngState capture_rng(const std::vector<const Layer*>& layers, size_t begin, size_t end,
+                     const at::Device& device) {
+  RngState state;
+  auto keep = [&](const at::Generator& gen) {
+    at::Generator g = gen;
+    std::lock_guard<std::mutex> lock(g.mutex());
+    state.generators.emplace_back(g, g.get_state());
+  };
+  keep(at::globalContext().defaultGenerator(at::kCPU));
+  if (!device.is_cpu()) keep(at::globalContext().defaultGenerator(device));
+  for (size_t i = begin; i < end; ++i) {
+    if (layers[i]->get_state) state.layers.emplace_back(layers[i], layers[i]->get_state());
+  }
+  return state;
+}
+
+void restore_rng(RngState& state) {
+  for (auto& [gen, value] : state.generators) {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(value);
+  }
+  for (const auto& [layer, value] : state.layers) layer->set_state(value);
+}
+
+// A run of a stage's layers whose graph backward walks on its own: the whole stage, or, with
+// activation checkpointing, each recomputed run and the runs of kept layers between them. Where
+// one segment ends and the next begins, the values become fresh leaves (as between stages).
+struct Segment {
+  size_t begin = 0;  // layers [begin, end) of the stage
+  size_t end = 0;
+  bool recomputed = false;  // the forward kept no graph; backward runs it again first
+  bool preserve_rng = true;
+  Values inputs;   // the stage's inputs (first segment) or leaves made of the previous outputs
+  Values outputs;  // with graph (a recomputed segment's once recomputed); on the last stage's
+                   // last segment, {loss * scale}
+  Values grads;    // gradients of `outputs`, kept for the weight half of a split backward
+  RngState rng;    // recomputed: the generators as its forward found them
+};
+
 // What a stage keeps from its forward for its backward.
 struct Saved {
-  Values inputs;    // leaves (stages > 0) or the user's inputs (stage 0)
-  Values outputs;   // with graph; for the last stage, {loss * scale}
-  Values grads;     // output gradients, for the weight half of a split backward
+  std::vector<Segment> segments;
 };
+
+// The segments of a stage: kept runs and recomputed runs, in order. The loss is computed on a
+// kept segment (one without layers when the stage ends in a recomputed run).
+std::vector<Segment> plan_segments(const StageModule& stage, bool loss_here) {
+  std::vector<Segment> out;
+  size_t next = 0;
+  for (const RecomputedRun& run : stage.recomputed) {
+    if (next < run.begin) out.push_back({next, run.begin});
+    Segment segment{run.begin, run.end, true, run.preserve_rng_state};
+    out.push_back(std::move(segment));
+    next = run.end;
+  }
+  if (next < stage.layers.size() || out.empty() || (loss_here && out.back().recomputed)) {
+    out.push_back({next, stage.layers.size()});
+  }
+  return out;
+}
+
+}  // namespace
+
+std::map<const void*, int> accumulations_per_backward(const StageModule& stage) {
+  std::map<const void*, int> count;
+  for (const Segment& segment : plan_segments(stage, /*loss_here=*/false)) {
+    std::set<const void*> in_segment;
+    for (size_t i = segment.begin; i < segment.end; ++i) {
+      for (const at::Tensor& p : stage.layers[i]->parameters) in_segment.insert(p.unsafeGetTensorImpl());
+    }
+    for (const void* p : in_segment) ++count[p];
+  }
+  return count;
+}
+
+namespace {
 
 class Run {
  public:
@@ -182,26 +262,46 @@ class Run {
 
   void forward(const Key& key) {
     const auto [stage, mb] = key;
+    const StageModule& module = *stages_.at(stage);
+    const bool last = stage == num_stages() - 1;
     Saved scratch;  // forward-only steps keep nothing past the forward
     Saved& saved = has_backward_ ? saved_[key] : scratch;
-    if (stage == 0) {
-      saved.inputs = data_.inputs.at(mb);
+    if (has_backward_) {
+      saved.segments = plan_segments(module, last && data_.loss_fn);
     } else {
-      saved.inputs = as_leaves(acts_in_.at(key));
+      saved.segments = {Segment{0, module.layers.size()}};
+    }
+    Values x;
+    if (stage == 0) {
+      x = data_.inputs.at(mb);
+    } else {
+      x = as_leaves(acts_in_.at(key));
       acts_in_.erase(key);
     }
-    Values x = saved.inputs;
-    for (const Layer* layer : stages_.at(stage)->layers) x = layer->forward(x);
+    for (size_t k = 0; k < saved.segments.size(); ++k) {
+      Segment& segment = saved.segments[k];
+      segment.inputs = k == 0 ? x : as_leaves(x);
+      x = segment.inputs;
+      if (segment.recomputed) {
+        if (segment.preserve_rng) segment.rng = capture_rng(module.layers, segment.begin, segment.end, device_);
+        at::NoGradGuard no_graph;
+        for (size_t i = segment.begin; i < segment.end; ++i) x = module.layers[i]->forward(x);
+      } else {
+        for (size_t i = segment.begin; i < segment.end; ++i) x = module.layers[i]->forward(x);
+        segment.outputs = x;
+      }
+    }
 
-    if (stage == num_stages() - 1) {
+    if (last) {
+      Segment& tail = saved.segments.back();
+      tail.outputs.clear();
       Values returned = data_.loss_fn ? data_.loss_fn(x, data_.targets.at(mb)) : x;
       if (data_.loss_fn && !returned.empty() && returned[0].requires_grad()) {
-        saved.outputs = {returned[0] * data_.loss_scale};
+        tail.outputs = {returned[0] * data_.loss_scale};
       }
       result_.returned.at(mb) = detached(returned);
       return;
     }
-    saved.outputs = x;
     if (local(stage + 1)) {
       acts_in_[{stage + 1, mb}] = detached(x);
     } else {
@@ -209,76 +309,100 @@ class Run {
     }
   }
 
-  // Output tensors that take part in backward, and their gradients.
-  std::pair<Values, Values> backward_roots(const Key& key, Saved& saved) {
+  // Runs a recomputed segment's layers again, now keeping the graph, from the generator states
+  // its forward found (then puts the generators back as they were).
+  void recompute(Segment& segment, const StageModule& module) {
+    std::optional<RngState> now;
+    if (segment.preserve_rng) {
+      now = capture_rng(module.layers, segment.begin, segment.end, device_);
+      restore_rng(segment.rng);
+    }
+    {
+      at::AutoGradMode graph(true);
+      Values x = segment.inputs;
+      for (size_t i = segment.begin; i < segment.end; ++i) x = module.layers[i]->forward(x);
+      segment.outputs = std::move(x);
+    }
+    if (now) restore_rng(*now);
+  }
+
+  // A segment's outputs that take part in backward, and their gradients. The last stage's last
+  // segment holds the loss, whose gradient is implicitly 1.
+  static std::pair<Values, Values> roots_of(const Segment& segment, bool loss) {
+    if (loss) return {segment.outputs, Values(segment.outputs.size())};
     Values roots;
     Values grads;
-    const bool last = key.first == num_stages() - 1;
-    if (last) {
-      roots = saved.outputs;  // {loss}: its gradient is implicitly 1
-      grads = Values(roots.size());
-      return {roots, grads};
-    }
-    if (saved.grads.empty()) {
-      saved.grads = grads_in_.at(key);
-      grads_in_.erase(key);
-    }
-    for (size_t i = 0; i < saved.outputs.size(); ++i) {
-      const at::Tensor& out = saved.outputs[i];
-      if (out.defined() && out.requires_grad() && i < saved.grads.size() &&
-          saved.grads[i].defined()) {
+    for (size_t i = 0; i < segment.outputs.size(); ++i) {
+      const at::Tensor& out = segment.outputs[i];
+      if (out.defined() && out.requires_grad() && i < segment.grads.size() &&
+          segment.grads[i].defined()) {
         roots.push_back(out);
-        grads.push_back(saved.grads[i]);
+        grads.push_back(segment.grads[i]);
       }
     }
     return {roots, grads};
   }
 
+  // The input half walks the segments from the last to the first (recomputing where needed),
+  // handing each one's input gradients to the one before; the weight half (alone, after a split
+  // input half) walks each segment's kept graph once more for the parameters.
   void backward(const Key& key, bool input, bool weight) {
     const auto [stage, mb] = key;
-    Saved& saved = saved_.at(key);
-    auto [roots, grads] = backward_roots(key, saved);
-    Values leaves;
-    for (const at::Tensor& t : saved.inputs) {
-      if (stage > 0 && t.defined() && t.requires_grad()) leaves.push_back(t);
+    const StageModule& module = *stages_.at(stage);
+    std::vector<Segment>& segments = saved_.at(key).segments;
+    const bool last = stage == num_stages() - 1;
+    if (!input) {
+      std::vector<at::Tensor> params;
+      for (const at::Tensor& p : module.parameters()) {
+        if (p.requires_grad()) params.push_back(p);
+      }
+      for (size_t k = 0; k < segments.size() && !params.empty(); ++k) {
+        auto [roots, grads] = roots_of(segments[k], last && k + 1 == segments.size());
+        if (roots.empty()) continue;
+        torch::autograd::backward(roots, grads, /*keep_graph=*/false, /*create_graph=*/false,
+                                  params);
+      }
+      saved_.erase(key);
+      return;
     }
-    Values input_grads(saved.inputs.size());
-    if (!roots.empty()) {
-      if (input && weight) {
-        torch::autograd::backward(roots, grads);
-        for (size_t i = 0; i < saved.inputs.size(); ++i) {
-          if (stage > 0 && saved.inputs[i].defined() && saved.inputs[i].requires_grad()) {
-            input_grads[i] = saved.inputs[i].grad();
-          }
-        }
-      } else if (input) {
-        // Input gradients only; the graph stays for the weight half.
-        if (!leaves.empty()) {
-          Values got = torch::autograd::grad(roots, leaves, grads, /*retain_graph=*/true,
-                                             /*create_graph=*/false, /*allow_unused=*/true);
-          size_t j = 0;
-          for (size_t i = 0; i < saved.inputs.size(); ++i) {
-            if (stage > 0 && saved.inputs[i].defined() && saved.inputs[i].requires_grad()) {
-              input_grads[i] = got[j++];
-            }
-          }
-        }
-      } else {
-        std::vector<at::Tensor> params;
-        for (const at::Tensor& p : stages_.at(stage)->parameters()) {
-          if (p.requires_grad()) params.push_back(p);
-        }
-        if (!params.empty()) {
-          torch::autograd::backward(roots, grads, /*keep_graph=*/false, /*create_graph=*/false,
-                                    params);
+
+    Values grads_out;  // gradients of the current segment's outputs
+    if (!last) {
+      grads_out = grads_in_.at(key);
+      grads_in_.erase(key);
+    }
+    for (size_t k = segments.size(); k-- > 0;) {
+      Segment& segment = segments[k];
+      if (segment.recomputed) recompute(segment, module);
+      segment.grads = std::move(grads_out);
+      auto [roots, grads] = roots_of(segment, last && k + 1 == segments.size());
+      // Leaves whose gradients are wanted: every segment's inputs but the user's own.
+      const bool want_inputs = stage > 0 || k > 0;
+      Values input_grads(segment.inputs.size());
+      std::vector<size_t> leaf_index;
+      Values leaves;
+      for (size_t i = 0; i < segment.inputs.size() && want_inputs; ++i) {
+        if (segment.inputs[i].defined() && segment.inputs[i].requires_grad()) {
+          leaf_index.push_back(i);
+          leaves.push_back(segment.inputs[i]);
         }
       }
+      if (!roots.empty() && weight) {
+        torch::autograd::backward(roots, grads);
+        for (size_t i : leaf_index) input_grads[i] = segment.inputs[i].grad();
+      } else if (!roots.empty() && !leaves.empty()) {
+        // Input gradients only; the graph stays for the weight half.
+        Values got = torch::autograd::grad(roots, leaves, grads, /*retain_graph=*/true,
+                                           /*create_graph=*/false, /*allow_unused=*/true);
+        for (size_t j = 0; j < leaf_index.size(); ++j) input_grads[leaf_index[j]] = got[j];
+      }
+      grads_out = std::move(input_grads);
     }
-    if (input && stage > 0) {
+    if (stage > 0) {
       if (local(stage - 1)) {
-        grads_in_[{stage - 1, mb}] = input_grads;
+        grads_in_[{stage - 1, mb}] = std::move(grads_out);
       } else {
-        outbox_grad_[key] = input_grads;
+        outbox_grad_[key] = std::move(grads_out);
       }
     }
     if (weight) saved_.erase(key);  // the microbatch's activations on this stage are freed

@@ -73,6 +73,11 @@ void DropoutRng::load_state(const std::map<std::string, at::Tensor>& state) {
     if (key.size() < 2 || (key[0] != 'r' && key[0] != 's')) {
       throw ConfigError("dropout RNG state: stream \"" + key + "\" is not \"<r|s><device>\"");
     }
+  }
+  for (auto it = streams_.begin(); it != streams_.end();) {
+    it = state.count(it->first) ? std::next(it) : streams_.erase(it);
+  }
+  for (const auto& [key, value] : state) {
     at::Generator& gen = stream(key[0] == 's', at::Device(key.substr(1)));
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(value);

@@ -1,7 +1,8 @@
 // The executor runs split backwards (input half now, weight half later: what zero-bubble
 // schedules need) as correctly as full ones: a 1F1B schedule rewritten so every backward is an
 // input half, with all weight halves deferred to the end of each rank's list, gives the
-// single-process gradients.
+// single-process gradients; also with activation checkpointing (runs of layers recomputed in
+// the input half, their graphs kept for the weight half).
 #include <gtest/gtest.h>
 
 #include "models.h"
@@ -30,6 +31,16 @@ Schedule defer_weight_gradients(Schedule schedule) {
   return schedule;
 }
 
+// Recomputed runs of a stage's layers, as indices into the stage: none, each layer alone, or
+// the whole stage but its first layer as one run.
+std::vector<std::vector<RecomputedRun>> recompute_plans(size_t num_layers) {
+  std::vector<RecomputedRun> each;
+  for (size_t i = 0; i < num_layers; ++i) each.push_back({i, i + 1, true});
+  std::vector<std::vector<RecomputedRun>> plans = {{}, each};
+  if (num_layers > 1) plans.push_back({{1, num_layers, true}});
+  return plans;
+}
+
 TEST(Executor, DeferredWeightGradientsMatchOneProcess) {
   const int p = comm::world_size();
   const int m = 4;
@@ -39,40 +50,46 @@ TEST(Executor, DeferredWeightGradientsMatchOneProcess) {
   ASSERT_EQ(validate(schedule), "");
   ASSERT_FALSE(simulate(schedule).deadlocked);
 
-  std::vector<Layer> layers = smp::testing::make_mlp(3);
   std::vector<Layer> reference = smp::testing::make_mlp(3);
-  // Eight layers, split evenly over the p stages.
-  std::vector<int> stage_of(layers.size());
-  for (size_t i = 0; i < layers.size(); ++i) stage_of[i] = static_cast<int>(i * p / layers.size());
-  const Partition part = manual_partition(stage_of, p, 0);
-  StageModule mine;
-  mine.stage = pp_rank();
-  for (int i = part.begin(mine.stage); i < part.end(mine.stage); ++i) mine.layers.push_back(&layers[i]);
-
   torch::manual_seed(5);
   const at::Tensor x = torch::randn({8, 16});
   const at::Tensor y = torch::randn({8, 8});
-  StepData data;
-  for (int mb = 0; mb < m; ++mb) {
-    data.inputs.push_back({x.chunk(m)[mb]});
-    data.targets.push_back({y.chunk(m)[mb]});
-  }
-  data.loss_fn = smp::testing::mse_loss;
-  data.loss_scale = 1.0 / m;
-  int backwards_seen = 0;
-  data.before_backward = [&](const Action&) { ++backwards_seen; };
-  Executor(process_group(CommGroup::PP_GROUP), schedule, {mine}).run(data);
-  EXPECT_EQ(backwards_seen, 2 * m);  // an input half and a weight half per microbatch
-
   smp::testing::mse_loss(smp::testing::run_all(reference, {x}), {y})[0].backward();
-  for (int i = part.begin(mine.stage); i < part.end(mine.stage); ++i) {
-    for (size_t j = 0; j < layers[i].parameters.size(); ++j) {
-      const at::Tensor& got = layers[i].parameters[j].grad();
-      const at::Tensor& want = reference[i].parameters[j].grad();
-      ASSERT_TRUE(got.defined()) << layers[i].name;
-      const double err = (got - want).abs().max().item<double>();
-      EXPECT_LE(err, 1e-5 * want.abs().max().item<double>() + 1e-12)  // fp32, reordered sums
-          << layers[i].name << "." << layers[i].parameter_names[j] << " max abs error " << err;
+  // Eight layers, split evenly over the p stages.
+  std::vector<int> stage_of(reference.size());
+  for (size_t i = 0; i < reference.size(); ++i) stage_of[i] = static_cast<int>(i * p / reference.size());
+  const Partition part = manual_partition(stage_of, p, 0);
+  const int stage = pp_rank();
+  const size_t num_local = static_cast<size_t>(part.end(stage) - part.begin(stage));
+
+  for (const std::vector<RecomputedRun>& plan : recompute_plans(num_local)) {
+    std::vector<Layer> layers = smp::testing::make_mlp(3);
+    StageModule mine;
+    mine.stage = stage;
+    for (int i = part.begin(stage); i < part.end(stage); ++i) mine.layers.push_back(&layers[i]);
+    mine.recomputed = plan;
+    StepData data;
+    for (int mb = 0; mb < m; ++mb) {
+      data.inputs.push_back({x.chunk(m)[mb]});
+      data.targets.push_back({y.chunk(m)[mb]});
+    }
+    data.loss_fn = smp::testing::mse_loss;
+    data.loss_scale = 1.0 / m;
+    int backwards_seen = 0;
+    data.before_backward = [&](const Action&) { ++backwards_seen; };
+    Executor(process_group(CommGroup::PP_GROUP), schedule, {mine}).run(data);
+    EXPECT_EQ(backwards_seen, 2 * m);  // an input half and a weight half per microbatch
+
+    for (int i = part.begin(stage); i < part.end(stage); ++i) {
+      for (size_t j = 0; j < layers[i].parameters.size(); ++j) {
+        const at::Tensor& got = layers[i].parameters[j].grad();
+        const at::Tensor& want = reference[i].parameters[j].grad();
+        ASSERT_TRUE(got.defined()) << layers[i].name << " with " << plan.size() << " recomputed runs";
+        const double err = (got - want).abs().max().item<double>();
+        EXPECT_LE(err, 1e-5 * want.abs().max().item<double>() + 1e-12)  // fp32, reordered sums
+            << layers[i].name << "." << layers[i].parameter_names[j] << " max abs error " << err
+            << " with " << plan.size() << " recomputed runs";
+      }
     }
   }
 }

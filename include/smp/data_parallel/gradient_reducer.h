@@ -80,6 +80,11 @@ class GradientReducer {
   // must see the local gradients before the reduction (tied copies under ZeRO-1, whose shards
   // of the two stages do not line up after it).
   void hold_until_finish(const std::vector<int>& params, std::function<void()> hook);
+  // Backward accumulates into parameter `param` `count` times per microbatch (default 1): a
+  // tensor that layers share (a tied embedding) and whose uses activation checkpointing puts in
+  // separate backward walks. Its gradient is final at the count-th accumulation of the last
+  // microbatch.
+  void set_accumulations(int param, int count);
   // Parameter `param`'s gradient slot in flat_grads(), shaped like the parameter.
   at::Tensor grad_slot(int param) const;
   // The dtype the parameters and the model's floating inputs have (fp32, fp16 or bf16).
@@ -137,6 +142,8 @@ class GradientReducer {
   std::vector<int> stages_;              // local stage numbers
   std::vector<char> armed_;              // by local stage index
   std::vector<char> ready_;              // by param
+  std::vector<int> accumulations_;       // by param: per microbatch (set_accumulations)
+  std::vector<int> accumulated_;         // by param: seen in the last microbatch so far
   std::vector<int> pending_;             // by bucket: params not yet ready
   int next_[2] = {0, 0};                 // next bucket to launch, per reduce group
   std::vector<std::vector<int>> order_;  // buckets of each group, in launch order

@@ -4,12 +4,14 @@
 // sends and receives between them over the pipeline group. Receives are posted a few actions
 // ahead of the compute that needs them; sends are posted and left in flight while compute
 // goes on; a microbatch's saved activations are freed as soon as its backward on a stage is
-// done. Parameter gradients accumulate across microbatches (scale the loss by 1/m to average,
-// SMP's average_grads_across_microbatches). Host tensors travel over MPI, device tensors over
+// done, and runs of layers under activation checkpointing keep only their inputs until then.
+// Parameter gradients accumulate across microbatches (scale the loss by 1/m to average, SMP's
+// average_grads_across_microbatches). Host tensors travel over MPI, device tensors over
 // NCCL, by the Communicator's rule.
 #pragma once
 
 #include <functional>
+#include <map>
 #include <vector>
 
 #include "smp/communicator.h"
@@ -18,12 +20,26 @@
 
 namespace smp::pipeline {
 
+// Activation checkpointing: layers [begin, end) of a stage run their forward without keeping
+// a graph, and again, with one, right before their backward.
+struct RecomputedRun {
+  size_t begin = 0;
+  size_t end = 0;
+  bool preserve_rng_state = true;  // the recompute starts from the forward's generator states
+};
+
 // One stage held by this rank: its global index and its layers, in order.
 struct StageModule {
   int stage = 0;
   std::vector<const Layer*> layers;
+  std::vector<RecomputedRun> recomputed;  // ascending, disjoint; empty: every activation is kept
   std::vector<at::Tensor> parameters() const;
 };
+
+// How many times one backward of the stage accumulates into each of its parameters, by tensor
+// (TensorImpl): once, except a tensor that layers share (a tied embedding) with uses on both
+// sides of a recomputed run's boundary, whose parts land in separate backward walks.
+std::map<const void*, int> accumulations_per_backward(const StageModule& stage);
 
 // What one step feeds the pipeline, per microbatch.
 struct StepData {

@@ -53,8 +53,9 @@ class DropoutRng {
   at::Tensor dropout(const at::Tensor& x, double p, bool sharded, bool train);
   uint64_t seed() const { return seed_; }
   uint64_t sharded_seed() const;
-  // The streams drawn from so far, "<r|s><device>" -> generator state (for checkpoints), and
-  // setting them back (streams named there are created as needed).
+  // The streams drawn from so far, "<r|s><device>" -> generator state (for checkpoints and
+  // activation checkpointing's recompute), and setting them back exactly: streams named there
+  // are created as needed, streams not named start again from their seed when next drawn from.
   std::map<std::string, at::Tensor> state() const;
   void load_state(const std::map<std::string, at::Tensor>& state);
 
