@@ -63,6 +63,9 @@ struct ActivationCheckpointing {
   // Recompute from the generators' states the forward started from (the default CPU and CUDA
   // generators and each layer's own streams, Layer::get_state), so dropout draws the same masks.
   bool preserve_rng_state = true;
+
+  // Throws smp::ConfigError, naming `what`, for a strategy not listed above.
+  void validate(const std::string& what) const;
 };
 
 // What the last step measured on this rank.

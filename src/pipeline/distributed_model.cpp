@@ -40,20 +40,23 @@ void DistributedModel::set_partition(const std::string& layer_name, int stage) {
   throw ConfigError("set_partition: no layer is named \"" + layer_name + "\"");
 }
 
+void ActivationCheckpointing::validate(const std::string& what) const {
+  if (strategy == "each" || strategy == "contiguous") return;
+  const bool group = strategy.rfind("group_", 0) == 0 && strategy.size() > 6 &&
+                     strategy.size() < 16 &&
+                     strategy.find_first_not_of("0123456789", 6) == std::string::npos &&
+                     std::stol(strategy.substr(6)) > 0;
+  if (!group) {
+    throw ConfigError(what + ": strategy \"" + strategy +
+                      "\" is not one of \"each\", \"contiguous\", \"group_<N>\" (N >= 1)");
+  }
+}
+
 void DistributedModel::set_activation_checkpointing(const std::string& layer_name,
                                                     const ActivationCheckpointing& options) {
   const std::string what = "set_activation_checkpointing(\"" + layer_name + "\")";
   if (!executors_.empty()) throw ConfigError(what + ": call it before the first step");
-  const std::string& strategy = options.strategy;
-  if (strategy != "each" && strategy != "contiguous") {
-    const bool group = strategy.rfind("group_", 0) == 0 && strategy.size() > 6 &&
-                       strategy.find_first_not_of("0123456789", 6) == std::string::npos &&
-                       std::stol(strategy.substr(6)) > 0;
-    if (!group) {
-      throw ConfigError(what + ": strategy \"" + strategy +
-                        "\" is not one of \"each\", \"contiguous\", \"group_<N>\" (N >= 1)");
-    }
-  }
+  options.validate(what);
   const int call = static_cast<int>(checkpointed_.size()) + 1;
   bool matched = false;
   for (const Layer& layer : layers_) {

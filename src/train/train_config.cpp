@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "smp/distributed_model.h"
 #include "smp/error.h"
 #include "smp/files.h"
 #include "smp/models/hf.h"
@@ -106,6 +107,15 @@ Setters training_setters(TrainingConfig& t) {
          t.device = v.get<std::string>();
        }},
       {"peak_tflops", real_into("training.peak_tflops", &t.peak_tflops, 0, 1e6)},
+      {"activation_checkpointing",
+       [&t](const json& v) {
+         const std::string key = "training.activation_checkpointing";
+         if (!v.is_string()) bad(key, v, "\"none\", \"each\", \"contiguous\", \"group_<N>\"");
+         t.activation_checkpointing = v.get<std::string>();
+         if (t.activation_checkpointing != "none") {
+           ActivationCheckpointing{t.activation_checkpointing}.validate(key);
+         }
+       }},
       {"prompt", string_into("training.prompt", &t.prompt)},
       {"sample_tokens", int_into("training.sample_tokens", &t.sample_tokens, 0)},
       {"temperature", real_into("training.temperature", &t.temperature, 0, 100)},

@@ -84,7 +84,8 @@ json config_json(const TrainConfig& c) {
                         {"precision", t.precision}, {"seed", t.seed}, {"val_every", t.val_every},
                         {"val_batches", t.val_batches}, {"prompt", t.prompt},
                         {"sample_tokens", t.sample_tokens}, {"temperature", t.temperature},
-                        {"device", t.device}, {"peak_tflops", t.peak_tflops}}},
+                        {"device", t.device}, {"peak_tflops", t.peak_tflops},
+                        {"activation_checkpointing", t.activation_checkpointing}}},
           {"checkpoint", {{"dir", k.dir}, {"every", k.every}, {"keep", k.keep},
                           {"full_at_end", k.full_at_end}, {"resume", k.resume}}},
           {"smp", c.smp.to_json()},
@@ -278,6 +279,9 @@ TrainSummary train(const TrainConfig& c) {
   DistributedModelOptions model_options;
   model_options.tied_copies = model.tied_copies;
   DistributedModel dmodel(std::move(model.layers), model_options);  // keeps only its own stages
+  if (t.activation_checkpointing != "none") {
+    dmodel.set_activation_checkpointing("block", {t.activation_checkpointing});
+  }
   const CheckpointConfig& ck = c.checkpoint;
   const std::string resume_tag = ck.resume == "newest" ? "" : ck.resume;
   // Resuming under the same pipeline keeps the checkpoint's partition (as SMP does).

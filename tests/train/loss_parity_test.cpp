@@ -1,5 +1,6 @@
 // The strongest test of the whole system: a tiny GPT trained 20 steps (fp32, deterministic)
-// under every parallel layout gives the same loss curve as one process, within 1e-4 relative.
+// under every parallel layout gives the same loss curve as one process, within 1e-4 relative
+// (pp2 x tp2 also with activation checkpointing).
 // The one-process curve is a golden file, tests/train/golden/tiny_gpt_losses.json; it is
 // rewritten only on purpose: SMP_REGENERATE_GOLDEN=1 with one rank.
 #include <gtest/gtest.h>
@@ -150,6 +151,13 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
       GTEST_SKIP() << "golden file rewritten: " << kGolden;
     }
     expect_matches_golden(losses, name);
+  }
+  if (world == 4) {  // with the blocks recomputed in backward (activation checkpointing)
+    expect_matches_golden(
+        train_layout(R"({"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true,
+                        "microbatches": 2})", "pp2_tp2_recomputed",
+                     R"(, "activation_checkpointing": "each")"),
+        "pp2_tp2 with activation checkpointing");
   }
   if (comm::world_rank() == 0) std::system(("rm -rf " + work_dir()).c_str());
 }

@@ -47,6 +47,10 @@ TEST(TrainConfig, BadInputNamesTheKeyAndWhatIsAllowed) {
                       {"training.lr", "\"fast\""});
   expect_config_error(R"({"data": {"text": "t"}, "training": {"precision": "fp8"}})",
                       {"training.precision", "\"fp8\"", "\"bf16\""});
+  expect_config_error(R"({"data": {"text": "t"}, "training": {"activation_checkpointing": "all"}})",
+                      {"training.activation_checkpointing", "\"all\"", "\"group_<N>\""});
+  expect_config_error(R"({"data": {"text": "t"}, "training": {"activation_checkpointing": true}})",
+                      {"training.activation_checkpointing", "\"contiguous\""});
   expect_config_error(R"({"data": {}})", {"exactly one of \"text\""});
   expect_config_error(R"({"model": {"name": "tiny"}, "data": {"text": "t"},
                           "training": {"seq_len": 65}})",

@@ -44,6 +44,10 @@ struct TrainingConfig {
   int64_t val_batches = 4;
   std::string device = "cpu";  // "cpu" | "cuda" (GPU local_rank % GPUs on each rank)
   double peak_tflops = 0;      // the device's peak (e.g. 989 for an H100's dense bf16): MFU; 0: n/a
+  // Activation checkpointing of the transformer blocks (DistributedModel::
+  // set_activation_checkpointing("block")): "none", or its strategy "each", "contiguous",
+  // "group_<N>".
+  std::string activation_checkpointing = "none";
   std::string prompt = "\n";     // the sample at the end starts here
   int64_t sample_tokens = 200;
   double temperature = 0.8;
