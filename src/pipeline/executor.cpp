@@ -397,6 +397,9 @@ class Run {
         for (size_t j = 0; j < leaf_index.size(); ++j) input_grads[leaf_index[j]] = got[j];
       }
       grads_out = std::move(input_grads);
+      // A full backward is done with this segment: drop what it held (its recomputed
+      // activations, the gradients it was given, its leaves) before the next one recomputes.
+      if (weight) segment = Segment{segment.begin, segment.end, segment.recomputed};
     }
     if (stage > 0) {
       if (local(stage - 1)) {
