@@ -39,7 +39,8 @@ double status_mb(const std::string& field) {
 
 int main(int argc, char** argv) {
   if (argc != 8) {
-    std::fprintf(stderr, "usage: recompute_bench <strategy> <hidden> <layers> <heads> <seq> <batch> <steps>\n");
+    std::fprintf(stderr,
+                 "usage: recompute_bench <strategy> <hidden> <layers> <heads> <seq> <batch> <steps>\n");
     return 2;
   }
   using namespace smp;
@@ -71,7 +72,8 @@ int main(int argc, char** argv) {
   for (int s = 0; s < steps; ++s) {
     const auto start = std::chrono::steady_clock::now();
     step(dmodel, {x}, {y}, loss_fn);
-    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    const auto end = std::chrono::steady_clock::now();
+    seconds.push_back(std::chrono::duration<double>(end - start).count());
     for (const at::Tensor& p : dmodel.local_parameters()) {
       if (p.grad().defined()) p.mutable_grad().zero_();
     }

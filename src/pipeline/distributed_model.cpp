@@ -66,12 +66,10 @@ void DistributedModel::set_activation_checkpointing(const std::string& layer_nam
     }
   }
   if (!matched) {
+    std::string names;
+    for (const Layer& l : layers_) names += (names.empty() ? "" : ", ") + l.name;
     throw ConfigError(what + ": no layer is named \"" + layer_name + "\" or \"" + layer_name +
-                      ".*\"; layers: " + [this] {
-                        std::string names;
-                        for (const Layer& l : layers_) names += (names.empty() ? "" : ", ") + l.name;
-                        return names;
-                      }());
+                      ".*\"; layers: " + names);
   }
 }
 
@@ -343,7 +341,9 @@ pipeline::Executor& DistributedModel::executor_for(int num_microbatches, bool tr
       const auto& params = reducer_->params();
       for (size_t i = 0; i < params.size(); ++i) {
         auto it = uses.find(params[i].tensor.unsafeGetTensorImpl());
-        if (it != uses.end() && it->second > 1) reducer_->set_accumulations(static_cast<int>(i), it->second);
+        if (it != uses.end() && it->second > 1) {
+          reducer_->set_accumulations(static_cast<int>(i), it->second);
+        }
       }
       stages.push_back(std::move(module));
     }

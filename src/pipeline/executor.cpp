@@ -150,7 +150,9 @@ std::map<const void*, int> accumulations_per_backward(const StageModule& stage) 
   for (const Segment& segment : plan_segments(stage, /*loss_here=*/false)) {
     std::set<const void*> in_segment;
     for (size_t i = segment.begin; i < segment.end; ++i) {
-      for (const at::Tensor& p : stage.layers[i]->parameters) in_segment.insert(p.unsafeGetTensorImpl());
+      for (const at::Tensor& p : stage.layers[i]->parameters) {
+        in_segment.insert(p.unsafeGetTensorImpl());
+      }
     }
     for (const void* p : in_segment) ++count[p];
   }
@@ -283,7 +285,9 @@ class Run {
       segment.inputs = k == 0 ? x : as_leaves(x);
       x = segment.inputs;
       if (segment.recomputed) {
-        if (segment.preserve_rng) segment.rng = capture_rng(module.layers, segment.begin, segment.end, device_);
+        if (segment.preserve_rng) {
+          segment.rng = capture_rng(module.layers, segment.begin, segment.end, device_);
+        }
         at::NoGradGuard no_graph;
         for (size_t i = segment.begin; i < segment.end; ++i) x = module.layers[i]->forward(x);
       } else {
