@@ -10,14 +10,20 @@
 #include <chrono>
 #include <deque>
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
 #include <mutex>
 #include <optional>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/generated/variable_factories.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include "smp/error.h"
 #include "values_p2p.h"
@@ -106,6 +112,102 @@ void restore_rng(RngState& state) {
   for (const auto& [layer, value] : state.layers) layer->set_state(value);
 }
 
+// A split backward's two halves over one graph, without walking anything twice. The input half
+// runs backward to the leaves and, on the way, takes the gradients that flow into the weights'
+// side paths: the edges where a path to a parameter leaves the paths to the leaves (into the
+// transpose of a weight behind a matrix product, say). The weight half starts from exactly
+// those edges (and from roots whose graph reaches parameters only), so it runs only the nodes
+// that lead to parameters, as PyTorch's stage_backward_weight does with gradient edges.
+struct SplitBackward {
+  torch::autograd::edge_list weight_roots;
+  std::vector<at::Tensor> weight_grads;  // parallel to weight_roots, filled by the input half
+};
+
+// The input half: gradients of `leaves` (undefined where unreached), given `roots` and their
+// `grads` (an undefined one is a scalar loss's implicit 1). Keeps the graph for the weight half,
+// whose starting points it returns.
+std::pair<Values, SplitBackward> input_half(const Values& roots, const Values& grads,
+                                            const Values& leaves,
+                                            const std::vector<at::Tensor>& params) {
+  using torch::autograd::Node;
+  // The graph below the roots, with each node's parents.
+  std::unordered_map<Node*, std::vector<Node*>> parents;
+  std::vector<std::shared_ptr<Node>> nodes;
+  std::unordered_set<Node*> seen;
+  for (const at::Tensor& r : roots) {
+    if (r.grad_fn() && seen.insert(r.grad_fn().get()).second) nodes.push_back(r.grad_fn());
+  }
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    for (const auto& edge : nodes[i]->next_edges()) {
+      if (!edge.function) continue;
+      parents[edge.function.get()].push_back(nodes[i].get());
+      if (seen.insert(edge.function.get()).second) nodes.push_back(edge.function);
+    }
+  }
+  // Nodes from which the gradient accumulators of some of `targets` are reached.
+  auto reaching = [&](const std::vector<at::Tensor>& targets) {
+    std::unordered_set<Node*> out;
+    std::vector<Node*> stack;
+    for (const at::Tensor& t : targets) {
+      auto acc = torch::autograd::impl::try_get_grad_accumulator(t);
+      if (acc && seen.count(acc.get()) && out.insert(acc.get()).second) stack.push_back(acc.get());
+    }
+    while (!stack.empty()) {
+      Node* node = stack.back();
+      stack.pop_back();
+      for (Node* parent : parents[node]) {
+        if (out.insert(parent).second) stack.push_back(parent);
+      }
+    }
+    return out;
+  };
+  const std::unordered_set<Node*> to_leaves = reaching(leaves);
+  const std::unordered_set<Node*> to_params = reaching(params);
+  auto weight_side = [&](Node* node) { return to_params.count(node) && !to_leaves.count(node); };
+
+  SplitBackward split;
+  torch::autograd::edge_list root_edges;
+  torch::autograd::variable_list root_grads;
+  for (size_t i = 0; i < roots.size(); ++i) {
+    const at::Tensor grad = grads[i].defined() ? grads[i] : at::ones_like(roots[i]);
+    root_edges.push_back(torch::autograd::impl::gradient_edge(roots[i]));
+    root_grads.push_back(grad);
+    if (weight_side(roots[i].grad_fn().get())) {  // the input half never enters it
+      split.weight_roots.push_back(root_edges.back());
+      split.weight_grads.push_back(grad);
+    }
+  }
+  torch::autograd::edge_list outputs;
+  for (const at::Tensor& leaf : leaves) outputs.push_back(torch::autograd::impl::gradient_edge(leaf));
+  const size_t first_branch = outputs.size();
+  for (const auto& node : nodes) {
+    if (!to_leaves.count(node.get())) continue;
+    for (const auto& edge : node->next_edges()) {
+      if (edge.function && weight_side(edge.function.get())) outputs.push_back(edge);
+    }
+  }
+  const torch::autograd::variable_list got = torch::autograd::Engine::get_default_engine().execute(
+      root_edges, root_grads, /*keep_graph=*/true, /*create_graph=*/false,
+      /*accumulate_grad=*/false, outputs);
+  for (size_t i = first_branch; i < outputs.size(); ++i) {
+    if (!got[i].defined()) continue;
+    split.weight_roots.push_back(outputs[i]);
+    split.weight_grads.push_back(got[i]);
+  }
+  return {Values(got.begin(), got.begin() + static_cast<std::ptrdiff_t>(first_branch)),
+          std::move(split)};
+}
+
+// The weight half: from the input half's side edges to the parameters, accumulating into .grad.
+void weight_half(const SplitBackward& split, const std::vector<at::Tensor>& params) {
+  if (split.weight_roots.empty()) return;
+  torch::autograd::edge_list param_edges;
+  for (const at::Tensor& p : params) param_edges.push_back(torch::autograd::impl::gradient_edge(p));
+  torch::autograd::Engine::get_default_engine().execute(
+      split.weight_roots, split.weight_grads, /*keep_graph=*/false, /*create_graph=*/false,
+      /*accumulate_grad=*/true, param_edges);
+}
+
 // A run of a stage's layers whose graph backward walks on its own: the whole stage, or, with
 // activation checkpointing, each recomputed run and the runs of kept layers between them. Where
 // one segment ends and the next begins, the values become fresh leaves (as between stages).
@@ -119,6 +221,7 @@ struct Segment {
                    // last segment, {loss * scale}
   Values grads;    // gradients of `outputs`, kept for the weight half of a split backward
   RngState rng;    // recomputed: the generators as its forward found them
+  std::optional<SplitBackward> split;  // after an input half: where its weight half starts
 };
 
 // What a stage keeps from its forward for its backward.
@@ -361,6 +464,10 @@ class Run {
         if (p.requires_grad()) params.push_back(p);
       }
       for (size_t k = 0; k < segments.size() && !params.empty(); ++k) {
+        if (segments[k].split) {
+          weight_half(*segments[k].split, params);
+          continue;
+        }
         auto [roots, grads] = roots_of(segments[k], last && k + 1 == segments.size());
         if (roots.empty()) continue;
         torch::autograd::backward(roots, grads, /*keep_graph=*/false, /*create_graph=*/false,
@@ -396,8 +503,12 @@ class Run {
         for (size_t i : leaf_index) input_grads[i] = segment.inputs[i].grad();
       } else if (!roots.empty() && !leaves.empty()) {
         // Input gradients only; the graph stays for the weight half.
-        Values got = torch::autograd::grad(roots, leaves, grads, /*retain_graph=*/true,
-                                           /*create_graph=*/false, /*allow_unused=*/true);
+        std::vector<at::Tensor> params;
+        for (const at::Tensor& p : module.parameters()) {
+          if (p.requires_grad()) params.push_back(p);
+        }
+        auto [got, split] = input_half(roots, grads, leaves, params);
+        segment.split = std::move(split);
         for (size_t j = 0; j < leaf_index.size(); ++j) input_grads[leaf_index[j]] = got[j];
       }
       grads_out = std::move(input_grads);
