@@ -28,6 +28,7 @@ enum class PipelineMode {
   kInterleaved,  // "interleaved": 1F1B-like, backward prioritised (SMP's default)
   kSimple,       // "simple": all forwards, then all backwards (GPipe-like)
   kOnlyForward,  // "_only_forward": SMP's undocumented forward-only mode
+  kZeroBubble,   // "zero_bubble" (smp extension): ZB-H1, split backwards filling the bubbles
 };
 // `optimize`: partitioner objective and TP layer-distribution strategy.
 enum class OptimizeFor { kMemory, kSpeed };

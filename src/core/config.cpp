@@ -266,7 +266,8 @@ const std::vector<KeySpec>& key_specs() {
       choice_key("pipeline", &Config::pipeline,
                  {{"interleaved", PipelineMode::kInterleaved},
                   {"simple", PipelineMode::kSimple},
-                  {"_only_forward", PipelineMode::kOnlyForward}}),
+                  {"_only_forward", PipelineMode::kOnlyForward},
+                  {"zero_bubble", PipelineMode::kZeroBubble}}),
       choice_key("optimize", &Config::optimize,
                  {{"memory", OptimizeFor::kMemory}, {"speed", OptimizeFor::kSpeed}}),
       placement_key(),
@@ -397,6 +398,7 @@ const char* to_string(PipelineMode mode) {
     case PipelineMode::kInterleaved: return "interleaved";
     case PipelineMode::kSimple: return "simple";
     case PipelineMode::kOnlyForward: return "_only_forward";
+    case PipelineMode::kZeroBubble: return "zero_bubble";
   }
   return "?";
 }

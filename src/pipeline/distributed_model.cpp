@@ -318,6 +318,8 @@ const pipeline::Schedule& DistributedModel::schedule_for(int num_microbatches, b
       spec.kind = pipeline::ScheduleKind::kForwardOnly;
     } else if (cfg.pipeline == PipelineMode::kSimple) {
       spec.kind = pipeline::ScheduleKind::kSimple;
+    } else if (cfg.pipeline == PipelineMode::kZeroBubble) {
+      spec.kind = pipeline::ScheduleKind::kZeroBubble;
     } else {
       spec.kind = options_.chunks_per_rank > 1 ? pipeline::ScheduleKind::kInterleavedVirtual
                                                : pipeline::ScheduleKind::kOneFOneB;

@@ -7,7 +7,9 @@
 #include "smp/pipeline/schedule.h"
 
 #include <algorithm>
+#include <deque>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -41,6 +43,7 @@ const char* to_string(ScheduleKind kind) {
     case ScheduleKind::kOneFOneB: return "interleaved";
     case ScheduleKind::kInterleavedVirtual: return "interleaved_virtual";
     case ScheduleKind::kForwardOnly: return "forward_only";
+    case ScheduleKind::kZeroBubble: return "zero_bubble";
   }
   return "unknown";
 }
@@ -114,6 +117,10 @@ void check_spec(const ScheduleSpec& spec) {
   if (spec.active_microbatches < 0)
     spec_error("active_microbatches is " + std::to_string(spec.active_microbatches) +
                "; allowed: >= 1, or 0 for the default num_ranks + 2");
+  if (spec.kind == ScheduleKind::kZeroBubble && spec.num_microbatches < spec.num_ranks)
+    spec_error("num_microbatches (microbatches) is " + m + ", fewer than num_ranks "
+               "(pipeline_parallel_degree) " + p + "; zero_bubble needs microbatches >= "
+               "pipeline_parallel_degree to fill its bubbles");
   if (spec.kind == ScheduleKind::kInterleavedVirtual && spec.num_microbatches % spec.num_ranks)
     spec_error("num_microbatches (microbatches) is " + m +
                ", not a multiple of num_ranks (pipeline_parallel_degree) " + p +
@@ -214,6 +221,72 @@ RankLists generate_interleaved_virtual(const ScheduleSpec& spec) {
   return out;
 }
 
+// Zero bubble, ZB-H1 (Qi et al., 2023): backwards split into the input half, which the
+// previous stage waits for, and the weight half, which waits for nothing and fills the time a
+// rank would idle. Built by running all ranks together in unit time steps (forward, input half
+// and weight half one step each): a rank runs its next forward or input half in 1F1B order
+// when its inputs are there, else its oldest pending weight half, else idles; a forward waits
+// while min(p, m) microbatches are in flight on the rank (forward done, weight half not), the
+// most 1F1B holds on its first rank. With m >= p the makespan is 3m + p - 1 steps: the bubble
+// is (p - 1) / (3m + p - 1), a third of 1F1B's (p - 1) / (m + p - 1) in the same units.
+RankLists generate_zero_bubble(const ScheduleSpec& spec) {
+  const int p = spec.num_ranks;
+  const int m = spec.num_microbatches;
+  const int cap = std::min(p, m);
+  struct RankState {
+    ActionList ordered;  // forwards and input halves, in 1F1B order
+    size_t next = 0;
+    std::deque<int> weights;  // microbatches whose weight half is pending
+    int in_flight = 0;
+  };
+  std::vector<RankState> ranks(p);
+  for (int r = 0; r < p; ++r) {
+    const int warmup = std::min(p - r - 1, m);
+    ranks[r].ordered = in_phases(in_microbatch_order(ActionKind::kForward, r, m),
+                                 in_microbatch_order(ActionKind::kBackwardInput, r, m), warmup);
+  }
+  // Step at which each (kind, stage, microbatch) finished; absent: not yet.
+  std::map<std::tuple<ActionKind, int, int>, int> finished;
+  auto done_by = [&](ActionKind kind, int stage, int mb, int t) {
+    auto it = finished.find({kind, stage, mb});
+    return it != finished.end() && it->second <= t;
+  };
+  RankLists out(p);
+  int remaining = 3 * m * p;
+  for (int t = 0; remaining > 0; ++t) {
+    SMP_CHECK(t <= 3 * m * p + p);  // every step someone runs something
+    for (int r = 0; r < p; ++r) {
+      RankState& rank = ranks[r];
+      std::optional<Action> run;
+      if (rank.next < rank.ordered.size()) {
+        const Action& a = rank.ordered[rank.next];
+        const bool ready =
+            a.kind == ActionKind::kForward
+                ? (r == 0 || done_by(ActionKind::kForward, r - 1, a.microbatch, t)) &&
+                      rank.in_flight < cap
+                : done_by(ActionKind::kForward, r, a.microbatch, t) &&
+                      (r == p - 1 || done_by(ActionKind::kBackwardInput, r + 1, a.microbatch, t));
+        if (ready) {
+          run = a;
+          ++rank.next;
+        }
+      }
+      if (!run && !rank.weights.empty()) {
+        run = compute(ActionKind::kBackwardWeight, r, rank.weights.front());
+        rank.weights.pop_front();
+      }
+      if (!run) continue;
+      finished[{run->kind, r, run->microbatch}] = t + 1;
+      out[r].push_back(*run);
+      --remaining;
+      if (run->kind == ActionKind::kForward) ++rank.in_flight;
+      if (run->kind == ActionKind::kBackwardInput) rank.weights.push_back(run->microbatch);
+      if (run->kind == ActionKind::kBackwardWeight) --rank.in_flight;
+    }
+  }
+  return out;
+}
+
 // Evaluation: forwards only, microbatch order; the warmup is the whole list.
 RankLists generate_forward_only(const ScheduleSpec& spec) {
   RankLists out;
@@ -263,6 +336,7 @@ Schedule make_schedule(const ScheduleSpec& spec) {
     case ScheduleKind::kOneFOneB: computes = generate_one_f_one_b(spec); break;
     case ScheduleKind::kInterleavedVirtual: computes = generate_interleaved_virtual(spec); break;
     case ScheduleKind::kForwardOnly: computes = generate_forward_only(spec); break;
+    case ScheduleKind::kZeroBubble: computes = generate_zero_bubble(spec); break;
   }
   SMP_CHECK_EQ(static_cast<int>(computes.size()), spec.num_ranks);
   for (int rank = 0; rank < spec.num_ranks; ++rank)
@@ -636,6 +710,7 @@ double theoretical_bubble_fraction(const ScheduleSpec& spec) {
   const double p = spec.num_ranks;
   const double m = spec.num_microbatches;
   const double v = spec.chunks_per_rank;  // 1 for every kind but kInterleavedVirtual
+  if (spec.kind == ScheduleKind::kZeroBubble) return (p - 1) / (3 * m + p - 1);
   return (p - 1) / (v * m + p - 1);
 }
 

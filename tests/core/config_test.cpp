@@ -642,6 +642,7 @@ TEST(ConfigTest, EnumSpellings) {
   EXPECT_STREQ(to_string(PipelineMode::kInterleaved), "interleaved");
   EXPECT_STREQ(to_string(PipelineMode::kSimple), "simple");
   EXPECT_STREQ(to_string(PipelineMode::kOnlyForward), "_only_forward");
+  EXPECT_STREQ(to_string(PipelineMode::kZeroBubble), "zero_bubble");
   EXPECT_STREQ(to_string(OptimizeFor::kMemory), "memory");
   EXPECT_STREQ(to_string(OptimizeFor::kSpeed), "speed");
   EXPECT_STREQ(to_string(DdpBackend::kAuto), "auto");

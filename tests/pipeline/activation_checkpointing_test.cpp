@@ -1,7 +1,7 @@
 // Activation checkpointing (DistributedModel::set_activation_checkpointing): a tiny GPT with
 // dropout gives the same loss and the same gradients, bit for bit, with its blocks recomputed
-// in backward as without, under every strategy and on 1, 2 and 4 ranks (pp with GPipe, 1F1B
-// and virtual stages, tp, dp, pp x tp, tp x dp with ZeRO-1). With data parallelism the tied
+// in backward as without, under every strategy and on 1, 2 and 4 ranks (pp with GPipe, 1F1B,
+// zero bubble and virtual stages, tp, dp, pp x tp, tp x dp with ZeRO-1, pp x dp zero bubble). With data parallelism the tied
 // embedding's two parts land in separate backward walks, and its reduction must wait for both. Without preserve_rng_state the recompute draws other
 // dropout masks and the gradients differ: the restored generators are what makes it exact.
 // (Split input/weight backwards with recomputed runs: executor_test.)
@@ -74,11 +74,13 @@ std::vector<std::pair<std::string, int>> layouts() {
               {R"({"pipeline_parallel_degree": 2})", 1},
               {R"({"pipeline_parallel_degree": 2})", 2},
               {R"({"tensor_parallel_degree": 2, "ddp": true})", 1},
-              {R"({"ddp": true})", 1}};
+              {R"({"ddp": true})", 1},
+              {R"({"pipeline_parallel_degree": 2, "pipeline": "zero_bubble"})", 1}};
     case 4:
       return {{R"({"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true})", 1},
               {R"({"pipeline_parallel_degree": 4})", 1},
-              {R"({"tensor_parallel_degree": 2, "ddp": true, "shard_optimizer_state": true})", 1}};
+              {R"({"tensor_parallel_degree": 2, "ddp": true, "shard_optimizer_state": true})", 1},
+              {R"({"pipeline_parallel_degree": 2, "ddp": true, "pipeline": "zero_bubble"})", 1}};
   }
   return {};
 }

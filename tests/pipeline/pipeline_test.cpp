@@ -121,8 +121,9 @@ TEST(Pipeline, EveryLayoutScheduleAndMicrobatchCountMatchesOneProcess) {
         int v;
       };
       for (const Variant& variant : {Variant{"simple", 1}, Variant{"interleaved", 1},
-                                     Variant{"interleaved", 2}}) {
+                                     Variant{"interleaved", 2}, Variant{"zero_bubble", 1}}) {
         if (variant.v > 1 && m % pp != 0) continue;  // Megatron's interleaving needs m % pp == 0
+        if (variant.pipeline == "zero_bubble" && m < pp) continue;  // it needs m >= pp
         reinit(pp, m, variant.pipeline);
         const std::string what = "pp=" + std::to_string(pp) + " m=" + std::to_string(m) + " " +
                                  variant.pipeline + " v=" + std::to_string(variant.v);

@@ -184,6 +184,58 @@ TEST(ScheduleBubble, AnchorsWorkedExample) {
   EXPECT_NEAR(virtual_2 / (1 - virtual_2), 0.109, 5e-4);
 }
 
+// --- Zero bubble (ZB-H1) -------------------------------------------------------------------------
+
+// Valid, deadlock-free and causal (an input half after the next stage's, a weight half after its
+// own input half); with forward, input and weight halves of one unit each the bubble is
+// (p - 1) / (3m + p - 1), a third of 1F1B's, on every rank; no rank holds more microbatches
+// than 1F1B's first rank does (min(p, m)).
+TEST(ScheduleZeroBubble, MatchesTheoryWithOneFOneBsMemory) {
+  for (int p : kRanks) {
+    for (int m : kMicrobatches) {
+      if (m < p) continue;
+      const ScheduleSpec spec = spec_of(ScheduleKind::kZeroBubble, p, m);
+      SCOPED_TRACE(name(spec));
+      const Schedule schedule = make_schedule(spec);
+      ASSERT_EQ(validate(schedule), "");
+      const Simulation sim = simulate(schedule);  // forward 1, input half 1, weight half 1
+      ASSERT_FALSE(sim.deadlocked) << sim.deadlock_report;
+      const double theory = double(p - 1) / (3 * m + p - 1);
+      EXPECT_NEAR(theoretical_bubble_fraction(spec), theory, 1e-12);
+      EXPECT_NEAR(max_bubble(sim), theory, 1e-9);
+      EXPECT_NEAR(sim.makespan, 3 * m + p - 1, 1e-9);
+      const Simulation one_f_one_b = simulate(make_schedule(spec_of(ScheduleKind::kOneFOneB, p, m)));
+      if (p > 1) EXPECT_LT(sim.makespan, one_f_one_b.makespan);
+      const int most_1f1b = *std::max_element(one_f_one_b.peak_in_flight.begin(),
+                                              one_f_one_b.peak_in_flight.end());
+      for (int r = 0; r < p; ++r) {
+        EXPECT_LE(sim.peak_in_flight[r], std::min(p, m)) << "rank " << r;
+        EXPECT_LE(sim.peak_in_flight[r], most_1f1b) << "rank " << r;
+      }
+      std::map<SpanKey, SimulatedSpan> spans;
+      for (const auto& rank_spans : sim.per_rank)
+        for (const SimulatedSpan& span : rank_spans)
+          spans.emplace(SpanKey{span.action.kind, span.action.stage, span.action.microbatch}, span);
+      ASSERT_EQ(spans.size(), static_cast<size_t>(3 * p * m));
+      for (int s = 0; s < p; ++s) {
+        for (int mb = 0; mb < m; ++mb) {
+          const auto& input = spans.at({ActionKind::kBackwardInput, s, mb});
+          EXPECT_GE(input.start, spans.at({ActionKind::kForward, s, mb}).end);
+          EXPECT_GE(spans.at({ActionKind::kBackwardWeight, s, mb}).start, input.end);
+          if (s + 1 < p) EXPECT_GE(input.start, spans.at({ActionKind::kBackwardInput, s + 1, mb}).end);
+        }
+      }
+    }
+  }
+}
+
+TEST(ScheduleZeroBubble, GoldenTwoRanksFourMicrobatches) {
+  const Schedule schedule = make_schedule(spec_of(ScheduleKind::kZeroBubble, 2, 4));
+  // Each rank runs a weight half wherever its next forward or input half would wait.
+  EXPECT_EQ(join(schedule.per_rank[0], true), "F0.0 F1.0 I0.0 W0.0 F2.0 I1.0 W1.0 F3.0 I2.0 W2.0 I3.0 W3.0");
+  EXPECT_EQ(join(schedule.per_rank[1], true), "F0.1 I0.1 F1.1 I1.1 W0.1 F2.1 I2.1 W1.1 F3.1 I3.1 W2.1 W3.1");
+}
+
 // --- In-flight activations -----------------------------------------------------------------------
 
 TEST(ScheduleInFlight, SimpleHoldsEveryMicrobatch) {
@@ -430,6 +482,11 @@ TEST(ScheduleSpecErrors, NameTheFieldAndValue) {
   expect_config_error(spec_of(ScheduleKind::kInterleavedVirtual, 4, 6, 2),
                       "num_microbatches (microbatches) is 6, not a multiple of num_ranks "
                       "(pipeline_parallel_degree) 4");
+  expect_config_error(spec_of(ScheduleKind::kZeroBubble, 4, 3),
+                      "num_microbatches (microbatches) is 3, fewer than num_ranks "
+                      "(pipeline_parallel_degree) 4; zero_bubble needs");
+  expect_config_error(spec_of(ScheduleKind::kZeroBubble, 2, 4, 2),
+                      "chunks_per_rank is 2 with kind zero_bubble");
   EXPECT_THROW(theoretical_bubble_fraction(spec_of(ScheduleKind::kSimple, 0, 4)), ConfigError);
 }
 

@@ -130,7 +130,9 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
   if (world == 2) {
     layouts = {{R"({"pipeline_parallel_degree": 2, "microbatches": 2})", "pp2"},
                {R"({"tensor_parallel_degree": 2, "ddp": true})", "tp2"},
-               {R"({"ddp": true})", "dp2"}};
+               {R"({"ddp": true})", "dp2"},
+               {R"({"pipeline_parallel_degree": 2, "microbatches": 2, "pipeline": "zero_bubble"})",
+                "pp2_zero_bubble"}};
   }
   if (world == 4) {
     layouts = {{R"({"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true,
@@ -139,7 +141,10 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
                {R"({"pipeline_parallel_degree": 2, "ddp": true, "microbatches": 2,
                    "shard_optimizer_state": true})", "pp2_dp2_zero1_tied_head"},
                {R"({"tensor_parallel_degree": 2, "ddp": true, "shard_optimizer_state": true})",
-                "tp2_dp2_zero1"}};
+                "tp2_dp2_zero1"},
+               {R"({"pipeline_parallel_degree": 2, "ddp": true, "microbatches": 2,
+                   "shard_optimizer_state": true, "pipeline": "zero_bubble"})",
+                "pp2_dp2_zero1_zero_bubble"}};
   }
   work_dir();
   for (const auto& [smp_json, name] : layouts) {

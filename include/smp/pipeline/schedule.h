@@ -46,7 +46,9 @@ std::string to_string(const Action& action);
 // SMP's names: "simple" (GPipe: all forwards, then all backwards) and "interleaved" (1F1B:
 // backward first whenever possible). kInterleavedVirtual is Megatron's interleaved 1F1B with
 // v > 1 chunks per rank. kForwardOnly runs forwards only (SMP's "_only_forward", evaluation).
-enum class ScheduleKind { kSimple, kOneFOneB, kInterleavedVirtual, kForwardOnly };
+// kZeroBubble is ZB-H1 (an smp extension, "zero_bubble"): split backwards, weight halves
+// filling the bubbles, 1F1B's peak memory.
+enum class ScheduleKind { kSimple, kOneFOneB, kInterleavedVirtual, kForwardOnly, kZeroBubble };
 const char* to_string(ScheduleKind kind);
 
 struct ScheduleSpec {
@@ -80,6 +82,8 @@ struct Schedule {
 //     through chunk 0, 1, ..., v - 1; backwards in the same order with chunks mirrored;
 //     warmup (p - r - 1) * 2 + (v - 1) * p forwards (at most m * v), then 1F1B as above.
 //   kForwardOnly: forwards for microbatch 0..m-1.
+//   kZeroBubble: forwards and input halves in 1F1B order, weight halves where the rank would
+//     wait (see generate_zero_bubble); needs m >= p.
 // A receive sits right before the compute that consumes it, a send right after the compute
 // that produces it; stages on the same rank (p = 1) exchange nothing.
 Schedule make_schedule(const ScheduleSpec& spec);
@@ -130,6 +134,7 @@ std::string validate(const Schedule& schedule);
 
 // The bubble theory says for this spec: (p - 1) / (m + p - 1) for simple and 1F1B with v = 1;
 // for interleaved virtual stages (p - 1) / (v * m + p - 1). Forward-only: (p - 1) / (m + p - 1).
+// Zero bubble, with forward, input half and weight half of equal cost: (p - 1) / (3m + p - 1).
 // Throws smp::ConfigError for the specs make_schedule rejects.
 double theoretical_bubble_fraction(const ScheduleSpec& spec);
 
