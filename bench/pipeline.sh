@@ -13,6 +13,9 @@
 #
 # Pairs compared (same schedule on both sides):
 #   smp "interleaved" (SMP's 1F1B) vs torch Schedule1F1B;  smp "simple" (GPipe) vs ScheduleGPipe.
+# And smp's "zero_bubble" (ZB-H1: split backwards, bubble (p-1)/(3m+p-1) in equal-cost units)
+# against smp's 1F1B: zb_vs_1f1b = 1F1B step time / zero-bubble step time (torch's zero-bubble
+# schedules need several stages per rank, so there is no same-shape peer).
 # vs_torch_<x> = torch step time / smp step time: smp's throughput relative to torch's
 # (> 1: smp is faster).
 #
@@ -47,6 +50,7 @@
 # fastest run, and a WARNING line says that those figures are noise).
 # Last line:
 #   RESULT pipeline efficiency=<x> vs_torch_1f1b=<ratio> vs_torch_gpipe=<ratio> rss_1f1b_over_gpipe=<ratio>
+#     zb_vs_1f1b=<ratio>
 #
 # Usage (from anywhere): bash bench/pipeline.sh
 #   SMP_BUILD_DIR      build tree holding bench/pipeline/pipeline_bench (default build, made by
@@ -135,7 +139,7 @@ run_torch() {  # schedule round
 quiet=${SMP_BENCH_QUIET:-0.10}
 all_quiet() {  # whether every configuration has a quiet run
   local kind
-  for kind in smp.interleaved torch.1f1b smp.simple torch.gpipe; do
+  for kind in smp.interleaved torch.1f1b smp.simple torch.gpipe smp.zero_bubble; do
     cat "$out/$kind".* | grep -o 'others_cpu=[0-9.]*' | cut -d= -f2 \
       | awk -v q="$quiet" '$1 <= q { found = 1 } END { exit !found }' || return 1
   done
@@ -146,7 +150,9 @@ echo "pipeline.sh: $rounds to $max_rounds round(s) of smp (mpirun ${mpi_flags[*]
 for ((r = 1; r <= max_rounds; r++)); do
   if ((r % 2)); then
     run_smp interleaved "$r"; run_torch 1f1b "$r"; run_smp simple "$r"; run_torch gpipe "$r"
+    run_smp zero_bubble "$r"
   else
+    run_smp zero_bubble "$r"
     run_torch gpipe "$r"; run_smp simple "$r"; run_torch 1f1b "$r"; run_smp interleaved "$r"
   fi
   echo "pipeline.sh: round $r done;" \
@@ -165,7 +171,8 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.*.*"))):
     for line in open(path):
         runs.setdefault((impl, sched), []).append(dict(x.split("=", 1) for x in line.split()[1:]))
 
-need = [("smp", "interleaved"), ("torch", "1f1b"), ("smp", "simple"), ("torch", "gpipe")]
+need = [("smp", "interleaved"), ("torch", "1f1b"), ("smp", "simple"), ("torch", "gpipe"),
+        ("smp", "zero_bubble")]
 best, noisy = {}, []
 for key in need:
     if key not in runs:
@@ -190,7 +197,7 @@ print(f"{'impl':<6}{'schedule':<12}{'step ms':>8}{'min ms':>8}{'busy ms r0,r1':>
       f"{'ideal ms':>9}{'effic.':>8}{'bubble':>7}{'CPU ms r0,r1':>14}{'others':>7}"
       f"{'peak RSS MB r0,r1':>18}{'growth MB':>11}")
 rows = [("smp", "interleaved", "1F1B"), ("torch", "1f1b", "1F1B"),
-        ("smp", "simple", "GPipe"), ("torch", "gpipe", "GPipe")]
+        ("smp", "simple", "GPipe"), ("torch", "gpipe", "GPipe"), ("smp", "zero_bubble", "ZB")]
 smp_of = {"1F1B": best[("smp", "interleaved")], "GPipe": best[("smp", "simple")]}
 for impl, sched, family in rows:
     f = best[(impl, sched)]
@@ -223,9 +230,14 @@ sg, tg = best[("smp", "simple")], best[("torch", "gpipe")]
 vs_1f1b = float(t1["step_ms"]) / float(s1["step_ms"])
 vs_gpipe = float(tg["step_ms"]) / float(sg["step_ms"])
 rss_ratio = max(pair(s1["rss_mb"])) / max(pair(sg["rss_mb"]))
+zb = best[("smp", "zero_bubble")]
+zb_vs_1f1b = float(s1["step_ms"]) / float(zb["step_ms"])
 print(f"smp vs torch throughput (torch step / smp step): 1F1B {vs_1f1b:.3f}, GPipe {vs_gpipe:.3f}")
 print(f"smp peak RSS (max over ranks): interleaved {max(pair(s1['rss_mb'])):.1f} MB, simple "
       f"{max(pair(sg['rss_mb'])):.1f} MB")
+print(f"smp zero bubble vs smp 1F1B (1F1B step / ZB step): {zb_vs_1f1b:.3f}; peak RSS "
+      f"{max(pair(zb['rss_mb'])):.1f} MB")
 print(f"RESULT pipeline efficiency={float(s1['efficiency']):.3f} vs_torch_1f1b={vs_1f1b:.3f} "
-      f"vs_torch_gpipe={vs_gpipe:.3f} rss_1f1b_over_gpipe={rss_ratio:.3f}")
+      f"vs_torch_gpipe={vs_gpipe:.3f} rss_1f1b_over_gpipe={rss_ratio:.3f} "
+      f"zb_vs_1f1b={zb_vs_1f1b:.3f}")
 EOF

@@ -77,8 +77,14 @@ TEST(Executor, DeferredWeightGradientsMatchOneProcess) {
     data.loss_scale = 1.0 / m;
     int backwards_seen = 0;
     data.before_backward = [&](const Action&) { ++backwards_seen; };
+    std::vector<long> uses;  // references to each parameter: the graphs hold more while alive
+    for (const Layer* layer : mine.layers) uses.push_back(layer->parameters[0].use_count());
     Executor(process_group(CommGroup::PP_GROUP), schedule, {mine}).run(data);
     EXPECT_EQ(backwards_seen, 2 * m);  // an input half and a weight half per microbatch
+    for (size_t i = 0; i < mine.layers.size(); ++i) {
+      EXPECT_EQ(mine.layers[i]->parameters[0].use_count(), uses[i])
+          << mine.layers[i]->name << ": a graph outlived its step";
+    }
 
     for (int i = part.begin(stage); i < part.end(stage); ++i) {
       for (size_t j = 0; j < layers[i].parameters.size(); ++j) {
@@ -92,6 +98,60 @@ TEST(Executor, DeferredWeightGradientsMatchOneProcess) {
       }
     }
   }
+}
+
+// A weight transformed once and used twice (tanh(W) in two products): both uses' walks in the
+// weight half go through the one TanhBackward node, so the graph must outlive the first.
+TEST(Executor, WeightHalfWithATransformedWeightUsedTwice) {
+  if (comm::world_size() != 1) GTEST_SKIP() << "one rank";
+  if (is_initialized()) shutdown();
+  init(Config{});
+  auto make = [] {
+    std::vector<Layer> layers = smp::testing::make_mlp(1);
+    Layer twice;
+    twice.name = "twice";
+    twice.parameters = {torch::randn({32, 32}).requires_grad_(true)};
+    twice.parameter_names = {"weight"};
+    const at::Tensor w = twice.parameters[0];
+    twice.forward = [w](const Values& x) {
+      const at::Tensor t = w.tanh();
+      return Values{x[0].mm(t) + x[0].mm(t.t())};
+    };
+    layers.insert(layers.begin() + 1, twice);
+    return layers;
+  };
+  torch::manual_seed(4);
+  std::vector<Layer> reference = make();
+  torch::manual_seed(4);
+  std::vector<Layer> layers = make();
+  torch::manual_seed(5);
+  const at::Tensor x = torch::randn({8, 16});
+  const at::Tensor y = torch::randn({8, 8});
+  smp::testing::mse_loss(smp::testing::run_all(reference, {x}), {y})[0].backward();
+
+  StageModule mine;
+  for (const Layer& layer : layers) mine.layers.push_back(&layer);
+  mine.recomputed = {{1, 2, true}};  // "twice" on its own segment, whose inputs are leaves
+  const Schedule schedule =
+      defer_weight_gradients(make_schedule({ScheduleKind::kOneFOneB, 1, 2, 1, 0}));
+  StepData data;
+  for (int mb = 0; mb < 2; ++mb) {
+    data.inputs.push_back({x.chunk(2)[mb]});
+    data.targets.push_back({y.chunk(2)[mb]});
+  }
+  data.loss_fn = smp::testing::mse_loss;
+  data.loss_scale = 0.5;
+  Executor(process_group(CommGroup::PP_GROUP), schedule, {mine}).run(data);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    for (size_t j = 0; j < layers[i].parameters.size(); ++j) {
+      const at::Tensor& got = layers[i].parameters[j].grad();
+      const at::Tensor& want = reference[i].parameters[j].grad();
+      ASSERT_TRUE(got.defined()) << layers[i].name;
+      EXPECT_LE((got - want).abs().max().item<double>(), 1e-5 * want.abs().max().item<double>())
+          << layers[i].name << "." << layers[i].parameter_names[j];
+    }
+  }
+  shutdown();
 }
 
 }  // namespace
