@@ -64,8 +64,9 @@ struct ActivationCheckpointing {
   // generators and each layer's own streams, Layer::get_state), so dropout draws the same masks.
   bool preserve_rng_state = true;
 
-  // Throws smp::ConfigError, naming `what`, for a strategy not listed above.
-  void validate(const std::string& what) const;
+  // The most layers one recomputed run may hold: 1 ("each"), N ("group_<N>"), or no limit
+  // ("contiguous"). Throws smp::ConfigError, naming `what`, for a strategy not listed above.
+  size_t max_run_length(const std::string& what) const;
 };
 
 // What the last step measured on this rank.
@@ -158,9 +159,14 @@ class DistributedModel {
   std::vector<pipeline::Layer> layers_;
   DistributedModelOptions options_;
   std::map<std::string, int> manual_stage_;  // from set_partition
-  // From set_activation_checkpointing, by layer name: the call's options and its number (runs
-  // join only layers of one call).
-  std::map<std::string, std::pair<ActivationCheckpointing, int>> checkpointed_;
+  // From set_activation_checkpointing, by layer name: the call's run length and RNG option, and
+  // the call's number (runs join only layers of one call).
+  struct Checkpointed {
+    size_t max_run = 1;
+    bool preserve_rng_state = true;
+    int call = 0;
+  };
+  std::map<std::string, Checkpointed> checkpointed_;
   std::optional<pipeline::Partition> partition_;
   // Schedules and executors by (microbatches, train).
   std::map<std::pair<int, bool>, std::unique_ptr<pipeline::Schedule>> schedules_;

@@ -103,6 +103,7 @@ GradientReducer::GradientReducer(std::vector<ReducedParam> params, const Reducer
                       "; allowed: > 0");
   }
   dtype_ = choose_dtype(params_);
+  accumulations_.assign(params_.size(), 1);
   sharded_ = cfg.shard_optimizer_state;
   communicates_ = cfg.ddp && smp::dp_size() > 1;
   layout_ = make_layout(params_, options, dtype_, sharded_);
@@ -198,7 +199,6 @@ void GradientReducer::begin_step(int num_microbatches, double loss_scale) {
   armed_.assign(stages_.size(), 0);
   ready_.assign(params_.size(), 0);
   accumulated_.assign(params_.size(), 0);
-  accumulations_.resize(params_.size(), 1);
   pending_.clear();
   for (size_t b = 0; b < layout_.buckets().size(); ++b) {
     const int params = static_cast<int>(layout_.buckets()[b].params.size());
@@ -223,7 +223,6 @@ void GradientReducer::before_backward(const pipeline::Action& action) {
 }
 
 void GradientReducer::set_accumulations(int param, int count) {
-  accumulations_.resize(params_.size(), 1);
   accumulations_.at(param) = count;
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -40,8 +41,9 @@ void DistributedModel::set_partition(const std::string& layer_name, int stage) {
   throw ConfigError("set_partition: no layer is named \"" + layer_name + "\"");
 }
 
-void ActivationCheckpointing::validate(const std::string& what) const {
-  if (strategy == "each" || strategy == "contiguous") return;
+size_t ActivationCheckpointing::max_run_length(const std::string& what) const {
+  if (strategy == "each") return 1;
+  if (strategy == "contiguous") return std::numeric_limits<size_t>::max();
   const bool group = strategy.rfind("group_", 0) == 0 && strategy.size() > 6 &&
                      strategy.size() < 16 &&
                      strategy.find_first_not_of("0123456789", 6) == std::string::npos &&
@@ -50,18 +52,19 @@ void ActivationCheckpointing::validate(const std::string& what) const {
     throw ConfigError(what + ": strategy \"" + strategy +
                       "\" is not one of \"each\", \"contiguous\", \"group_<N>\" (N >= 1)");
   }
+  return std::stoul(strategy.substr(6));
 }
 
 void DistributedModel::set_activation_checkpointing(const std::string& layer_name,
                                                     const ActivationCheckpointing& options) {
   const std::string what = "set_activation_checkpointing(\"" + layer_name + "\")";
   if (!executors_.empty()) throw ConfigError(what + ": call it before the first step");
-  options.validate(what);
+  const size_t max_run = options.max_run_length(what);
   const int call = static_cast<int>(checkpointed_.size()) + 1;
   bool matched = false;
   for (const Layer& layer : layers_) {
     if (layer.name == layer_name || layer.name.rfind(layer_name + ".", 0) == 0) {
-      checkpointed_[layer.name] = {options, call};
+      checkpointed_[layer.name] = {max_run, options.preserve_rng_state, call};
       matched = true;
     }
   }
@@ -84,17 +87,14 @@ std::vector<pipeline::RecomputedRun> DistributedModel::recomputed_runs(int begin
       prev_call = 0;
       continue;
     }
-    const auto& [options, call] = it->second;
-    size_t limit = 1;
-    if (options.strategy == "contiguous") limit = layers_.size();
-    if (options.strategy.rfind("group_", 0) == 0) limit = std::stoul(options.strategy.substr(6));
+    const Checkpointed& c = it->second;
     const size_t local = static_cast<size_t>(i - begin);
-    if (call == prev_call && runs.back().end - runs.back().begin < limit) {
+    if (c.call == prev_call && runs.back().end - runs.back().begin < c.max_run) {
       runs.back().end = local + 1;
     } else {
-      runs.push_back({local, local + 1, options.preserve_rng_state});
+      runs.push_back({local, local + 1, c.preserve_rng_state});
     }
-    prev_call = call;
+    prev_call = c.call;
   }
   return runs;
 }

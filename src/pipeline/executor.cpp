@@ -356,11 +356,13 @@ class Run {
     const StageModule& module = *stages_.at(stage);
     std::vector<Segment>& segments = saved_.at(key).segments;
     const bool last = stage == num_stages() - 1;
-    if (!input) {
-      std::vector<at::Tensor> params;
+    std::vector<at::Tensor> params;  // what the weight half (or a split's planning) reaches
+    if (!(input && weight)) {
       for (const at::Tensor& p : module.parameters()) {
         if (p.requires_grad()) params.push_back(p);
       }
+    }
+    if (!input) {
       for (size_t k = 0; k < segments.size() && !params.empty(); ++k) {
         if (segments[k].split) {
           weight_half(*segments[k].split);
@@ -401,10 +403,6 @@ class Run {
         for (size_t i : leaf_index) input_grads[i] = segment.inputs[i].grad();
       } else if (!roots.empty() && !leaves.empty()) {
         // Input gradients only; the graph stays for the weight half.
-        std::vector<at::Tensor> params;
-        for (const at::Tensor& p : module.parameters()) {
-          if (p.requires_grad()) params.push_back(p);
-        }
         auto [got, split] = input_half(roots, grads, leaves, params);
         segment.split = std::move(split);
         for (size_t j = 0; j < leaf_index.size(); ++j) input_grads[leaf_index[j]] = got[j];

@@ -113,7 +113,7 @@ Setters training_setters(TrainingConfig& t) {
          if (!v.is_string()) bad(key, v, "\"none\", \"each\", \"contiguous\", \"group_<N>\"");
          t.activation_checkpointing = v.get<std::string>();
          if (t.activation_checkpointing != "none") {
-           ActivationCheckpointing{t.activation_checkpointing}.validate(key);
+           ActivationCheckpointing{t.activation_checkpointing}.max_run_length(key);  // validates
          }
        }},
       {"prompt", string_into("training.prompt", &t.prompt)},
