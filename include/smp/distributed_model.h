@@ -121,6 +121,7 @@ class DistributedModel {
     bool tp_sharded = false;
     int stage = 0;  // the pipeline stage holding it
     pipeline::TpShard tp_shard;  // where it sits in the whole tensor
+    int layer = 0;  // the first layer that lists it
   };
   std::vector<LocalParameter> local_parameter_info() const;
   // The extra state of this rank's layers (Layer::get_state), "<layer>/<name>" -> tensor, and
@@ -129,6 +130,14 @@ class DistributedModel {
   void load_local_layer_state(const std::map<std::string, at::Tensor>& state);
   // Global indices of this rank's stages, ascending.
   std::vector<int> local_stages() const;
+  // Sharded data parallelism ("sharded_data_parallel_degree" > 1) keeps each rank's slice of the
+  // parameters and makes a layer's parameters whole only around its forward and backward.
+  // Code that reads or writes local_parameters() outside smp::step brackets it with these:
+  // gather_parameters() makes every parameter whole (collective over the sharding group);
+  // release_parameters(written) frees them again, first taking this rank's slices from them
+  // when they were written (not collective). Both do nothing without sharded data parallelism.
+  void gather_parameters();
+  void release_parameters(bool written);
 
   const DistributedModelOptions& options() const { return options_; }
   // Data parallelism's gradient path (flat buffers, bucketed reduction), made when the model
@@ -155,6 +164,7 @@ class DistributedModel {
   void keep_own_stages();  // after partition_ is set: drop other stages' layers, build the reducer
   void sum_tied_slots();   // the sum, on the reducer's gradient slots
   std::vector<pipeline::RecomputedRun> recomputed_runs(int begin, int end) const;
+  void shard_layers();     // sharded data parallelism: each layer gathers its buckets
 
   std::vector<pipeline::Layer> layers_;
   DistributedModelOptions options_;

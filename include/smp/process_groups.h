@@ -6,11 +6,16 @@
 
 #include <map>
 #include <memory>
+#include <string>
 
 #include "smp/communicator.h"
 #include "smp/topology.h"
 
 namespace smp::comm {
+
+namespace detail {
+class PendingReceives;
+}
 
 class ProcessGroups {
  public:
@@ -19,6 +24,11 @@ class ProcessGroups {
   ProcessGroups(const Topology& topology, double timeout_s);
 
   Communicator& get(CommGroup kind) const;
+  // A group beside the topology's kinds (sharded data parallelism's sharding and replica
+  // groups): the ranks that pass the same `color` form it, ranked by world rank. Collective over
+  // the world on the first call with a given `name` (every rank calls it, in the same order);
+  // later calls with that name return the same communicator.
+  Communicator& split(int color, const std::string& name) const;
   const Topology& topology() const { return topology_; }
   int world_rank() const { return world_rank_; }
   int local_rank() const { return local_rank_; }
@@ -29,7 +39,10 @@ class ProcessGroups {
   int world_rank_ = 0;
   int local_rank_ = 0;
   int local_size_ = 1;
+  double timeout_s_ = 60.0;
+  std::shared_ptr<detail::PendingReceives> receives_;
   std::map<CommGroup, std::unique_ptr<Communicator>> groups_;
+  mutable std::map<std::string, std::unique_ptr<Communicator>> splits_;
 };
 
 }  // namespace smp::comm

@@ -9,7 +9,8 @@
 
 namespace smp::comm {
 
-ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s) : topology_(topology) {
+ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s)
+    : topology_(topology), timeout_s_(timeout_s) {
   if (!mpi_initialized()) throw CommError("smp: ProcessGroups needs MPI; call smp::init first");
   if (topology.world_size() != comm::world_size()) {
     throw ConfigError("smp: the topology is for " + std::to_string(topology.world_size()) +
@@ -23,7 +24,7 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s) : topol
   MPI_Comm_free(&node);
 
   // One registry of pending receives for all groups: a wait in any group advances them all.
-  auto receives = std::make_shared<detail::PendingReceives>();
+  receives_ = std::make_shared<detail::PendingReceives>();
   for (CommGroup kind : all_comm_groups()) {
     MPI_Comm comm;
     if (kind == CommGroup::WORLD) {
@@ -33,10 +34,27 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s) : topol
     }
     groups_[kind] = std::make_unique<Communicator>(
         detail::make_group(comm, to_string(kind), topology.group(kind, world_rank_), timeout_s,
-                           receives));
+                           receives_));
   }
 }
 
 Communicator& ProcessGroups::get(CommGroup kind) const { return *groups_.at(kind); }
+
+Communicator& ProcessGroups::split(int color, const std::string& name) const {
+  auto it = splits_.find(name);
+  if (it != splits_.end()) return *it->second;
+  const int world = comm::world_size();
+  std::vector<int> colors(world);
+  MPI_Allgather(&color, 1, MPI_INT, colors.data(), 1, MPI_INT, MPI_COMM_WORLD);
+  std::vector<int> members;
+  for (int r = 0; r < world; ++r) {
+    if (colors[r] == color) members.push_back(r);
+  }
+  MPI_Comm comm;
+  MPI_Comm_split(MPI_COMM_WORLD, color, world_rank_, &comm);
+  auto made = std::make_unique<Communicator>(
+      detail::make_group(comm, name, std::move(members), timeout_s_, receives_));
+  return *splits_.emplace(name, std::move(made)).first->second;
+}
 
 }  // namespace smp::comm

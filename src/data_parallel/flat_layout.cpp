@@ -32,9 +32,11 @@ FlatLayout::FlatLayout(std::vector<LayoutParam> params, const LayoutOptions& opt
     if (p.numel < 0)
       throw ConfigError("FlatLayout: parameter " + std::to_string(i) + " has a negative size");
     const int g = static_cast<int>(p.group);
+    if (open[g] >= 0 && options.bucket_per_unit && buckets_[open[g]].unit != p.unit) open[g] = -1;
     if (open[g] < 0) {
       Bucket b;
       b.group = p.group;
+      b.unit = p.unit;
       b.num_shards = !options.shard                ? 1
                      : p.group == ReduceGroup::kDp ? options.dp_size
                                                    : options.rdp_size;
@@ -47,7 +49,7 @@ FlatLayout::FlatLayout(std::vector<LayoutParam> params, const LayoutOptions& opt
     }
     buckets_[open[g]].params.push_back(i);
     bytes[open[g]] += p.numel * options.element_size;
-    if (bytes[open[g]] >= caps[open[g]]) open[g] = -1;
+    if (!options.bucket_per_unit && bytes[open[g]] >= caps[open[g]]) open[g] = -1;
   }
   // Offsets: buckets one after the other, each bucket's parameters in placement order.
   int64_t offset = 0;

@@ -62,11 +62,14 @@ std::vector<ReducedParam> unique_trainable(std::vector<ReducedParam> params) {
   return out;
 }
 
+// Sharded data parallelism's degree, or 1 without it.
+int sdp_degree() { return smp::config().sharded_data_parallel_degree; }
+
 FlatLayout make_layout(const std::vector<ReducedParam>& params, const ReducerOptions& options,
                        at::ScalarType dtype, bool sharded) {
   std::vector<LayoutParam> sizes;
   for (const ReducedParam& p : params) {
-    sizes.push_back({p.tensor.numel(), p.tp_sharded ? ReduceGroup::kRdp : ReduceGroup::kDp});
+    sizes.push_back({p.tensor.numel(), p.tp_sharded ? ReduceGroup::kRdp : ReduceGroup::kDp, p.layer});
   }
   LayoutOptions lo;
   lo.bucket_cap_bytes =
@@ -75,7 +78,22 @@ FlatLayout make_layout(const std::vector<ReducedParam>& params, const ReducerOpt
   lo.shard = sharded;
   lo.dp_size = smp::dp_size();
   lo.rdp_size = smp::rdp_size();
+  if (sdp_degree() > 1) {  // shards within the sharding group, one bucket per layer
+    lo.dp_size = lo.rdp_size = sdp_degree();
+    lo.bucket_per_unit = true;
+  }
   return FlatLayout(sizes, lo);
+}
+
+// Sharded data parallelism's groups, made once: the sharding group (s consecutive ranks of the
+// data-parallel group) and the replica group (the ranks holding the same slices).
+comm::Communicator& sharding_group(bool replicas) {
+  const int s = sdp_degree();
+  const int dp_rank = smp::process_group(CommGroup::DP_GROUP).rank();
+  const int dp_group = smp::topology().group_index(CommGroup::DP_GROUP, smp::rank());
+  const int dp = smp::dp_size();
+  const int color = replicas ? dp_group * dp + dp_rank % s : dp_group * dp + dp_rank / s;
+  return smp::process_groups().split(color, replicas ? "SDP_REPLICA_GROUP" : "SDP_GROUP");
 }
 
 }  // namespace
@@ -102,15 +120,39 @@ GradientReducer::GradientReducer(std::vector<ReducedParam> params, const Reducer
     throw ConfigError("bucket_cap_mb: got " + std::to_string(options.bucket_cap_mb) +
                       "; allowed: > 0");
   }
+  const bool sdp = cfg.sharded_data_parallel_degree > 1;
+  if (sdp && !cfg.ddp) {
+    throw ConfigError("config key \"sharded_data_parallel_degree\": got " +
+                      std::to_string(cfg.sharded_data_parallel_degree) +
+                      "; sharded data parallelism requires \"ddp\": true; set \"ddp\": true");
+  }
+  if (sdp && smp::tp_size() > 1) {
+    throw ConfigError("config key \"sharded_data_parallel_degree\": got " +
+                      std::to_string(cfg.sharded_data_parallel_degree) +
+                      " with tensor_parallel_degree " + std::to_string(smp::tp_size()) +
+                      "; smp does not combine them yet; allowed: tensor_parallel_degree 1");
+  }
   dtype_ = choose_dtype(params_);
   accumulations_.assign(params_.size(), 1);
-  sharded_ = cfg.shard_optimizer_state;
+  sharded_ = cfg.shard_optimizer_state || sdp;
   communicates_ = cfg.ddp && smp::dp_size() > 1;
   layout_ = make_layout(params_, options, dtype_, sharded_);
-  adopt_parameters();
-  if (cfg.ddp) broadcast_parameters();
+  if (sdp) {
+    std::vector<at::Tensor> tensors;
+    for (const ReducedParam& p : params_) tensors.push_back(p.tensor);
+    if (dtype_ != params_.at(0).tensor.scalar_type()) {
+      for (at::Tensor& t : tensors) t.set_data(t.detach().to(dtype_));
+    }
+    shards_ = std::make_unique<ParameterShards>(
+        layout_, std::move(tensors), sharding_group(false), sharding_group(true),
+        smp::process_group(CommGroup::DP_GROUP), cfg.sdp_param_persistence_threshold);
+    shard_grads_ = shards_->grads();
+  } else {
+    adopt_parameters();
+    if (cfg.ddp) broadcast_parameters();
+  }
   index_stages();
-  if (communicates_ && options_.overlapping) install_hooks();
+  if (communicates_ && (options_.overlapping || shards_)) install_hooks();
 }
 
 // Parameters (and any gradients they hold) become views of the flat buffers.
@@ -187,7 +229,14 @@ void GradientReducer::remove_hooks() {
 
 int GradientReducer::rank_in(ReduceGroup group) const { return communicator(group).rank(); }
 
+bool GradientReducer::writes_state(int bucket) const {
+  const Bucket& b = layout_.buckets().at(bucket);
+  if (shards_ && shards_->replicas().rank() != 0) return false;
+  return b.num_shards > 1 || rank_in(b.group) == 0;
+}
+
 comm::Communicator& GradientReducer::communicator(ReduceGroup group) const {
+  if (shards_) return shards_->group();
   return smp::process_group(group == ReduceGroup::kDp ? CommGroup::DP_GROUP : CommGroup::RDP_GROUP);
 }
 
@@ -218,6 +267,10 @@ void GradientReducer::before_backward(const pipeline::Action& action) {
   }
   const auto it = std::find(stages_.begin(), stages_.end(), action.stage);
   if (it == stages_.end()) return;  // a stage without trainable parameters
+  if (shards_) {
+    shards_->begin_backward(accumulations_);
+    return;
+  }
   const size_t s = it - stages_.begin();
   if (++backwards_seen_[s] == num_microbatches_) armed_[s] = 1;
 }
@@ -227,6 +280,10 @@ void GradientReducer::set_accumulations(int param, int count) {
 }
 
 void GradientReducer::on_grad_ready(int param) {
+  if (in_step_ && shards_) {
+    shards_->on_grad_ready(param);
+    return;
+  }
   if (!in_step_ || !armed_[stage_index_[param]] || ready_[param]) return;
   if (++accumulated_[param] < accumulations_[param]) return;  // more parts to come
   ready_[param] = 1;
@@ -281,6 +338,16 @@ void GradientReducer::poll() {
 
 void GradientReducer::finish() {
   if (!in_step_) return;
+  if (shards_) {
+    const auto start = std::chrono::steady_clock::now();
+    shards_->finish();
+    stats_.finish_wait_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    in_step_ = false;
+    grads_loss_scale_ = step_loss_scale_;
+    ++steps_finished_;
+    return;
+  }
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!ready_[i]) {
       ready_[i] = 1;
@@ -322,6 +389,10 @@ at::Tensor GradientReducer::grad_slot(int param) const {
 }
 
 void GradientReducer::zero_grad() {
+  if (shards_) {
+    shards_->zero_grad();
+    return;
+  }
   // Zeroes the flat buffer and leaves every .grad a view of its slot: the next backward
   // accumulates straight into place (no fresh allocation, no copy into the slot).
   flat_grads_.zero_();

@@ -84,12 +84,14 @@ double DistributedOptimizer::clip_master_grads(double max_norm) {
     const at::Tensor g = im.grad_view(run);
     sum_sq += g.dot(g).item<double>();
   }
-  // Each element once: sharded, every rank sums its own slices over the world; else one
+  // Each element once: sharded data parallelism, over the sharding group (its slices tile the
+  // model, pp and tp being 1); ZeRO-1, every rank sums its own slices over the world; else one
   // replica's pipeline and tensor ranks (TP-replicated parameters on tp rank 0 only).
   at::Tensor total = at::full({1}, sum_sq, at::kDouble);
-  smp::process_group(im.reducer->sharded() ? CommGroup::WORLD : CommGroup::MP_GROUP)
-      .all_reduce(total)
-      .wait();
+  comm::Communicator& over = im.reducer->parameter_shards() ? im.reducer->parameter_shards()->group()
+                             : im.reducer->sharded()        ? smp::process_group(CommGroup::WORLD)
+                                                            : smp::process_group(CommGroup::MP_GROUP);
+  over.all_reduce(total).wait();
   const double norm = std::sqrt(total.item<double>());
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1) {

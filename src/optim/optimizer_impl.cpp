@@ -130,15 +130,16 @@ void DistributedOptimizer::Impl::initialize() {
   }
   // State, masters and step counts.
   const at::ScalarType dtype = mixed ? at::kFloat : reducer->param_dtype();
-  const auto opts = at::TensorOptions().dtype(dtype).device(reducer->flat_params().device());
+  const at::Tensor& params = reducer->parameter_shards() ? reducer->parameter_shards()->shard()
+                                                         : reducer->flat_params();
+  const auto opts = at::TensorOptions().dtype(dtype).device(params.device());
   for (const std::string& name : state_names())
     state[name] = at::zeros({layout.local_numel()}, opts);
   if (mixed) {
     master = at::zeros({layout.local_numel()}, opts);
     grads32 = at::zeros({layout.local_numel()}, opts);
     for (const Run& run : runs) {
-      master.narrow(0, run.local, run.numel)
-          .copy_(reducer->flat_params().narrow(0, run.flat, run.numel));
+      master.narrow(0, run.local, run.numel).copy_(param_source(run));
     }
   }
   steps.assign(groups.size(), 0);
@@ -147,9 +148,14 @@ void DistributedOptimizer::Impl::initialize() {
   apply_pending_loads();
 }
 
+at::Tensor DistributedOptimizer::Impl::param_source(const Run& run) const {
+  if (reducer->parameter_shards()) return reducer->parameter_shards()->shard().narrow(0, run.local, run.numel);
+  return reducer->flat_params().narrow(0, run.flat, run.numel);
+}
+
 at::Tensor DistributedOptimizer::Impl::param_view(const Run& run) const {
   if (mixed) return master.narrow(0, run.local, run.numel);
-  return reducer->flat_params().narrow(0, run.flat, run.numel);
+  return param_source(run);
 }
 
 at::Tensor DistributedOptimizer::Impl::grad_view(const Run& run) const {
@@ -211,6 +217,13 @@ void DistributedOptimizer::Impl::update(const Run& run) {
 }
 
 void DistributedOptimizer::Impl::write_back() {
+  if (dp::ParameterShards* shards = reducer->parameter_shards()) {
+    if (mixed) {
+      for (const Run& run : runs) param_source(run).copy_(master.narrow(0, run.local, run.numel));
+    }
+    shards->after_update();
+    return;
+  }
   const at::Tensor& flat = reducer->flat_params();
   if (mixed) {
     for (const Run& run : runs)

@@ -56,6 +56,9 @@ struct DistributedOptimizer::Impl {
   std::map<std::string, at::Tensor> all_state() const;
   void apply_pending_loads();
 
+  // The parameters' own values of a run (the flat buffer, or sharded data parallelism's shard).
+  at::Tensor param_source(const optim::Run& run) const;
+  // What the update writes: param_source, or the fp32 masters under fp16/bf16.
   at::Tensor param_view(const optim::Run& run) const;
   at::Tensor grad_view(const optim::Run& run) const;
   // Undefined when this optimizer keeps no such state.

@@ -223,14 +223,11 @@ void DistributedOptimizer::load_state_dict(const OptimizerStateDict& dict) {
 std::vector<DistributedOptimizer::StateSlice> DistributedOptimizer::state_slices() {
   if (!impl_->initialized) impl_->initialize();
   const Impl& impl = *impl_;
-  const dp::FlatLayout& layout = impl.reducer->layout();
   std::vector<StateSlice> out;
   for (const auto& [name, t] : impl.all_state()) {
     for (const dp::Segment& s : impl.segments) {
-      const dp::Bucket& bucket = layout.buckets()[s.bucket];
-      const bool owner = bucket.num_shards > 1 || impl.reducer->rank_in(bucket.group) == 0;
       out.push_back({impl.reducer->params()[s.param].name, name, s.param_offset,
-                     t.narrow(0, s.local_offset, s.numel), owner});
+                     t.narrow(0, s.local_offset, s.numel), impl.reducer->writes_state(s.bucket)});
     }
   }
   return out;

@@ -206,12 +206,13 @@ void DistributedModel::keep_own_stages() {
   // Data parallelism: flat parameter and gradient buffers, hooks, the initial broadcast.
   std::vector<dp::ReducedParam> params;
   for (const LocalParameter& p : local_parameter_info()) {
-    params.push_back({p.name, p.tensor, p.tp_sharded, p.stage});
+    params.push_back({p.name, p.tensor, p.tp_sharded, p.stage, p.layer});
   }
   dp::ReducerOptions reducer_options;
   reducer_options.bucket_cap_mb = options_.bucket_cap_mb;
   reducer_options.overlapping = options_.overlapping_allreduce;
   reducer_ = std::make_unique<dp::GradientReducer>(std::move(params), reducer_options);
+  if (reducer_->parameter_shards()) shard_layers();
   // Tied copies: where each half of a pair lives, found once.
   std::map<std::string, int> index;
   for (size_t i = 0; i < reducer_->params().size(); ++i) index[reducer_->params()[i].name] = static_cast<int>(i);
@@ -225,6 +226,48 @@ void DistributedModel::keep_own_stages() {
   if (!tied_.empty() && reducer_->sharded()) {
     reducer_->hold_until_finish(held, [this] { sum_tied_slots(); });
   }
+}
+
+// Each layer's forward is wrapped: its buckets are gathered before and freed after, and a hook
+// on each of its outputs gathers them again when backward reaches the layer (ParameterShards
+// frees them once their gradients are in).
+void DistributedModel::shard_layers() {
+  dp::ParameterShards* shards = reducer_->parameter_shards();
+  std::map<const void*, int> bucket_of;
+  const auto& params = reducer_->params();
+  for (size_t i = 0; i < params.size(); ++i) {
+    bucket_of[params[i].tensor.unsafeGetTensorImpl()] =
+        reducer_->layout().slot(static_cast<int>(i)).bucket;
+  }
+  for (Layer& layer : layers_) {
+    if (!layer.forward) continue;
+    std::vector<int> buckets;
+    for (const at::Tensor& p : layer.parameters) {
+      auto it = bucket_of.find(p.unsafeGetTensorImpl());
+      if (it != bucket_of.end() && std::find(buckets.begin(), buckets.end(), it->second) == buckets.end())
+        buckets.push_back(it->second);
+    }
+    if (buckets.empty()) continue;
+    layer.forward = [inner = std::move(layer.forward), shards, buckets](const Values& x) {
+      shards->gather(buckets);
+      Values y = inner(x);
+      shards->release(buckets);
+      for (const at::Tensor& t : y) {
+        if (t.defined() && t.requires_grad() && t.grad_fn()) {
+          t.register_hook([shards, buckets](const at::Tensor&) { shards->gather(buckets); });
+        }
+      }
+      return y;
+    };
+  }
+}
+
+void DistributedModel::gather_parameters() {
+  if (reducer_ && reducer_->parameter_shards()) reducer_->parameter_shards()->gather_all();
+}
+
+void DistributedModel::release_parameters(bool written) {
+  if (reducer_ && reducer_->parameter_shards()) reducer_->parameter_shards()->release_all(written);
 }
 
 dp::GradientReducer& DistributedModel::gradient_reducer() {
@@ -287,7 +330,7 @@ std::vector<DistributedModel::LocalParameter> DistributedModel::local_parameter_
       const pipeline::TpShard shard =
           j < layer.tp_shards.size() ? layer.tp_shards[j] : pipeline::TpShard{};
       out.push_back({layer.name + "." + layer.parameter_names.at(j), layer.parameters[j],
-                     shard.sharded(), part.stage_of_layer[i], shard});
+                     shard.sharded(), part.stage_of_layer[i], shard, static_cast<int>(i)});
     }
   }
   return out;

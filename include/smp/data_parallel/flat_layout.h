@@ -27,6 +27,7 @@ const char* to_string(ReduceGroup group);
 struct LayoutParam {
   int64_t numel = 0;
   ReduceGroup group = ReduceGroup::kDp;
+  int unit = 0;  // the layer it belongs to (LayoutOptions::bucket_per_unit)
 };
 
 struct Bucket {
@@ -35,6 +36,7 @@ struct Bucket {
   int64_t numel = 0;         // elements of its parameters
   int64_t padded_numel = 0;  // numel rounded up to a multiple of num_shards
   int num_shards = 1;        // ranks it is sharded over (1: not sharded)
+  int unit = 0;              // its parameters' unit, when buckets follow units
   std::vector<int> params;   // indices into the layout's parameters, in placement order
   int64_t shard_numel() const { return padded_numel / num_shards; }
 };
@@ -65,6 +67,9 @@ struct LayoutOptions {
   bool shard = false;                        // ZeRO-1: shard each bucket over its group
   int dp_size = 1;                           // size of DP_GROUP (tp * rdp)
   int rdp_size = 1;                          // size of RDP_GROUP
+  // Sharded data parallelism: one bucket per unit (layer), whatever the caps, so a layer's
+  // parameters are gathered and freed together. Units must be ascending in model order.
+  bool bucket_per_unit = false;
 };
 
 class FlatLayout {

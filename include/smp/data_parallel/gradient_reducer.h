@@ -11,6 +11,10 @@
 //     backward still running; with shard_optimizer_state it is a reduce-scatter instead, so
 //     each rank ends with the averaged slice of every bucket it owns (ZeRO-1);
 //   - finish() starts what is left and waits.
+// With sharded_data_parallel_degree > 1 the parameters themselves are sharded: a
+// ParameterShards holds them (one bucket per layer) and takes the gradients, reduce-scattered
+// every microbatch; the "DP" group of the layout is then the sharding group, and sharded()
+// holds as under ZeRO-1 (shard_grads() is this rank's slice).
 // Replicated parameters average over DP_GROUP, tensor-parallel shards over RDP_GROUP (SMP).
 // Microbatch averaging is the loss scale 1/m that smp::step applies. Without ddp, or when
 // every group has one rank, nothing is communicated; finish() only gathers the gradients into
@@ -27,6 +31,7 @@
 
 #include "smp/communicator.h"
 #include "smp/data_parallel/flat_layout.h"
+#include "smp/data_parallel/parameter_shards.h"
 #include "smp/pipeline/schedule.h"
 
 namespace torch::autograd {
@@ -40,6 +45,7 @@ struct ReducedParam {
   at::Tensor tensor;
   bool tp_sharded = false;  // reduced over RDP_GROUP instead of DP_GROUP
   int stage = 0;            // the pipeline stage holding it
+  int layer = 0;            // the first layer using it (sharded data parallelism's buckets)
 };
 
 struct ReducerOptions {
@@ -58,7 +64,8 @@ class GradientReducer {
  public:
   // Collective over DP_GROUP and RDP_GROUP when ddp is on (the initial broadcast). Parameters
   // that do not require grad are left alone; a tensor listed twice (tied) counts once. Throws
-  // smp::ConfigError for shard_optimizer_state without ddp, or parameters of mixed dtypes.
+  // smp::ConfigError for shard_optimizer_state without ddp, or parameters of mixed dtypes;
+  // for sharded data parallelism without ddp or with tensor parallelism.
   GradientReducer(std::vector<ReducedParam> params, const ReducerOptions& options);
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
@@ -98,6 +105,11 @@ class GradientReducer {
   const at::Tensor& flat_params() const { return flat_params_; }
   const at::Tensor& flat_grads() const { return flat_grads_; }
   const at::Tensor& shard_grads() const { return shard_grads_; }  // local layout; sharded only
+  // Sharded data parallelism's parameters; null without it.
+  ParameterShards* parameter_shards() const { return shards_.get(); }
+  // Whether this rank writes the optimizer state of bucket b to checkpoints: the owner of a
+  // sharded slice (in the first sharding group), or the group's first rank.
+  bool writes_state(int bucket) const;
   // This rank's rank in DP_GROUP / RDP_GROUP, and the communicator of a bucket's group.
   int rank_in(ReduceGroup group) const;
   comm::Communicator& communicator(ReduceGroup group) const;
@@ -151,6 +163,7 @@ class GradientReducer {
   std::vector<char> held_;                // by bucket: launched only in finish()
   std::function<void()> finish_hook_;     // runs in finish() before the held buckets
 
+  std::unique_ptr<ParameterShards> shards_;  // sharded data parallelism only
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // the hooked nodes
   std::vector<uintptr_t> hook_keys_;
   int64_t steps_finished_ = 0;

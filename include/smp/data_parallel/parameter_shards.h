@@ -1,0 +1,104 @@
+// ParameterShards: the parameters and gradients of sharded data parallelism (SMP's
+// "sharded_data_parallel_degree", after MiCS: ZeRO-3 inside a sharding group).
+//
+// The data-parallel ranks form sharding groups of s consecutive ranks (s being
+// sharded_data_parallel_degree); the groups are replicas of one another. Each layer's
+// parameters are one bucket (FlatLayout::bucket_per_unit), cut into s slices, and rank r of a
+// sharding group keeps slice r of every bucket: shard(), the parameters at rest, which the
+// optimizer updates. Then:
+//   - gather(buckets) all-gathers whole buckets right before a layer's forward and, from a hook
+//     on the layer's outputs, right before its backward; release(buckets) frees them after the
+//     forward, and a bucket is freed again once all its parameters have their gradients of that
+//     microbatch. Freeing gives the bucket's storage zero bytes while the parameters stay views
+//     of it, so the graphs that saved them see the values again once it is refilled (what
+//     PyTorch FSDP does with storage resizing);
+//   - a bucket with fewer elements than the persistence threshold (SMP's
+//     sdp_param_persistence_threshold, applied per layer) is never freed and is all-gathered
+//     after each optimizer step instead;
+//   - gradients: once a bucket's gradients of a microbatch are all in, they are packed, the
+//     parameters' .grad dropped, and the pack reduce-scattered (average) over the sharding group
+//     into grads(), which sums over microbatches; finish() averages grads() over the replicas.
+//     No rank holds a whole gradient buffer, only the buckets in flight.
+// Collectives go over the sharding group in bucket order, the same on every rank.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "smp/communicator.h"
+#include "smp/data_parallel/flat_layout.h"
+
+namespace smp::dp {
+
+class ParameterShards {
+ public:
+  // `params[i]` lives at layout.slot(i); each bucket's num_shards must be group.size(). Makes
+  // the parameters views into per-bucket storage, broadcasts each bucket from rank 0 of
+  // `everyone` (the data-parallel group: replicas start equal), keeps this rank's slices and
+  // frees what is not persistent. Collective over `everyone`.
+  ParameterShards(const FlatLayout& layout, std::vector<at::Tensor> params,
+                  comm::Communicator& group, comm::Communicator& replicas,
+                  comm::Communicator& everyone, int64_t persistence_threshold);
+
+  // --- parameters ---------------------------------------------------------------------------
+  // Makes the buckets whole (those not already), one all-gather each. Blocks.
+  void gather(const std::vector<int>& buckets);
+  // Frees the buckets that are whole and not persistent.
+  void release(const std::vector<int>& buckets);
+  // Every bucket whole, for code that reads or writes the parameters outside a step
+  // (checkpoints). Collective over the sharding group.
+  void gather_all();
+  // Frees every non-persistent bucket; with `take_values`, this rank's slices are first copied
+  // from the parameters (they were written, a checkpoint load say). Not collective.
+  void release_all(bool take_values);
+  // After the optimizer wrote shard(): persistent buckets are all-gathered again, others freed.
+  void after_update();
+  const at::Tensor& shard() const { return shard_; }
+  bool whole(int bucket) const { return whole_.at(bucket) != 0; }
+  bool persistent(int bucket) const { return persistent_.at(bucket) != 0; }
+  // Bytes of parameter storage held now: shards plus whole buckets.
+  int64_t resident_bytes() const;
+
+  // --- gradients ----------------------------------------------------------------------------
+  // Before each backward: reduces what the last backward left incomplete (missing gradients
+  // count as zero) and starts counting again. `accumulations[i]`: how many times one backward
+  // accumulates into parameter i (GradientReducer::set_accumulations).
+  void begin_backward(const std::vector<int>& accumulations);
+  // From parameter `param`'s AccumulateGrad hook.
+  void on_grad_ready(int param);
+  // Reduces what is left, waits, and averages grads() over the replicas. Blocks.
+  void finish();
+  void zero_grad();
+  const at::Tensor& grads() const { return grads_; }
+  comm::Communicator& group() const { return group_; }
+  comm::Communicator& replicas() const { return replicas_; }
+
+ private:
+  void reduce(int bucket);
+  void poll(bool wait);
+
+  const FlatLayout& layout_;
+  std::vector<at::Tensor> params_;
+  comm::Communicator& group_;
+  comm::Communicator& replicas_;
+  std::vector<at::Tensor> buckets_;  // by bucket: whole (padded) storage, zero bytes when freed
+  std::vector<char> whole_;
+  std::vector<char> persistent_;
+  at::Tensor shard_;  // this rank's slice of every bucket, bucket after bucket (local layout)
+  at::Tensor grads_;  // the same layout: reduce-scattered gradients
+
+  std::vector<int> needed_;  // by bucket: accumulations per backward
+  std::vector<int> landed_;  // by bucket: this backward's so far
+  std::vector<int> accumulations_;
+  struct InFlight {
+    int bucket = 0;
+    at::Tensor packed;  // kept alive until done
+    at::Tensor out;
+    comm::Work work;
+  };
+  std::vector<InFlight> in_flight_;
+};
+
+}  // namespace smp::dp

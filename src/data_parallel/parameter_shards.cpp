@@ -1,0 +1,198 @@
+// ParameterShards: per-bucket storage that is filled and freed, per-microbatch reduce-scatter
+// (see parameter_shards.h).
+#include "smp/data_parallel/parameter_shards.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/StorageImpl.h>
+
+#include "smp/error.h"
+
+namespace smp::dp {
+namespace {
+
+// The storage behind `t` gets zero bytes; every view of it keeps its shape and offset.
+void free_storage(const at::Tensor& t) {
+  c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
+  storage->set_data_ptr_noswap(at::DataPtr(nullptr, t.device()));
+  storage->set_nbytes(0);
+}
+
+// Fresh memory (uninitialised) of `t`'s whole size behind the same storage.
+void allocate_storage(const at::Tensor& t) {
+  c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
+  const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
+  storage->set_data_ptr_noswap(storage->allocator()->allocate(bytes));
+  storage->set_nbytes(bytes);
+}
+
+}  // namespace
+
+ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tensor> params,
+                                 comm::Communicator& group, comm::Communicator& replicas,
+                                 comm::Communicator& everyone, int64_t persistence_threshold)
+    : layout_(layout), params_(std::move(params)), group_(group), replicas_(replicas) {
+  const at::TensorOptions opts = params_.empty()
+                                     ? at::TensorOptions().dtype(at::kFloat)
+                                     : params_[0].options().requires_grad(false);
+  const std::vector<Bucket>& buckets = layout_.buckets();
+  shard_ = at::zeros({layout_.local_numel()}, opts);
+  grads_ = at::zeros({layout_.local_numel()}, opts);
+  for (size_t b = 0; b < buckets.size(); ++b) {
+    SMP_CHECK(buckets[b].num_shards == group_.size());
+    buckets_.push_back(at::zeros({buckets[b].padded_numel}, opts));
+    persistent_.push_back(buckets[b].numel < persistence_threshold ? 1 : 0);
+    whole_.push_back(1);
+  }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor& p = params_[i];
+    const Slot& s = layout_.slot(static_cast<int>(i));
+    const int64_t offset = s.offset - buckets[s.bucket].offset;
+    at::Tensor view = buckets_[s.bucket].narrow(0, offset, s.numel).view(p.sizes());
+    view.copy_(p.detach());
+    p.set_data(view);
+    p.mutable_grad() = at::Tensor();
+  }
+  std::vector<comm::Work> works;
+  for (at::Tensor& bucket : buckets_) works.push_back(everyone.broadcast(bucket, 0));
+  for (comm::Work& w : works) w.wait();
+  release_all(/*take_values=*/true);
+}
+
+void ParameterShards::gather(const std::vector<int>& buckets) {
+  std::vector<comm::Work> works;
+  for (int b : buckets) {
+    if (whole_[b]) continue;
+    const Bucket& bucket = layout_.buckets()[b];
+    allocate_storage(buckets_[b]);
+    works.push_back(group_.all_gather(buckets_[b],
+                                      shard_.narrow(0, layout_.local_base(b), bucket.shard_numel())));
+    whole_[b] = 1;
+  }
+  for (comm::Work& w : works) w.wait();
+}
+
+void ParameterShards::release(const std::vector<int>& buckets) {
+  for (int b : buckets) {
+    if (!whole_[b] || persistent_[b]) continue;
+    free_storage(buckets_[b]);
+    whole_[b] = 0;
+  }
+}
+
+void ParameterShards::gather_all() {
+  std::vector<int> all(buckets_.size());
+  for (size_t b = 0; b < all.size(); ++b) all[b] = static_cast<int>(b);
+  gather(all);
+}
+
+void ParameterShards::release_all(bool take_values) {
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    if (!whole_[b]) continue;
+    const Bucket& bucket = layout_.buckets()[b];
+    if (take_values) {
+      shard_.narrow(0, layout_.local_base(static_cast<int>(b)), bucket.shard_numel())
+          .copy_(buckets_[b].narrow(0, group_.rank() * bucket.shard_numel(), bucket.shard_numel()));
+    }
+    if (!persistent_[b]) {
+      free_storage(buckets_[b]);
+      whole_[b] = 0;
+    }
+  }
+}
+
+void ParameterShards::after_update() {
+  std::vector<int> stale;
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    if (!whole_[b]) continue;
+    if (persistent_[b]) {
+      whole_[b] = 0;  // gathered again below, into the same storage
+      stale.push_back(static_cast<int>(b));
+    } else {
+      free_storage(buckets_[b]);
+      whole_[b] = 0;
+    }
+  }
+  std::vector<comm::Work> works;
+  for (int b : stale) {
+    const Bucket& bucket = layout_.buckets()[b];
+    works.push_back(group_.all_gather(buckets_[b],
+                                      shard_.narrow(0, layout_.local_base(b), bucket.shard_numel())));
+    whole_[b] = 1;
+  }
+  for (comm::Work& w : works) w.wait();
+}
+
+int64_t ParameterShards::resident_bytes() const {
+  int64_t bytes = static_cast<int64_t>(shard_.nbytes());
+  for (const at::Tensor& t : buckets_) bytes += static_cast<int64_t>(t.storage().nbytes());
+  return bytes;
+}
+
+void ParameterShards::begin_backward(const std::vector<int>& accumulations) {
+  // What the last backward left incomplete (parameters it did not reach) goes out now, in
+  // bucket order: every rank reaches the same parameters, so the collectives line up.
+  for (size_t b = 0; b < landed_.size(); ++b) {
+    if (landed_[b] > 0) reduce(static_cast<int>(b));
+  }
+  accumulations_ = accumulations;
+  needed_.assign(buckets_.size(), 0);
+  landed_.assign(buckets_.size(), 0);
+  for (size_t i = 0; i < params_.size(); ++i) needed_[layout_.slot(static_cast<int>(i)).bucket] += accumulations_[i];
+}
+
+void ParameterShards::on_grad_ready(int param) {
+  if (needed_.empty()) return;  // outside a training step's backward
+  const int b = layout_.slot(param).bucket;
+  if (++landed_[b] == needed_[b]) {
+    reduce(b);
+    release({b});
+  }
+  poll(false);
+}
+
+// Packs the bucket's gradients (zero where a parameter has none), drops them and starts the
+// reduce-scatter of the pack.
+void ParameterShards::reduce(int b) {
+  const Bucket& bucket = layout_.buckets()[b];
+  at::Tensor packed = at::zeros({bucket.padded_numel}, grads_.options());
+  for (int i : bucket.params) {
+    at::Tensor& p = params_[i];
+    const Slot& s = layout_.slot(i);
+    if (p.grad().defined()) packed.narrow(0, s.offset - bucket.offset, s.numel).copy_(p.grad().reshape(-1));
+    p.mutable_grad() = at::Tensor();
+  }
+  at::Tensor out = at::empty({bucket.shard_numel()}, grads_.options());
+  comm::Work work = group_.reduce_scatter(out, packed, comm::ReduceOp::kAvg);
+  in_flight_.push_back({b, std::move(packed), std::move(out), std::move(work)});
+  landed_[b] = 0;
+}
+
+// Adds finished reductions to grads(), in order; with `wait`, all of them.
+void ParameterShards::poll(bool wait) {
+  size_t done = 0;
+  for (; done < in_flight_.size(); ++done) {
+    InFlight& f = in_flight_[done];
+    if (wait) {
+      f.work.wait();
+    } else if (!f.work.is_completed()) {
+      break;
+    }
+    const Bucket& bucket = layout_.buckets()[f.bucket];
+    grads_.narrow(0, layout_.local_base(f.bucket), bucket.shard_numel()).add_(f.out);
+  }
+  in_flight_.erase(in_flight_.begin(), in_flight_.begin() + static_cast<std::ptrdiff_t>(done));
+}
+
+void ParameterShards::finish() {
+  for (size_t b = 0; b < landed_.size(); ++b) {
+    if (landed_[b] > 0) reduce(static_cast<int>(b));
+  }
+  poll(true);
+  needed_.clear();
+  landed_.clear();
+  if (replicas_.size() > 1) replicas_.all_reduce(grads_, comm::ReduceOp::kAvg).wait();
+}
+
+void ParameterShards::zero_grad() { grads_.zero_(); }
+
+}  // namespace smp::dp
