@@ -341,6 +341,23 @@ int saved_stages(const json& manifest) {
 }
 
 // SMP keeps the partition of the checkpoint on resume, when the pipeline is the same.
+// Sharded data parallelism: the parameters whole while a checkpoint reads or writes them (every
+// rank holds the whole model meanwhile), then this rank's slices again, taken from them when
+// they were `written`.
+class WholeParameters {
+ public:
+  WholeParameters(DistributedModel& model, bool written) : model_(model), written_(written) {
+    model_.gather_parameters();
+  }
+  ~WholeParameters() { model_.release_parameters(written_); }
+  WholeParameters(const WholeParameters&) = delete;
+  WholeParameters& operator=(const WholeParameters&) = delete;
+
+ private:
+  DistributedModel& model_;
+  bool written_;
+};
+
 bool adopt_partition(const json& manifest, DistributedModel& model) {
   if (saved_stages(manifest) != model.num_stages() || manifest["layout"]["pp"].get<int>() != pp_size() ||
       manifest["partition"]["layers"].get<std::vector<std::string>>() != model.layer_names()) {
@@ -373,7 +390,10 @@ void save_checkpoint(const std::string& path, const std::string& tag, bool parti
     files::make_dirs(tmp);
   });
   json mine;
-  on_every_rank("save_checkpoint: writing " + tmp, [&] { mine = write_shard(tmp, model, optimizer); });
+  {
+    WholeParameters whole(model, /*written=*/false);
+    on_every_rank("save_checkpoint: writing " + tmp, [&] { mine = write_shard(tmp, model, optimizer); });
+  }
   const std::vector<std::string> shards = allgather(mine.dump(), CommGroup::WORLD);
   const json optimizer_meta = optimizer != nullptr ? optimizer->state_meta() : json(nullptr);
   on_every_rank("save_checkpoint: committing " + final_dir, [&] {
@@ -464,6 +484,7 @@ json resume_from_checkpoint(const std::string& path, DistributedModel& model,
                       ": partition the model first (model.partition), then resume");
   }
   const std::vector<Placed> placed = placed_parameters(model);
+  WholeParameters whole(model, /*written=*/true);
   on_every_rank("resume_from_checkpoint: loading " + dir, [&] {
     ShardIndex index(dir, manifest["tensors"]);
     if (manifest.contains("weights")) {  // a full checkpoint: the consolidated weights

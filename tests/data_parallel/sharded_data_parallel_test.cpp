@@ -11,9 +11,13 @@
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
+#include <stdlib.h>
+
 #include <tuple>
 
 #include "harness.h"
+#include "smp/checkpoint/checkpoint.h"
+#include "smp/files.h"
 
 namespace smp {
 namespace {
@@ -145,6 +149,46 @@ TEST(ShardedDataParallel, WrittenParametersBecomeTheShards) {
     EXPECT_TRUE(at::all(p == 0.25).item<bool>()) << name;
   }
   run.model->release_parameters(false);
+}
+
+// Steps [from, to) of the reference's batches.
+void train(SmpRun& run, int from, int to) {
+  for (int it = from; it < to; ++it) {
+    run.opt->zero_grad();
+    const Batch b = my_slice(whole_batch(it));
+    step(*run.model, {b.x}, {b.y}, mse_loss);
+    run.opt->step();
+  }
+}
+
+TEST(ShardedDataParallel, CheckpointsReshardToAndFromOtherLayouts) {
+  const auto ref = reference_run(adam(), 5);
+  const std::string plain = "\"ddp\": true, \"microbatches\": 2";
+  const std::string zero1 = plain + ", \"shard_optimizer_state\": true";
+  std::vector<std::pair<std::string, std::string>> cases = {
+      {sdp_json(2, 2, 0), plain}, {zero1, sdp_json(2, 2, 0)}, {sdp_json(2, 1, kSmallLayers), sdp_json(2, 2, 0)}};
+  if (comm::world_size() == 4) cases.push_back({sdp_json(2, 2, 0), sdp_json(4, 1, 0)});
+  for (const auto& [saved, loaded] : cases) {
+    const std::string what = "saved {" + saved + "} loaded {" + loaded + "}";
+    reinit(saved);
+    const std::string dir = on_rank0("making a folder", [] {
+      char name[] = "/tmp/smp_sdp_XXXXXX";
+      return std::string(::mkdtemp(name));
+    });
+    {
+      SmpRun run = smp_run(adam(), 3);
+      save_checkpoint(dir, "step_3", /*partial=*/true, *run.model, run.opt.get());
+    }
+    reinit(loaded);
+    SmpRun run = smp_run(adam(), 0);
+    resume_from_checkpoint(dir, *run.model, run.opt.get());
+    train(run, 3, 5);
+    run.model->gather_parameters();
+    expect_params_close(*run.model, ref, kTol, what);
+    run.model->release_parameters(false);
+    barrier();
+    if (rank() == 0) files::remove_tree(dir);
+  }
 }
 
 TEST(ShardedDataParallel, BadConfigsAreRefused) {
