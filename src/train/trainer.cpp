@@ -188,9 +188,13 @@ void print_startup(const TrainConfig& c, const std::vector<std::string>& layer_n
                    DistributedModel& dmodel, const json& data, double entropy) {
   int64_t local_params = 0;
   for (const auto& p : dmodel.local_parameter_info()) local_params += p.tensor.numel();
-  // fp32 weights, gradients and two Adam moments: 16 bytes a parameter, plus the activations
-  // of one microbatch kept per in-flight microbatch (a rough upper bound).
-  const double est_mb = local_params * 16.0 / (1 << 20);
+  // fp32 weights, gradients and two Adam moments: 16 bytes a parameter, of which sharded data
+  // parallelism keeps 1/sdp (weights and gradients at rest, Adam) and ZeRO-1 1/dp of the Adam
+  // moments.
+  const Config& cfg = config();
+  const double sdp = cfg.sharded_data_parallel_degree;
+  const double adam_shards = cfg.shard_optimizer_state ? rdp_size() : sdp;
+  const double est_mb = local_params * (8.0 / sdp + 8.0 / adam_shards) / (1 << 20);
   std::ostringstream row;
   row << "  " << rank() << "     " << pp_rank() << "   " << tp_rank() << "   " << rdp_rank()
       << "    stages";
@@ -202,9 +206,11 @@ void print_startup(const TrainConfig& c, const std::vector<std::string>& layer_n
   row << "  " << local_params << " params  ~" << static_cast<int64_t>(est_mb) << " MB";
   const auto rows = allgather(row.str(), CommGroup::WORLD);
   if (rank() != 0) return;
-  std::printf("smp-train: %s, %lld parameters, %d ranks (pp=%d tp=%d dp=%d), %s\n",
+  const std::string sharding =
+      cfg.sharded_data_parallel_degree > 1 ? " sdp=" + std::to_string(cfg.sharded_data_parallel_degree) : "";
+  std::printf("smp-train: %s, %lld parameters, %d ranks (pp=%d tp=%d dp=%d%s), %s\n",
               c.model.name.c_str(), static_cast<long long>(c.model.num_parameters()), size(),
-              pp_size(), tp_size(), rdp_size(), c.training.precision.c_str());
+              pp_size(), tp_size(), rdp_size(), sharding.c_str(), c.training.precision.c_str());
   std::printf("data: %zu train and %zu val shards; unigram entropy %.4f nats\n",
               data["train"].size(), data["val"].size(), entropy);
   std::printf("rank  pp  tp  rdp   layers, parameters and memory estimate (weights+grads+Adam)\n");

@@ -1,6 +1,6 @@
 // The strongest test of the whole system: a tiny GPT trained 20 steps (fp32, deterministic)
 // under every parallel layout gives the same loss curve as one process, within 1e-4 relative
-// (pp2 x tp2 also with activation checkpointing).
+// (pp2 x tp2 and sharded data parallelism dp4_sdp4 also with activation checkpointing).
 // The one-process curve is a golden file, tests/train/golden/tiny_gpt_losses.json; it is
 // rewritten only on purpose: SMP_REGENERATE_GOLDEN=1 with one rank.
 #include <gtest/gtest.h>
@@ -132,7 +132,9 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
                {R"({"tensor_parallel_degree": 2, "ddp": true})", "tp2"},
                {R"({"ddp": true})", "dp2"},
                {R"({"pipeline_parallel_degree": 2, "microbatches": 2, "pipeline": "zero_bubble"})",
-                "pp2_zero_bubble"}};
+                "pp2_zero_bubble"},
+               {R"({"ddp": true, "sharded_data_parallel_degree": 2,
+                   "sdp_param_persistence_threshold": 0})", "sdp2"}};
   }
   if (world == 4) {
     layouts = {{R"({"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true,
@@ -144,7 +146,9 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
                 "tp2_dp2_zero1"},
                {R"({"pipeline_parallel_degree": 2, "ddp": true, "microbatches": 2,
                    "shard_optimizer_state": true, "pipeline": "zero_bubble"})",
-                "pp2_dp2_zero1_zero_bubble"}};
+                "pp2_dp2_zero1_zero_bubble"},
+               {R"({"ddp": true, "sharded_data_parallel_degree": 2, "microbatches": 2,
+                   "sdp_param_persistence_threshold": 0})", "dp4_sdp2"}};
   }
   work_dir();
   for (const auto& [smp_json, name] : layouts) {
@@ -163,6 +167,11 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
                         "microbatches": 2})", "pp2_tp2_recomputed",
                      R"(, "activation_checkpointing": "each")"),
         "pp2_tp2 with activation checkpointing");
+    expect_matches_golden(
+        train_layout(R"({"ddp": true, "sharded_data_parallel_degree": 4,
+                        "sdp_param_persistence_threshold": 0})", "dp4_sdp4_recomputed",
+                     R"(, "activation_checkpointing": "each")"),
+        "dp4_sdp4 with activation checkpointing");
   }
   if (comm::world_rank() == 0) std::system(("rm -rf " + work_dir()).c_str());
 }
