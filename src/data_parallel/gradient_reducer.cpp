@@ -146,7 +146,7 @@ GradientReducer::GradientReducer(std::vector<ReducedParam> params, const Reducer
     shards_ = std::make_unique<ParameterShards>(
         layout_, std::move(tensors), sharding_group(false), sharding_group(true),
         smp::process_group(CommGroup::DP_GROUP), cfg.sdp_param_persistence_threshold);
-    shard_grads_ = shards_->grads();
+    shard_grads_ = shards_->grads();  // the same tensor: allocated while in use
   } else {
     adopt_parameters();
     if (cfg.ddp) broadcast_parameters();

@@ -178,6 +178,7 @@ void ParameterShards::poll(bool wait) {
       break;
     }
     const Bucket& bucket = layout_.buckets()[f.bucket];
+    ensure_grads();
     grads_.narrow(0, layout_.local_base(f.bucket), bucket.shard_numel()).add_(f.out);
   }
   in_flight_.erase(in_flight_.begin(), in_flight_.begin() + static_cast<std::ptrdiff_t>(done));
@@ -190,9 +191,21 @@ void ParameterShards::finish() {
   poll(true);
   needed_.clear();
   landed_.clear();
+  ensure_grads();
   if (replicas_.size() > 1) replicas_.all_reduce(grads_, comm::ReduceOp::kAvg).wait();
 }
 
-void ParameterShards::zero_grad() { grads_.zero_(); }
+void ParameterShards::zero_grad() { free_storage(grads_); }
+
+void ParameterShards::ensure_grads() const {
+  if (grads_.storage().nbytes() > 0 || grads_.numel() == 0) return;
+  allocate_storage(grads_);
+  grads_.zero_();
+}
+
+const at::Tensor& ParameterShards::grads() const {
+  ensure_grads();
+  return grads_;
+}
 
 }  // namespace smp::dp

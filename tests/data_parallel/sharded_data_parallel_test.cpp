@@ -5,7 +5,8 @@
 // one-process run on the whole batch within 1e-6 relative (the tolerance of the data-parallel
 // test: only the order of sums differs). Between steps a rank holds only its slices; a step
 // gathers each sharded layer exactly twice per microbatch (forward, backward) and
-// reduce-scatters each layer once per microbatch; the clipping norm equals one process's.
+// reduce-scatters each layer once per microbatch, holding no whole gradient; the clipping norm
+// equals one process's; checkpoints reshard to and from other layouts.
 #include <gtest/gtest.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
@@ -114,6 +115,11 @@ TEST(ShardedDataParallel, HoldsSlicesBetweenStepsAndGathersEachLayerJustInTime) 
       EXPECT_EQ(c.get("all_gather").calls, 2 * m * sharded + (buckets - sharded));
       EXPECT_EQ(c.get("reduce_scatter").calls, m * buckets);
       EXPECT_EQ(shards->resident_bytes(), layout.local_numel() * 4 + persistent_bytes);
+      // Gradients: this rank's slices only, and none once zeroed (set to none, as FSDP).
+      EXPECT_EQ(shards->grad_bytes(), layout.local_numel() * 4);
+      for (auto& [name, p] : run.model->local_named_parameters()) EXPECT_FALSE(p.grad().defined()) << name;
+      run.opt->zero_grad();
+      EXPECT_EQ(shards->grad_bytes(), 0);
     }
   }
 }

@@ -104,7 +104,8 @@ class GradientReducer {
   bool sharded() const { return sharded_; }
   const at::Tensor& flat_params() const { return flat_params_; }
   const at::Tensor& flat_grads() const { return flat_grads_; }
-  const at::Tensor& shard_grads() const { return shard_grads_; }  // local layout; sharded only
+  // Local layout; sharded only.
+  const at::Tensor& shard_grads() const { return shards_ ? shards_->grads() : shard_grads_; }
   // Sharded data parallelism's parameters; null without it.
   ParameterShards* parameter_shards() const { return shards_.get(); }
   // Whether this rank writes the optimizer state of bucket b to checkpoints: the owner of a

@@ -17,8 +17,9 @@
 //     after each optimizer step instead;
 //   - gradients: once a bucket's gradients of a microbatch are all in, they are packed, the
 //     parameters' .grad dropped, and the pack reduce-scattered (average) over the sharding group
-//     into grads(), which sums over microbatches; finish() averages grads() over the replicas.
-//     No rank holds a whole gradient buffer, only the buckets in flight.
+//     into grads(), which sums over microbatches; finish() averages grads() over the replicas;
+//     zero_grad() frees grads(). No rank holds a whole gradient buffer, only the buckets in
+//     flight.
 // Collectives go over the sharding group in bucket order, the same on every rank.
 #pragma once
 
@@ -70,13 +71,18 @@ class ParameterShards {
   void on_grad_ready(int param);
   // Reduces what is left, waits, and averages grads() over the replicas. Blocks.
   void finish();
+  // Frees grads() (torch's zero_grad(set_to_none=True), as FSDP): it comes back as zeros when
+  // next used, so between steps a rank holds no gradients.
   void zero_grad();
-  const at::Tensor& grads() const { return grads_; }
+  const at::Tensor& grads() const;
+  // Bytes of gradients held now (0 after zero_grad()).
+  int64_t grad_bytes() const { return static_cast<int64_t>(grads_.storage().nbytes()); }
   comm::Communicator& group() const { return group_; }
   comm::Communicator& replicas() const { return replicas_; }
 
  private:
   void reduce(int bucket);
+  void ensure_grads() const;
   void poll(bool wait);
 
   const FlatLayout& layout_;

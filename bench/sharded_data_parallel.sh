@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Sharded data parallelism benchmark: smp's "sharded_data_parallel_degree" (every layer's
+# parameters sharded over the 2 ranks, gathered before each forward and backward, gradients
+# reduce-scattered) against PyTorch FSDP2 (fully_shard per layer, gloo), on this machine, in this
+# run. CPU, 2 ranks, one intra-op thread per rank, fp32, Adam; the model and data of
+# bench/data_parallel.sh (6 x Linear(1024, 1024), tanh between, 64 rows per rank, MSE), 3
+# warm-up and 20 timed steps per run, the median step reported.
+#
+# vs_torch_fsdp      FSDP step time / smp sdp step time: > 1 means smp is faster. Each round
+#                    runs both back to back; the result is the median over rounds of the
+#                    per-round ratio (pairing and the median damp this machine's noise).
+# sdp_vs_ddp_time    smp unsharded (ddp) step time / smp sdp step time: what sharding costs
+#                    (1 = nothing).
+# model_state_ratio  bytes rank 0 holds between steps (parameters, gradients, Adam state) with
+#                    sdp over without (ddp holds 16 bytes a parameter): ZeRO-3's bound is
+#                    1/dp = 0.5; sdp frees its gradients at zero_grad (as FSDP), so it holds
+#                    (4 + 8) / dp bytes a parameter: 0.375 for dp = 2.
+# vs_fsdp_state      the same bytes, smp sdp over FSDP's (< 1: smp holds less).
+#
+# Usage (from anywhere): bash bench/sharded_data_parallel.sh
+#   SMP_BUILD_DIR     build tree holding bench/data_parallel/dp_bench (default build)
+#   SMP_BENCH_ROUNDS  rounds of smp + torch (default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build=${SMP_BUILD_DIR:-build}
+rounds=${SMP_BENCH_ROUNDS:-3}
+python=.venv/bin/python
+bench=$build/bench/data_parallel/dp_bench
+[ -x "$bench" ] || { echo "sharded_data_parallel.sh: $bench is missing; build it (ninja -C $build dp_bench)" >&2; exit 1; }
+[ -x "$python" ] || { echo "sharded_data_parallel.sh: $python is missing; run scripts/setup.sh" >&2; exit 1; }
+
+export OMP_NUM_THREADS=1
+mpi_flags=(--oversubscribe --mca mpi_yield_when_idle 1 --bind-to none)
+if [ "$(id -u)" -eq 0 ]; then
+  mpi_flags+=(--allow-run-as-root)
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+run_smp() { mpirun -np 2 "${mpi_flags[@]}" "$bench" --modes ddp,sdp > "$out/smp.$1"; }
+run_torch() {
+  "$python" -m torch.distributed.run --nproc_per_node 2 --master_port $((29500 + RANDOM % 1000)) \
+    bench/data_parallel/torch_fsdp.py > "$out/torch.$1" 2> "$out/torch_err.$1" ||
+    { cat "$out/torch_err.$1" >&2; exit 1; }
+}
+
+echo "sharded_data_parallel.sh: $rounds round(s) of smp (mpirun ${mpi_flags[*]} $bench --modes ddp,sdp)" \
+     "and torch FSDP2 (gloo), alternating" >&2
+for ((r = 1; r <= rounds; r++)); do
+  if ((r % 2)); then run_smp "$r"; run_torch "$r"; else run_torch "$r"; run_smp "$r"; fi
+  echo "sharded_data_parallel.sh: round $r of $rounds done" >&2
+done
+
+"$python" - "$out" "$rounds" <<'PY'
+import os, statistics, sys
+
+out, rounds = sys.argv[1], int(sys.argv[2])
+
+def read(path):
+    runs = {}
+    for line in open(path):
+        f = line.split()
+        if len(f) >= 3 and f[0] in ("smp", "torch"):
+            kv = dict(x.split("=", 1) for x in f[1:])
+            runs[(f[0], kv["mode"])] = kv
+    return runs
+
+per_round = []
+for r in range(1, rounds + 1):
+    got = {}
+    for impl in ("smp", "torch"):
+        got.update(read(os.path.join(out, f"{impl}.{r}")))
+    for need in (("smp", "ddp"), ("smp", "sdp"), ("torch", "fsdp")):
+        if need not in got:
+            sys.exit(f"sharded_data_parallel.sh: round {r}: no result for {need[0]} {need[1]}")
+    per_round.append(got)
+
+best = {}
+for got in per_round:
+    for key, kv in got.items():
+        if key not in best or float(kv["step_ms"]) < float(best[key]["step_ms"]):
+            best[key] = kv
+
+print(f"{'run':<12}{'samples/s':>11}{'step ms':>9}{'min ms':>8}{'held MB':>9}")
+for impl, mode in (("torch", "fsdp"), ("smp", "ddp"), ("smp", "sdp")):
+    kv = best[(impl, mode)]
+    print(f"{impl + ' ' + mode:<12}{float(kv['samples_per_s']):>11.1f}{float(kv['step_ms']):>9.1f}"
+          f"{float(kv['min_ms']):>8.1f}{int(kv['model_state_bytes']) / 1e6:>9.2f}")
+def ratio(a, b):
+    return statistics.median(float(g[a]["step_ms"]) / float(g[b]["step_ms"]) for g in per_round)
+vs = ratio(("torch", "fsdp"), ("smp", "sdp"))
+cost = ratio(("smp", "ddp"), ("smp", "sdp"))
+held = lambda key: int(best[key]["model_state_bytes"])
+print("per-round fsdp/smp step time:", " ".join(
+    f"{float(g[('torch', 'fsdp')]['step_ms']) / float(g[('smp', 'sdp')]['step_ms']):.2f}" for g in per_round))
+print(f"RESULT sharded_data_parallel vs_torch_fsdp={vs:.2f} sdp_vs_ddp_time={cost:.2f} "
+      f"model_state_ratio={held(('smp', 'sdp')) / held(('smp', 'ddp')):.3f} "
+      f"vs_fsdp_state={held(('smp', 'sdp')) / held(('torch', 'fsdp')):.2f}")
+PY
