@@ -86,13 +86,14 @@ FlatLayout make_layout(const std::vector<ReducedParam>& params, const ReducerOpt
 }
 
 // Sharded data parallelism's groups, made once: the sharding group (s consecutive ranks of the
-// data-parallel group) and the replica group (the ranks holding the same slices).
+// reduced-data-parallel group: one tensor-parallel rank) and the replica group (the ranks of
+// that group holding the same slices).
 comm::Communicator& sharding_group(bool replicas) {
   const int s = sdp_degree();
-  const int dp_rank = smp::process_group(CommGroup::DP_GROUP).rank();
-  const int dp_group = smp::topology().group_index(CommGroup::DP_GROUP, smp::rank());
-  const int dp = smp::dp_size();
-  const int color = replicas ? dp_group * dp + dp_rank % s : dp_group * dp + dp_rank / s;
+  const int rdp_rank = smp::process_group(CommGroup::RDP_GROUP).rank();
+  const int rdp_group = smp::topology().group_index(CommGroup::RDP_GROUP, smp::rank());
+  const int rdp = smp::rdp_size();
+  const int color = replicas ? rdp_group * rdp + rdp_rank % s : rdp_group * rdp + rdp_rank / s;
   return smp::process_groups().split(color, replicas ? "SDP_REPLICA_GROUP" : "SDP_GROUP");
 }
 
@@ -126,12 +127,6 @@ GradientReducer::GradientReducer(std::vector<ReducedParam> params, const Reducer
                       std::to_string(cfg.sharded_data_parallel_degree) +
                       "; sharded data parallelism requires \"ddp\": true; set \"ddp\": true");
   }
-  if (sdp && smp::tp_size() > 1) {
-    throw ConfigError("config key \"sharded_data_parallel_degree\": got " +
-                      std::to_string(cfg.sharded_data_parallel_degree) +
-                      " with tensor_parallel_degree " + std::to_string(smp::tp_size()) +
-                      "; smp does not combine them yet; allowed: tensor_parallel_degree 1");
-  }
   dtype_ = choose_dtype(params_);
   accumulations_.assign(params_.size(), 1);
   sharded_ = cfg.shard_optimizer_state || sdp;
@@ -143,9 +138,14 @@ GradientReducer::GradientReducer(std::vector<ReducedParam> params, const Reducer
     if (dtype_ != params_.at(0).tensor.scalar_type()) {
       for (at::Tensor& t : tensors) t.set_data(t.detach().to(dtype_));
     }
-    shards_ = std::make_unique<ParameterShards>(
-        layout_, std::move(tensors), sharding_group(false), sharding_group(true),
-        smp::process_group(CommGroup::DP_GROUP), cfg.sdp_param_persistence_threshold);
+    ShardingGroups groups;
+    groups.group = &sharding_group(false);
+    groups.replicas = &sharding_group(true);
+    groups.tp = &smp::process_group(CommGroup::TP_GROUP);
+    groups.dp = &smp::process_group(CommGroup::DP_GROUP);
+    groups.rdp = &smp::process_group(CommGroup::RDP_GROUP);
+    shards_ = std::make_unique<ParameterShards>(layout_, std::move(tensors), groups,
+                                                cfg.sdp_param_persistence_threshold);
     shard_grads_ = shards_->grads();  // the same tensor: allocated while in use
   } else {
     adopt_parameters();
@@ -231,7 +231,9 @@ int GradientReducer::rank_in(ReduceGroup group) const { return communicator(grou
 
 bool GradientReducer::writes_state(int bucket) const {
   const Bucket& b = layout_.buckets().at(bucket);
-  if (shards_ && shards_->replicas().rank() != 0) return false;
+  if (shards_) {  // one sharding group writes; replicated parameters' slices on tp rank 0 only
+    return shards_->replicas().rank() == 0 && (b.group == ReduceGroup::kRdp || smp::tp_rank() == 0);
+  }
   return b.num_shards > 1 || rank_in(b.group) == 0;
 }
 

@@ -28,9 +28,8 @@ void allocate_storage(const at::Tensor& t) {
 }  // namespace
 
 ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tensor> params,
-                                 comm::Communicator& group, comm::Communicator& replicas,
-                                 comm::Communicator& everyone, int64_t persistence_threshold)
-    : layout_(layout), params_(std::move(params)), group_(group), replicas_(replicas) {
+                                 const ShardingGroups& groups, int64_t persistence_threshold)
+    : layout_(layout), params_(std::move(params)), groups_(groups) {
   const at::TensorOptions opts = params_.empty()
                                      ? at::TensorOptions().dtype(at::kFloat)
                                      : params_[0].options().requires_grad(false);
@@ -38,7 +37,7 @@ ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tenso
   shard_ = at::zeros({layout_.local_numel()}, opts);
   grads_ = at::zeros({layout_.local_numel()}, opts);
   for (size_t b = 0; b < buckets.size(); ++b) {
-    SMP_CHECK(buckets[b].num_shards == group_.size());
+    SMP_CHECK(buckets[b].num_shards == group().size());
     buckets_.push_back(at::zeros({buckets[b].padded_numel}, opts));
     persistent_.push_back(buckets[b].numel < persistence_threshold ? 1 : 0);
     whole_.push_back(1);
@@ -53,7 +52,10 @@ ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tenso
     p.mutable_grad() = at::Tensor();
   }
   std::vector<comm::Work> works;
-  for (at::Tensor& bucket : buckets_) works.push_back(everyone.broadcast(bucket, 0));
+  for (size_t b = 0; b < buckets.size(); ++b) {
+    comm::Communicator& from = buckets[b].group == ReduceGroup::kDp ? *groups_.dp : *groups_.rdp;
+    if (from.size() > 1) works.push_back(from.broadcast(buckets_[b], 0));
+  }
   for (comm::Work& w : works) w.wait();
   release_all(/*take_values=*/true);
 }
@@ -64,7 +66,7 @@ void ParameterShards::gather(const std::vector<int>& buckets) {
     if (whole_[b]) continue;
     const Bucket& bucket = layout_.buckets()[b];
     allocate_storage(buckets_[b]);
-    works.push_back(group_.all_gather(buckets_[b],
+    works.push_back(group().all_gather(buckets_[b],
                                       shard_.narrow(0, layout_.local_base(b), bucket.shard_numel())));
     whole_[b] = 1;
   }
@@ -91,7 +93,7 @@ void ParameterShards::release_all(bool take_values) {
     const Bucket& bucket = layout_.buckets()[b];
     if (take_values) {
       shard_.narrow(0, layout_.local_base(static_cast<int>(b)), bucket.shard_numel())
-          .copy_(buckets_[b].narrow(0, group_.rank() * bucket.shard_numel(), bucket.shard_numel()));
+          .copy_(buckets_[b].narrow(0, group().rank() * bucket.shard_numel(), bucket.shard_numel()));
     }
     if (!persistent_[b]) {
       free_storage(buckets_[b]);
@@ -115,7 +117,7 @@ void ParameterShards::after_update() {
   std::vector<comm::Work> works;
   for (int b : stale) {
     const Bucket& bucket = layout_.buckets()[b];
-    works.push_back(group_.all_gather(buckets_[b],
+    works.push_back(group().all_gather(buckets_[b],
                                       shard_.narrow(0, layout_.local_base(b), bucket.shard_numel())));
     whole_[b] = 1;
   }
@@ -162,7 +164,7 @@ void ParameterShards::reduce(int b) {
     p.mutable_grad() = at::Tensor();
   }
   at::Tensor out = at::empty({bucket.shard_numel()}, grads_.options());
-  comm::Work work = group_.reduce_scatter(out, packed, comm::ReduceOp::kAvg);
+  comm::Work work = group().reduce_scatter(out, packed, comm::ReduceOp::kAvg);
   in_flight_.push_back({b, std::move(packed), std::move(out), std::move(work)});
   landed_[b] = 0;
 }
@@ -192,7 +194,16 @@ void ParameterShards::finish() {
   needed_.clear();
   landed_.clear();
   ensure_grads();
-  if (replicas_.size() > 1) replicas_.all_reduce(grads_, comm::ReduceOp::kAvg).wait();
+  if (replicas().size() > 1) replicas().all_reduce(grads_, comm::ReduceOp::kAvg).wait();
+  if (groups_.tp->size() == 1) return;
+  std::vector<comm::Work> works;
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    const Bucket& bucket = layout_.buckets()[b];
+    if (bucket.group != ReduceGroup::kDp) continue;
+    at::Tensor slice = grads_.narrow(0, layout_.local_base(static_cast<int>(b)), bucket.shard_numel());
+    works.push_back(groups_.tp->all_reduce(slice, comm::ReduceOp::kAvg));
+  }
+  for (comm::Work& w : works) w.wait();
 }
 
 void ParameterShards::zero_grad() { free_storage(grads_); }

@@ -84,14 +84,19 @@ double DistributedOptimizer::clip_master_grads(double max_norm) {
     const at::Tensor g = im.grad_view(run);
     sum_sq += g.dot(g).item<double>();
   }
-  // Each element once: sharded data parallelism, over the sharding group (its slices tile the
-  // model, pp and tp being 1); ZeRO-1, every rank sums its own slices over the world; else one
-  // replica's pipeline and tensor ranks (TP-replicated parameters on tp rank 0 only).
+  // Each element once: sharded data parallelism, over the sharding group and the tensor-parallel
+  // group (the slices tile each tp rank's model, pp being 1; TP-replicated parameters counted on
+  // tp rank 0); ZeRO-1, every rank sums its own slices over the world; else one replica's
+  // pipeline and tensor ranks (TP-replicated parameters on tp rank 0 only).
   at::Tensor total = at::full({1}, sum_sq, at::kDouble);
-  comm::Communicator& over = im.reducer->parameter_shards() ? im.reducer->parameter_shards()->group()
-                             : im.reducer->sharded()        ? smp::process_group(CommGroup::WORLD)
-                                                            : smp::process_group(CommGroup::MP_GROUP);
-  over.all_reduce(total).wait();
+  if (const dp::ParameterShards* shards = im.reducer->parameter_shards()) {
+    shards->group().all_reduce(total).wait();
+    smp::process_group(CommGroup::TP_GROUP).all_reduce(total).wait();
+  } else {
+    smp::process_group(im.reducer->sharded() ? CommGroup::WORLD : CommGroup::MP_GROUP)
+        .all_reduce(total)
+        .wait();
+  }
   const double norm = std::sqrt(total.item<double>());
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1) {

@@ -119,7 +119,10 @@ void DistributedOptimizer::Impl::initialize() {
     const dp::Bucket& bucket = layout.buckets()[s.bucket];
     // A tied copy (model.options().tied_copies) is counted on the stage holding the original.
     const bool tied_copy = model.options().tied_copies.count(reducer->params()[s.param].name) > 0;
-    const bool in_norm = !tied_copy && (reducer->sharded() || bucket.group == dp::ReduceGroup::kRdp ||
+    // ZeRO-1 shards replicated parameters over DP_GROUP (tp x rdp): each slice is unique;
+    // sharded data parallelism keeps them whole over TP_GROUP: counted on tp rank 0.
+    const bool unique_slice = reducer->sharded() && !reducer->parameter_shards();
+    const bool in_norm = !tied_copy && (unique_slice || bucket.group == dp::ReduceGroup::kRdp ||
                                         smp::tp_rank() == 0);
     if (!runs.empty() && runs.back().group == g && runs.back().bucket == s.bucket &&
         runs.back().in_norm == in_norm && runs.back().flat + runs.back().numel == s.flat_offset) {

@@ -3,7 +3,9 @@
 #   1. a tiny GPT trained 20 steps under pp=2 x tp=2 with a partial checkpoint at step 10;
 #   2. resumed at step 10 under the same layout: steps 11-20 equal the uninterrupted run bit
 #      for bit;
-#   3. resumed under 1 rank, pp=4, tp=4 and dp=2 with ZeRO-1: steps 11-20 within 1e-5 relative;
+#   3. resumed under 1 rank, pp=4, tp=4, dp=2 with ZeRO-1 and tp=2 x sharded data parallelism 2:
+#      steps 11-20 within 1e-5 relative; a tp=2 x sdp=2 run's checkpoint resumed under pp=2
+#      continues that run within 1e-5;
 #   4. a rank SIGKILLed in the middle of a save: the run fails, the broken checkpoint is only a
 #      *.tmp folder, `newest` still names the previous one, and resuming skips the broken one
 #      with a message and loads the previous (again bit for bit).
@@ -83,6 +85,16 @@ config tp4 '{"tensor_parallel_degree": 4, "ddp": true}' "{\"dir\": \"$ckpt\", \"
 check tp4 4 reference 1e-5
 config dp2_zero1 '{"ddp": true, "shard_optimizer_state": true}' "{\"dir\": \"$ckpt\", \"resume\": \"step_10\"}"
 check dp2_zero1 2 reference 1e-5
+tp2sdp2='{"tensor_parallel_degree": 2, "ddp": true, "sharded_data_parallel_degree": 2, "sdp_param_persistence_threshold": 0}'
+config tp2_sdp2 "$tp2sdp2" "{\"dir\": \"$ckpt\", \"resume\": \"step_10\"}"
+check tp2_sdp2 4 reference 1e-5
+# ... and a checkpoint saved under sharded data parallelism resumes elsewhere.
+config sdp_saved "$tp2sdp2" '{"every": 10, "keep": 0}'
+run sdp_saved 4
+if [ "$rc" -ne 0 ]; then echo "FAIL sdp_saved: exit $rc"; echo "$out" | tail -20; failed=1; fi
+config from_sdp '{"pipeline_parallel_degree": 2, "microbatches": 2}' \
+  "{\"dir\": \"$work/runs/sdp_saved/checkpoints\", \"resume\": \"step_10\"}"
+check from_sdp 2 sdp_saved 1e-5
 
 # 4. A rank killed during a save.
 killed="$work/killed"

@@ -148,7 +148,9 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
                    "shard_optimizer_state": true, "pipeline": "zero_bubble"})",
                 "pp2_dp2_zero1_zero_bubble"},
                {R"({"ddp": true, "sharded_data_parallel_degree": 2, "microbatches": 2,
-                   "sdp_param_persistence_threshold": 0})", "dp4_sdp2"}};
+                   "sdp_param_persistence_threshold": 0})", "dp4_sdp2"},
+               {R"({"tensor_parallel_degree": 2, "ddp": true, "sharded_data_parallel_degree": 2,
+                   "microbatches": 2, "sdp_param_persistence_threshold": 0})", "tp2_sdp2"}};
   }
   work_dir();
   for (const auto& [smp_json, name] : layouts) {

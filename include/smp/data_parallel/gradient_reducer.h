@@ -64,8 +64,8 @@ class GradientReducer {
  public:
   // Collective over DP_GROUP and RDP_GROUP when ddp is on (the initial broadcast). Parameters
   // that do not require grad are left alone; a tensor listed twice (tied) counts once. Throws
-  // smp::ConfigError for shard_optimizer_state without ddp, or parameters of mixed dtypes;
-  // for sharded data parallelism without ddp or with tensor parallelism.
+  // smp::ConfigError for shard_optimizer_state or sharded data parallelism without ddp, or
+  // parameters of mixed dtypes.
   GradientReducer(std::vector<ReducedParam> params, const ReducerOptions& options);
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
@@ -109,7 +109,8 @@ class GradientReducer {
   // Sharded data parallelism's parameters; null without it.
   ParameterShards* parameter_shards() const { return shards_.get(); }
   // Whether this rank writes the optimizer state of bucket b to checkpoints: the owner of a
-  // sharded slice (in the first sharding group), or the group's first rank.
+  // sharded slice, or the group's first rank; under sharded data parallelism, the owner in the
+  // first sharding group (and for TP-replicated parameters on tp rank 0).
   bool writes_state(int bucket) const;
   // This rank's rank in DP_GROUP / RDP_GROUP, and the communicator of a bucket's group.
   int rank_in(ReduceGroup group) const;

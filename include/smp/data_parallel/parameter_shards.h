@@ -17,7 +17,8 @@
 //     after each optimizer step instead;
 //   - gradients: once a bucket's gradients of a microbatch are all in, they are packed, the
 //     parameters' .grad dropped, and the pack reduce-scattered (average) over the sharding group
-//     into grads(), which sums over microbatches; finish() averages grads() over the replicas;
+//     into grads(), which sums over microbatches; finish() averages grads() over the replicas
+//     (and the slices of TP-replicated parameters over the tensor-parallel group);
 //     zero_grad() frees grads(). No rank holds a whole gradient buffer, only the buckets in
 //     flight.
 // Collectives go over the sharding group in bucket order, the same on every rank.
@@ -33,15 +34,24 @@
 
 namespace smp::dp {
 
+// The communicators sharded data parallelism uses.
+struct ShardingGroups {
+  comm::Communicator* group = nullptr;     // the sharding group (SDP_GROUP)
+  comm::Communicator* replicas = nullptr;  // the ranks holding the same slices (SDP_REPLICA_GROUP)
+  comm::Communicator* tp = nullptr;        // TP_GROUP: replicated parameters' gradients average
+                                           // over it too (they average over DP_GROUP = tp x rdp)
+  comm::Communicator* dp = nullptr;        // DP_GROUP: where replicated buckets start from rank 0
+  comm::Communicator* rdp = nullptr;       // RDP_GROUP: the same for tensor-parallel shards
+};
+
 class ParameterShards {
  public:
-  // `params[i]` lives at layout.slot(i); each bucket's num_shards must be group.size(). Makes
-  // the parameters views into per-bucket storage, broadcasts each bucket from rank 0 of
-  // `everyone` (the data-parallel group: replicas start equal), keeps this rank's slices and
-  // frees what is not persistent. Collective over `everyone`.
+  // `params[i]` lives at layout.slot(i); each bucket's num_shards must be the sharding group's
+  // size. Makes the parameters views into per-bucket storage, broadcasts each bucket from rank
+  // 0 of its DP_GROUP or RDP_GROUP (replicas start equal), keeps this rank's slices and frees
+  // what is not persistent. Collective over those groups.
   ParameterShards(const FlatLayout& layout, std::vector<at::Tensor> params,
-                  comm::Communicator& group, comm::Communicator& replicas,
-                  comm::Communicator& everyone, int64_t persistence_threshold);
+                  const ShardingGroups& groups, int64_t persistence_threshold);
 
   // --- parameters ---------------------------------------------------------------------------
   // Makes the buckets whole (those not already), one all-gather each. Blocks.
@@ -77,8 +87,8 @@ class ParameterShards {
   const at::Tensor& grads() const;
   // Bytes of gradients held now (0 after zero_grad()).
   int64_t grad_bytes() const { return static_cast<int64_t>(grads_.storage().nbytes()); }
-  comm::Communicator& group() const { return group_; }
-  comm::Communicator& replicas() const { return replicas_; }
+  comm::Communicator& group() const { return *groups_.group; }
+  comm::Communicator& replicas() const { return *groups_.replicas; }
 
  private:
   void reduce(int bucket);
@@ -87,8 +97,7 @@ class ParameterShards {
 
   const FlatLayout& layout_;
   std::vector<at::Tensor> params_;
-  comm::Communicator& group_;
-  comm::Communicator& replicas_;
+  ShardingGroups groups_;
   std::vector<at::Tensor> buckets_;  // by bucket: whole (padded) storage, zero bytes when freed
   std::vector<char> whole_;
   std::vector<char> persistent_;
