@@ -78,7 +78,9 @@ class DistributedOptimizer {
 
   // Collective. Unscales (fp16), skips on overflow anywhere (overflow() true, the scale
   // drops), else updates this rank's slice and, when sharded, all-gathers the parameters over
-  // DP_GROUP / RDP_GROUP. Throws smp::Error before the model's first smp::step.
+  // DP_GROUP / RDP_GROUP. Throws smp::Error before the model's first smp::step. Under sharded
+  // data parallelism it first clips at the config's sdp_gradient_clipping (SMP), unless
+  // clip_master_grads was called for these gradients.
   void step();
   // Zeroes the gradients in place (torch's zero_grad(set_to_none = false)): each .grad stays a
   // view into the flat gradient buffer, so backward accumulates there directly. Not collective.

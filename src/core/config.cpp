@@ -47,7 +47,6 @@ const std::set<std::string> kNotImplementedYet = {
     "sdp_reduce_bucket_size",
     "sdp_max_live_parameters",
     "sdp_hierarchical_allgather",
-    "sdp_gradient_clipping",
     "fp16_params",
     "static_mode",
     "fast_mode",

@@ -51,6 +51,11 @@ int64_t DistributedOptimizer::state_bytes() const {
 
 void DistributedOptimizer::step() {
   Impl& im = ready();
+  // SMP: under sharded data parallelism the optimizer clips at sdp_gradient_clipping itself,
+  // unless clip_master_grads already did for these gradients.
+  if (im.reducer->parameter_shards() && im.clipped_for != im.reducer->steps_finished()) {
+    clip_master_grads(smp::config().sdp_gradient_clipping);
+  }
   if (im.overflow) {
     im.scaler.update(true);
     im.model.set_loss_scale(im.scaler.scale());
@@ -77,6 +82,7 @@ void DistributedOptimizer::step() {
 
 double DistributedOptimizer::clip_master_grads(double max_norm) {
   Impl& im = ready();
+  im.clipped_for = im.reducer->steps_finished();
   if (im.overflow) return -1;
   double sum_sq = 0;
   for (const Run& run : im.runs) {

@@ -75,6 +75,7 @@ struct DistributedOptimizer::Impl {
   bool initialized = false;
   bool overflow = false;
   int64_t prepared_for = -1;  // the reducer step whose gradients are prepared
+  int64_t clipped_for = -1;   // the reducer step whose gradients clip_master_grads scaled
 
   dp::GradientReducer* reducer = nullptr;
   std::vector<int> param_group;       // per reducer parameter: optimizer group or -1

@@ -6,7 +6,8 @@
 // test: only the order of sums differs). Between steps a rank holds only its slices; a step
 // gathers each sharded layer exactly twice per microbatch (forward, backward) and
 // reduce-scatters each layer once per microbatch, holding no whole gradient; the clipping norm
-// equals one process's; checkpoints reshard to and from other layouts.
+// equals one process's, and the optimizer clips at sdp_gradient_clipping by itself (SMP); bf16
+// equals unsharded bf16; checkpoints reshard to and from other layouts.
 #include <gtest/gtest.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
@@ -44,10 +45,13 @@ OptimizerFactory adamw() {
   };
 }
 
-std::string sdp_json(int degree, int m, int64_t persistence) {
+// `clip`: SMP's sdp_gradient_clipping, which DistributedOptimizer::step applies; the default
+// here is out of reach, so runs compare with an unclipped reference.
+std::string sdp_json(int degree, int m, int64_t persistence, double clip = 1e9) {
   return "\"ddp\": true, \"sharded_data_parallel_degree\": " + std::to_string(degree) +
          ", \"microbatches\": " + std::to_string(m) +
-         ", \"sdp_param_persistence_threshold\": " + std::to_string(persistence);
+         ", \"sdp_param_persistence_threshold\": " + std::to_string(persistence) +
+         ", \"sdp_gradient_clipping\": " + std::to_string(clip);
 }
 
 std::vector<int> degrees() {
@@ -138,6 +142,46 @@ TEST(ShardedDataParallel, ClipNormEqualsOneProcess) {
     expect_params_close(*run.model, ref, kTol, "clipped, sdp=" + std::to_string(s));
     run.model->release_parameters(false);
   }
+}
+
+TEST(ShardedDataParallel, OptimizerClipsAtSdpGradientClipping) {
+  // SMP: with sdp the optimizer step clips at sdp_gradient_clipping by itself; a threshold the
+  // gradients exceed gives the reference clipped at it.
+  const auto ref = reference_run(sgd(), 3, 0.2);
+  for (int s : degrees()) {
+    reinit(sdp_json(s, 2, 0, 0.2));
+    SmpRun run = smp_run(sgd(), 3);
+    run.model->gather_parameters();
+    expect_params_close(*run.model, ref, kTol, "sdp_gradient_clipping 0.2, sdp=" + std::to_string(s));
+    run.model->release_parameters(false);
+  }
+  // ... and without it the result differs (the clipping acted).
+  const auto unclipped = reference_run(sgd(), 3);
+  double diff = 0;
+  for (const auto& [name, t] : ref) diff = std::max(diff, (t - unclipped.at(name)).abs().max().item<double>());
+  EXPECT_GT(diff, 1e-3);
+}
+
+TEST(ShardedDataParallel, Bf16EqualsUnshardedBf16) {
+  // bf16 parameters and gradient traffic, fp32 masters: sharding changes only who updates which
+  // slice, and the gradient sums are the same per element (m = 1).
+  const LossFn loss = [](const Values& out, const Values& y) -> Values {
+    return {torch::mse_loss(out[0].to(at::kFloat), y[0])};
+  };
+  std::map<std::string, at::Tensor> plain;
+  {
+    reinit("\"ddp\": true, \"bf16\": true");
+    SmpRun run = smp_run(adamw(), 5, {}, 0, {}, loss);
+    for (auto& [name, p] : run.model->local_named_parameters()) plain[name] = p.detach().clone();
+  }
+  reinit(sdp_json(2, 1, 0) + ", \"bf16\": true");
+  SmpRun run = smp_run(adamw(), 5, {}, 0, {}, loss);
+  run.model->gather_parameters();
+  for (auto& [name, p] : run.model->local_named_parameters()) {
+    EXPECT_EQ(p.scalar_type(), at::kBFloat16) << name;
+    EXPECT_TRUE(close(p, plain.at(name), kTol)) << "bf16 sdp vs bf16 ddp: " << name;
+  }
+  run.model->release_parameters(false);
 }
 
 TEST(ShardedDataParallel, WrittenParametersBecomeTheShards) {
