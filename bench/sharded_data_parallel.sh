@@ -4,7 +4,8 @@
 # reduce-scattered) against PyTorch FSDP2 (fully_shard per layer, gloo), on this machine, in this
 # run. CPU, 2 ranks, one intra-op thread per rank, fp32, Adam; the model and data of
 # bench/data_parallel.sh (6 x Linear(1024, 1024), tanh between, 64 rows per rank, MSE), 3
-# warm-up and 20 timed steps per run, the median step reported.
+# warm-up and 20 timed steps per run, the median step reported. smp's sdp step includes SMP's
+# built-in clipping at sdp_gradient_clipping (1.0); the FSDP side does not clip.
 #
 # vs_torch_fsdp      FSDP step time / smp sdp step time: > 1 means smp is faster. Each round
 #                    runs both back to back; the result is the median over rounds of the
