@@ -17,6 +17,9 @@
 #                    1/dp = 0.5; sdp frees its gradients at zero_grad (as FSDP), so it holds
 #                    (4 + 8) / dp bytes a parameter: 0.375 for dp = 2.
 # vs_fsdp_state      the same bytes, smp sdp over FSDP's (< 1: smp holds less).
+# gpt2_peak_rss_ratio  smp-train on GPT-2 124M, 2 ranks, 3 steps of 2 x 128 tokens: the largest
+#                    per-rank peak RSS (metrics' max_rss_mb) with sharded_data_parallel_degree 2
+#                    over plain ddp; the losses of the two runs must agree (checked).
 #
 # Usage (from anywhere): bash bench/sharded_data_parallel.sh
 #   SMP_BUILD_DIR     build tree holding bench/data_parallel/dp_bench (default build)
@@ -47,6 +50,24 @@ run_torch() {
     bench/data_parallel/torch_fsdp.py > "$out/torch.$1" 2> "$out/torch_err.$1" ||
     { cat "$out/torch_err.$1" >&2; exit 1; }
 }
+
+# GPT-2 124M through smp-train, plain ddp and sdp = 2: the peak memory per rank.
+train=$build/apps/smp-train
+[ -x "$train" ] || { echo "sharded_data_parallel.sh: $train is missing; build it" >&2; exit 1; }
+[ -s runs/kjv.txt ] || bible "gen1:1-rev22:21" > runs/kjv.txt
+for mode in ddp sdp; do
+  smp='{"ddp": true}'
+  [ "$mode" = sdp ] && smp='{"ddp": true, "sharded_data_parallel_degree": 2}'
+  cat > "$out/gpt2_$mode.json" <<JSON
+{"model": {"name": "gpt2-124m"}, "data": {"text": "runs/kjv.txt", "val_fraction": 0.01},
+ "training": {"steps": 3, "global_batch": 2, "seq_len": 128, "lr": 1e-3, "warmup_steps": 1,
+              "val_every": 0, "val_batches": 1, "sample_tokens": 1, "seed": 1},
+ "checkpoint": {"full_at_end": false}, "smp": $smp, "run_dir": "$out/gpt2_$mode"}
+JSON
+  echo "sharded_data_parallel.sh: smp-train gpt2-124m, 2 ranks, $mode" >&2
+  mpirun -np 2 "${mpi_flags[@]}" "$train" --config "$out/gpt2_$mode.json" > "$out/gpt2_$mode.log" 2>&1 ||
+    { tail -20 "$out/gpt2_$mode.log" >&2; exit 1; }
+done
 
 echo "sharded_data_parallel.sh: $rounds round(s) of smp (mpirun ${mpi_flags[*]} $bench --modes ddp,sdp)" \
      "and torch FSDP2 (gloo), alternating" >&2
@@ -97,7 +118,17 @@ cost = ratio(("smp", "ddp"), ("smp", "sdp"))
 held = lambda key: int(best[key]["model_state_bytes"])
 print("per-round fsdp/smp step time:", " ".join(
     f"{float(g[('torch', 'fsdp')]['step_ms']) / float(g[('smp', 'sdp')]['step_ms']):.2f}" for g in per_round))
+import json
+gpt2 = {}
+for mode in ("ddp", "sdp"):
+    rows = [json.loads(l) for l in open(os.path.join(out, f"gpt2_{mode}", "metrics.jsonl"))]
+    gpt2[mode] = ([r["loss"] for r in rows if "loss" in r], max(r.get("max_rss_mb", 0) for r in rows))
+    print(f"gpt2-124m {mode}: losses {' '.join(f'{x:.4f}' for x in gpt2[mode][0])}, "
+          f"peak RSS {gpt2[mode][1]:.0f} MB/rank")
+if any(abs(a - b) > 1e-4 * abs(a) for a, b in zip(gpt2["ddp"][0], gpt2["sdp"][0])):
+    sys.exit("sharded_data_parallel.sh: gpt2-124m losses differ between ddp and sdp")
 print(f"RESULT sharded_data_parallel vs_torch_fsdp={vs:.2f} sdp_vs_ddp_time={cost:.2f} "
       f"model_state_ratio={held(('smp', 'sdp')) / held(('smp', 'ddp')):.3f} "
-      f"vs_fsdp_state={held(('smp', 'sdp')) / held(('torch', 'fsdp')):.2f}")
+      f"vs_fsdp_state={held(('smp', 'sdp')) / held(('torch', 'fsdp')):.2f} "
+      f"gpt2_peak_rss_ratio={gpt2['sdp'][1] / gpt2['ddp'][1]:.2f}")
 PY
