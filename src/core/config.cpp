@@ -36,9 +36,6 @@ using json = nlohmann::json;
 // implements a feature, delete its key here and flip its "implemented" cell in docs/config.md.
 const std::set<std::string> kNotImplementedYet = {
     "deterministic_server",
-    "skip_tracing",
-    "load_partition",
-    "partition_file",
     "ddp_port",
     "ddp_dist_backend",
     "offload_activations",
@@ -503,6 +500,11 @@ void Config::validate() const {
   }
   if (fp16 && bf16) {
     throw ConfigError("config keys \"fp16\" and \"bf16\": got true and true; allowed: at most one of them true");
+  }
+  if (load_partition && partition_file.empty()) {
+    fail_rule("load_partition", true,
+              "\"load_partition\": true reads the partition from \"partition_file\", which is empty; "
+              "set \"partition_file\"");
   }
   if (ddp_port && !ddp) {
     fail_rule("ddp_port", *ddp_port, "\"ddp_port\" requires \"ddp\": true; set \"ddp\": true or remove \"ddp_port\"");

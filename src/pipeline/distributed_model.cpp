@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "smp/files.h"
 #include "smp/pipeline/profile.h"
 #include "smp/pipeline/timeline.h"
 #include "smp/smp.h"
@@ -135,6 +136,51 @@ std::vector<int> decide_on_rank0(const std::vector<Layer>& layers, const pipelin
   return nlohmann::json::parse(decision).get<std::vector<int>>();
 }
 
+// SMP's skip_tracing: no profiling pass; stages balance parameter bytes (the unprofiled costs'
+// only measure, used as time and memory alike). The same on every rank, no communication.
+std::vector<int> decide_untraced(std::vector<LayerCost> costs, int num_stages, double memory_weight) {
+  for (LayerCost& c : costs) c.time_s = static_cast<double>(c.param_bytes);
+  const Partition part = pipeline::auto_partition(costs, num_stages, memory_weight);
+  if (smp::rank() == 0) {
+    std::printf("(skip_tracing: balanced by parameter bytes)\n%s", pipeline::describe(part, costs).c_str());
+    std::fflush(stdout);
+  }
+  return part.stage_of_layer;
+}
+
+// SMP's load_partition: the split written to partition_file by an earlier run of this model.
+// Read on rank 0, which hands every rank the split or its error.
+std::vector<int> read_partition_file(const std::string& path, const std::vector<std::string>& names,
+                                     int num_stages) {
+  const std::string decision = smp::on_rank0("reading partition_file " + path, [&] {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(files::read_file(path));
+    } catch (const nlohmann::json::exception& e) {
+      throw ConfigError("config key \"partition_file\": " + path + " is not JSON: " + e.what());
+    }
+    if (!j.is_object() || !j.contains("layers") || !j.contains("stage_of_layer") || !j.contains("num_stages")) {
+      throw ConfigError("config key \"partition_file\": " + path +
+                        " lacks \"layers\", \"stage_of_layer\" or \"num_stages\"; write it with "
+                        "\"partition_file\" and \"load_partition\": false");
+    }
+    const auto layers = j["layers"].get<std::vector<std::string>>();
+    if (layers != names) {
+      size_t i = 0;
+      while (i < layers.size() && i < names.size() && layers[i] == names[i]) ++i;
+      throw ConfigError("config key \"partition_file\": " + path + " is for another model: layer " +
+                        std::to_string(i) + " is \"" + (i < layers.size() ? layers[i] : "(none)") +
+                        "\" there and \"" + (i < names.size() ? names[i] : "(none)") + "\" here");
+    }
+    if (j["num_stages"].get<int>() != num_stages) {
+      throw ConfigError("config key \"partition_file\": " + path + " splits the model into " +
+                        j["num_stages"].dump() + " stages; this run has " + std::to_string(num_stages));
+    }
+    return j["stage_of_layer"].dump();
+  });
+  return nlohmann::json::parse(decision).get<std::vector<int>>();
+}
+
 }  // namespace
 
 void DistributedModel::partition(const pipeline::Values& trial_inputs) {
@@ -148,8 +194,13 @@ void DistributedModel::partition(const pipeline::Values& trial_inputs) {
                       std::to_string(stages) + " stages, but the model has only " +
                       std::to_string(layers_.size()) + " layers; each stage needs at least one");
   }
-  if (cfg.auto_partition && stages > 1) {
-    std::vector<int> stage_of = decide_on_rank0(layers_, trial_inputs, stages, cfg.memory_weight);
+  if (cfg.load_partition) {
+    partition_ = pipeline::manual_partition(read_partition_file(cfg.partition_file, layer_names(), stages),
+                                            stages, 0, costs);
+  } else if (cfg.auto_partition && stages > 1) {
+    std::vector<int> stage_of = cfg.skip_tracing
+                                    ? decide_untraced(costs, stages, cfg.memory_weight)
+                                    : decide_on_rank0(layers_, trial_inputs, stages, cfg.memory_weight);
     partition_ = pipeline::manual_partition(stage_of, stages, 0, costs);
   } else {
     std::vector<int> stage_of;
@@ -162,6 +213,14 @@ void DistributedModel::partition(const pipeline::Values& trial_inputs) {
       std::printf("%s", pipeline::describe(*partition_, costs).c_str());
       std::fflush(stdout);
     }
+  }
+  if (!cfg.partition_file.empty() && !cfg.load_partition) {  // for a later run's load_partition
+    smp::on_rank0("writing partition_file " + cfg.partition_file, [&] {
+      const nlohmann::json j = {{"format", "smp-partition"}, {"version", 1}, {"num_stages", stages},
+                                {"layers", layer_names()}, {"stage_of_layer", partition_->stage_of_layer}};
+      files::write_file_atomic(cfg.partition_file, j.dump(1) + "\n");
+      return std::string();
+    });
   }
   keep_own_stages();
 }

@@ -1,7 +1,8 @@
 // The pipeline against one process: for every layout, schedule and microbatch count, the loss
 // and every parameter gradient after one step equal the single-process reference within 1e-5
 // relative, and the parameters still match after 5 SGD steps. Runs on 1, 2 and 4 ranks; with
-// 4 ranks and pp = 2 there are two pipeline replicas, each checked.
+// 4 ranks and pp = 2 there are two pipeline replicas, each checked. Partition files
+// (partition_file, load_partition) and skip_tracing decide the split as SMP's keys say.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -12,6 +13,8 @@
 #include <nlohmann/json.hpp>
 
 #include "models.h"
+#include "smp/files.h"
+#include "smp/pipeline/profile.h"
 #include "smp/smp.h"
 
 namespace smp {
@@ -159,6 +162,103 @@ TEST(Pipeline, TimelineAndMeasuredBubble) {
   std::remove((dir + "/timeline_rank" + std::to_string(rank()) + ".json").c_str());
   barrier();
   if (rank() == 0) ::rmdir(dir.c_str());
+}
+
+// SMP's partition_file / load_partition and skip_tracing (pp = 2 wherever the world allows).
+void reinit_partition(const std::string& extra) {
+  if (is_initialized()) shutdown();
+  const int pp = comm::world_size() % 2 == 0 ? 2 : 1;
+  init(Config::from_json_string("{\"pipeline_parallel_degree\": " + std::to_string(pp) +
+                                ", \"microbatches\": 2, \"comm_timeout_s\": 60" + extra + "}"));
+}
+
+TEST(Pipeline, PartitionFileIsWrittenAndLoaded) {
+  if (comm::world_size() % 2 != 0) GTEST_SKIP() << "needs pp = 2";
+  reinit_partition("");
+  const std::string dir = on_rank0("making a folder", [] {
+    char name[] = "/tmp/smp_partition_XXXXXX";
+    return std::string(::mkdtemp(name));
+  });
+  const std::string file = dir + "/partition.json";
+  Problem problem = transformer_problem();
+  // A run with auto partitioning writes its decision ...
+  std::vector<int> decided;
+  {
+    reinit_partition(", \"partition_file\": \"" + file + "\"");
+    DistributedModel model(problem.make(1));
+    step(model, problem.inputs, problem.targets, problem.loss);
+    decided = model.partition_assignment().stage_of_layer;
+  }
+  // ... which a later run loads instead of profiling, and trains the same.
+  reinit_partition(", \"partition_file\": \"" + file + "\", \"load_partition\": true");
+  {
+    DistributedModel model(problem.make(1));
+    step(model, problem.inputs, problem.targets, problem.loss);
+    EXPECT_EQ(model.partition_assignment().stage_of_layer, decided);
+  }
+  check_against_reference(problem, 1, "loaded partition");
+  // A file for another model, another stage count, or not JSON: a clear error on every rank.
+  auto expect_error = [&](const std::string& contents, const std::string& want, int v) {
+    if (rank() == 0) std::ofstream(file) << contents;
+    barrier();
+    DistributedModelOptions options;
+    options.chunks_per_rank = v;
+    DistributedModel model(problem.make(1), options);
+    try {
+      step(model, problem.inputs, problem.targets, problem.loss);
+      ADD_FAILURE() << "expected ConfigError containing " << want;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  nlohmann::json good = nlohmann::json::parse(files::read_file(file));
+  nlohmann::json renamed = good;
+  renamed["layers"][1] = "other";
+  expect_error(renamed.dump(), "is for another model: layer 1 is \"other\" there", 1);
+  expect_error(good.dump(), "splits the model into 2 stages; this run has 4", 2);
+  expect_error("{not json", "is not JSON", 1);
+  barrier();
+  if (rank() == 0) files::remove_tree(dir);
+}
+
+// Layer 0 holds many parameters and does little; layers 1..5 hold few and compute a lot: a
+// split by measured time and one by parameter bytes disagree.
+std::vector<Layer> lopsided_model() {
+  torch::manual_seed(3);
+  std::vector<Layer> layers;
+  auto add = [&](const std::string& name, at::Tensor w, int repeats) {
+    w.set_requires_grad(true);
+    Layer layer;
+    layer.name = name;
+    layer.parameters = {w};
+    layer.parameter_names = {"weight"};
+    layer.forward = [w, repeats](const Values& x) -> Values {
+      at::Tensor y = x[0];
+      if (repeats == 0) return {y + w.sum() * 1e-3};
+      for (int i = 0; i < repeats; ++i) y = torch::tanh(y.matmul(w));
+      return {y};
+    };
+    layers.push_back(layer);
+  };
+  add("big", torch::randn({300, 300}) * 0.01, 0);
+  for (int i = 0; i < 5; ++i) add("heavy" + std::to_string(i), torch::randn({64, 64}) * 0.1, 40);
+  return layers;
+}
+
+TEST(Pipeline, SkipTracingBalancesParameterBytesWithoutProfiling) {
+  if (comm::world_size() % 2 != 0) GTEST_SKIP() << "needs pp = 2";
+  const Values x = {torch::randn({32, 64})};
+  const Values y = {torch::randn({32, 64})};
+  auto split = [&](const std::string& extra) {
+    reinit_partition(", \"memory_weight\": 0.0" + extra);  // time alone, when traced
+    DistributedModel model(lopsided_model());
+    step(model, x, y, testing::mse_loss);
+    return model.partition_assignment().stage_of_layer;
+  };
+  const std::vector<int> untraced = split(", \"skip_tracing\": true");
+  const std::vector<int> traced = split("");
+  EXPECT_EQ(untraced, (std::vector<int>{0, 1, 1, 1, 1, 1}));  // the bytes: "big" alone
+  EXPECT_NE(traced, untraced);                                // the measured times differ
 }
 
 TEST(Pipeline, BadInputIsAClearErrorOnEveryRank) {
