@@ -47,7 +47,7 @@ trap 'rm -rf "$out"' EXIT
 run_smp() { mpirun -np 2 "${mpi_flags[@]}" "$bench" --modes ddp,sdp > "$out/smp.$1"; }
 run_torch() {
   "$python" -m torch.distributed.run --nproc_per_node 2 --master_port $((29500 + RANDOM % 1000)) \
-    bench/data_parallel/torch_fsdp.py > "$out/torch.$1" 2> "$out/torch_err.$1" ||
+    bench/data_parallel/torch_ddp.py --mode fsdp > "$out/torch.$1" 2> "$out/torch_err.$1" ||
     { cat "$out/torch_err.$1" >&2; exit 1; }
 }
 

@@ -1,5 +1,5 @@
 // smp side of bench/data_parallel.sh and bench/sharded_data_parallel.sh: data-parallel training
-// of an MLP (the model of torch_ddp.py and torch_fsdp.py, the same sizes and data), Adam, fp32,
+// of an MLP (the model of torch_ddp.py, the same sizes and data), Adam, fp32,
 // ddp over every rank, run unsharded ("ddp"), with shard_optimizer_state ("zero1") or with
 // sharded_data_parallel_degree = every rank and every layer sharded ("sdp"). Per mode, rank 0
 // prints one line:
