@@ -215,9 +215,10 @@ for impl, sched, family in rows:
           f"{busy:>14}{float(ideal):>9.1f}{eff:>8}{bub:>7}{cpu:>14}"
           f"{float(f['others_cpu']):>7.0%}{f'{rss[0]:.1f},{rss[1]:.1f}':>18}{growth:>11}")
 print("step: median step time (slowest rank); busy: each rank's compute per step; ideal: slowest "
-      "busy * (m+p-1)/m; effic.: ideal / step (median over steps); *torch: smp's ideal / torch's "
-      "step; bubble: measured, 1 - mean busy / step (theory "
-      f"{float(best[need[0]]['bubble_theory']):.3f}); CPU: CPU time of each rank's process per "
+      "busy / (1 - its schedule's theoretical bubble); effic.: ideal / step (median over steps); "
+      "*torch: smp's ideal / torch's step; bubble: measured, 1 - mean busy / step (theory: 1F1B "
+      f"and GPipe {float(best[('smp', 'interleaved')]['bubble_theory']):.3f}, ZB "
+      f"{float(best[('smp', 'zero_bubble')]['bubble_theory']):.3f}); CPU: CPU time of each rank's process per "
       "step (all threads); others: other jobs' share of the cores during the run; growth: peak "
       "RSS - RSS before the first step.")
 if noisy:
