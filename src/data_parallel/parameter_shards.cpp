@@ -35,29 +35,30 @@ ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tenso
                                      : params_[0].options().requires_grad(false);
   const std::vector<Bucket>& buckets = layout_.buckets();
   shard_ = at::zeros({layout_.local_numel()}, opts);
-  grads_ = at::zeros({layout_.local_numel()}, opts);
+  grads_ = at::empty({layout_.local_numel()}, opts);
+  free_storage(grads_);  // allocated (as zeros) when first used
+  // Bucket by bucket, so that a rank never holds the model twice: the parameters move into the
+  // bucket (their old storage goes), the bucket comes from rank 0, this rank keeps its slice.
   for (size_t b = 0; b < buckets.size(); ++b) {
     SMP_CHECK(buckets[b].num_shards == group().size());
     buckets_.push_back(at::zeros({buckets[b].padded_numel}, opts));
     persistent_.push_back(buckets[b].numel < persistence_threshold ? 1 : 0);
     whole_.push_back(1);
-  }
-  for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i];
-    const Slot& s = layout_.slot(static_cast<int>(i));
-    const int64_t offset = s.offset - buckets[s.bucket].offset;
-    at::Tensor view = buckets_[s.bucket].narrow(0, offset, s.numel).view(p.sizes());
-    view.copy_(p.detach());
-    p.set_data(view);
-    p.mutable_grad() = at::Tensor();
-  }
-  std::vector<comm::Work> works;
-  for (size_t b = 0; b < buckets.size(); ++b) {
+    for (int i : buckets[b].params) {
+      at::Tensor& p = params_[i];
+      const Slot& s = layout_.slot(i);
+      at::Tensor view = buckets_[b].narrow(0, s.offset - buckets[b].offset, s.numel).view(p.sizes());
+      view.copy_(p.detach());
+      p.set_data(view);
+      p.mutable_grad() = at::Tensor();
+    }
     comm::Communicator& from = buckets[b].group == ReduceGroup::kDp ? *groups_.dp : *groups_.rdp;
-    if (from.size() > 1) works.push_back(from.broadcast(buckets_[b], 0));
+    if (from.size() > 1) from.broadcast(buckets_[b], 0).wait();
+    const int64_t n = buckets[b].shard_numel();
+    shard_.narrow(0, layout_.local_base(static_cast<int>(b)), n)
+        .copy_(buckets_[b].narrow(0, group().rank() * n, n));
+    release({static_cast<int>(b)});
   }
-  for (comm::Work& w : works) w.wait();
-  release_all(/*take_values=*/true);
 }
 
 void ParameterShards::gather(const std::vector<int>& buckets) {
