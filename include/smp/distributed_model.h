@@ -52,6 +52,10 @@ struct DistributedModelOptions {
   // When set, every step writes a Chrome-trace/Perfetto JSON of each rank's actions here
   // (timeline_rank<r>.json), and step_stats() reports the measured bubble.
   std::string timeline_dir;
+  // SMP's delayed_parameter_initialization under sharded data parallelism: the slices taken as
+  // each layer was built (DelayedSlices::take), whose parameters then hold no storage. The
+  // model's layers must have been built in order, each handed over right after it was built.
+  std::shared_ptr<dp::DelayedSlices> delayed_slices;
 };
 
 // SMP's set_activation_checkpointing options (its checkpoint_sequential strategies).

@@ -40,7 +40,6 @@ const std::set<std::string> kNotImplementedYet = {
     "ddp_dist_backend",
     "offload_activations",
     "activation_loading_horizon",
-    "delayed_parameter_initialization",
     "sdp_reduce_bucket_size",
     "sdp_max_live_parameters",
     "sdp_hierarchical_allgather",
@@ -500,6 +499,11 @@ void Config::validate() const {
   }
   if (fp16 && bf16) {
     throw ConfigError("config keys \"fp16\" and \"bf16\": got true and true; allowed: at most one of them true");
+  }
+  if (delayed_parameter_initialization && sharded_data_parallel_degree < 2) {
+    fail_rule("delayed_parameter_initialization", true,
+              "smp initialises parameters already sharded, which needs sharded data parallelism; "
+              "set \"sharded_data_parallel_degree\" > 1");
   }
   if (load_partition && partition_file.empty()) {
     fail_rule("load_partition", true,

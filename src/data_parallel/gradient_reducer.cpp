@@ -127,6 +127,10 @@ GradientReducer::GradientReducer(std::vector<ReducedParam> params, const Reducer
                       std::to_string(cfg.sharded_data_parallel_degree) +
                       "; sharded data parallelism requires \"ddp\": true; set \"ddp\": true");
   }
+  if (options.delayed != nullptr && !sdp) {
+    throw ConfigError("config key \"delayed_parameter_initialization\": got true; it builds each "
+                      "layer already sharded and needs \"sharded_data_parallel_degree\" > 1");
+  }
   dtype_ = choose_dtype(params_);
   accumulations_.assign(params_.size(), 1);
   sharded_ = cfg.shard_optimizer_state || sdp;
@@ -135,7 +139,7 @@ GradientReducer::GradientReducer(std::vector<ReducedParam> params, const Reducer
   if (sdp) {
     std::vector<at::Tensor> tensors;
     for (const ReducedParam& p : params_) tensors.push_back(p.tensor);
-    if (dtype_ != params_.at(0).tensor.scalar_type()) {
+    if (options.delayed == nullptr && dtype_ != params_.at(0).tensor.scalar_type()) {
       for (at::Tensor& t : tensors) t.set_data(t.detach().to(dtype_));
     }
     ShardingGroups groups;
@@ -145,7 +149,7 @@ GradientReducer::GradientReducer(std::vector<ReducedParam> params, const Reducer
     groups.dp = &smp::process_group(CommGroup::DP_GROUP);
     groups.rdp = &smp::process_group(CommGroup::RDP_GROUP);
     shards_ = std::make_unique<ParameterShards>(layout_, std::move(tensors), groups,
-                                                cfg.sdp_param_persistence_threshold);
+                                                cfg.sdp_param_persistence_threshold, options.delayed);
     shard_grads_ = shards_->grads();  // the same tensor: allocated while in use
   } else {
     adopt_parameters();

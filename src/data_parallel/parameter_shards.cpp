@@ -7,6 +7,8 @@
 
 #include "smp/error.h"
 
+#include <algorithm>
+
 namespace smp::dp {
 namespace {
 
@@ -27,12 +29,50 @@ void allocate_storage(const at::Tensor& t) {
 
 }  // namespace
 
+void DelayedSlices::take(int layer, const std::vector<at::Tensor>& params,
+                         const std::vector<bool>& tp_sharded) {
+  for (int g = 0; g < 2; ++g) {
+    // FlatLayout's order inside a bucket: the layer's parameters last to first.
+    std::vector<at::Tensor> flat;
+    int64_t numel = 0;
+    for (size_t i = params.size(); i-- > 0;) {
+      if (static_cast<int>(tp_sharded[i]) != g || !params[i].requires_grad()) continue;
+      flat.push_back(params[i].detach().reshape(-1));
+      numel += params[i].numel();
+    }
+    if (flat.empty()) continue;
+    const int64_t shard = (numel + s_ - 1) / s_;
+    at::Tensor whole = at::cat(flat);
+    at::Tensor mine = at::zeros({shard}, whole.options());
+    const int64_t begin = rank_ * shard;
+    const int64_t n = std::max<int64_t>(0, std::min(numel, begin + shard) - begin);
+    if (n > 0) mine.narrow(0, 0, n).copy_(whole.narrow(0, begin, n));
+    slices_[{layer, g}] = mine;
+  }
+  for (const at::Tensor& p : params) free_storage(p);
+}
+
+at::Tensor DelayedSlices::slice(int layer, ReduceGroup group) const {
+  auto it = slices_.find({layer, static_cast<int>(group)});
+  return it == slices_.end() ? at::Tensor() : it->second;
+}
+
+void DelayedSlices::to(at::Device device) {
+  for (auto& [key, t] : slices_) t = t.to(device);
+}
+
 ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tensor> params,
-                                 const ShardingGroups& groups, int64_t persistence_threshold)
+                                 const ShardingGroups& groups, int64_t persistence_threshold,
+                                 const DelayedSlices* delayed)
     : layout_(layout), params_(std::move(params)), groups_(groups) {
-  const at::TensorOptions opts = params_.empty()
-                                     ? at::TensorOptions().dtype(at::kFloat)
-                                     : params_[0].options().requires_grad(false);
+  at::TensorOptions opts = params_.empty() ? at::TensorOptions().dtype(at::kFloat)
+                                           : params_[0].options().requires_grad(false);
+  if (delayed != nullptr && !layout_.buckets().empty()) {
+    const Bucket& first = layout_.buckets()[0];
+    const at::Tensor some = delayed->slice(first.unit, first.group);
+    SMP_CHECK(some.defined());
+    opts = opts.device(some.device());
+  }
   const std::vector<Bucket>& buckets = layout_.buckets();
   shard_ = at::zeros({layout_.local_numel()}, opts);
   grads_ = at::empty({layout_.local_numel()}, opts);
@@ -41,22 +81,36 @@ ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tenso
   // bucket (their old storage goes), the bucket comes from rank 0, this rank keeps its slice.
   for (size_t b = 0; b < buckets.size(); ++b) {
     SMP_CHECK(buckets[b].num_shards == group().size());
-    buckets_.push_back(at::zeros({buckets[b].padded_numel}, opts));
+    buckets_.push_back(delayed != nullptr ? at::empty({buckets[b].padded_numel}, opts)
+                                          : at::zeros({buckets[b].padded_numel}, opts));
     persistent_.push_back(buckets[b].numel < persistence_threshold ? 1 : 0);
     whole_.push_back(1);
     for (int i : buckets[b].params) {
       at::Tensor& p = params_[i];
       const Slot& s = layout_.slot(i);
       at::Tensor view = buckets_[b].narrow(0, s.offset - buckets[b].offset, s.numel).view(p.sizes());
-      view.copy_(p.detach());
+      if (delayed == nullptr) view.copy_(p.detach());
       p.set_data(view);
       p.mutable_grad() = at::Tensor();
     }
+    const int64_t n = buckets[b].shard_numel();
+    at::Tensor mine = shard_.narrow(0, layout_.local_base(static_cast<int>(b)), n);
+    if (delayed != nullptr) {
+      const at::Tensor slice = delayed->slice(buckets[b].unit, buckets[b].group);
+      if (!slice.defined() || slice.numel() != n) {
+        throw Error("delayed_parameter_initialization: no slice of " + std::to_string(n) +
+                    " elements for layer " + std::to_string(buckets[b].unit) +
+                    " (was every layer handed to DelayedSlices::take as it was built?)");
+      }
+      mine.copy_(slice);
+      whole_[b] = 0;  // (the bucket was never filled)
+      free_storage(buckets_[b]);
+      if (persistent_[b]) gather({static_cast<int>(b)});
+      continue;
+    }
     comm::Communicator& from = buckets[b].group == ReduceGroup::kDp ? *groups_.dp : *groups_.rdp;
     if (from.size() > 1) from.broadcast(buckets_[b], 0).wait();
-    const int64_t n = buckets[b].shard_numel();
-    shard_.narrow(0, layout_.local_base(static_cast<int>(b)), n)
-        .copy_(buckets_[b].narrow(0, group().rank() * n, n));
+    mine.copy_(buckets_[b].narrow(0, group().rank() * n, n));
     release({static_cast<int>(b)});
   }
 }

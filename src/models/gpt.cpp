@@ -185,17 +185,21 @@ pipeline::Layer as_layer_with_rng(const std::string& name, std::shared_ptr<M> mo
 
 }  // namespace
 
-Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool separate_tied_head) {
+Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool separate_tied_head,
+                  const std::function<void(pipeline::Layer&)>& on_layer) {
   tp::check_divisible("hidden", config.hidden, group.size());
   tp::check_divisible("ffn_hidden", config.ffn_hidden, group.size());
   Model model;
   model.config = config;
   model.tp = group;
   auto embed = std::make_shared<Embed>(config, group, model.training_);
-  model.layers.push_back(as_layer_with_rng("embed", embed));
+  auto built = [&](pipeline::Layer layer) {
+    model.layers.push_back(std::move(layer));
+    if (on_layer) on_layer(model.layers.back());
+  };
+  built(as_layer_with_rng("embed", embed));
   for (int64_t i = 0; i < config.num_layers; ++i) {
-    model.layers.push_back(
-        as_layer_with_rng("block." + std::to_string(i), std::make_shared<Block>(config, group, model.training_)));
+    built(as_layer_with_rng("block." + std::to_string(i), std::make_shared<Block>(config, group, model.training_)));
   }
   at::Tensor tied;
   if (config.tie_embeddings) {
@@ -205,7 +209,7 @@ Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool sepa
       model.tied_copies["head.weight"] = "embed.wte.weight";
     }
   }
-  model.layers.push_back(as_layer("head", std::make_shared<Head>(config, group, tied)));
+  built(as_layer("head", std::make_shared<Head>(config, group, tied)));
   return model;
 }
 

@@ -270,6 +270,7 @@ void DistributedModel::keep_own_stages() {
   dp::ReducerOptions reducer_options;
   reducer_options.bucket_cap_mb = options_.bucket_cap_mb;
   reducer_options.overlapping = options_.overlapping_allreduce;
+  reducer_options.delayed = options_.delayed_slices.get();
   reducer_ = std::make_unique<dp::GradientReducer>(std::move(params), reducer_options);
   if (reducer_->parameter_shards()) shard_layers();
   // Tied copies: where each half of a pair lives, found once.

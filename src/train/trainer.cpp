@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <set>
 #include <sstream>
 #include <tuple>
 
@@ -272,18 +274,46 @@ TrainSummary train(const TrainConfig& c) {
   const double entropy = lead ? unigram_entropy(shards, tokenizer->vocab_size()) : 0;
 
   at::manual_seed(t.seed);
+  // SMP's delayed_parameter_initialization (with sharded data parallelism): each layer is sliced
+  // as soon as it is built, so no rank ever holds the whole model.
+  std::shared_ptr<dp::DelayedSlices> delayed;
+  std::function<void(pipeline::Layer&)> on_layer;
+  if (config().delayed_parameter_initialization) {
+    if (!c.init_from_hf.empty()) {
+      throw ConfigError("model.from_hf loads whole weights; it cannot be combined with "
+                        "\"delayed_parameter_initialization\": true");
+    }
+    const int s = config().sharded_data_parallel_degree;
+    delayed = std::make_shared<dp::DelayedSlices>(s, rdp_rank() % s);
+    on_layer = [delayed, seen = std::make_shared<std::set<const void*>>(),
+                index = std::make_shared<int>(0)](pipeline::Layer& layer) {
+      std::vector<at::Tensor> own;
+      std::vector<bool> sharded;
+      for (size_t j = 0; j < layer.parameters.size(); ++j) {
+        if (!seen->insert(layer.parameters[j].unsafeGetTensorImpl()).second) continue;
+        own.push_back(layer.parameters[j]);
+        sharded.push_back(j < layer.tp_shards.size() && layer.tp_shards[j].sharded());
+      }
+      delayed->take((*index)++, own, sharded);
+    };
+  }
   models::Model model = models::build_model(c.model, tp::TpGroup(process_group(CommGroup::TP_GROUP)),
-                                            /*separate_tied_head=*/pp_size() > 1);
+                                            /*separate_tied_head=*/pp_size() > 1, on_layer);
   if (!c.init_from_hf.empty()) models::load_hf(c.init_from_hf, model);  // fine-tuning
-  for (auto& layer : model.layers) {  // built on the CPU from the seed, then moved (as Module::to)
-    for (auto& p : layer.parameters) {
-      if (p.device() != device) p.set_data(p.to(device));
+  if (delayed) {
+    delayed->to(device);
+  } else {
+    for (auto& layer : model.layers) {  // built on the CPU from the seed, then moved (as Module::to)
+      for (auto& p : layer.parameters) {
+        if (p.device() != device) p.set_data(p.to(device));
+      }
     }
   }
   std::vector<std::string> layer_names;
   for (const auto& layer : model.layers) layer_names.push_back(layer.name);
   DistributedModelOptions model_options;
   model_options.tied_copies = model.tied_copies;
+  model_options.delayed_slices = delayed;
   DistributedModel dmodel(std::move(model.layers), model_options);  // keeps only its own stages
   if (t.activation_checkpointing != "none") {
     dmodel.set_activation_checkpointing("block", {t.activation_checkpointing});

@@ -304,6 +304,8 @@ TEST(ConfigTest, RejectsBadValuesNamingKeyValueAndAllowed) {
       {{{"ddp", true}, {"ddp_port", 80.5}}, {"\"ddp_port\"", "got 80.5", "an integer in [1, 65535]"}},
       {{{"ddp_port", 29500}}, {"\"ddp_port\"", "got 29500", "requires \"ddp\": true"}},
       {{{"load_partition", true}}, {"\"load_partition\"", "got true", "set \"partition_file\""}},
+      {{{"delayed_parameter_initialization", true}},
+       {"\"delayed_parameter_initialization\"", "got true", "\"sharded_data_parallel_degree\" > 1"}},
       {{{"ddp", false}, {"ddp_port", 29500}}, {"\"ddp_port\"", "got 29500", "requires \"ddp\": true"}},
       {{{"ddp", true}, {"ddp_dist_backend", "gloo"}},
        {"\"ddp_dist_backend\"", "got \"gloo\"", "allowed: \"auto\", \"nccl\""}},

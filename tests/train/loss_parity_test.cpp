@@ -134,7 +134,9 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
                {R"({"pipeline_parallel_degree": 2, "microbatches": 2, "pipeline": "zero_bubble"})",
                 "pp2_zero_bubble"},
                {R"({"ddp": true, "sharded_data_parallel_degree": 2,
-                   "sdp_param_persistence_threshold": 0})", "sdp2"}};
+                   "sdp_param_persistence_threshold": 0})", "sdp2"},
+               {R"({"ddp": true, "sharded_data_parallel_degree": 2, "sdp_param_persistence_threshold": 0,
+                   "delayed_parameter_initialization": true})", "sdp2_delayed_init"}};
   }
   if (world == 4) {
     layouts = {{R"({"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true,
@@ -150,7 +152,9 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
                {R"({"ddp": true, "sharded_data_parallel_degree": 2, "microbatches": 2,
                    "sdp_param_persistence_threshold": 0})", "dp4_sdp2"},
                {R"({"tensor_parallel_degree": 2, "ddp": true, "sharded_data_parallel_degree": 2,
-                   "microbatches": 2, "sdp_param_persistence_threshold": 0})", "tp2_sdp2"}};
+                   "microbatches": 2, "sdp_param_persistence_threshold": 0})", "tp2_sdp2"},
+               {R"({"tensor_parallel_degree": 2, "ddp": true, "sharded_data_parallel_degree": 2,
+                   "delayed_parameter_initialization": true})", "tp2_sdp2_delayed_init_persistent"}};
   }
   work_dir();
   for (const auto& [smp_json, name] : layouts) {

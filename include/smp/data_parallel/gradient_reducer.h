@@ -51,6 +51,9 @@ struct ReducedParam {
 struct ReducerOptions {
   double bucket_cap_mb = 25;  // SMP's bucket_cap_mb
   bool overlapping = true;    // SMP's overlapping_allreduce: false reduces only in finish()
+  // Sharded data parallelism with delayed_parameter_initialization: the slices taken while the
+  // model was built (the parameters hold no storage).
+  const DelayedSlices* delayed = nullptr;
 };
 
 // What the last step did.

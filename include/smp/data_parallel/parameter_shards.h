@@ -27,12 +27,38 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <map>
+#include <utility>
 #include <vector>
 
 #include "smp/communicator.h"
 #include "smp/data_parallel/flat_layout.h"
 
 namespace smp::dp {
+
+// SMP's delayed_parameter_initialization: each layer's slices taken right after the layer is
+// built, and its parameters' storage freed, so that no rank ever holds the whole model. Keyed by
+// (layer index, reduce group): exactly the bucket FlatLayout's bucket_per_unit makes of that
+// layer's own parameters.
+class DelayedSlices {
+ public:
+  // `s` is the sharding degree and `rank` this rank's rank in its sharding group.
+  DelayedSlices(int s, int rank) : s_(s), rank_(rank) {}
+  // Layer `layer` (its index in the model) was just built: its parameters not seen in an earlier
+  // layer (a tied weight belongs to its first user), in the layer's order, each with whether it
+  // is a tensor-parallel shard. Keeps this rank's slice of each bucket they make and frees their
+  // storage (the tensors keep their shapes).
+  void take(int layer, const std::vector<at::Tensor>& params, const std::vector<bool>& tp_sharded);
+  // The slice of the bucket (layer, group), or undefined.
+  at::Tensor slice(int layer, ReduceGroup group) const;
+  // Moves every slice to `device`.
+  void to(at::Device device);
+
+ private:
+  int s_;
+  int rank_;
+  std::map<std::pair<int, int>, at::Tensor> slices_;
+};
 
 // The communicators sharded data parallelism uses.
 struct ShardingGroups {
@@ -50,8 +76,11 @@ class ParameterShards {
   // size. Makes the parameters views into per-bucket storage, broadcasts each bucket from rank
   // 0 of its DP_GROUP or RDP_GROUP (replicas start equal), keeps this rank's slices and frees
   // what is not persistent. Collective over those groups.
+  // With `delayed`, the parameters' storage is already freed and each bucket's slice comes
+  // from it instead (no broadcast: every rank built the same model from the same seed).
   ParameterShards(const FlatLayout& layout, std::vector<at::Tensor> params,
-                  const ShardingGroups& groups, int64_t persistence_threshold);
+                  const ShardingGroups& groups, int64_t persistence_threshold,
+                  const DelayedSlices* delayed = nullptr);
 
   // --- parameters ---------------------------------------------------------------------------
   // Makes the buckets whole (those not already), one all-gather each. Blocks.

@@ -11,6 +11,8 @@
 // every layout starts from the same weights.
 #pragma once
 
+#include <functional>
+
 #include <map>
 #include <memory>
 #include <string>
@@ -47,6 +49,9 @@ struct Model {
 // the embedding (needed when embedding and head sit on different pipeline stages); otherwise
 // the head uses the embedding tensor itself. Throws smp::ConfigError when heads, hidden or
 // ffn_hidden do not divide by the TP size (naming both numbers).
-Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool separate_tied_head);
+// `on_layer`, when given, is called with each layer right after it is built, in order (before
+// the next is built): sharded data parallelism's delayed initialisation slices it there.
+Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool separate_tied_head,
+                  const std::function<void(pipeline::Layer&)>& on_layer = {});
 
 }  // namespace smp::models
