@@ -340,7 +340,6 @@ int saved_stages(const json& manifest) {
   return stages.empty() ? 0 : *std::max_element(stages.begin(), stages.end()) + 1;
 }
 
-// SMP keeps the partition of the checkpoint on resume, when the pipeline is the same.
 // Sharded data parallelism: the parameters whole while a checkpoint reads or writes them (every
 // rank holds the whole model meanwhile), then this rank's slices again, taken from them when
 // they were `written`.
@@ -358,6 +357,7 @@ class WholeParameters {
   bool written_;
 };
 
+// SMP keeps the partition of the checkpoint on resume, when the pipeline is the same.
 bool adopt_partition(const json& manifest, DistributedModel& model) {
   if (saved_stages(manifest) != model.num_stages() || manifest["layout"]["pp"].get<int>() != pp_size() ||
       manifest["partition"]["layers"].get<std::vector<std::string>>() != model.layer_names()) {

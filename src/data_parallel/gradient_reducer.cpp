@@ -62,6 +62,10 @@ std::vector<ReducedParam> unique_trainable(std::vector<ReducedParam> params) {
   return out;
 }
 
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 // Sharded data parallelism's degree, or 1 without it.
 int sdp_degree() { return smp::config().sharded_data_parallel_degree; }
 
@@ -150,7 +154,6 @@ GradientReducer::GradientReducer(std::vector<ReducedParam> params, const Reducer
     groups.rdp = &smp::process_group(CommGroup::RDP_GROUP);
     shards_ = std::make_unique<ParameterShards>(layout_, std::move(tensors), groups,
                                                 cfg.sdp_param_persistence_threshold, options.delayed);
-    shard_grads_ = shards_->grads();  // the same tensor: allocated while in use
   } else {
     adopt_parameters();
     if (cfg.ddp) broadcast_parameters();
@@ -347,13 +350,16 @@ void GradientReducer::finish() {
   if (shards_) {
     const auto start = std::chrono::steady_clock::now();
     shards_->finish();
-    stats_.finish_wait_s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    in_step_ = false;
-    grads_loss_scale_ = step_loss_scale_;
-    ++steps_finished_;
-    return;
+    stats_.finish_wait_s = seconds_since(start);
+  } else {
+    finish_buckets();
   }
+  in_step_ = false;
+  grads_loss_scale_ = step_loss_scale_;
+  ++steps_finished_;
+}
+
+void GradientReducer::finish_buckets() {
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!ready_[i]) {
       ready_[i] = 1;
@@ -367,8 +373,7 @@ void GradientReducer::finish() {
   }
   const auto start = std::chrono::steady_clock::now();
   for (comm::Work& w : works_) w.wait();
-  stats_.finish_wait_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stats_.finish_wait_s = seconds_since(start);
   works_.clear();
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor& p = params_[i].tensor;
@@ -378,9 +383,6 @@ void GradientReducer::finish() {
       p.mutable_grad() = flat_grads_.narrow(0, s.offset, s.numel).view(p.sizes());
     }
   }
-  in_step_ = false;
-  grads_loss_scale_ = step_loss_scale_;
-  ++steps_finished_;
 }
 
 void GradientReducer::hold_until_finish(const std::vector<int>& params, std::function<void()> hook) {

@@ -7,8 +7,6 @@
 
 #include "smp/error.h"
 
-#include <algorithm>
-
 namespace smp::dp {
 namespace {
 
@@ -31,23 +29,25 @@ void allocate_storage(const at::Tensor& t) {
 
 void DelayedSlices::take(int layer, const std::vector<at::Tensor>& params,
                          const std::vector<bool>& tp_sharded) {
-  for (int g = 0; g < 2; ++g) {
-    // FlatLayout's order inside a bucket: the layer's parameters last to first.
+  // The layer's buckets as the reducer's FlatLayout will make them (one per reduce group).
+  std::vector<at::Tensor> trainable;
+  std::vector<LayoutParam> sizes;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!params[i].requires_grad()) continue;
+    trainable.push_back(params[i]);
+    sizes.push_back({params[i].numel(), tp_sharded[i] ? ReduceGroup::kRdp : ReduceGroup::kDp, layer});
+  }
+  LayoutOptions options;
+  options.shard = true;
+  options.dp_size = options.rdp_size = s_;
+  options.bucket_per_unit = true;
+  const FlatLayout layout(sizes, options);
+  for (const Bucket& bucket : layout.buckets()) {
     std::vector<at::Tensor> flat;
-    int64_t numel = 0;
-    for (size_t i = params.size(); i-- > 0;) {
-      if (static_cast<int>(tp_sharded[i]) != g || !params[i].requires_grad()) continue;
-      flat.push_back(params[i].detach().reshape(-1));
-      numel += params[i].numel();
-    }
-    if (flat.empty()) continue;
-    const int64_t shard = (numel + s_ - 1) / s_;
-    at::Tensor whole = at::cat(flat);
-    at::Tensor mine = at::zeros({shard}, whole.options());
-    const int64_t begin = rank_ * shard;
-    const int64_t n = std::max<int64_t>(0, std::min(numel, begin + shard) - begin);
-    if (n > 0) mine.narrow(0, 0, n).copy_(whole.narrow(0, begin, n));
-    slices_[{layer, g}] = mine;
+    for (int i : bucket.params) flat.push_back(trainable[i].detach().reshape(-1));
+    const at::Tensor whole = at::constant_pad_nd(at::cat(flat), {0, bucket.padded_numel - bucket.numel});
+    slices_[{layer, static_cast<int>(bucket.group)}] =
+        whole.narrow(0, rank_ * bucket.shard_numel(), bucket.shard_numel()).clone();
   }
   for (const at::Tensor& p : params) free_storage(p);
 }
@@ -94,7 +94,7 @@ ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tenso
       p.mutable_grad() = at::Tensor();
     }
     const int64_t n = buckets[b].shard_numel();
-    at::Tensor mine = shard_.narrow(0, layout_.local_base(static_cast<int>(b)), n);
+    at::Tensor mine = shard_of(static_cast<int>(b));
     if (delayed != nullptr) {
       const at::Tensor slice = delayed->slice(buckets[b].unit, buckets[b].group);
       if (!slice.defined() || slice.numel() != n) {
@@ -110,7 +110,7 @@ ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tenso
     }
     comm::Communicator& from = buckets[b].group == ReduceGroup::kDp ? *groups_.dp : *groups_.rdp;
     if (from.size() > 1) from.broadcast(buckets_[b], 0).wait();
-    mine.copy_(buckets_[b].narrow(0, group().rank() * n, n));
+    mine.copy_(mine_in_whole(static_cast<int>(b)));
     release({static_cast<int>(b)});
   }
 }
@@ -119,13 +119,21 @@ void ParameterShards::gather(const std::vector<int>& buckets) {
   std::vector<comm::Work> works;
   for (int b : buckets) {
     if (whole_[b]) continue;
-    const Bucket& bucket = layout_.buckets()[b];
     allocate_storage(buckets_[b]);
-    works.push_back(group().all_gather(buckets_[b],
-                                      shard_.narrow(0, layout_.local_base(b), bucket.shard_numel())));
+    works.push_back(group().all_gather(buckets_[b], shard_of(b)));
     whole_[b] = 1;
   }
   for (comm::Work& w : works) w.wait();
+}
+
+at::Tensor ParameterShards::shard_of(int bucket) const {
+  return shard_.narrow(0, layout_.local_base(bucket), layout_.buckets()[bucket].shard_numel());
+}
+
+// This rank's part of whole bucket b.
+at::Tensor ParameterShards::mine_in_whole(int bucket) const {
+  const int64_t n = layout_.buckets()[bucket].shard_numel();
+  return buckets_[bucket].narrow(0, group().rank() * n, n);
 }
 
 void ParameterShards::release(const std::vector<int>& buckets) {
@@ -145,38 +153,21 @@ void ParameterShards::gather_all() {
 void ParameterShards::release_all(bool take_values) {
   for (size_t b = 0; b < buckets_.size(); ++b) {
     if (!whole_[b]) continue;
-    const Bucket& bucket = layout_.buckets()[b];
-    if (take_values) {
-      shard_.narrow(0, layout_.local_base(static_cast<int>(b)), bucket.shard_numel())
-          .copy_(buckets_[b].narrow(0, group().rank() * bucket.shard_numel(), bucket.shard_numel()));
-    }
-    if (!persistent_[b]) {
-      free_storage(buckets_[b]);
-      whole_[b] = 0;
-    }
+    if (take_values) shard_of(static_cast<int>(b)).copy_(mine_in_whole(static_cast<int>(b)));
+    release({static_cast<int>(b)});
   }
 }
 
 void ParameterShards::after_update() {
-  std::vector<int> stale;
+  // Whole buckets hold the old values: freed, and the persistent ones gathered again.
+  std::vector<int> persistent;
   for (size_t b = 0; b < buckets_.size(); ++b) {
     if (!whole_[b]) continue;
-    if (persistent_[b]) {
-      whole_[b] = 0;  // gathered again below, into the same storage
-      stale.push_back(static_cast<int>(b));
-    } else {
-      free_storage(buckets_[b]);
-      whole_[b] = 0;
-    }
+    free_storage(buckets_[b]);
+    whole_[b] = 0;
+    if (persistent_[b]) persistent.push_back(static_cast<int>(b));
   }
-  std::vector<comm::Work> works;
-  for (int b : stale) {
-    const Bucket& bucket = layout_.buckets()[b];
-    works.push_back(group().all_gather(buckets_[b],
-                                      shard_.narrow(0, layout_.local_base(b), bucket.shard_numel())));
-    whole_[b] = 1;
-  }
-  for (comm::Work& w : works) w.wait();
+  gather(persistent);
 }
 
 int64_t ParameterShards::resident_bytes() const {
@@ -185,16 +176,21 @@ int64_t ParameterShards::resident_bytes() const {
   return bytes;
 }
 
-void ParameterShards::begin_backward(const std::vector<int>& accumulations) {
-  // What the last backward left incomplete (parameters it did not reach) goes out now, in
-  // bucket order: every rank reaches the same parameters, so the collectives line up.
+// What the last backward left incomplete (parameters it did not reach) goes out now, in bucket
+// order: every rank reaches the same parameters, so the collectives line up.
+void ParameterShards::reduce_incomplete() {
   for (size_t b = 0; b < landed_.size(); ++b) {
     if (landed_[b] > 0) reduce(static_cast<int>(b));
   }
-  accumulations_ = accumulations;
+}
+
+void ParameterShards::begin_backward(const std::vector<int>& accumulations) {
+  reduce_incomplete();
   needed_.assign(buckets_.size(), 0);
   landed_.assign(buckets_.size(), 0);
-  for (size_t i = 0; i < params_.size(); ++i) needed_[layout_.slot(static_cast<int>(i)).bucket] += accumulations_[i];
+  for (size_t i = 0; i < params_.size(); ++i) {
+    needed_[layout_.slot(static_cast<int>(i)).bucket] += accumulations[i];
+  }
 }
 
 void ParameterShards::on_grad_ready(int param) {
@@ -234,17 +230,14 @@ void ParameterShards::poll(bool wait) {
     } else if (!f.work.is_completed()) {
       break;
     }
-    const Bucket& bucket = layout_.buckets()[f.bucket];
     ensure_grads();
-    grads_.narrow(0, layout_.local_base(f.bucket), bucket.shard_numel()).add_(f.out);
+    grads_.narrow(0, layout_.local_base(f.bucket), f.out.numel()).add_(f.out);
   }
   in_flight_.erase(in_flight_.begin(), in_flight_.begin() + static_cast<std::ptrdiff_t>(done));
 }
 
 void ParameterShards::finish() {
-  for (size_t b = 0; b < landed_.size(); ++b) {
-    if (landed_[b] > 0) reduce(static_cast<int>(b));
-  }
+  reduce_incomplete();
   poll(true);
   needed_.clear();
   landed_.clear();

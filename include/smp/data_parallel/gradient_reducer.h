@@ -107,7 +107,7 @@ class GradientReducer {
   bool sharded() const { return sharded_; }
   const at::Tensor& flat_params() const { return flat_params_; }
   const at::Tensor& flat_grads() const { return flat_grads_; }
-  // Local layout; sharded only.
+  // Local layout; sharded only (sharded data parallelism's are ParameterShards::grads()).
   const at::Tensor& shard_grads() const { return shards_ ? shards_->grads() : shard_grads_; }
   // Sharded data parallelism's parameters; null without it.
   ParameterShards* parameter_shards() const { return shards_.get(); }
@@ -137,6 +137,7 @@ class GradientReducer {
   void launch_ready();
   void launch(int bucket);
   void poll();
+  void finish_buckets();  // finish() without sharded data parallelism
   void remove_hooks();
 
   std::vector<ReducedParam> params_;

@@ -120,7 +120,10 @@ class ParameterShards {
   comm::Communicator& replicas() const { return *groups_.replicas; }
 
  private:
+  at::Tensor shard_of(int bucket) const;       // this rank's slice of a bucket, in shard()
+  at::Tensor mine_in_whole(int bucket) const;  // the same elements in the whole bucket
   void reduce(int bucket);
+  void reduce_incomplete();
   void ensure_grads() const;
   void poll(bool wait);
 
@@ -135,7 +138,6 @@ class ParameterShards {
 
   std::vector<int> needed_;  // by bucket: accumulations per backward
   std::vector<int> landed_;  // by bucket: this backward's so far
-  std::vector<int> accumulations_;
   struct InFlight {
     int bucket = 0;
     at::Tensor packed;  // kept alive until done
