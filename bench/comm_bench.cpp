@@ -27,11 +27,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include "smp/communicator.h"
-#include "smp/error.h"
-#include "smp/launch.h"
-#include "smp/process_groups.h"
-#include "smp/topology.h"
+#include "smp/comm/communicator.h"
+#include "smp/core/error.h"
+#include "smp/comm/launch.h"
+#include "smp/comm/process_groups.h"
+#include "smp/core/topology.h"
 
 namespace {
 

@@ -13,8 +13,8 @@
 #include "smp/distributed_optimizer.h"
 #include "smp/smp.h"
 
-using smp::pipeline::Layer;
-using smp::pipeline::Values;
+using smp::Layer;
+using smp::Values;
 
 // The model, for one device: an ordered list of layers, each a module plus its forward.
 std::vector<Layer> make_model() {
@@ -23,7 +23,7 @@ std::vector<Layer> make_model() {
   for (int i = 0; i < 6; ++i) {
     auto linear = std::make_shared<torch::nn::LinearImpl>(i == 0 ? 8 : 64, i == 5 ? 1 : 64);
     const bool last = i == 5;
-    layers.push_back(smp::pipeline::module_layer(
+    layers.push_back(smp::module_layer(
         "fc" + std::to_string(i), linear, [linear, last](const Values& x) -> Values {
           at::Tensor y = linear->forward(x[0]);
           return {last ? y : torch::relu(y)};

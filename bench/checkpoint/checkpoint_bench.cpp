@@ -20,7 +20,7 @@
 #include <ATen/ATen.h>
 #include <torch/optim/adamw.h>
 
-#include "smp/files.h"
+#include "smp/core/files.h"
 #include "smp/models/gpt.h"
 #include "smp/smp.h"
 

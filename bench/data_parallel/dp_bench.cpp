@@ -31,8 +31,8 @@
 
 namespace {
 
-using smp::pipeline::Layer;
-using smp::pipeline::Values;
+using smp::Layer;
+using smp::Values;
 
 struct Args {
   int steps = 20, warmup = 3, hidden = 1024, layers = 6, batch = 64;
@@ -69,7 +69,7 @@ std::vector<Layer> make_mlp(const Args& a, std::vector<at::Tensor>* params) {
   for (int i = 0; i < a.layers; ++i) {
     auto lin = std::make_shared<torch::nn::LinearImpl>(a.hidden, a.hidden);
     const bool last = i + 1 == a.layers;
-    out.push_back(smp::pipeline::module_layer("fc" + std::to_string(i), lin,
+    out.push_back(smp::module_layer("fc" + std::to_string(i), lin,
                                               [lin, last](const Values& x) -> Values {
                                                 at::Tensor y = lin->forward(x[0]);
                                                 return {last ? y : torch::tanh(y)};

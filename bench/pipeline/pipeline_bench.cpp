@@ -48,8 +48,8 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using smp::pipeline::Layer;
-using smp::pipeline::Values;
+using smp::Layer;
+using smp::Values;
 
 struct Args {
   std::string pipeline = "interleaved";
@@ -84,7 +84,7 @@ std::vector<Layer> make_model(const Args& a) {
   std::vector<Layer> layers;
   for (int i = 0; i < a.layers; ++i) {
     auto linear = std::make_shared<torch::nn::LinearImpl>(a.hidden, a.hidden);
-    layers.push_back(smp::pipeline::module_layer(
+    layers.push_back(smp::module_layer(
         "block" + std::to_string(i), linear,
         [linear](const Values& in) -> Values { return {torch::gelu(linear->forward(in[0]))}; }));
   }

@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
   for (int64_t step = 0; step < t.steps; ++step) {
     if (step == 1) start = Clock::now();  // the first step warms up
     auto [x, y] = loader.next();
-    pipeline::Values h = {x};
+    smp::Values h = {x};
     for (const auto& layer : model.layers) h = layer.forward(h);
     at::Tensor loss = model.loss(h, {y})[0];
     loss.backward();

@@ -1,7 +1,7 @@
 // smp::DistributedModel: a model as an ordered list of layers, split into pipeline stages on
 // the first step (SMP's DistributedModel).
 //
-//   std::vector<smp::pipeline::Layer> layers = ...;      // the whole model, on every rank
+//   std::vector<Layer> layers = ...;      // the whole model, on every rank
 //   smp::DistributedModel model(std::move(layers));
 //   auto out = smp::step(model, {x}, {y}, loss_fn);        // partitions, then runs the pipeline
 //   optimizer over model.local_parameters() ...
@@ -21,9 +21,10 @@
 #include <utility>
 #include <vector>
 
+#include "smp/comm/parallel_context.h"
 #include "smp/data_parallel/gradient_reducer.h"
 #include "smp/pipeline/executor.h"
-#include "smp/pipeline/layer.h"
+#include "smp/layer/layer.h"
 #include "smp/pipeline/partition.h"
 #include "smp/pipeline/schedule.h"
 
@@ -83,8 +84,13 @@ struct StepStats {
 
 class DistributedModel {
  public:
-  explicit DistributedModel(std::vector<pipeline::Layer> layers,
-                            DistributedModelOptions options = {});
+  // The model over `context`'s groups and config (which must outlive it).
+  DistributedModel(ParallelContext& context, std::vector<Layer> layers,
+                   DistributedModelOptions options = {});
+  // SMP's form: over the context smp::init built.
+  explicit DistributedModel(std::vector<Layer> layers, DistributedModelOptions options = {});
+
+  ParallelContext& context() const { return context_; }
 
   // SMP's set_partition: puts the layer named `layer_name` on stage `stage` (the pipeline rank;
   // with v > 1 chunks the global stage index). Before the first step; used when auto_partition
@@ -102,7 +108,7 @@ class DistributedModel {
 
   // Partitions now, using `trial_inputs` (one microbatch) for profiling when auto_partition is
   // on. Collective over the world; smp::step calls it on the first step.
-  void partition(const pipeline::Values& trial_inputs);
+  void partition(const Values& trial_inputs);
   // Partitions with a split decided before (a checkpoint's): stage_of_layer[i] is layer i's
   // stage. Not collective; every rank must pass the same. Throws smp::ConfigError when the
   // split has the wrong length, is not contiguous or leaves a stage empty.
@@ -124,7 +130,7 @@ class DistributedModel {
     at::Tensor tensor;
     bool tp_sharded = false;
     int stage = 0;  // the pipeline stage holding it
-    pipeline::TpShard tp_shard;  // where it sits in the whole tensor
+    ShardSpec tp_shard;  // where it sits in the whole tensor
     int layer = 0;  // the first layer that lists it
   };
   std::vector<LocalParameter> local_parameter_info() const;
@@ -170,7 +176,8 @@ class DistributedModel {
   std::vector<pipeline::RecomputedRun> recomputed_runs(int begin, int end) const;
   void shard_layers();     // sharded data parallelism: each layer gathers its buckets
 
-  std::vector<pipeline::Layer> layers_;
+  ParallelContext& context_;
+  std::vector<Layer> layers_;
   DistributedModelOptions options_;
   std::map<std::string, int> manual_stage_;  // from set_partition
   // From set_activation_checkpointing, by layer name: the call's run length and RNG option, and

@@ -3,7 +3,7 @@
 // "shard_optimizer_state": true (ZeRO-1), only the slice of each gradient bucket it owns; it
 // updates that slice and the parameters are all-gathered. fp16/bf16 keep fp32 master weights.
 //
-//   std::vector<smp::pipeline::Layer> layers = make_model();
+//   std::vector<Layer> layers = make_model();
 //   std::vector<at::Tensor> params = ...every layer's parameters...;
 //   smp::DistributedModel model(std::move(layers));
 //   smp::DistributedOptimizer opt(model, std::make_unique<torch::optim::AdamW>(

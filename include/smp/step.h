@@ -27,7 +27,6 @@
 
 namespace smp {
 
-using pipeline::Values;
 using LossFn = std::function<Values(const Values& outputs, const Values& targets)>;
 
 struct StepOptions {

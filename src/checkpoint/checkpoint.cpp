@@ -17,9 +17,9 @@
 
 #include "shard_index.h"
 #include "smp/checkpoint/safetensors.h"
-#include "smp/error.h"
-#include "smp/files.h"
-#include "smp/smp.h"
+#include "smp/core/error.h"
+#include "smp/core/files.h"
+#include "smp/comm/agree.h"
 
 namespace smp {
 namespace {
@@ -65,6 +65,7 @@ struct Placed {
 };
 
 std::vector<Placed> placed_parameters(const DistributedModel& model) {
+  const ParallelContext& context = model.context();
   std::vector<Placed> out;
   const auto& copies = model.options().tied_copies;
   for (const auto& p : model.local_parameter_info()) {
@@ -77,10 +78,10 @@ std::vector<Placed> placed_parameters(const DistributedModel& model) {
     x.offsets.assign(x.whole.size(), 0);
     if (p.tp_shard.sharded()) {
       const auto dim = static_cast<size_t>(p.tp_shard.dim);
-      x.offsets[dim] = tp_rank() * x.whole[dim];
+      x.offsets[dim] = context.tp_rank() * x.whole[dim];
       x.whole[dim] = p.tp_shard.size;
     }
-    x.writer = !x.tied_copy && (p.tp_sharded ? rdp_rank() == 0 : dp_rank() == 0);
+    x.writer = !x.tied_copy && (p.tp_sharded ? context.rdp_rank() == 0 : context.dp_rank() == 0);
     out.push_back(std::move(x));
   }
   return out;
@@ -98,15 +99,17 @@ const Placed& find_placed(const std::vector<Placed>& placed, const std::string& 
 }
 
 json layout_json(const DistributedModel& model) {
-  return {{"world", size()}, {"pp", pp_size()}, {"tp", tp_size()}, {"rdp", rdp_size()},
+  const ParallelContext& context = model.context();
+  return {{"world", context.size()}, {"pp", context.pp_size()}, {"tp", context.tp_size()}, {"rdp", context.rdp_size()},
           {"chunks_per_rank", model.options().chunks_per_rank},
-          {"shard_optimizer_state", config().shard_optimizer_state}};
+          {"shard_optimizer_state", context.config().shard_optimizer_state}};
 }
 
 // Writes this rank's file into `dir`; returns {"file", "tensors": {key: {"shape", "pieces"}}}.
 json write_shard(const std::string& dir, const DistributedModel& model,
                  DistributedOptimizer* optimizer) {
-  const std::string file = rank_file(rank());
+  const ParallelContext& context = model.context();
+  const std::string file = rank_file(context.rank());
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   json entries = json::object();
   std::vector<std::pair<std::string, Piece>> pieces;  // (key, piece), checksums filled below
@@ -149,11 +152,11 @@ json write_shard(const std::string& dir, const DistributedModel& model,
   size_t i = pieces.size();
   for (const auto& [key, t] : layer_state) states[key] = crcs[i++];
   // Fault injection for tests: this rank dies here, as in a crash in the middle of a save.
-  if (const char* kill = std::getenv("SMP_TEST_CHECKPOINT_KILL_RANK"); kill && std::atoi(kill) == rank()) {
+  if (const char* kill = std::getenv("SMP_TEST_CHECKPOINT_KILL_RANK"); kill && std::atoi(kill) == context.rank()) {
     ::raise(SIGKILL);
   }
-  return {{"file", file}, {"rank", rank()}, {"pp", pp_rank()}, {"tp", tp_rank()},
-          {"rdp", rdp_rank()}, {"rng_crc32", crcs.back()}, {"layer_state", states},
+  return {{"file", file}, {"rank", context.rank()}, {"pp", context.pp_rank()}, {"tp", context.tp_rank()},
+          {"rdp", context.rdp_rank()}, {"rng_crc32", crcs.back()}, {"layer_state", states},
           {"tensors", entries}};
 }
 
@@ -359,7 +362,7 @@ class WholeParameters {
 
 // SMP keeps the partition of the checkpoint on resume, when the pipeline is the same.
 bool adopt_partition(const json& manifest, DistributedModel& model) {
-  if (saved_stages(manifest) != model.num_stages() || manifest["layout"]["pp"].get<int>() != pp_size() ||
+  if (saved_stages(manifest) != model.num_stages() || manifest["layout"]["pp"].get<int>() != model.context().pp_size() ||
       manifest["partition"]["layers"].get<std::vector<std::string>>() != model.layer_names()) {
     return false;
   }
@@ -373,6 +376,7 @@ void save_checkpoint(const std::string& path, const std::string& tag, bool parti
                      DistributedModel& model, DistributedOptimizer* optimizer,
                      const json& user_content, int num_kept_partial_checkpoints,
                      const FullCheckpointFormat& format) {
+  const ParallelContext& context = model.context();
   check_tag(tag);
   if (num_kept_partial_checkpoints < 0) {
     throw ConfigError("num_kept_partial_checkpoints: got " + std::to_string(num_kept_partial_checkpoints) +
@@ -383,21 +387,21 @@ void save_checkpoint(const std::string& path, const std::string& tag, bool parti
   }
   const std::string final_dir = folder(path, tag, partial);
   const std::string tmp = final_dir + ".tmp";
-  on_every_rank("save_checkpoint: preparing " + tmp, [&] {
-    if (rank() != 0) return;
+  comm::on_every_rank("save_checkpoint: preparing " + tmp, [&] {
+    if (context.rank() != 0) return;
     files::make_dirs(path);
     files::remove_tree(tmp);
     files::make_dirs(tmp);
-  });
+  }, context.group(CommGroup::WORLD));
   json mine;
   {
     WholeParameters whole(model, /*written=*/false);
-    on_every_rank("save_checkpoint: writing " + tmp, [&] { mine = write_shard(tmp, model, optimizer); });
+    comm::on_every_rank("save_checkpoint: writing " + tmp, [&] { mine = write_shard(tmp, model, optimizer); }, context.group(CommGroup::WORLD));
   }
-  const std::vector<std::string> shards = allgather(mine.dump(), CommGroup::WORLD);
+  const std::vector<std::string> shards = comm::allgather_objects(mine.dump(), context.group(CommGroup::WORLD));
   const json optimizer_meta = optimizer != nullptr ? optimizer->state_meta() : json(nullptr);
-  on_every_rank("save_checkpoint: committing " + final_dir, [&] {
-    if (rank() != 0) return;
+  comm::on_every_rank("save_checkpoint: committing " + final_dir, [&] {
+    if (context.rank() != 0) return;
     json manifest = {
         {"format", kFormat}, {"version", kVersion}, {"tag", tag}, {"partial", partial},
         {"saved_at_ns", std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -423,39 +427,15 @@ void save_checkpoint(const std::string& path, const std::string& tag, bool parti
     commit(tmp, final_dir);
     files::write_file_atomic(path + "/newest", tag + "\n", /*durable=*/true);
     if (partial && num_kept_partial_checkpoints > 0) prune(path, num_kept_partial_checkpoints);
-  });
-}
-
-std::string rank_path(const std::string& path, bool partial) {
-  if (!partial) return path;
-  std::string out = path + "_" + std::to_string(pp_rank()) + "_" + std::to_string(tp_rank());
-  if (config().shard_optimizer_state) out += "_" + std::to_string(rdp_rank());
-  return out;
-}
-
-void save(const std::map<std::string, at::Tensor>& tensors, const std::string& path, bool partial,
-          const json& extra) {
-  std::map<std::string, std::string> metadata{{"format", "pt"}};
-  if (!extra.is_null()) metadata["smp.json"] = extra.dump();
-  checkpoint::save_safetensors(rank_path(path, partial), {tensors.begin(), tensors.end()}, metadata);
-}
-
-std::map<std::string, at::Tensor> load(const std::string& path, bool partial, json* extra) {
-  const std::string file = rank_path(path, partial);
-  if (extra != nullptr) {
-    const auto metadata = checkpoint::read_safetensors_header(file).metadata;
-    const auto it = metadata.find("smp.json");
-    *extra = it == metadata.end() ? json(nullptr) : json::parse(it->second);
-  }
-  return checkpoint::load_safetensors(file);
+  }, context.group(CommGroup::WORLD));
 }
 
 bool use_checkpoint_partition(const std::string& path, DistributedModel& model,
                               const std::string& tag, bool partial) {
   json manifest;
-  on_every_rank("use_checkpoint_partition: reading the manifest", [&] {
+  comm::on_every_rank("use_checkpoint_partition: reading the manifest", [&] {
     manifest = read_manifest_at(choose_folder(path, tag, partial, /*verbose=*/false));
-  });
+  }, model.context().group(CommGroup::WORLD));
   return !model.partitioned() && adopt_partition(manifest, model);
 }
 
@@ -466,13 +446,14 @@ json read_checkpoint_manifest(const std::string& path, const std::string& tag, b
 json resume_from_checkpoint(const std::string& path, DistributedModel& model,
                             DistributedOptimizer* optimizer, const std::string& tag, bool partial,
                             bool strict, bool load_optimizer, const FullCheckpointFormat& format) {
+  const ParallelContext& context = model.context();
   std::string dir;
   json manifest;
-  on_every_rank("resume_from_checkpoint: reading the manifest", [&] {
-    dir = choose_folder(path, tag, partial, /*verbose=*/rank() == 0);
+  comm::on_every_rank("resume_from_checkpoint: reading the manifest", [&] {
+    dir = choose_folder(path, tag, partial, /*verbose=*/context.rank() == 0);
     manifest = read_manifest_at(dir);
-  });
-  if (rank() == 0) {
+  }, context.group(CommGroup::WORLD));
+  if (context.rank() == 0) {
     std::printf("smp: resuming from %s\n", dir.c_str());
     std::fflush(stdout);
   }
@@ -480,12 +461,12 @@ json resume_from_checkpoint(const std::string& path, DistributedModel& model,
     throw ConfigError("resume_from_checkpoint: the checkpoint was saved with " +
                       std::to_string(saved_stages(manifest)) + " pipeline stages over pp " +
                       manifest["layout"]["pp"].dump() + "; this run has " +
-                      std::to_string(model.num_stages()) + " over pp " + std::to_string(pp_size()) +
+                      std::to_string(model.num_stages()) + " over pp " + std::to_string(context.pp_size()) +
                       ": partition the model first (model.partition), then resume");
   }
   const std::vector<Placed> placed = placed_parameters(model);
   WholeParameters whole(model, /*written=*/true);
-  on_every_rank("resume_from_checkpoint: loading " + dir, [&] {
+  comm::on_every_rank("resume_from_checkpoint: loading " + dir, [&] {
     ShardIndex index(dir, manifest["tensors"]);
     if (manifest.contains("weights")) {  // a full checkpoint: the consolidated weights
       auto tensors = checkpoint::load_safetensors(dir + "/" + manifest["weights"]["file"].get<std::string>());
@@ -509,7 +490,7 @@ json resume_from_checkpoint(const std::string& path, DistributedModel& model,
     }
     if (manifest["layout"] == layout_json(model)) {  // the same layout: each rank's RNG states
       for (const json& r : manifest["ranks"]) {
-        if (r["rank"].get<int>() != rank()) continue;
+        if (r["rank"].get<int>() != context.rank()) continue;
         const std::string path_of_file = dir + "/" + r["file"].get<std::string>();
         const checkpoint::SafetensorsReader file(path_of_file);
         auto checked = [&](const std::string& name, uint32_t crc) {
@@ -532,12 +513,12 @@ json resume_from_checkpoint(const std::string& path, DistributedModel& model,
         generator.set_state(state);
       }
     }
-  });
+  }, context.group(CommGroup::WORLD));
   if (strict) {  // every stored parameter must have been taken by some rank
     std::string mine;
     for (const Placed& p : placed) mine += p.name + "\n";
     std::set<std::string> used;
-    for (const std::string& names : allgather(mine, CommGroup::WORLD)) {
+    for (const std::string& names : comm::allgather_objects(mine, context.group(CommGroup::WORLD))) {
       for (size_t a = 0, b; a < names.size(); a = b + 1) {
         b = names.find('\n', a);
         used.insert(names.substr(a, b - a));

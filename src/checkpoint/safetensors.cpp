@@ -23,8 +23,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "smp/error.h"
-#include "smp/files.h"
+#include "smp/core/error.h"
+#include "smp/core/files.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "safetensors data is little-endian; smp writes host memory as is");

@@ -5,7 +5,7 @@
 
 #include <algorithm>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::checkpoint {
 namespace {

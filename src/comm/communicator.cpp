@@ -13,8 +13,8 @@
 
 #include "internal.h"
 #include "nccl.h"
-#include "smp/error.h"
-#include "smp/launch.h"
+#include "smp/core/error.h"
+#include "smp/comm/launch.h"
 
 namespace smp::comm {
 

@@ -12,7 +12,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "smp/communicator.h"
+#include "smp/comm/communicator.h"
 
 namespace smp::comm::detail {
 

@@ -1,9 +1,9 @@
 // MPI start-up, the world's shape, and aborting the whole job.
-#include "smp/launch.h"
+#include "smp/comm/launch.h"
 
 #include <mpi.h>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::comm {
 namespace {

@@ -8,7 +8,7 @@
 #include <c10/util/Half.h>
 
 #include "internal.h"
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::comm::detail {
 namespace {

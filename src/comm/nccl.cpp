@@ -7,7 +7,7 @@
 // their inputs; the Work completes when the stream has passed them.
 #include "nccl.h"
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 #ifdef SMP_WITH_NCCL
 

@@ -1,15 +1,15 @@
 // One MPI communicator per group kind, split from the world by the topology's group index.
-#include "smp/process_groups.h"
+#include "smp/comm/process_groups.h"
 
 #include <mpi.h>
 
 #include "internal.h"
-#include "smp/error.h"
-#include "smp/launch.h"
+#include "smp/core/error.h"
+#include "smp/comm/launch.h"
 
 namespace smp::comm {
 
-ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s)
+ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp_degree)
     : topology_(topology), timeout_s_(timeout_s) {
   if (!mpi_initialized()) throw CommError("smp: ProcessGroups needs MPI; call smp::init first");
   if (topology.world_size() != comm::world_size()) {
@@ -36,25 +36,18 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s)
         detail::make_group(comm, to_string(kind), topology.group(kind, world_rank_), timeout_s,
                            receives_));
   }
+  // Sharded data parallelism's groups, by the topology's colours.
+  for (bool replicas : {false, true}) {
+    MPI_Comm comm;
+    MPI_Comm_split(MPI_COMM_WORLD, topology.sdp_group_color(world_rank_, sdp_degree, replicas),
+                   world_rank_, &comm);
+    std::vector<int> members = replicas ? topology.sdp_replica_group(world_rank_, sdp_degree)
+                                        : topology.sdp_group(world_rank_, sdp_degree);
+    (replicas ? sdp_replicas_ : sdp_) = std::make_unique<Communicator>(detail::make_group(
+        comm, replicas ? "SDP_REPLICA_GROUP" : "SDP_GROUP", std::move(members), timeout_s, receives_));
+  }
 }
 
 Communicator& ProcessGroups::get(CommGroup kind) const { return *groups_.at(kind); }
-
-Communicator& ProcessGroups::split(int color, const std::string& name) const {
-  auto it = splits_.find(name);
-  if (it != splits_.end()) return *it->second;
-  const int world = comm::world_size();
-  std::vector<int> colors(world);
-  MPI_Allgather(&color, 1, MPI_INT, colors.data(), 1, MPI_INT, MPI_COMM_WORLD);
-  std::vector<int> members;
-  for (int r = 0; r < world; ++r) {
-    if (colors[r] == color) members.push_back(r);
-  }
-  MPI_Comm comm;
-  MPI_Comm_split(MPI_COMM_WORLD, color, world_rank_, &comm);
-  auto made = std::make_unique<Communicator>(
-      detail::make_group(comm, name, std::move(members), timeout_s_, receives_));
-  return *splits_.emplace(name, std::move(made)).first->second;
-}
 
 }  // namespace smp::comm

@@ -12,7 +12,7 @@
 #include <thread>
 
 #include "internal.h"
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::comm {
 

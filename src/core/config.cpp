@@ -4,7 +4,7 @@
 // to read the field back as JSON, and its value range. Parsing, range checks, to_json and
 // not_implemented_warnings all walk that table, so adding a key is one line there plus the
 // field in config.h and a row in docs/config.md. Cross-field rules live in validate().
-#include "smp/config.h"
+#include "smp/core/config.h"
 
 #include <sys/stat.h>
 
@@ -21,8 +21,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "smp/error.h"
-#include "smp/suggest.h"
+#include "smp/core/error.h"
+#include "smp/core/suggest.h"
 
 namespace smp {
 namespace {
@@ -533,6 +533,14 @@ void Config::validate() const {
     fail_rule("sharded_data_parallel_degree", sharded_data_parallel_degree,
               "sharded data parallelism already shards optimizer state; allowed: 1 when "
               "\"shard_optimizer_state\" is true");
+  }
+  if (shard_optimizer_state && !ddp) {
+    fail_rule("shard_optimizer_state", true,
+              "it shards over data-parallel ranks and requires \"ddp\": true; set \"ddp\": true");
+  }
+  if (sharded_data_parallel_degree > 1 && !ddp) {
+    fail_rule("sharded_data_parallel_degree", sharded_data_parallel_degree,
+              "sharded data parallelism requires \"ddp\": true; set \"ddp\": true");
   }
 }
 

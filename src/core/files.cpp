@@ -1,5 +1,5 @@
 // POSIX file-system helpers (see include/smp/files.h).
-#include "smp/files.h"
+#include "smp/core/files.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -12,7 +12,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::files {
 namespace {

@@ -1,5 +1,5 @@
 // "Did you mean" suggestions for misspelt keys (see suggest.h).
-#include "smp/suggest.h"
+#include "smp/core/suggest.h"
 
 #include <algorithm>
 #include <cctype>

@@ -15,13 +15,13 @@
 // Packing the varying digits (in placement order) gives a rank's index inside its group;
 // packing the fixed digits gives the group's index. Both orders agree with ascending world
 // rank, which is why group() and groups() come out sorted without sorting.
-#include "smp/topology.h"
+#include "smp/core/topology.h"
 
 #include <algorithm>
 #include <cctype>
 #include <sstream>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp {
 
@@ -186,6 +186,35 @@ int Topology::group_index(CommGroup kind, int rank) const {
 
 int Topology::rank_in(CommGroup kind, int rank) const {
   return pack(coord(rank), kind, /*varying=*/true);
+}
+
+int Topology::sdp_group_color(int rank, int sdp_degree, bool replicas) const {
+  if (sdp_degree < 1 || rdp_ % sdp_degree != 0) {
+    throw ConfigError("sharded_data_parallel_degree: got " + std::to_string(sdp_degree) +
+                      "; allowed: a divisor of the reduced-data-parallel degree " +
+                      std::to_string(rdp_));
+  }
+  const int r = rank_in(CommGroup::RDP_GROUP, rank);
+  const int within = replicas ? r % sdp_degree : r / sdp_degree;
+  return group_index(CommGroup::RDP_GROUP, rank) * rdp_ + within;
+}
+
+std::vector<int> Topology::sdp_group(int rank, int sdp_degree) const {
+  std::vector<int> out;
+  const int color = sdp_group_color(rank, sdp_degree, false);
+  for (int member : group(CommGroup::RDP_GROUP, rank)) {
+    if (sdp_group_color(member, sdp_degree, false) == color) out.push_back(member);
+  }
+  return out;
+}
+
+std::vector<int> Topology::sdp_replica_group(int rank, int sdp_degree) const {
+  std::vector<int> out;
+  const int color = sdp_group_color(rank, sdp_degree, true);
+  for (int member : group(CommGroup::RDP_GROUP, rank)) {
+    if (sdp_group_color(member, sdp_degree, true) == color) out.push_back(member);
+  }
+  return out;
 }
 
 }  // namespace smp

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <string>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::dp {
 

@@ -12,7 +12,7 @@
 #include <functional>
 #include <set>
 
-#include "smp/smp.h"
+#include "smp/core/error.h"
 
 namespace smp::dp {
 namespace {
@@ -33,8 +33,7 @@ class ReadyHook : public torch::autograd::FunctionPostHook {
 };
 
 // The dtype the config asks for, else the parameters' own (which must agree).
-at::ScalarType choose_dtype(const std::vector<ReducedParam>& params) {
-  const Config& cfg = smp::config();
+at::ScalarType choose_dtype(const Config& cfg, const std::vector<ReducedParam>& params) {
   if (cfg.fp16) return at::kHalf;
   if (cfg.bf16) return at::kBFloat16;
   if (params.empty()) return at::kFloat;
@@ -66,11 +65,8 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// Sharded data parallelism's degree, or 1 without it.
-int sdp_degree() { return smp::config().sharded_data_parallel_degree; }
-
-FlatLayout make_layout(const std::vector<ReducedParam>& params, const ReducerOptions& options,
-                       at::ScalarType dtype, bool sharded) {
+FlatLayout make_layout(const ParallelContext& context, const std::vector<ReducedParam>& params,
+                       const ReducerOptions& options, at::ScalarType dtype, bool sharded) {
   std::vector<LayoutParam> sizes;
   for (const ReducedParam& p : params) {
     sizes.push_back({p.tensor.numel(), p.tp_sharded ? ReduceGroup::kRdp : ReduceGroup::kDp, p.layer});
@@ -80,25 +76,13 @@ FlatLayout make_layout(const std::vector<ReducedParam>& params, const ReducerOpt
       std::max<int64_t>(1, static_cast<int64_t>(options.bucket_cap_mb * (1 << 20)));
   lo.element_size = static_cast<int64_t>(c10::elementSize(dtype));
   lo.shard = sharded;
-  lo.dp_size = smp::dp_size();
-  lo.rdp_size = smp::rdp_size();
-  if (sdp_degree() > 1) {  // shards within the sharding group, one bucket per layer
-    lo.dp_size = lo.rdp_size = sdp_degree();
+  lo.dp_size = context.dp_size();
+  lo.rdp_size = context.rdp_size();
+  if (context.sdp_degree() > 1) {  // shards within the sharding group, one bucket per layer
+    lo.dp_size = lo.rdp_size = context.sdp_degree();
     lo.bucket_per_unit = true;
   }
   return FlatLayout(sizes, lo);
-}
-
-// Sharded data parallelism's groups, made once: the sharding group (s consecutive ranks of the
-// reduced-data-parallel group: one tensor-parallel rank) and the replica group (the ranks of
-// that group holding the same slices).
-comm::Communicator& sharding_group(bool replicas) {
-  const int s = sdp_degree();
-  const int rdp_rank = smp::process_group(CommGroup::RDP_GROUP).rank();
-  const int rdp_group = smp::topology().group_index(CommGroup::RDP_GROUP, smp::rank());
-  const int rdp = smp::rdp_size();
-  const int color = replicas ? rdp_group * rdp + rdp_rank % s : rdp_group * rdp + rdp_rank / s;
-  return smp::process_groups().split(color, replicas ? "SDP_REPLICA_GROUP" : "SDP_GROUP");
 }
 
 }  // namespace
@@ -113,33 +97,24 @@ std::vector<at::Tensor> cast_floating(const std::vector<at::Tensor>& values, at:
   return out;
 }
 
-GradientReducer::GradientReducer(std::vector<ReducedParam> params, const ReducerOptions& options)
-    : params_(unique_trainable(std::move(params))), options_(options) {
-  const Config& cfg = smp::config();
-  if (cfg.shard_optimizer_state && !cfg.ddp) {
-    throw ConfigError(
-        "config key \"shard_optimizer_state\": got true; it shards over data-parallel "
-        "ranks and requires \"ddp\": true; set \"ddp\": true");
-  }
+GradientReducer::GradientReducer(const ParallelContext& context, std::vector<ReducedParam> params,
+                                 const ReducerOptions& options)
+    : context_(context), params_(unique_trainable(std::move(params))), options_(options) {
+  const Config& cfg = context.config();
   if (!(options.bucket_cap_mb > 0)) {
     throw ConfigError("bucket_cap_mb: got " + std::to_string(options.bucket_cap_mb) +
                       "; allowed: > 0");
   }
-  const bool sdp = cfg.sharded_data_parallel_degree > 1;
-  if (sdp && !cfg.ddp) {
-    throw ConfigError("config key \"sharded_data_parallel_degree\": got " +
-                      std::to_string(cfg.sharded_data_parallel_degree) +
-                      "; sharded data parallelism requires \"ddp\": true; set \"ddp\": true");
-  }
+  const bool sdp = cfg.sharded_data_parallel_degree > 1;  // (with ddp: Config::validate)
   if (options.delayed != nullptr && !sdp) {
     throw ConfigError("config key \"delayed_parameter_initialization\": got true; it builds each "
                       "layer already sharded and needs \"sharded_data_parallel_degree\" > 1");
   }
-  dtype_ = choose_dtype(params_);
+  dtype_ = choose_dtype(cfg, params_);
   accumulations_.assign(params_.size(), 1);
   sharded_ = cfg.shard_optimizer_state || sdp;
-  communicates_ = cfg.ddp && smp::dp_size() > 1;
-  layout_ = make_layout(params_, options, dtype_, sharded_);
+  communicates_ = cfg.ddp && context.dp_size() > 1;
+  layout_ = make_layout(context, params_, options, dtype_, sharded_);
   if (sdp) {
     std::vector<at::Tensor> tensors;
     for (const ReducedParam& p : params_) tensors.push_back(p.tensor);
@@ -147,11 +122,11 @@ GradientReducer::GradientReducer(std::vector<ReducedParam> params, const Reducer
       for (at::Tensor& t : tensors) t.set_data(t.detach().to(dtype_));
     }
     ShardingGroups groups;
-    groups.group = &sharding_group(false);
-    groups.replicas = &sharding_group(true);
-    groups.tp = &smp::process_group(CommGroup::TP_GROUP);
-    groups.dp = &smp::process_group(CommGroup::DP_GROUP);
-    groups.rdp = &smp::process_group(CommGroup::RDP_GROUP);
+    groups.group = &context.sdp_group();
+    groups.replicas = &context.sdp_replica_group();
+    groups.tp = &context.group(CommGroup::TP_GROUP);
+    groups.dp = &context.group(CommGroup::DP_GROUP);
+    groups.rdp = &context.group(CommGroup::RDP_GROUP);
     shards_ = std::make_unique<ParameterShards>(layout_, std::move(tensors), groups,
                                                 cfg.sdp_param_persistence_threshold, options.delayed);
   } else {
@@ -239,14 +214,14 @@ int GradientReducer::rank_in(ReduceGroup group) const { return communicator(grou
 bool GradientReducer::writes_state(int bucket) const {
   const Bucket& b = layout_.buckets().at(bucket);
   if (shards_) {  // one sharding group writes; replicated parameters' slices on tp rank 0 only
-    return shards_->replicas().rank() == 0 && (b.group == ReduceGroup::kRdp || smp::tp_rank() == 0);
+    return shards_->replicas().rank() == 0 && (b.group == ReduceGroup::kRdp || context_.tp_rank() == 0);
   }
   return b.num_shards > 1 || rank_in(b.group) == 0;
 }
 
 comm::Communicator& GradientReducer::communicator(ReduceGroup group) const {
   if (shards_) return shards_->group();
-  return smp::process_group(group == ReduceGroup::kDp ? CommGroup::DP_GROUP : CommGroup::RDP_GROUP);
+  return context_.group(group == ReduceGroup::kDp ? CommGroup::DP_GROUP : CommGroup::RDP_GROUP);
 }
 
 void GradientReducer::begin_step(int num_microbatches, double loss_scale) {
@@ -268,13 +243,9 @@ void GradientReducer::begin_step(int num_microbatches, double loss_scale) {
   stats_.buckets = static_cast<int>(layout_.buckets().size());
 }
 
-void GradientReducer::before_backward(const pipeline::Action& action) {
+void GradientReducer::before_weight_backward(int stage) {
   if (!in_step_) return;
-  if (action.kind != pipeline::ActionKind::kBackward &&
-      action.kind != pipeline::ActionKind::kBackwardWeight) {
-    return;  // an input-only backward accumulates no parameter gradient
-  }
-  const auto it = std::find(stages_.begin(), stages_.end(), action.stage);
+  const auto it = std::find(stages_.begin(), stages_.end(), stage);
   if (it == stages_.end()) return;  // a stage without trainable parameters
   if (shards_) {
     shards_->begin_backward(accumulations_);

@@ -5,7 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/StorageImpl.h>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::dp {
 namespace {

@@ -8,7 +8,7 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 #include "smp/tensor_parallel/init.h"
 #include "smp/tensor_parallel/layers.h"
 #include "smp/tensor_parallel/primitives.h"
@@ -138,7 +138,7 @@ struct Block : torch::nn::Module {
 
 // Final norm and the output projection: the tied embedding (GPT-2) or its own column-parallel
 // linear (LLaMA). A tied weight registered here is a vocabulary shard too.
-struct Head : torch::nn::Module, pipeline::ShardedModule {
+struct Head : torch::nn::Module, ShardedModule {
   Head(const ModelConfig& c, const tp::TpGroup& group, const at::Tensor& tied_weight)
       : group(group), vocab_size(c.vocab_size) {
     ln_f = register_module("ln_f", std::make_shared<Norm>(c.hidden, c.family == Family::kLlama,
@@ -153,8 +153,8 @@ struct Head : torch::nn::Module, pipeline::ShardedModule {
       lm_head->set_whole_size("weight", c.vocab_size);  // padding rows are no vocabulary
     }
   }
-  pipeline::TpShard tp_shard(const std::string& name) const override {
-    return name == "weight" ? pipeline::TpShard{0, vocab_size} : pipeline::TpShard{};
+  ShardSpec tp_shard(const std::string& name) const override {
+    return name == "weight" ? ShardSpec{0, vocab_size} : ShardSpec{};
   }
   Values forward(const Values& in) {
     const at::Tensor h = ln_f->forward(in.at(0));
@@ -169,15 +169,15 @@ struct Head : torch::nn::Module, pipeline::ShardedModule {
 };
 
 template <typename M>
-pipeline::Layer as_layer(const std::string& name, std::shared_ptr<M> module) {
-  return pipeline::module_layer(name, module,
+Layer as_layer(const std::string& name, std::shared_ptr<M> module) {
+  return module_layer(name, module,
                                 [module](const Values& in) { return module->forward(in); });
 }
 
 // A layer with dropout also hands its RNG streams to checkpoints (exact resumes).
 template <typename M>
-pipeline::Layer as_layer_with_rng(const std::string& name, std::shared_ptr<M> module) {
-  pipeline::Layer layer = as_layer(name, module);
+Layer as_layer_with_rng(const std::string& name, std::shared_ptr<M> module) {
+  Layer layer = as_layer(name, module);
   layer.get_state = [module] { return module->rng.state(); };
   layer.set_state = [module](const std::map<std::string, at::Tensor>& s) { module->rng.load_state(s); };
   return layer;
@@ -186,14 +186,14 @@ pipeline::Layer as_layer_with_rng(const std::string& name, std::shared_ptr<M> mo
 }  // namespace
 
 Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool separate_tied_head,
-                  const std::function<void(pipeline::Layer&)>& on_layer) {
+                  const std::function<void(Layer&)>& on_layer) {
   tp::check_divisible("hidden", config.hidden, group.size());
   tp::check_divisible("ffn_hidden", config.ffn_hidden, group.size());
   Model model;
   model.config = config;
   model.tp = group;
   auto embed = std::make_shared<Embed>(config, group, model.training_);
-  auto built = [&](pipeline::Layer layer) {
+  auto built = [&](Layer layer) {
     model.layers.push_back(std::move(layer));
     if (on_layer) on_layer(model.layers.back());
   };

@@ -14,9 +14,9 @@
 #include <nlohmann/json.hpp>
 
 #include "smp/checkpoint/safetensors.h"
-#include "smp/error.h"
-#include "smp/files.h"
-#include "smp/smp.h"
+#include "smp/core/error.h"
+#include "smp/core/files.h"
+#include "smp/comm/agree.h"
 #include "smp/tensor_parallel/primitives.h"
 
 namespace smp::models {
@@ -244,8 +244,8 @@ std::string config_differences(const ModelConfig& file, const ModelConfig& model
 // The identity of a parameter tensor (two layers listing one tensor share it).
 const void* identity(const at::Tensor& t) { return t.unsafeGetTensorImpl(); }
 
-pipeline::TpShard shard_of(const pipeline::Layer& layer, size_t j) {
-  return layer.tp_shards.empty() ? pipeline::TpShard{} : layer.tp_shards[j];
+ShardSpec shard_of(const Layer& layer, size_t j) {
+  return layer.tp_shards.empty() ? ShardSpec{} : layer.tp_shards[j];
 }
 
 }  // namespace
@@ -423,7 +423,7 @@ std::map<std::string, at::Tensor> whole_parameters(const Model& model) {
     for (size_t j = 0; j < layer.parameters.size(); ++j) {
       const at::Tensor& p = layer.parameters[j];
       if (!seen.insert(identity(p)).second) continue;
-      const pipeline::TpShard shard = shard_of(layer, j);
+      const ShardSpec shard = shard_of(layer, j);
       at::Tensor whole = p.detach();
       if (shard.sharded()) {
         whole = tp::all_gather_along(whole, shard.dim, model.tp).narrow(shard.dim, 0, shard.size);
@@ -438,7 +438,7 @@ void load_whole_parameters(Model& model, const std::map<std::string, at::Tensor>
   const std::map<std::string, std::string>& copy_of = model.tied_copies;  // copy -> original
   struct Load {
     at::Tensor param;
-    pipeline::TpShard shard;
+    ShardSpec shard;
     at::Tensor source;
   };
   // Everything is checked before anything is copied: a bad input leaves the model as it was.
@@ -450,7 +450,7 @@ void load_whole_parameters(Model& model, const std::map<std::string, at::Tensor>
       const at::Tensor& p = layer.parameters[j];
       if (!seen.insert(identity(p)).second) continue;
       const std::string name = layer.name + "." + layer.parameter_names[j];
-      const pipeline::TpShard shard = shard_of(layer, j);
+      const ShardSpec shard = shard_of(layer, j);
       std::vector<int64_t> shape = p.sizes().vec();
       if (shard.sharded()) shape[shard.dim] = shard.size;
       std::string source = name;
@@ -506,7 +506,7 @@ void save_hf(const std::string& dir, const Model& model) {
   if (model.tp.size() == 1) {
     write();
   } else {  // every rank of the group returns or throws together
-    on_every_rank("save_hf " + dir, write, model.tp.comm());
+    comm::on_every_rank("save_hf " + dir, write, model.tp.comm());
   }
 }
 

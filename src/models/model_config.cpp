@@ -5,7 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::models {
 namespace {

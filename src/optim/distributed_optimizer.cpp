@@ -8,7 +8,7 @@
 #include <cmath>
 
 #include "optimizer_impl.h"
-#include "smp/smp.h"
+#include "smp/core/error.h"
 
 namespace smp {
 
@@ -54,7 +54,7 @@ void DistributedOptimizer::step() {
   // SMP: under sharded data parallelism the optimizer clips at sdp_gradient_clipping itself,
   // unless clip_master_grads already did for these gradients.
   if (im.reducer->parameter_shards() && im.clipped_for != im.reducer->steps_finished()) {
-    clip_master_grads(smp::config().sdp_gradient_clipping);
+    clip_master_grads(im.model.context().config().sdp_gradient_clipping);
   }
   if (im.overflow) {
     im.scaler.update(true);
@@ -97,9 +97,9 @@ double DistributedOptimizer::clip_master_grads(double max_norm) {
   at::Tensor total = at::full({1}, sum_sq, at::kDouble);
   if (const dp::ParameterShards* shards = im.reducer->parameter_shards()) {
     shards->group().all_reduce(total).wait();
-    smp::process_group(CommGroup::TP_GROUP).all_reduce(total).wait();
+    im.model.context().group(CommGroup::TP_GROUP).all_reduce(total).wait();
   } else {
-    smp::process_group(im.reducer->sharded() ? CommGroup::WORLD : CommGroup::MP_GROUP)
+    im.model.context().group(im.reducer->sharded() ? CommGroup::WORLD : CommGroup::MP_GROUP)
         .all_reduce(total)
         .wait();
   }

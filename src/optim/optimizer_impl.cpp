@@ -1,13 +1,13 @@
 // DistributedOptimizer::Impl: construction checks, runs, preparation and write-back
 // (see optimizer_impl.h).
 #include "optimizer_impl.h"
+#include "smp/core/error.h"
 
 #include <ATen/ATen.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
-#include "smp/smp.h"
 #include "updates.h"
 
 namespace smp::optim {
@@ -36,8 +36,8 @@ Kind kind_of(torch::optim::Optimizer* optimizer) {
       "torch::optim::SGD, torch::optim::Adam, torch::optim::AdamW");
 }
 
-LossScaler make_scaler(const DistributedOptimizerOptions& o) {
-  const bool fp16 = smp::config().fp16;
+LossScaler make_scaler(const Config& config, const DistributedOptimizerOptions& o) {
+  const bool fp16 = config.fp16;
   if (!fp16 && (o.dynamic_loss_scale || o.static_loss_scale != 1.0)) {
     throw ConfigError(
         "DistributedOptimizer: static_loss_scale / dynamic_loss_scale apply only "
@@ -74,13 +74,8 @@ DistributedOptimizer::Impl::Impl(DistributedModel& m, std::unique_ptr<torch::opt
       inner(std::move(opt)),
       options(o),
       kind(optim::kind_of(inner.get())),
-      scaler(optim::make_scaler(o)) {
-  const Config& cfg = smp::config();
-  if (cfg.shard_optimizer_state && !cfg.ddp) {
-    throw ConfigError(
-        "config key \"shard_optimizer_state\": got true; it shards over data-parallel "
-        "ranks and requires \"ddp\": true; set \"ddp\": true");
-  }
+      scaler(optim::make_scaler(model.context().config(), o)) {
+  const Config& cfg = model.context().config();
   fp16 = cfg.fp16;
   mixed = cfg.fp16 || cfg.bf16;
   model.set_loss_scale(scaler.scale());
@@ -123,7 +118,7 @@ void DistributedOptimizer::Impl::initialize() {
     // sharded data parallelism keeps them whole over TP_GROUP: counted on tp rank 0.
     const bool unique_slice = reducer->sharded() && !reducer->parameter_shards();
     const bool in_norm = !tied_copy && (unique_slice || bucket.group == dp::ReduceGroup::kRdp ||
-                                        smp::tp_rank() == 0);
+                                        model.context().tp_rank() == 0);
     if (!runs.empty() && runs.back().group == g && runs.back().bucket == s.bucket &&
         runs.back().in_norm == in_norm && runs.back().flat + runs.back().numel == s.flat_offset) {
       runs.back().numel += s.numel;
@@ -193,7 +188,7 @@ void DistributedOptimizer::Impl::prepare() {
   for (const Run& run : runs) bad = bad || !grad_view(run).isfinite().all().item<bool>();
   // Every rank skips together: an overflow anywhere is an overflow everywhere.
   at::Tensor flag = at::full({1}, bad ? 1 : 0, at::kInt);
-  smp::process_group(CommGroup::WORLD).all_reduce(flag, comm::ReduceOp::kMax).wait();
+  model.context().group(CommGroup::WORLD).all_reduce(flag, comm::ReduceOp::kMax).wait();
   overflow = flag.item<int>() != 0;
 }
 

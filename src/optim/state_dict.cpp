@@ -6,7 +6,7 @@
 #include <torch/optim/sgd.h>
 
 #include "optimizer_impl.h"
-#include "smp/smp.h"
+#include "smp/core/error.h"
 
 namespace smp {
 
@@ -105,7 +105,8 @@ OptimizerStateDict DistributedOptimizer::Impl::local_dict() const {
   }
   out.meta["segments"] = rows;
   out.meta["local_numel"] = reducer->layout().local_numel();
-  out.meta["ranks"] = {{"pp", smp::pp_rank()}, {"tp", smp::tp_rank()}, {"rdp", smp::rdp_rank()}};
+  const ParallelContext& context = model.context();
+  out.meta["ranks"] = {{"pp", context.pp_rank()}, {"tp", context.tp_rank()}, {"rdp", context.rdp_rank()}};
   for (const auto& [name, t] : state) out.tensors[name] = t.clone();
   if (mixed) out.tensors["fp32_master"] = master.clone();
   return out;

@@ -18,9 +18,9 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/generated/variable_factories.h>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 #include "split_backward.h"
-#include "values_p2p.h"
+#include "smp/pipeline/values_p2p.h"
 
 namespace smp::pipeline {
 
@@ -51,21 +51,6 @@ bool is_recv(ActionKind kind) {
 int tag_for(bool grad, int stage, int microbatch, int num_stages) {
   const int64_t tag = ((static_cast<int64_t>(microbatch) * num_stages + stage) * 2 + grad);
   return static_cast<int>(tag % comm::Communicator::kMaxTag);
-}
-
-// Received activations become leaves whose gradients the previous stage will want.
-Values as_leaves(const Values& values) {
-  Values out;
-  for (const at::Tensor& t : values) {
-    if (!t.defined()) {
-      out.emplace_back();
-      continue;
-    }
-    at::Tensor leaf = t.detach();
-    if (at::isFloatingType(leaf.scalar_type())) leaf.requires_grad_(true);
-    out.push_back(leaf);
-  }
-  return out;
 }
 
 Values detached(const Values& values) {
@@ -278,12 +263,12 @@ class Run {
     if (stage == 0) {
       x = data_.inputs.at(mb);
     } else {
-      x = as_leaves(acts_in_.at(key));
+      x = detach_as_leaves(acts_in_.at(key));
       acts_in_.erase(key);
     }
     for (size_t k = 0; k < saved.segments.size(); ++k) {
       Segment& segment = saved.segments[k];
-      segment.inputs = k == 0 ? x : as_leaves(x);
+      segment.inputs = k == 0 ? x : detach_as_leaves(x);
       x = segment.inputs;
       if (segment.recomputed) {
         if (segment.preserve_rng) {

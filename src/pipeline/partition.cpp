@@ -24,7 +24,7 @@
 #include <map>
 #include <sstream>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::pipeline {
 

@@ -24,23 +24,9 @@ int64_t bytes_of(const Values& values) {
   return bytes;
 }
 
-Values fresh_leaves(const Values& values) {
-  Values out;
-  for (const at::Tensor& t : values) {
-    if (!t.defined()) {
-      out.emplace_back();
-      continue;
-    }
-    at::Tensor leaf = t.detach();
-    if (at::isFloatingType(leaf.scalar_type())) leaf.requires_grad_(true);
-    out.push_back(leaf);
-  }
-  return out;
-}
-
 // Forward, then backward from random output gradients; returns (outputs, seconds).
 std::pair<Values, double> run_once(const Layer& layer, const Values& inputs) {
-  const Values leaves = fresh_leaves(inputs);
+  const Values leaves = detach_as_leaves(inputs);
   const auto start = Clock::now();
   Values outputs = layer.forward(leaves);
   Values roots;

@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::pipeline {
 

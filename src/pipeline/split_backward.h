@@ -15,7 +15,7 @@
 
 #include <torch/csrc/autograd/function.h>
 
-#include "smp/pipeline/layer.h"
+#include "smp/layer/layer.h"
 
 namespace smp::pipeline {
 

@@ -10,8 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "smp/error.h"
-#include "smp/files.h"
+#include "smp/core/error.h"
+#include "smp/core/files.h"
 
 namespace smp::pipeline {
 namespace {

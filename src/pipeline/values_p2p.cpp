@@ -1,5 +1,5 @@
 // Tuples of tensors over point-to-point (see values_p2p.h).
-#include "values_p2p.h"
+#include "smp/pipeline/values_p2p.h"
 
 #include <ATen/ATen.h>
 

@@ -6,7 +6,7 @@
 
 #include <limits>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 #include "smp/tensor_parallel/layers.h"
 
 namespace smp::tp {

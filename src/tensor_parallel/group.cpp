@@ -1,7 +1,7 @@
 // TpGroup and dimension-splitting helpers (see group.h).
 #include "smp/tensor_parallel/group.h"
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::tp {
 

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <mutex>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 #include "smp/tensor_parallel/primitives.h"
 
 namespace smp::tp {

@@ -5,17 +5,17 @@
 
 #include <cstdio>
 
-#include "smp/error.h"
-#include "smp/smp.h"
+#include "smp/core/error.h"
+#include "smp/comm/launch.h"
 #include "smp/tensor_parallel/primitives.h"
 
 namespace smp::tp {
 
 // ---- TpModule --------------------------------------------------------------------------------
 
-pipeline::TpShard TpModule::tp_shard(const std::string& name) const {
+ShardSpec TpModule::tp_shard(const std::string& name) const {
   auto it = shards_.find(name);
-  return it == shards_.end() ? pipeline::TpShard{} : it->second;
+  return it == shards_.end() ? ShardSpec{} : it->second;
 }
 
 void TpModule::set_whole_size(const std::string& name, int64_t size) {
@@ -128,7 +128,7 @@ VocabParallelEmbedding::VocabParallelEmbedding(int64_t num_embeddings, int64_t e
   at::Tensor full = init_weight({num_embeddings, embedding_dim}, embedding_dim, options.init);
   if (padded_ != vocab_size_) {
     full = at::cat({full, at::zeros({padded_ - vocab_size_, embedding_dim}, full.options())});
-    const bool first = smp::is_initialized() ? smp::rank() == 0 : group.rank() == 0;
+    const bool first = comm::mpi_initialized() ? comm::world_rank() == 0 : group.rank() == 0;
     if (first) {
       std::printf(
           "smp: vocab_size %lld padded to %lld, a multiple of tensor_parallel_degree %d "

@@ -4,7 +4,7 @@
 
 #include <ATen/ATen.h>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 #include "smp/tensor_parallel/primitives.h"
 
 namespace smp::nn {

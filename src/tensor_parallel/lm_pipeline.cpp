@@ -25,17 +25,17 @@ class HeadModule : public tp::TpModule {
 
 }  // namespace
 
-std::vector<pipeline::Layer> DistributedTransformerLMHead::pipeline_layers(
+std::vector<Layer> DistributedTransformerLMHead::pipeline_layers(
     bool separate_head_weight) {
-  std::vector<pipeline::Layer> out;
+  std::vector<Layer> out;
   auto self = std::static_pointer_cast<DistributedTransformerLMHead>(shared_from_this());
   auto emb = embedding;
-  out.push_back(pipeline::module_layer("embedding", emb, [emb](const Values& in) {
+  out.push_back(module_layer("embedding", emb, [emb](const Values& in) {
     return emb->forward(in[0], in.size() > 1 ? in[1] : at::Tensor(), {}, {});
   }));
   for (size_t i = 0; i < transformer->layers.size(); ++i) {
     auto layer = transformer->layers[i];
-    out.push_back(pipeline::module_layer("layer_" + std::to_string(i), layer,
+    out.push_back(module_layer("layer_" + std::to_string(i), layer,
                                          [layer](const Values& in) -> Values {
                                            return {layer->forward(in[0], in[1]), in[1]};
                                          }));
@@ -46,8 +46,8 @@ std::vector<pipeline::Layer> DistributedTransformerLMHead::pipeline_layers(
   auto head = std::make_shared<HeadModule>(tp_group(), transformer->final_layernorm,
                                            copy ? head_weight : at::Tensor(),
                                            embedding->word_embeddings->vocab_size());
-  pipeline::Layer last =
-      pipeline::module_layer("lm_head", head, [self](const Values& in) -> Values {
+  Layer last =
+      module_layer("lm_head", head, [self](const Values& in) -> Values {
         const at::Tensor h = self->transformer->final_norm(in[0]);
         if (self->add_lm_head_) {
           const at::Tensor& w = self->head_weight.defined()

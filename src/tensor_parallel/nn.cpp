@@ -3,8 +3,8 @@
 
 #include <ATen/ATen.h>
 
-#include "smp/error.h"
-#include "smp/smp.h"
+#include "smp/core/error.h"
+#include "smp/runtime.h"  // the default groups (SMP's facade)
 #include "smp/tensor_parallel/primitives.h"
 
 namespace smp::nn {

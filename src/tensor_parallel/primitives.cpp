@@ -6,7 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::tp {
 

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <limits>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 #include "smp/tensor_parallel/primitives.h"
 
 namespace smp::tp {

@@ -6,7 +6,7 @@
 
 #include <ATen/ATen.h>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::train {
 

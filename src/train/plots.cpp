@@ -9,7 +9,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::train {
 namespace {

@@ -12,8 +12,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "smp/error.h"
-#include "smp/files.h"
+#include "smp/core/error.h"
+#include "smp/core/files.h"
 #include "smp/train/tokenizer.h"
 
 namespace smp::train {

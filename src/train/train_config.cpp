@@ -10,10 +10,10 @@
 #include <nlohmann/json.hpp>
 
 #include "smp/distributed_model.h"
-#include "smp/error.h"
-#include "smp/files.h"
+#include "smp/core/error.h"
+#include "smp/core/files.h"
 #include "smp/models/hf.h"
-#include "smp/suggest.h"
+#include "smp/core/suggest.h"
 
 namespace smp::train {
 namespace {

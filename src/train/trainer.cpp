@@ -29,11 +29,12 @@
 
 #include "smp/checkpoint/checkpoint.h"
 #include "smp/distributed_optimizer.h"
-#include "smp/files.h"
+#include "smp/core/files.h"
 #include "smp/models/gpt.h"
 #include "smp/models/hf.h"
 #include "smp/pipeline/timeline.h"
-#include "smp/smp.h"
+#include "smp/runtime.h"
+#include "smp/step.h"
 #include "smp/train/data_loader.h"
 #include "smp/train/plots.h"
 #include "smp/train/tokenizer.h"
@@ -277,7 +278,7 @@ TrainSummary train(const TrainConfig& c) {
   // SMP's delayed_parameter_initialization (with sharded data parallelism): each layer is sliced
   // as soon as it is built, so no rank ever holds the whole model.
   std::shared_ptr<dp::DelayedSlices> delayed;
-  std::function<void(pipeline::Layer&)> on_layer;
+  std::function<void(Layer&)> on_layer;
   if (config().delayed_parameter_initialization) {
     if (!c.init_from_hf.empty()) {
       throw ConfigError("model.from_hf loads whole weights; it cannot be combined with "
@@ -286,7 +287,7 @@ TrainSummary train(const TrainConfig& c) {
     const int s = config().sharded_data_parallel_degree;
     delayed = std::make_shared<dp::DelayedSlices>(s, rdp_rank() % s);
     on_layer = [delayed, seen = std::make_shared<std::set<const void*>>(),
-                index = std::make_shared<int>(0)](pipeline::Layer& layer) {
+                index = std::make_shared<int>(0)](Layer& layer) {
       std::vector<at::Tensor> own;
       std::vector<bool> sharded;
       for (size_t j = 0; j < layer.parameters.size(); ++j) {

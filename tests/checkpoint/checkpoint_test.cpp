@@ -14,7 +14,7 @@
 #include <torch/optim/adamw.h>
 
 #include "smp/checkpoint/safetensors.h"
-#include "smp/files.h"
+#include "smp/core/files.h"
 #include "smp/models/gpt.h"
 #include "smp/models/hf.h"
 #include "smp/smp.h"

@@ -18,7 +18,7 @@
 
 #include <gtest/gtest.h>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::checkpoint {
 namespace {

@@ -2,7 +2,7 @@
 // value and cross-field rule with a good and a bad input, unknown keys, the four sources
 // (JSON value, string, file, SM_HP_MP_PARAMETERS, key=value string), world-size checks,
 // not-implemented warnings and the to_json round trip. No processes, no MPI.
-#include "smp/config.h"
+#include "smp/core/config.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -16,7 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp {
 namespace {
@@ -327,6 +327,8 @@ TEST(ConfigTest, RejectsBadValuesNamingKeyValueAndAllowed) {
       {{{"sharded_data_parallel_degree", 0}}, {"\"sharded_data_parallel_degree\"", "got 0", "an integer >= 1"}},
       {{{"sharded_data_parallel_degree", 2}, {"pipeline_parallel_degree", 2}},
        {"\"sharded_data_parallel_degree\"", "got 2", "pipeline parallelism", "allowed: 1 when pipeline_parallel_degree > 1"}},
+      {{{"shard_optimizer_state", true}}, {"\"shard_optimizer_state\"", "got true", "requires \"ddp\": true"}},
+      {{{"sharded_data_parallel_degree", 2}}, {"\"sharded_data_parallel_degree\"", "got 2", "requires \"ddp\": true"}},
       {{{"sharded_data_parallel_degree", 2}, {"shard_optimizer_state", true}},
        {"\"sharded_data_parallel_degree\"", "got 2", "allowed: 1 when \"shard_optimizer_state\" is true"}},
       {{{"sdp_reduce_bucket_size", 2.5}}, {"\"sdp_reduce_bucket_size\"", "got 2.5", "an integer >= 1"}},

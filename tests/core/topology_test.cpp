@@ -1,16 +1,17 @@
 // Topology tests: properties over every layout of small worlds, SMP's documented examples
 // verbatim, and bad input with the messages a user sees. Pure: no processes.
-#include "smp/topology.h"
+#include "smp/core/topology.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <functional>
+#include <iterator>
 #include <set>
 #include <string>
 #include <vector>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp {
 namespace {
@@ -245,6 +246,42 @@ TEST_P(TopologyLayoutTest, GroupLookupsAgree) {
   std::vector<int> everyone(t.world_size());
   for (int r = 0; r < t.world_size(); ++r) everyone[r] = r;
   EXPECT_EQ(t.groups(CommGroup::WORLD), std::vector<std::vector<int>>{everyone});
+}
+
+// Sharded data parallelism's groups, for every degree dividing rdp: the sharding groups are s
+// consecutive members of one RDP group, the replica groups take every s-th member; each kind
+// partitions the world, a sharding group and a replica group meet in exactly one rank, and
+// the colours tell the groups apart.
+TEST_P(TopologyLayoutTest, ShardedDataParallelGroups) {
+  const Topology t = topo();
+  for (int s = 1; s <= t.rdp_size(); ++s) {
+    if (t.rdp_size() % s != 0) continue;
+    SCOPED_TRACE("sdp " + std::to_string(s));
+    std::set<int> colors[2];
+    for (int r = 0; r < t.world_size(); ++r) {
+      const std::vector<int> rdp = t.group(CommGroup::RDP_GROUP, r);
+      const int i = t.rank_in(CommGroup::RDP_GROUP, r);
+      const std::vector<int> shard = t.sdp_group(r, s);
+      const std::vector<int> replicas = t.sdp_replica_group(r, s);
+      ASSERT_EQ(static_cast<int>(shard.size()), s);
+      ASSERT_EQ(static_cast<int>(replicas.size()), t.rdp_size() / s);
+      EXPECT_EQ(shard, std::vector<int>(rdp.begin() + i / s * s, rdp.begin() + (i / s + 1) * s));
+      for (size_t k = 0; k < replicas.size(); ++k) EXPECT_EQ(replicas[k], rdp[i % s + k * s]);
+      std::vector<int> both;
+      std::set_intersection(shard.begin(), shard.end(), replicas.begin(), replicas.end(),
+                            std::back_inserter(both));
+      EXPECT_EQ(both, std::vector<int>{r});
+      for (int m : shard) EXPECT_EQ(t.sdp_group_color(m, s, false), t.sdp_group_color(r, s, false));
+      for (int m : replicas) EXPECT_EQ(t.sdp_group_color(m, s, true), t.sdp_group_color(r, s, true));
+      colors[0].insert(t.sdp_group_color(r, s, false));
+      colors[1].insert(t.sdp_group_color(r, s, true));
+    }
+    EXPECT_EQ(static_cast<int>(colors[0].size()), t.world_size() / s);
+    EXPECT_EQ(static_cast<int>(colors[1].size()), t.world_size() / (t.rdp_size() / s));
+  }
+  if (t.rdp_size() > 1) {
+    EXPECT_THROW(t.sdp_group(0, t.rdp_size() + 1), ConfigError);
+  }
 }
 
 std::string layout_name(const ::testing::TestParamInfo<Layout>& info) {

@@ -15,8 +15,8 @@
 namespace smp {
 namespace {
 
-using pipeline::Layer;
-using pipeline::Values;
+using smp::Layer;
+using smp::Values;
 
 struct Model {
   std::vector<Layer> layers;
@@ -31,13 +31,13 @@ Model make_model(const tp::TpGroup& g) {
   auto norm = std::make_shared<torch::nn::LayerNormImpl>(torch::nn::LayerNormOptions({16}));
   auto head = std::make_shared<torch::nn::LinearImpl>(16, 8);
   Model m;
-  m.layers.push_back(pipeline::module_layer(
+  m.layers.push_back(smp::module_layer(
       "up", up, [up](const Values& x) -> Values { return {torch::tanh(up->forward(x[0]))}; }));
-  m.layers.push_back(pipeline::module_layer(
+  m.layers.push_back(smp::module_layer(
       "down", down, [down](const Values& x) -> Values { return {down->forward(x[0])}; }));
-  m.layers.push_back(pipeline::module_layer(
+  m.layers.push_back(smp::module_layer(
       "norm", norm, [norm](const Values& x) -> Values { return {norm->forward(x[0])}; }));
-  m.layers.push_back(pipeline::module_layer(
+  m.layers.push_back(smp::module_layer(
       "head", head, [head](const Values& x) -> Values { return {head->forward(x[0])}; }));
   for (const auto& [name, dim] : tp::tp_shard_dims(*up)) m.dims["up." + name] = dim;
   for (const auto& [name, dim] : tp::tp_shard_dims(*down)) m.dims["down." + name] = dim;

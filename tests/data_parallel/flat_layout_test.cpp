@@ -7,7 +7,7 @@
 
 #include <numeric>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::dp {
 namespace {

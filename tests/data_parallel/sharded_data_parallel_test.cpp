@@ -19,7 +19,7 @@
 
 #include "harness.h"
 #include "smp/checkpoint/checkpoint.h"
-#include "smp/files.h"
+#include "smp/core/files.h"
 
 namespace smp {
 namespace {

@@ -16,8 +16,8 @@
 #include <nlohmann/json.hpp>
 
 #include "smp/checkpoint/safetensors.h"
-#include "smp/error.h"
-#include "smp/files.h"
+#include "smp/core/error.h"
+#include "smp/core/files.h"
 #include "smp/models/hf.h"
 #include "smp/smp.h"
 
@@ -70,7 +70,7 @@ at::Tensor full_logits(Model& model, const at::Tensor& tokens) {
 void expect_padding_zero(const Model& model) {
   for (const auto& layer : model.layers) {
     for (size_t j = 0; j < layer.tp_shards.size(); ++j) {
-      const pipeline::TpShard& s = layer.tp_shards[j];
+      const smp::ShardSpec& s = layer.tp_shards[j];
       if (!s.sharded()) continue;
       const at::Tensor& p = layer.parameters[j];
       const int64_t n = p.size(s.dim), start = model.tp.rank() * n;

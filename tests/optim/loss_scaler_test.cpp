@@ -6,7 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::optim {
 namespace {

@@ -4,12 +4,12 @@
 
 #include <torch/torch.h>
 
-#include "smp/pipeline/layer.h"
+#include "smp/layer/layer.h"
 
 namespace smp::testing {
 
-using pipeline::Layer;
-using pipeline::Values;
+using smp::Layer;
+using smp::Values;
 
 // 8 layers: 16 -> 32, six 32 -> 32 (tanh), 32 -> 8. Input x: (B, 16); target: (B, 8).
 inline std::vector<Layer> make_mlp(uint64_t seed) {
@@ -20,7 +20,7 @@ inline std::vector<Layer> make_mlp(uint64_t seed) {
   for (size_t i = 0; i < dims.size(); ++i) {
     auto linear = std::make_shared<torch::nn::LinearImpl>(dims[i].first, dims[i].second);
     const bool last = i + 1 == dims.size();
-    layers.push_back(pipeline::module_layer(
+    layers.push_back(smp::module_layer(
         "fc" + std::to_string(i), linear, [linear, last](const Values& in) -> Values {
           at::Tensor y = linear->forward(in[0]);
           return {last ? y : torch::tanh(y)};
@@ -70,19 +70,19 @@ inline std::vector<Layer> make_transformer(uint64_t seed, int vocab = 32, int hi
   auto embed = std::make_shared<torch::nn::Module>();
   auto tok = embed->register_module("tok", torch::nn::Embedding(vocab, hidden));
   auto pos = embed->register_module("pos", torch::nn::Embedding(seq, hidden));
-  layers.push_back(pipeline::module_layer("embed", embed, [tok, pos](const Values& in) -> Values {
+  layers.push_back(smp::module_layer("embed", embed, [tok, pos](const Values& in) -> Values {
     at::Tensor positions = torch::arange(in[0].size(1), torch::kLong);
     return {tok->forward(in[0]) + pos->forward(positions), in[1]};
   }));
   for (int i = 0; i < 6; ++i) {
     auto block = std::make_shared<BlockImpl>(hidden, 2);
-    layers.push_back(pipeline::module_layer("block" + std::to_string(i), block,
+    layers.push_back(smp::module_layer("block" + std::to_string(i), block,
                                             [block](const Values& in) { return block->forward(in); }));
   }
   auto head = std::make_shared<torch::nn::Module>();
   auto ln = head->register_module("ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden})));
   auto out = head->register_module("out", torch::nn::Linear(hidden, vocab));
-  layers.push_back(pipeline::module_layer("head", head, [ln, out](const Values& in) -> Values {
+  layers.push_back(smp::module_layer("head", head, [ln, out](const Values& in) -> Values {
     return {out->forward(ln->forward(in[0]))};
   }));
   return layers;

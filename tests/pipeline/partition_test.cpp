@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 
 namespace smp::pipeline {
 namespace {

@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "models.h"
-#include "smp/files.h"
+#include "smp/core/files.h"
 #include "smp/pipeline/profile.h"
 #include "smp/smp.h"
 

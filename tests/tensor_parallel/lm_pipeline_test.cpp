@@ -82,7 +82,7 @@ void check_layout(int pp, int tp, const std::string& optimize, bool automatic = 
   for (auto& [name, p] : ref) ref_list.push_back(p);
   auto dims = tp::tp_shard_dims(*lm);
 
-  std::vector<pipeline::Layer> layers = lm->pipeline_layers(/*separate_head_weight=*/pp > 1);
+  std::vector<smp::Layer> layers = lm->pipeline_layers(/*separate_head_weight=*/pp > 1);
   DistributedModelOptions options;
   options.tied_copies = lm->tied_copies();
   DistributedModel model(std::move(layers), options);

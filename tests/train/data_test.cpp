@@ -11,7 +11,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 #include "smp/train/data_loader.h"
 #include "smp/train/tokenizer.h"
 

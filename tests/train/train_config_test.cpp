@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "smp/error.h"
+#include "smp/core/error.h"
 #include "smp/models/model_config.h"
 #include "smp/train/train_config.h"
 

@@ -29,10 +29,10 @@
 #include <string>
 #include <vector>
 
-#include "smp/communicator.h"
+#include "smp/comm/communicator.h"
+#include "smp/comm/parallel_context.h"
 #include "smp/data_parallel/flat_layout.h"
 #include "smp/data_parallel/parameter_shards.h"
-#include "smp/pipeline/schedule.h"
 
 namespace torch::autograd {
 struct Node;
@@ -67,9 +67,11 @@ class GradientReducer {
  public:
   // Collective over DP_GROUP and RDP_GROUP when ddp is on (the initial broadcast). Parameters
   // that do not require grad are left alone; a tensor listed twice (tied) counts once. Throws
-  // smp::ConfigError for shard_optimizer_state or sharded data parallelism without ddp, or
-  // parameters of mixed dtypes.
-  GradientReducer(std::vector<ReducedParam> params, const ReducerOptions& options);
+  // smp::ConfigError for parameters of mixed dtypes.
+  // The context's config decides ddp, shard_optimizer_state, sharded data parallelism and the
+  // parameter dtype (fp16/bf16); its groups carry the reductions. It must outlive the reducer.
+  GradientReducer(const ParallelContext& context, std::vector<ReducedParam> params,
+                  const ReducerOptions& options);
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
@@ -78,9 +80,10 @@ class GradientReducer {
   // `loss_scale`: what the loss was multiplied by besides 1/m (fp16), remembered for the
   // optimizer to divide out.
   void begin_step(int num_microbatches, double loss_scale = 1.0);
-  // Before each backward action: counts weight backwards per stage; at a stage's last one its
-  // gradients are armed.
-  void before_backward(const pipeline::Action& action);
+  // Before each backward of global stage `stage` that accumulates parameter gradients (a full
+  // or weight backward; an input-only backward is not reported): counts them per stage, and
+  // at a stage's last one its gradients are armed.
+  void before_weight_backward(int stage);
   // Starts the buckets not yet started and waits for all. Blocks. Afterwards, unsharded: every
   // .grad is a view of its averaged slot in flat_grads(); sharded: shard_grads() holds this
   // rank's averaged slices, .grad the local (unreduced) gradient.
@@ -140,6 +143,7 @@ class GradientReducer {
   void finish_buckets();  // finish() without sharded data parallelism
   void remove_hooks();
 
+  const ParallelContext& context_;
   std::vector<ReducedParam> params_;
   ReducerOptions options_;
   FlatLayout layout_;

@@ -31,7 +31,7 @@
 #include <utility>
 #include <vector>
 
-#include "smp/communicator.h"
+#include "smp/comm/communicator.h"
 #include "smp/data_parallel/flat_layout.h"
 
 namespace smp::dp {

@@ -20,17 +20,16 @@
 #include <vector>
 
 #include "smp/models/model_config.h"
-#include "smp/pipeline/layer.h"
+#include "smp/layer/layer.h"
 #include "smp/tensor_parallel/group.h"
 
 namespace smp::models {
 
-using pipeline::Values;
 
 struct Model {
   ModelConfig config;
   tp::TpGroup tp;
-  std::vector<pipeline::Layer> layers;
+  std::vector<Layer> layers;
   // Per token: inputs {tokens (B, S)} -> the head's outputs {logits (B, S, V_pad / tp)}, this
   // rank's vocabulary columns. loss(outputs, {labels (B, S)}) = {mean cross-entropy}, computed
   // without gathering the vocabulary.
@@ -52,6 +51,6 @@ struct Model {
 // `on_layer`, when given, is called with each layer right after it is built, in order (before
 // the next is built): sharded data parallelism's delayed initialisation slices it there.
 Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool separate_tied_head,
-                  const std::function<void(pipeline::Layer&)>& on_layer = {});
+                  const std::function<void(Layer&)>& on_layer = {});
 
 }  // namespace smp::models

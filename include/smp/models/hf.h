@@ -54,7 +54,7 @@ ModelConfig model_config_from_hf(const nlohmann::json& json);
 
 // The model's whole parameters by smp name, on the model's device. `model` is single-stage:
 // every layer on this rank, sharded over model.tp (as build_model returns it). Collective over
-// the TP group: shards are all-gathered along TpShard::dim and their padding rows dropped. A
+// the TP group: shards are all-gathered along ShardSpec::dim and their padding rows dropped. A
 // tensor listed twice (a head sharing the embedding tensor) appears once, under its first name.
 std::map<std::string, at::Tensor> whole_parameters(const Model& model);
 

@@ -14,8 +14,8 @@
 #include <map>
 #include <vector>
 
-#include "smp/communicator.h"
-#include "smp/pipeline/layer.h"
+#include "smp/comm/communicator.h"
+#include "smp/layer/layer.h"
 #include "smp/pipeline/schedule.h"
 
 namespace smp::pipeline {

@@ -7,7 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "smp/pipeline/layer.h"
+#include "smp/layer/layer.h"
 
 namespace smp::pipeline {
 

@@ -3,7 +3,7 @@
 
 #include <vector>
 
-#include "smp/pipeline/layer.h"
+#include "smp/layer/layer.h"
 #include "smp/pipeline/partition.h"
 
 namespace smp::pipeline {

@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <string>
 
-#include "smp/communicator.h"
+#include "smp/comm/communicator.h"
 
 namespace smp::tp {
 

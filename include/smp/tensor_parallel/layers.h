@@ -2,7 +2,7 @@
 // and a vocab-parallel cross-entropy that never materialises the full logits on one rank.
 //
 // Every layer is a libtorch module holding this rank's shards (built by slicing the full,
-// tp-independent initialisation: init.h) and implements pipeline::ShardedModule, so
+// tp-independent initialisation: init.h) and implements ShardedModule, so
 // module_layer and data parallelism tell shards (reduced over RDP_GROUP) from replicated
 // parameters (reduced over DP_GROUP). Shapes use the whole (global) sizes; each layer checks
 // that the split dim divides by the group size and throws smp::ConfigError naming both.
@@ -16,18 +16,18 @@
 #include <memory>
 #include <string>
 
-#include "smp/pipeline/layer.h"
+#include "smp/layer/layer.h"
 #include "smp/tensor_parallel/group.h"
 #include "smp/tensor_parallel/init.h"
 
 namespace smp::tp {
 
 // Base of every module here: parameters registered with the dim they are a slice of.
-class TpModule : public torch::nn::Module, public pipeline::ShardedModule {
+class TpModule : public torch::nn::Module, public ShardedModule {
  public:
   explicit TpModule(TpGroup group) : group_(group) {}
   const TpGroup& tp_group() const { return group_; }
-  pipeline::TpShard tp_shard(const std::string& name) const override;
+  ShardSpec tp_shard(const std::string& name) const override;
   // The dim of the full parameter `name` (this module's own) that is split over the group;
   // -1 when every rank holds all of it.
   int64_t tp_shard_dim(const std::string& name) const { return tp_shard(name).dim; }
@@ -43,7 +43,7 @@ class TpModule : public torch::nn::Module, public pipeline::ShardedModule {
 
  private:
   TpGroup group_;
-  std::map<std::string, pipeline::TpShard> shards_;
+  std::map<std::string, ShardSpec> shards_;
 };
 
 // Every parameter of `root`, by its recursive name, with its shard dim (-1: replicated, and

@@ -53,7 +53,7 @@ class DistributedTransformerLMHead : public tp::TpModule {
   // The model as pipeline layers (see the top of this file). Inputs of "embedding": {ids} or
   // {ids, attention_mask}; output of "lm_head": {logits} (without add_lm_head: {hidden}, the
   // final norm applied). Call once.
-  std::vector<pipeline::Layer> pipeline_layers(bool separate_head_weight);
+  std::vector<Layer> pipeline_layers(bool separate_head_weight);
   // For DistributedModelOptions::tied_copies: {"lm_head.weight": "embedding.word_embeddings.weight"}
   // once pipeline_layers(true) made a separate head weight; empty otherwise.
   std::map<std::string, std::string> tied_copies() const;

@@ -25,13 +25,12 @@
 #include <string>
 #include <vector>
 
-#include "smp/communicator.h"
-#include "smp/pipeline/layer.h"
+#include "smp/comm/communicator.h"
+#include "smp/layer/layer.h"
 #include "smp/tensor_parallel/transformer.h"
 
 namespace smp::nn {
 
-using pipeline::Values;
 
 // smp's TP group (TpGroup{} before smp::init) and the sequence-parallel default.
 tp::TpGroup default_tp_group();

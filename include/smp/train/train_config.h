@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <string>
 
-#include "smp/config.h"
+#include "smp/core/config.h"
 #include "smp/models/model_config.h"
 
 namespace smp::train {

@@ -5,8 +5,8 @@
 
 #include <vector>
 
-#include "smp/communicator.h"
-#include "smp/pipeline/layer.h"
+#include "smp/comm/communicator.h"
+#include "smp/layer/layer.h"
 
 namespace smp::pipeline {
 

@@ -1,15 +1,15 @@
 // ProcessGroups: this rank's communicator for WORLD and for each group kind of the topology.
 //
-// Built once by smp::init (collective over the world: every rank constructs it together) and
-// reached through smp::process_groups(); nothing else in smp holds communicators.
+// Built once, with the ParallelContext that holds it (collective over the world: every rank
+// constructs it together); nothing else in smp makes communicators.
 #pragma once
 
 #include <map>
 #include <memory>
 #include <string>
 
-#include "smp/communicator.h"
-#include "smp/topology.h"
+#include "smp/comm/communicator.h"
+#include "smp/core/topology.h"
 
 namespace smp::comm {
 
@@ -20,15 +20,14 @@ class PendingReceives;
 class ProcessGroups {
  public:
   // Collective over MPI_COMM_WORLD. MPI must be initialised (init_mpi) and the topology's
-  // world size must equal MPI's.
-  ProcessGroups(const Topology& topology, double timeout_s);
+  // world size must equal MPI's. Every group is made here, sharded data parallelism's sharding
+  // and replica groups for `sdp_degree` (Topology::sdp_group) included.
+  ProcessGroups(const Topology& topology, double timeout_s, int sdp_degree = 1);
 
   Communicator& get(CommGroup kind) const;
-  // A group beside the topology's kinds (sharded data parallelism's sharding and replica
-  // groups): the ranks that pass the same `color` form it, ranked by world rank. Collective over
-  // the world on the first call with a given `name` (every rank calls it, in the same order);
-  // later calls with that name return the same communicator.
-  Communicator& split(int color, const std::string& name) const;
+  // Sharded data parallelism's groups: SDP_GROUP (this rank's sharding group) and, with
+  // `replicas`, SDP_REPLICA_GROUP. With sdp_degree 1 they are this rank alone and its RDP group.
+  Communicator& sdp(bool replicas) const { return replicas ? *sdp_replicas_ : *sdp_; }
   const Topology& topology() const { return topology_; }
   int world_rank() const { return world_rank_; }
   int local_rank() const { return local_rank_; }
@@ -42,7 +41,8 @@ class ProcessGroups {
   double timeout_s_ = 60.0;
   std::shared_ptr<detail::PendingReceives> receives_;
   std::map<CommGroup, std::unique_ptr<Communicator>> groups_;
-  mutable std::map<std::string, std::unique_ptr<Communicator>> splits_;
+  std::unique_ptr<Communicator> sdp_;
+  std::unique_ptr<Communicator> sdp_replicas_;
 };
 
 }  // namespace smp::comm

@@ -59,6 +59,16 @@ class Topology {
   // `rank`'s rank inside its group of that kind (its index in group(kind, rank)).
   int rank_in(CommGroup kind, int rank) const;
 
+  // Sharded data parallelism (SMP's sharded_data_parallel_degree s, which must divide
+  // rdp_size; s = 1 is a group of the rank alone). `rank`'s sharding group is s consecutive
+  // members of its RDP group (together they hold one copy of the parameters, each a slice);
+  // its replica group is the members of that RDP group holding the same slice (rdp / s of
+  // them). World ranks, ascending; both kinds partition the world.
+  std::vector<int> sdp_group(int rank, int sdp_degree) const;
+  std::vector<int> sdp_replica_group(int rank, int sdp_degree) const;
+  // A number equal for exactly the members of one such group (an MPI_Comm_split colour).
+  int sdp_group_color(int rank, int sdp_degree, bool replicas) const;
+
  private:
   int size_of(char axis) const;            // the degree of placement letter 'D', 'P' or 'T'
   int group_size(CommGroup kind) const;    // the product of the degrees of its varying axes

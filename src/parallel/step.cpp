@@ -2,8 +2,7 @@
 // loss returned with every pipeline rank (see step.h).
 #include "smp/step.h"
 
-#include "smp/smp.h"
-#include "values_p2p.h"
+#include "smp/pipeline/values_p2p.h"
 
 namespace smp {
 namespace {
@@ -13,9 +12,8 @@ namespace {
 constexpr int kReturnTag = comm::Communicator::kMaxTag - 2;
 
 // The last stage's rank sends each microbatch's returned values to every other pipeline rank.
-std::vector<Values> share_returned(std::vector<Values> returned, int num_microbatches,
-                                   at::Device device) {
-  comm::Communicator& pipe = process_group(CommGroup::PP_GROUP);
+std::vector<Values> share_returned(comm::Communicator& pipe, std::vector<Values> returned,
+                                   int num_microbatches, at::Device device) {
   const int last = pipe.size() - 1;
   if (pipe.size() == 1) return returned;
   int64_t bytes = 0;
@@ -41,7 +39,8 @@ std::vector<Values> share_returned(std::vector<Values> returned, int num_microba
 
 std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, const Values& targets,
                              const LossFn& loss_fn, const StepOptions& options) {
-  const int m = options.microbatches > 0 ? options.microbatches : config().microbatches;
+  const Config& config = model.context().config();
+  const int m = options.microbatches > 0 ? options.microbatches : config.microbatches;
   Values batch = inputs;
   batch.insert(batch.end(), targets.begin(), targets.end());
   const std::vector<Values> split = pipeline::split_microbatches(batch, m, options.split);
@@ -59,12 +58,16 @@ std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, cons
   dp::GradientReducer& reducer = model.gradient_reducer();
   data.loss_scale = (model.options().average_grads_across_microbatches ? 1.0 / m : 1.0) *
                     model.loss_scale();
-  if (config().fp16 || config().bf16) {
+  if (config.fp16 || config.bf16) {
     for (Values& mb : data.inputs) mb = dp::cast_floating(mb, reducer.param_dtype());
   }
   if (options.train) {
     reducer.begin_step(m, model.loss_scale());
-    data.before_backward = [&reducer](const pipeline::Action& a) { reducer.before_backward(a); };
+    data.before_backward = [&reducer](const pipeline::Action& a) {
+      if (a.kind == pipeline::ActionKind::kBackward || a.kind == pipeline::ActionKind::kBackwardWeight) {
+        reducer.before_weight_backward(a.stage);  // an input-only backward accumulates nothing
+      }
+    };
   }
   const pipeline::Schedule& schedule = model.schedule_for(m, options.train);
   pipeline::ExecutorResult result = model.executor_for(m, options.train)
@@ -76,7 +79,7 @@ std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, cons
   model.record_step(result, schedule);
 
   const at::Device device = inputs.empty() ? at::Device(at::kCPU) : inputs[0].device();
-  const std::vector<Values> returned = share_returned(std::move(result.returned), m, device);
+  const std::vector<Values> returned = share_returned(model.context().group(CommGroup::PP_GROUP), std::move(result.returned), m, device);
   std::vector<StepOutput> outputs;
   const size_t num_values = returned.empty() ? 0 : returned[0].size();
   for (size_t j = 0; j < num_values; ++j) {

@@ -14,7 +14,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "smp/work.h"
+#include "smp/comm/work.h"
 
 namespace smp::comm {
 

@@ -1,4 +1,5 @@
-// Layer: one element of the ordered list a pipeline splits.
+// Layer: one element of the ordered list a model is (what a pipeline splits, what data
+// parallelism buckets, what checkpoints name). The shared vocabulary of the floors above.
 //
 // A layer takes a tuple of tensors and returns one (hidden states plus a mask, say; tensors
 // that need no gradient simply travel along). It is any callable with parameters: a libtorch
@@ -18,7 +19,7 @@ namespace torch::nn {
 class Module;
 }
 
-namespace smp::pipeline {
+namespace smp {
 
 // A layer's inputs or outputs, in order.
 using Values = std::vector<at::Tensor>;
@@ -28,7 +29,7 @@ using Values = std::vector<at::Tensor>;
 // whole tensor has `size` rows, and rows past it on the last ranks are padding (a vocabulary
 // padded to a multiple of tp) that belongs to no whole tensor. Replicated (dim < 0): every rank
 // holds the whole tensor.
-struct TpShard {
+struct ShardSpec {
   int64_t dim = -1;
   int64_t size = 0;
   bool sharded() const { return dim >= 0; }
@@ -45,7 +46,7 @@ struct Layer {
   // Parallel to `parameters`: how each tensor is split over the tensor-parallel group. A shard's
   // gradient is reduced over RDP_GROUP, a replicated tensor's over DP_GROUP (as in SMP);
   // checkpoints place shards in the whole tensor with it. Empty: all replicated.
-  std::vector<TpShard> tp_shards;
+  std::vector<ShardSpec> tp_shards;
   // Keeps whatever owns the parameters alive (the module).
   std::shared_ptr<void> owner;
   // Optional state besides the parameters that a checkpoint keeps per rank and restores under
@@ -60,7 +61,7 @@ class ShardedModule {
  public:
   virtual ~ShardedModule() = default;
   // `name` is the parameter's name inside this module ("weight").
-  virtual TpShard tp_shard(const std::string& name) const = 0;
+  virtual ShardSpec tp_shard(const std::string& name) const = 0;
 };
 
 // A layer over a libtorch module: `forward` calls the module; parameters are the module's
@@ -68,4 +69,9 @@ class ShardedModule {
 Layer module_layer(std::string name, std::shared_ptr<torch::nn::Module> module,
                    std::function<Values(const Values&)> forward);
 
-}  // namespace smp::pipeline
+// Each tensor detached from the graph that made it; floating ones become leaves that require
+// grad (where a stage, a recomputed run or a profiled layer starts its own graph). Undefined
+// tensors stay undefined.
+Values detach_as_leaves(const Values& values);
+
+}  // namespace smp

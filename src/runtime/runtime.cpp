@@ -1,5 +1,7 @@
 // The state smp::init builds, and SMP's rank helpers and object messaging on top of it.
-#include "smp/smp.h"
+#include "smp/runtime.h"
+
+#include "smp/comm/agree.h"
 
 #include <cstdio>
 #include <memory>
@@ -11,8 +13,7 @@ namespace {
 
 // The one process-wide object: built by init, read by everything, freed by shutdown.
 struct State {
-  Config config;
-  comm::ProcessGroups groups;
+  ParallelContext context;
   bool started_mpi = false;  // smp::init started MPI, so smp::shutdown finalises it
 };
 std::unique_ptr<State> g_state;
@@ -71,11 +72,7 @@ void init(const Config& config) {
   if (g_state) throw Error("smp: init called twice; call smp::shutdown() before init again");
   const bool started_mpi = !comm::mpi_initialized();
   comm::init_mpi();
-  config.validate_world(comm::world_size());
-  Topology topology(comm::world_size(), config.pipeline_parallel_degree,
-                    config.tensor_parallel_degree, config.placement_letters());
-  g_state.reset(
-      new State{config, comm::ProcessGroups(topology, config.comm_timeout_s), started_mpi});
+  g_state.reset(new State{ParallelContext(config), started_mpi});
   // Accepted keys whose features smp lacks yet are said out loud, once, by rank 0.
   if (rank() == 0) {
     for (const std::string& warning : config.not_implemented_warnings()) {
@@ -95,15 +92,16 @@ void shutdown() {
   if (finalise) comm::finalize_mpi();
 }
 
-const Config& config() { return state().config; }
-const Topology& topology() { return state().groups.topology(); }
-const comm::ProcessGroups& process_groups() { return state().groups; }
-comm::Communicator& process_group(CommGroup group) { return state().groups.get(group); }
+ParallelContext& context() { return state().context; }
+const Config& config() { return context().config(); }
+const Topology& topology() { return context().topology(); }
+const comm::ProcessGroups& process_groups() { return context().groups(); }
+comm::Communicator& process_group(CommGroup group) { return context().group(group); }
 
-int rank() { return state().groups.world_rank(); }
-int size() { return topology().world_size(); }
-int local_rank() { return state().groups.local_rank(); }
-int local_size() { return state().groups.local_size(); }
+int rank() { return context().rank(); }
+int size() { return context().size(); }
+int local_rank() { return context().groups().local_rank(); }
+int local_size() { return context().groups().local_size(); }
 int pp_rank() { return group_rank(CommGroup::PP_GROUP); }
 int pp_size() { return group_size(CommGroup::PP_GROUP); }
 int tp_rank() { return group_rank(CommGroup::TP_GROUP); }
@@ -138,63 +136,16 @@ std::string recv_from(int src_rank, RankType rank_type) {
 }
 
 std::vector<std::string> allgather(const std::string& obj, CommGroup group) {
-  return allgather(obj, process_group(group));
-}
-
-std::vector<std::string> allgather(const std::string& obj, comm::Communicator& comm) {
-  // Sizes first, then every object padded to the largest.
-  at::Tensor size = at::full({1}, static_cast<int64_t>(obj.size()), at::kLong);
-  at::Tensor sizes = at::empty({comm.size()}, at::kLong);
-  comm.all_gather(sizes, size).wait();
-  const int64_t longest = sizes.max().item<int64_t>();
-  at::Tensor mine = at::zeros({longest}, at::kByte);
-  if (!obj.empty()) mine.narrow(0, 0, obj.size()).copy_(bytes_tensor(obj));
-  at::Tensor all = at::empty({longest * comm.size()}, at::kByte);
-  comm.all_gather(all, mine).wait();
-  std::vector<std::string> out;
-  for (int r = 0; r < comm.size(); ++r) {
-    out.push_back(tensor_bytes(all.narrow(0, r * longest, sizes[r].item<int64_t>())));
-  }
-  return out;
+  return comm::allgather_objects(obj, process_group(group));
 }
 
 void barrier(CommGroup group) { process_group(group).barrier().wait(); }
 
 std::string on_rank0(const std::string& what, const std::function<std::string()>& work) {
-  // A one-byte verdict ('+' result, '-' error) then the text, sent to every other rank.
-  std::string message;
-  if (rank() == 0) {
-    try {
-      message = "+" + work();
-    } catch (const std::exception& e) {
-      message = std::string("-") + e.what();
-    }
-    broadcast(message, CommGroup::WORLD);
-  } else {
-    message = recv_from(0, RankType::WORLD_RANK);
-  }
-  if (message.empty() || message[0] != '+') {
-    throw ConfigError(what + ": " + (message.empty() ? std::string("no result") : message.substr(1)));
-  }
-  return message.substr(1);
+  return comm::on_rank0(what, work, process_group(CommGroup::WORLD));
 }
 void on_every_rank(const std::string& what, const std::function<void()>& work) {
-  on_every_rank(what, work, process_group(CommGroup::WORLD));
-}
-
-void on_every_rank(const std::string& what, const std::function<void()>& work,
-                   comm::Communicator& group) {
-  std::string error;
-  try {
-    work();
-  } catch (const std::exception& e) {
-    error = e.what();
-    if (error.empty()) error = "unknown error";
-  }
-  const std::vector<std::string> all = allgather(error, group);
-  for (size_t r = 0; r < all.size(); ++r) {
-    if (!all[r].empty()) throw Error(what + " failed on rank " + std::to_string(r) + ": " + all[r]);
-  }
+  comm::on_every_rank(what, work, process_group(CommGroup::WORLD));
 }
 
 void dp_barrier() { barrier(CommGroup::DP_GROUP); }

@@ -9,19 +9,23 @@
 
 #include <nlohmann/json.hpp>
 
-#include "smp/files.h"
+#include "smp/core/files.h"
 #include "smp/pipeline/profile.h"
 #include "smp/pipeline/timeline.h"
-#include "smp/smp.h"
+#include "smp/comm/agree.h"
+#include "smp/runtime.h"  // the convenience constructor only
 
 namespace smp {
 
-using pipeline::Layer;
 using pipeline::LayerCost;
 using pipeline::Partition;
 
 DistributedModel::DistributedModel(std::vector<Layer> layers, DistributedModelOptions options)
-    : layers_(std::move(layers)), options_(std::move(options)) {
+    : DistributedModel(smp::context(), std::move(layers), std::move(options)) {}
+
+DistributedModel::DistributedModel(ParallelContext& context, std::vector<Layer> layers,
+                                   DistributedModelOptions options)
+    : context_(context), layers_(std::move(layers)), options_(std::move(options)) {
   if (options_.chunks_per_rank < 1) {
     throw ConfigError("chunks_per_rank: got " + std::to_string(options_.chunks_per_rank) +
                       "; allowed: an integer >= 1");
@@ -101,7 +105,7 @@ std::vector<pipeline::RecomputedRun> DistributedModel::recomputed_runs(int begin
 }
 
 int DistributedModel::num_stages() const {
-  return smp::pp_size() * options_.chunks_per_rank;
+  return context_.pp_size() * options_.chunks_per_rank;
 }
 
 namespace {
@@ -124,24 +128,25 @@ std::vector<LayerCost> unprofiled_costs(const std::vector<Layer>& layers) {
 // Every rank profiles (tensor-parallel layers communicate inside their TP group, so the
 // group's ranks run them together); rank 0's measurements decide, and every rank gets its
 // decision (or its error), so all agree.
-std::vector<int> decide_on_rank0(const std::vector<Layer>& layers, const pipeline::Values& trial,
-                                 int num_stages, double memory_weight) {
+std::vector<int> decide_on_rank0(comm::Communicator& world, const std::vector<Layer>& layers,
+                                 const Values& trial, int num_stages, double memory_weight) {
   const auto costs = pipeline::profile_layers(layers, trial);
-  const std::string decision = smp::on_rank0("automatic partitioning failed on rank 0", [&] {
+  const std::string decision = comm::on_rank0("automatic partitioning failed on rank 0", [&] {
     const Partition part = pipeline::auto_partition(costs, num_stages, memory_weight);
     std::printf("%s", pipeline::describe(part, costs).c_str());
     std::fflush(stdout);
     return nlohmann::json(part.stage_of_layer).dump();
-  });
+  }, world);
   return nlohmann::json::parse(decision).get<std::vector<int>>();
 }
 
 // SMP's skip_tracing: no profiling pass; stages balance parameter bytes (the unprofiled costs'
 // only measure, used as time and memory alike). The same on every rank, no communication.
-std::vector<int> decide_untraced(std::vector<LayerCost> costs, int num_stages, double memory_weight) {
+std::vector<int> decide_untraced(std::vector<LayerCost> costs, int num_stages, double memory_weight,
+                                 bool print) {
   for (LayerCost& c : costs) c.time_s = static_cast<double>(c.param_bytes);
   const Partition part = pipeline::auto_partition(costs, num_stages, memory_weight);
-  if (smp::rank() == 0) {
+  if (print) {
     std::printf("(skip_tracing: balanced by parameter bytes)\n%s", pipeline::describe(part, costs).c_str());
     std::fflush(stdout);
   }
@@ -150,9 +155,9 @@ std::vector<int> decide_untraced(std::vector<LayerCost> costs, int num_stages, d
 
 // SMP's load_partition: the split written to partition_file by an earlier run of this model.
 // Read on rank 0, which hands every rank the split or its error.
-std::vector<int> read_partition_file(const std::string& path, const std::vector<std::string>& names,
-                                     int num_stages) {
-  const std::string decision = smp::on_rank0("reading partition_file " + path, [&] {
+std::vector<int> read_partition_file(comm::Communicator& world, const std::string& path,
+                                     const std::vector<std::string>& names, int num_stages) {
+  const std::string decision = comm::on_rank0("reading partition_file " + path, [&] {
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(files::read_file(path));
@@ -177,30 +182,31 @@ std::vector<int> read_partition_file(const std::string& path, const std::vector<
                         j["num_stages"].dump() + " stages; this run has " + std::to_string(num_stages));
     }
     return j["stage_of_layer"].dump();
-  });
+  }, world);
   return nlohmann::json::parse(decision).get<std::vector<int>>();
 }
 
 }  // namespace
 
-void DistributedModel::partition(const pipeline::Values& trial_inputs) {
+void DistributedModel::partition(const Values& trial_inputs) {
   if (partitioned()) return;
-  const Config& cfg = smp::config();
+  const Config& cfg = context_.config();
+  comm::Communicator& world = context_.group(CommGroup::WORLD);
   const int stages = num_stages();
   const auto costs = unprofiled_costs(layers_);
   if (static_cast<int>(layers_.size()) < stages) {
-    throw ConfigError("pipeline_parallel_degree (" + std::to_string(smp::pp_size()) + ") x " +
+    throw ConfigError("pipeline_parallel_degree (" + std::to_string(context_.pp_size()) + ") x " +
                       "chunks_per_rank (" + std::to_string(options_.chunks_per_rank) + ") = " +
                       std::to_string(stages) + " stages, but the model has only " +
                       std::to_string(layers_.size()) + " layers; each stage needs at least one");
   }
   if (cfg.load_partition) {
-    partition_ = pipeline::manual_partition(read_partition_file(cfg.partition_file, layer_names(), stages),
+    partition_ = pipeline::manual_partition(read_partition_file(world, cfg.partition_file, layer_names(), stages),
                                             stages, 0, costs);
   } else if (cfg.auto_partition && stages > 1) {
     std::vector<int> stage_of = cfg.skip_tracing
-                                    ? decide_untraced(costs, stages, cfg.memory_weight)
-                                    : decide_on_rank0(layers_, trial_inputs, stages, cfg.memory_weight);
+                                    ? decide_untraced(costs, stages, cfg.memory_weight, context_.rank() == 0)
+                                    : decide_on_rank0(world, layers_, trial_inputs, stages, cfg.memory_weight);
     partition_ = pipeline::manual_partition(stage_of, stages, 0, costs);
   } else {
     std::vector<int> stage_of;
@@ -209,18 +215,18 @@ void DistributedModel::partition(const pipeline::Values& trial_inputs) {
       stage_of.push_back(it == manual_stage_.end() ? -1 : it->second);
     }
     partition_ = pipeline::manual_partition(stage_of, stages, cfg.default_partition, costs);
-    if (smp::rank() == 0 && stages > 1) {
+    if (context_.rank() == 0 && stages > 1) {
       std::printf("%s", pipeline::describe(*partition_, costs).c_str());
       std::fflush(stdout);
     }
   }
   if (!cfg.partition_file.empty() && !cfg.load_partition) {  // for a later run's load_partition
-    smp::on_rank0("writing partition_file " + cfg.partition_file, [&] {
+    comm::on_rank0("writing partition_file " + cfg.partition_file, [&] {
       const nlohmann::json j = {{"format", "smp-partition"}, {"version", 1}, {"num_stages", stages},
                                 {"layers", layer_names()}, {"stage_of_layer", partition_->stage_of_layer}};
       files::write_file_atomic(cfg.partition_file, j.dump(1) + "\n");
       return std::string();
-    });
+    }, world);
   }
   keep_own_stages();
 }
@@ -239,7 +245,8 @@ namespace {
 
 // The pipeline rank holding parameter `name` ("<layer name>.<parameter name>"): the layer
 // whose name is the longest prefix of it.
-int pp_rank_of(const std::string& name, const std::vector<Layer>& layers, const Partition& part) {
+int pp_rank_of(const std::string& name, const std::vector<Layer>& layers, const Partition& part,
+               int pp_size) {
   size_t best = layers.size();
   for (size_t i = 0; i < layers.size(); ++i) {
     const std::string prefix = layers[i].name + ".";
@@ -248,7 +255,7 @@ int pp_rank_of(const std::string& name, const std::vector<Layer>& layers, const 
     }
   }
   if (best == layers.size()) throw ConfigError("tied_copies: no layer holds parameter \"" + name + "\"");
-  return part.stage_of_layer[best] % smp::pp_size();
+  return part.stage_of_layer[best] % pp_size;
 }
 
 }  // namespace
@@ -271,14 +278,15 @@ void DistributedModel::keep_own_stages() {
   reducer_options.bucket_cap_mb = options_.bucket_cap_mb;
   reducer_options.overlapping = options_.overlapping_allreduce;
   reducer_options.delayed = options_.delayed_slices.get();
-  reducer_ = std::make_unique<dp::GradientReducer>(std::move(params), reducer_options);
+  reducer_ = std::make_unique<dp::GradientReducer>(context_, std::move(params), reducer_options);
   if (reducer_->parameter_shards()) shard_layers();
   // Tied copies: where each half of a pair lives, found once.
   std::map<std::string, int> index;
   for (size_t i = 0; i < reducer_->params().size(); ++i) index[reducer_->params()[i].name] = static_cast<int>(i);
   std::vector<int> held;
   for (const auto& [copy, original] : options_.tied_copies) {
-    TiedPair t{pp_rank_of(original, layers_, *partition_), pp_rank_of(copy, layers_, *partition_)};
+    const int pp = context_.pp_size();
+    TiedPair t{pp_rank_of(original, layers_, *partition_, pp), pp_rank_of(copy, layers_, *partition_, pp)};
     if (index.count(original)) held.push_back(t.original = index[original]);
     if (index.count(copy)) held.push_back(t.copy = index[copy]);
     tied_.push_back(t);
@@ -373,7 +381,7 @@ std::vector<std::string> DistributedModel::layer_names() const {
 
 std::vector<int> DistributedModel::local_stages() const {
   std::vector<int> out;
-  for (int s = smp::pp_rank(); s < num_stages(); s += smp::pp_size()) out.push_back(s);
+  for (int s = context_.pp_rank(); s < num_stages(); s += context_.pp_size()) out.push_back(s);
   return out;
 }
 
@@ -387,8 +395,8 @@ std::vector<DistributedModel::LocalParameter> DistributedModel::local_parameter_
     const Layer& layer = layers_[i];
     for (size_t j = 0; j < layer.parameters.size(); ++j) {
       if (!seen.insert(layer.parameters[j].unsafeGetTensorImpl()).second) continue;
-      const pipeline::TpShard shard =
-          j < layer.tp_shards.size() ? layer.tp_shards[j] : pipeline::TpShard{};
+      const ShardSpec shard =
+          j < layer.tp_shards.size() ? layer.tp_shards[j] : ShardSpec{};
       out.push_back({layer.name + "." + layer.parameter_names.at(j), layer.parameters[j],
                      shard.sharded(), part.stage_of_layer[i], shard, static_cast<int>(i)});
     }
@@ -411,9 +419,9 @@ std::vector<at::Tensor> DistributedModel::local_parameters() const {
 const pipeline::Schedule& DistributedModel::schedule_for(int num_microbatches, bool train) {
   auto& slot = schedules_[{num_microbatches, train}];
   if (!slot) {
-    const Config& cfg = smp::config();
+    const Config& cfg = context_.config();
     pipeline::ScheduleSpec spec;
-    spec.num_ranks = smp::pp_size();
+    spec.num_ranks = context_.pp_size();
     spec.num_microbatches = num_microbatches;
     spec.chunks_per_rank = options_.chunks_per_rank;
     spec.active_microbatches = cfg.active_microbatches;
@@ -452,7 +460,7 @@ pipeline::Executor& DistributedModel::executor_for(int num_microbatches, bool tr
       }
       stages.push_back(std::move(module));
     }
-    slot = std::make_unique<pipeline::Executor>(smp::process_group(CommGroup::PP_GROUP),
+    slot = std::make_unique<pipeline::Executor>(context_.group(CommGroup::PP_GROUP),
                                                 schedule_for(num_microbatches, train),
                                                 std::move(stages));
   }
@@ -468,8 +476,8 @@ void DistributedModel::record_step(const pipeline::ExecutorResult& result,
   if (!result.trace.empty()) last_trace_ = result.trace;
   if (!options_.timeline_dir.empty()) {
     pipeline::write_chrome_trace(
-        options_.timeline_dir + "/timeline_rank" + std::to_string(smp::rank()) + ".json",
-        smp::pp_rank(), result.trace);
+        options_.timeline_dir + "/timeline_rank" + std::to_string(context_.rank()) + ".json",
+        context_.pp_rank(), result.trace);
   }
   ++steps_;
 }
@@ -479,7 +487,7 @@ void DistributedModel::sum_tied_gradients() {
 }
 
 void DistributedModel::sum_tied_slots() {
-  comm::Communicator& pipe = smp::process_group(CommGroup::PP_GROUP);
+  comm::Communicator& pipe = context_.group(CommGroup::PP_GROUP);
   const int me = pipe.rank();
   for (const TiedPair& t : tied_) {
     if (t.original_rank == t.copy_rank) {

@@ -1,0 +1,76 @@
+// allgather_objects, on_rank0, on_every_rank over one communicator (see agree.h).
+#include "smp/comm/agree.h"
+
+#include <ATen/ATen.h>
+
+#include "smp/core/error.h"
+
+namespace smp::comm {
+namespace {
+
+at::Tensor bytes_tensor(const std::string& obj) {
+  return at::from_blob(const_cast<char*>(obj.data()), {static_cast<int64_t>(obj.size())}, at::kByte)
+      .clone();
+}
+
+std::string tensor_bytes(const at::Tensor& t) {
+  return std::string(static_cast<const char*>(t.data_ptr()), t.numel());
+}
+
+}  // namespace
+
+std::vector<std::string> allgather_objects(const std::string& obj, Communicator& group) {
+  // Sizes first, then every object padded to the largest.
+  at::Tensor size = at::full({1}, static_cast<int64_t>(obj.size()), at::kLong);
+  at::Tensor sizes = at::empty({group.size()}, at::kLong);
+  group.all_gather(sizes, size).wait();
+  const int64_t longest = sizes.max().item<int64_t>();
+  at::Tensor mine = at::zeros({longest}, at::kByte);
+  if (!obj.empty()) mine.narrow(0, 0, static_cast<int64_t>(obj.size())).copy_(bytes_tensor(obj));
+  at::Tensor all = at::empty({longest * group.size()}, at::kByte);
+  group.all_gather(all, mine).wait();
+  std::vector<std::string> out;
+  for (int r = 0; r < group.size(); ++r) {
+    out.push_back(tensor_bytes(all.narrow(0, r * longest, sizes[r].item<int64_t>())));
+  }
+  return out;
+}
+
+std::string on_rank0(const std::string& what, const std::function<std::string()>& work,
+                     Communicator& group) {
+  // A one-byte verdict ('+' result, '-' error) then the text; only rank 0's counts.
+  std::string message;
+  if (group.rank() == 0) {
+    try {
+      message = "+" + work();
+    } catch (const std::exception& e) {
+      message = std::string("-") + e.what();
+    }
+  }
+  // Rank 0's message to everyone: its length, then its bytes.
+  at::Tensor length = at::full({1}, static_cast<int64_t>(message.size()), at::kLong);
+  group.broadcast(length, 0).wait();
+  at::Tensor bytes = group.rank() == 0 ? bytes_tensor(message) : at::empty({length.item<int64_t>()}, at::kByte);
+  if (bytes.numel() > 0) group.broadcast(bytes, 0).wait();
+  message = tensor_bytes(bytes);
+  if (message.empty() || message[0] != '+') {
+    throw ConfigError(what + ": " + (message.empty() ? std::string("no result") : message.substr(1)));
+  }
+  return message.substr(1);
+}
+
+void on_every_rank(const std::string& what, const std::function<void()>& work, Communicator& group) {
+  std::string error;
+  try {
+    work();
+  } catch (const std::exception& e) {
+    error = e.what();
+    if (error.empty()) error = "unknown error";
+  }
+  const std::vector<std::string> all = allgather_objects(error, group);
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (!all[r].empty()) throw Error(what + " failed on rank " + std::to_string(r) + ": " + all[r]);
+  }
+}
+
+}  // namespace smp::comm
