@@ -212,7 +212,7 @@ TEST(ConfigTest, AcceptsValidValues) {
       {{"tensor_parallel_degree", 2}, {"ddp", true}},
       {{"tensor_parallel_degree", 1}},
       {{"activation_loading_horizon", 1}},
-      {{"sharded_data_parallel_degree", 2}},
+      {{"sharded_data_parallel_degree", 2}, {"ddp", true}},
       {{"sharded_data_parallel_degree", 2}, {"tensor_parallel_degree", 2}, {"ddp", true}},
       {{"sdp_reduce_bucket_size", 5e8}},
       {{"sdp_param_persistence_threshold", 0}},
@@ -537,13 +537,13 @@ TEST(ConfigTest, ValidateWorldWithPipelineAndTensorDegrees) {
 }
 
 TEST(ConfigTest, ValidateWorldShardedDataParallelDegreeDividesRdp) {
-  const Config sdp2 = Config::from_json({{"sharded_data_parallel_degree", 2}});
+  const Config sdp2 = Config::from_json({{"sharded_data_parallel_degree", 2}, {"ddp", true}});
   EXPECT_THAT(config_error([&] { sdp2.validate_world(1); }),
               AllOf(HasSubstr("sharded_data_parallel_degree (2) does not divide the reduced data-parallel degree (1")));
   EXPECT_THROW(sdp2.validate_world(3), ConfigError);
   for (int world : {2, 4, 8, 16}) EXPECT_NO_THROW(sdp2.validate_world(world)) << world;
 
-  const Config sdp3 = Config::from_json({{"sharded_data_parallel_degree", 3}});
+  const Config sdp3 = Config::from_json({{"sharded_data_parallel_degree", 3}, {"ddp", true}});
   EXPECT_THAT(config_error([&] { sdp3.validate_world(8); }),
               AllOf(HasSubstr("sharded_data_parallel_degree (3)"), HasSubstr("(8 = world size 8"),
                     HasSubstr("allowed: a divisor of 8")));
