@@ -129,9 +129,15 @@ GradientReducer::GradientReducer(const ParallelContext& context, std::vector<Red
     groups.rdp = &context.group(CommGroup::RDP_GROUP);
     shards_ = std::make_unique<ParameterShards>(layout_, std::move(tensors), groups,
                                                 cfg.sdp_param_persistence_threshold, options.delayed);
+    store_ = std::make_unique<ShardedStore>(context, *shards_);
   } else {
     adopt_parameters();
     if (cfg.ddp) broadcast_parameters();
+    if (sharded_) {
+      store_ = std::make_unique<Zero1Store>(context, layout_, flat_params_, shard_grads_);
+    } else {
+      store_ = std::make_unique<ReplicatedStore>(context, flat_params_, flat_grads_);
+    }
   }
   index_stages();
   if (communicates_ && (options_.overlapping || shards_)) install_hooks();
@@ -224,9 +230,8 @@ comm::Communicator& GradientReducer::communicator(ReduceGroup group) const {
   return context_.group(group == ReduceGroup::kDp ? CommGroup::DP_GROUP : CommGroup::RDP_GROUP);
 }
 
-void GradientReducer::begin_step(int num_microbatches, double loss_scale) {
+void GradientReducer::begin_step(int num_microbatches) {
   num_microbatches_ = num_microbatches;
-  step_loss_scale_ = loss_scale;
   in_step_ = true;
   backwards_seen_.assign(stages_.size(), 0);
   armed_.assign(stages_.size(), 0);
@@ -326,7 +331,6 @@ void GradientReducer::finish() {
     finish_buckets();
   }
   in_step_ = false;
-  grads_loss_scale_ = step_loss_scale_;
   ++steps_finished_;
 }
 

@@ -53,7 +53,7 @@ void DistributedOptimizer::step() {
   Impl& im = ready();
   // SMP: under sharded data parallelism the optimizer clips at sdp_gradient_clipping itself,
   // unless clip_master_grads already did for these gradients.
-  if (im.reducer->parameter_shards() && im.clipped_for != im.reducer->steps_finished()) {
+  if (im.model.context().sdp_degree() > 1 && im.clipped_for != im.reducer->steps_finished()) {
     clip_master_grads(im.model.context().config().sdp_gradient_clipping);
   }
   if (im.overflow) {
@@ -90,19 +90,9 @@ double DistributedOptimizer::clip_master_grads(double max_norm) {
     const at::Tensor g = im.grad_view(run);
     sum_sq += g.dot(g).item<double>();
   }
-  // Each element once: sharded data parallelism, over the sharding group and the tensor-parallel
-  // group (the slices tile each tp rank's model, pp being 1; TP-replicated parameters counted on
-  // tp rank 0); ZeRO-1, every rank sums its own slices over the world; else one replica's
-  // pipeline and tensor ranks (TP-replicated parameters on tp rank 0 only).
+  // Each element once: the runs counted in the norm, summed over the ranks holding the rest.
   at::Tensor total = at::full({1}, sum_sq, at::kDouble);
-  if (const dp::ParameterShards* shards = im.reducer->parameter_shards()) {
-    shards->group().all_reduce(total).wait();
-    im.model.context().group(CommGroup::TP_GROUP).all_reduce(total).wait();
-  } else {
-    im.model.context().group(im.reducer->sharded() ? CommGroup::WORLD : CommGroup::MP_GROUP)
-        .all_reduce(total)
-        .wait();
-  }
+  im.reducer->store().sum_norm(total);
   const double norm = std::sqrt(total.item<double>());
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1) {

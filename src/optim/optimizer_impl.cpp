@@ -114,11 +114,7 @@ void DistributedOptimizer::Impl::initialize() {
     const dp::Bucket& bucket = layout.buckets()[s.bucket];
     // A tied copy (model.options().tied_copies) is counted on the stage holding the original.
     const bool tied_copy = model.options().tied_copies.count(reducer->params()[s.param].name) > 0;
-    // ZeRO-1 shards replicated parameters over DP_GROUP (tp x rdp): each slice is unique;
-    // sharded data parallelism keeps them whole over TP_GROUP: counted on tp rank 0.
-    const bool unique_slice = reducer->sharded() && !reducer->parameter_shards();
-    const bool in_norm = !tied_copy && (unique_slice || bucket.group == dp::ReduceGroup::kRdp ||
-                                        model.context().tp_rank() == 0);
+    const bool in_norm = !tied_copy && reducer->store().counts_in_norm(bucket);
     if (!runs.empty() && runs.back().group == g && runs.back().bucket == s.bucket &&
         runs.back().in_norm == in_norm && runs.back().flat + runs.back().numel == s.flat_offset) {
       runs.back().numel += s.numel;
@@ -128,9 +124,9 @@ void DistributedOptimizer::Impl::initialize() {
   }
   // State, masters and step counts.
   const at::ScalarType dtype = mixed ? at::kFloat : reducer->param_dtype();
-  const at::Tensor& params = reducer->parameter_shards() ? reducer->parameter_shards()->shard()
-                                                         : reducer->flat_params();
-  const auto opts = at::TensorOptions().dtype(dtype).device(params.device());
+  const at::Device device = reducer->params().empty() ? at::Device(at::kCPU)
+                                                      : reducer->params()[0].tensor.device();
+  const auto opts = at::TensorOptions().dtype(dtype).device(device);
   for (const std::string& name : state_names())
     state[name] = at::zeros({layout.local_numel()}, opts);
   if (mixed) {
@@ -147,8 +143,7 @@ void DistributedOptimizer::Impl::initialize() {
 }
 
 at::Tensor DistributedOptimizer::Impl::param_source(const Run& run) const {
-  if (reducer->parameter_shards()) return reducer->parameter_shards()->shard().narrow(0, run.local, run.numel);
-  return reducer->flat_params().narrow(0, run.flat, run.numel);
+  return reducer->store().params(run.flat, run.local, run.numel);
 }
 
 at::Tensor DistributedOptimizer::Impl::param_view(const Run& run) const {
@@ -158,8 +153,7 @@ at::Tensor DistributedOptimizer::Impl::param_view(const Run& run) const {
 
 at::Tensor DistributedOptimizer::Impl::grad_view(const Run& run) const {
   if (mixed) return grads32.narrow(0, run.local, run.numel);
-  if (reducer->sharded()) return reducer->shard_grads().narrow(0, run.local, run.numel);
-  return reducer->flat_grads().narrow(0, run.flat, run.numel);
+  return reducer->store().grads(run.flat, run.local, run.numel);
 }
 
 at::Tensor DistributedOptimizer::Impl::state_view(const std::string& name, const Run& run) const {
@@ -172,13 +166,10 @@ void DistributedOptimizer::Impl::prepare() {
   prepared_for = reducer->steps_finished();
   if (mixed) {
     for (const Run& run : runs) {
-      const at::Tensor& source =
-          reducer->sharded() ? reducer->shard_grads() : reducer->flat_grads();
-      grads32.narrow(0, run.local, run.numel)
-          .copy_(source.narrow(0, reducer->sharded() ? run.local : run.flat, run.numel));
+      grads32.narrow(0, run.local, run.numel).copy_(reducer->store().grads(run.flat, run.local, run.numel));
     }
   }
-  const double scale = reducer->grads_loss_scale();
+  const double scale = model.loss_scale();  // what smp::step multiplied the loss by
   if (scale != 1.0) {
     for (const Run& run : runs) grad_view(run).mul_(1.0 / scale);
   }
@@ -215,33 +206,10 @@ void DistributedOptimizer::Impl::update(const Run& run) {
 }
 
 void DistributedOptimizer::Impl::write_back() {
-  if (dp::ParameterShards* shards = reducer->parameter_shards()) {
-    if (mixed) {
-      for (const Run& run : runs) param_source(run).copy_(master.narrow(0, run.local, run.numel));
-    }
-    shards->after_update();
-    return;
-  }
-  const at::Tensor& flat = reducer->flat_params();
   if (mixed) {
-    for (const Run& run : runs)
-      flat.narrow(0, run.flat, run.numel).copy_(master.narrow(0, run.local, run.numel));
+    for (const Run& run : runs) param_source(run).copy_(master.narrow(0, run.local, run.numel));
   }
-  if (!reducer->sharded()) return;
-  // Each bucket's owned slices from every rank of its group.
-  const dp::FlatLayout& layout = reducer->layout();
-  std::vector<comm::Work> works;
-  for (size_t b = 0; b < layout.buckets().size(); ++b) {
-    const dp::Bucket& bucket = layout.buckets()[b];
-    if (bucket.num_shards == 1) continue;
-    comm::Communicator& c = reducer->communicator(bucket.group);
-    const at::Tensor mine =
-        flat.narrow(0, layout.owned_begin(static_cast<int>(b), c.rank()), bucket.shard_numel())
-            .clone();
-    at::Tensor out = flat.narrow(0, bucket.offset, bucket.padded_numel);
-    works.push_back(c.all_gather(out, mine));
-  }
-  for (comm::Work& w : works) w.wait();
+  reducer->store().after_update();
 }
 
 }  // namespace smp

@@ -62,7 +62,7 @@ std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, cons
     for (Values& mb : data.inputs) mb = dp::cast_floating(mb, reducer.param_dtype());
   }
   if (options.train) {
-    reducer.begin_step(m, model.loss_scale());
+    reducer.begin_step(m);
     data.before_backward = [&reducer](const pipeline::Action& a) {
       if (a.kind == pipeline::ActionKind::kBackward || a.kind == pipeline::ActionKind::kBackwardWeight) {
         reducer.before_weight_backward(a.stage);  // an input-only backward accumulates nothing

@@ -32,6 +32,7 @@
 #include "smp/comm/communicator.h"
 #include "smp/comm/parallel_context.h"
 #include "smp/data_parallel/flat_layout.h"
+#include "smp/data_parallel/gradient_store.h"
 #include "smp/data_parallel/parameter_shards.h"
 
 namespace torch::autograd {
@@ -77,9 +78,7 @@ class GradientReducer {
   GradientReducer& operator=(const GradientReducer&) = delete;
 
   // --- called by smp::step, in this order, on training steps ---------------------------------
-  // `loss_scale`: what the loss was multiplied by besides 1/m (fp16), remembered for the
-  // optimizer to divide out.
-  void begin_step(int num_microbatches, double loss_scale = 1.0);
+  void begin_step(int num_microbatches);
   // Before each backward of global stage `stage` that accumulates parameter gradients (a full
   // or weight backward; an input-only backward is not reported): counts them per stage, and
   // at a stage's last one its gradients are armed.
@@ -104,6 +103,9 @@ class GradientReducer {
   at::ScalarType param_dtype() const { return dtype_; }
 
   // --- used by DistributedOptimizer ----------------------------------------------------------
+  // This rank's parameters and averaged gradients as the optimizer updates them, whatever the
+  // form of data parallelism.
+  GradientStore& store() const { return *store_; }
   const FlatLayout& layout() const { return layout_; }
   const std::vector<ReducedParam>& params() const { return params_; }
   bool communicates() const { return communicates_; }
@@ -126,8 +128,6 @@ class GradientReducer {
   // gradient — fresh pages, page faults — and a copy into the slot each step.)
   void zero_grad();
   int64_t steps_finished() const { return steps_finished_; }
-  // The loss scale the last finished step's gradients carry.
-  double grads_loss_scale() const { return grads_loss_scale_; }
   const ReducerStats& stats() const { return stats_; }
 
  private:
@@ -150,8 +150,6 @@ class GradientReducer {
   at::ScalarType dtype_;
   bool communicates_ = false;
   bool sharded_ = false;
-  double step_loss_scale_ = 1.0;
-  double grads_loss_scale_ = 1.0;
   at::Tensor flat_params_;
   at::Tensor flat_grads_;
   at::Tensor shard_grads_;
@@ -174,6 +172,7 @@ class GradientReducer {
   std::function<void()> finish_hook_;     // runs in finish() before the held buckets
 
   std::unique_ptr<ParameterShards> shards_;  // sharded data parallelism only
+  std::unique_ptr<GradientStore> store_;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // the hooked nodes
   std::vector<uintptr_t> hook_keys_;
   int64_t steps_finished_ = 0;
