@@ -210,6 +210,28 @@ TrainConfig TrainConfig::from_json_string(const std::string& text) {
   return c;
 }
 
+void TrainConfig::validate(int world_size) const {
+  const int replicas = smp.rdp_degree(world_size);  // throws when the layout does not fit
+  const int64_t batch = training.global_batch;
+  if (batch % replicas != 0) {
+    throw ConfigError("run config training.global_batch: got " + std::to_string(batch) +
+                      "; allowed: a multiple of the data-parallel replicas (" +
+                      std::to_string(replicas) + " on " + std::to_string(world_size) + " ranks)");
+  }
+  const int64_t per_replica = batch / replicas;
+  const int64_t microbatches = smp.microbatches;
+  if (per_replica % microbatches != 0) {
+    throw ConfigError("run config training.global_batch: got " + std::to_string(batch) + ", " +
+                      std::to_string(per_replica) + " per data-parallel replica, which smp.microbatches (" +
+                      std::to_string(microbatches) + ") does not divide; allowed: a multiple of " +
+                      std::to_string(replicas * microbatches) + " (replicas x microbatches)");
+  }
+  if (!init_from_hf.empty() && smp.delayed_parameter_initialization) {
+    throw ConfigError("run config model.from_hf: got \"" + init_from_hf + "\", which loads whole "
+                      "weights; allowed only without smp's \"delayed_parameter_initialization\": true");
+  }
+}
+
 TrainConfig TrainConfig::from_json_file(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw ConfigError("run config: cannot read " + path);

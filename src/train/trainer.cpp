@@ -2,7 +2,6 @@
 #include "smp/train/trainer.h"
 
 #include <dirent.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +12,8 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <tuple>
@@ -242,267 +243,384 @@ std::vector<std::pair<double, double>> curve_from_json(const json& j) {
   return out;
 }
 
-}  // namespace
-
-TrainSummary train(const TrainConfig& c) {
+// Model FLOPs utilisation at `tokens_per_s` over the world; 0 without training.peak_tflops.
+double model_flops_utilisation(const TrainConfig& c, double tokens_per_s) {
   const TrainingConfig& t = c.training;
-  const bool lead = rank() == 0;
-  const at::Device device = training_device(t);  // before anything is written
-  const int replicas = rdp_size();
-  if (t.global_batch % replicas != 0) {
-    throw ConfigError("training.global_batch (" + std::to_string(t.global_batch) +
-                      ") must divide by the data-parallel replicas (" + std::to_string(replicas) + ")");
-  }
-  const int64_t batch = t.global_batch / replicas;
-  if (batch % config().microbatches != 0) {
-    throw ConfigError("training.global_batch / replicas (" + std::to_string(batch) +
-                      ") must divide by smp.microbatches (" +
-                      std::to_string(config().microbatches) + ")");
-  }
-  const auto tokenizer = make_tokenizer(c.data.vocab_json, c.data.merges_txt);
-  if (tokenizer->vocab_size() > c.model.vocab_size) {
-    throw ConfigError("model.vocab_size (" + std::to_string(c.model.vocab_size) +
-                      ") is smaller than the tokenizer's (" +
-                      std::to_string(tokenizer->vocab_size()) + ")");
-  }
-  const json data = prepare_run(c, *tokenizer);
-  DataLoader train_data(data["train"].get<std::vector<std::string>>(), t.seq_len, batch, t.seed,
-                        rdp_rank(), replicas);
-  DataLoader val_data(data["val"].get<std::vector<std::string>>(), t.seq_len, batch, t.seed + 1,
-                      rdp_rank(), replicas);
-  std::vector<const TokenShard*> shards;
-  for (const auto& s : train_data.shards()) shards.push_back(s.get());
-  const double entropy = lead ? unigram_entropy(shards, tokenizer->vocab_size()) : 0;
+  return t.peak_tflops > 0
+             ? c.model.flops_per_token(t.seq_len) * tokens_per_s / (t.peak_tflops * 1e12 * size())
+             : 0;
+}
 
-  at::manual_seed(t.seed);
-  // SMP's delayed_parameter_initialization (with sharded data parallelism): each layer is sliced
-  // as soon as it is built, so no rank ever holds the whole model.
+// SMP's delayed_parameter_initialization (with sharded data parallelism): each layer is sliced
+// as soon as it is built, so no rank ever holds the whole model. The hook for build_model.
+std::function<void(Layer&)> delayed_slicing(std::shared_ptr<dp::DelayedSlices> delayed) {
+  return [delayed, seen = std::make_shared<std::set<const void*>>(),
+          index = std::make_shared<int>(0)](Layer& layer) {
+    std::vector<at::Tensor> own;
+    std::vector<bool> sharded;
+    for (size_t j = 0; j < layer.parameters.size(); ++j) {
+      if (!seen->insert(layer.parameters[j].unsafeGetTensorImpl()).second) continue;
+      own.push_back(layer.parameters[j]);
+      sharded.push_back(j < layer.tp_shards.size() && layer.tp_shards[j].sharded());
+    }
+    delayed->take((*index)++, own, sharded);
+  };
+}
+
+// Every pipeline rank's trace of the last step, in pipeline-rank order, on rank 0 (empty
+// elsewhere). Collective over the pipeline group.
+std::vector<std::vector<pipeline::TraceEvent>> gather_traces(const DistributedModel& dmodel) {
+  const std::string mine = pipeline::trace_events_json(pp_rank(), dmodel.last_trace()).dump();
+  const auto texts = allgather(mine, CommGroup::PP_GROUP);
+  std::vector<std::vector<pipeline::TraceEvent>> per_rank;
+  if (rank() != 0) return per_rank;
+  for (const auto& text : texts) per_rank.push_back(pipeline::trace_events_from_json(json::parse(text)));
+  return per_rank;
+}
+
+// One run of smp-train, in the order it happens: setup (data, model, optimizer, a resumed
+// checkpoint), the training steps with validation and checkpoints on the way, a sample, the
+// report. Every phase is collective over the world; rank 0 alone prints and writes files.
+class Trainer {
+ public:
+  // `c` has passed c.validate(size()) and outlives the Trainer.
+  explicit Trainer(const TrainConfig& c);
+  TrainSummary run();
+
+ private:
+  struct StepResult {
+    double lr = 0, loss = 0, norm = 0;
+    double step_s = 0, elapsed_s = 0;  // this step; since the first step of this run began
+  };
+
+  void setup();
+  void setup_data();
+  void setup_model();
+  void resume();
+  void train();
+  StepResult train_step(int64_t s);
+  void report_step(int64_t s, const StepResult& r);
+  double validate();
+  void report_validation(int64_t steps_done, double loss);
+  void save(const std::string& tag, bool partial, int64_t steps_done);
+  void sample();
+  void report();
+  void write_run_files(const std::vector<std::vector<pipeline::TraceEvent>>& per_rank);
+  void log_metrics(const json& line);
+
+  const TrainConfig& config_;
+  const TrainingConfig& training_;
+  const CheckpointConfig& checkpoint_;
+  const bool lead_;                  // rank 0: prints and writes
+  const at::Device device_;          // checked before anything is written
+  const int64_t batch_;              // sequences per data-parallel replica in one step
+  const std::string resume_tag_;     // "" for the newest checkpoint
+  std::unique_ptr<Tokenizer> tokenizer_;
+  json data_;                        // {"train": [shard paths], "val": [shard paths]}
+  std::optional<DataLoader> train_data_, val_data_;
+  double entropy_ = 0;               // unigram entropy of the training tokens, on rank 0
+  std::optional<models::Model> model_;  // its layers live in dmodel_; loss, logits and dropout here
+  std::unique_ptr<DistributedModel> dmodel_;
+  std::unique_ptr<DistributedOptimizer> optimizer_;
+  LossFn loss_fn_;
+  std::ofstream metrics_;            // rank 0
+  TrainSummary summary_;
+  std::vector<std::pair<double, double>> train_curve_, val_curve_;  // (step, loss), resumed too
+  Clock::time_point start_;          // the first step of this run
+  double step_seconds_ = 0;          // training steps after the first (which partitions and warms up)
+  double total_s_ = 0;               // the steps, validation and checkpoints of this run
+  size_t prompt_tokens_ = 0;
+};
+
+Trainer::Trainer(const TrainConfig& c)
+    : config_(c),
+      training_(c.training),
+      checkpoint_(c.checkpoint),
+      lead_(rank() == 0),
+      device_(training_device(c.training)),
+      batch_(c.training.global_batch / rdp_size()),
+      resume_tag_(c.checkpoint.resume == "newest" ? "" : c.checkpoint.resume) {}
+
+TrainSummary Trainer::run() {
+  setup();
+  train();
+  sample();
+  report();
+  return summary_;
+}
+
+// ---- setup ----
+
+void Trainer::setup() {
+  setup_data();
+  setup_model();
+  optimizer_ = std::make_unique<DistributedOptimizer>(*dmodel_, make_adamw(*dmodel_, training_));
+  loss_fn_ = [this](const Values& out, const Values& y) { return model_->loss(out, y); };
+  resume();
+  if (lead_) {
+    metrics_.open(config_.run_dir + "/metrics.jsonl",
+                  checkpoint_.resume.empty() ? std::ios::trunc : std::ios::app);
+  }
+  summary_.run_dir = config_.run_dir;
+  summary_.unigram_entropy = entropy_;
+}
+
+// The tokenizer, the run directory with its token shards, the loaders and the entropy.
+void Trainer::setup_data() {
+  const TrainingConfig& t = training_;
+  tokenizer_ = make_tokenizer(config_.data.vocab_json, config_.data.merges_txt);
+  if (tokenizer_->vocab_size() > config_.model.vocab_size) {
+    throw ConfigError("model.vocab_size (" + std::to_string(config_.model.vocab_size) +
+                      ") is smaller than the tokenizer's (" +
+                      std::to_string(tokenizer_->vocab_size()) + ")");
+  }
+  data_ = prepare_run(config_, *tokenizer_);
+  train_data_.emplace(data_["train"].get<std::vector<std::string>>(), t.seq_len, batch_, t.seed,
+                      rdp_rank(), rdp_size());
+  val_data_.emplace(data_["val"].get<std::vector<std::string>>(), t.seq_len, batch_, t.seed + 1,
+                    rdp_rank(), rdp_size());
+  std::vector<const TokenShard*> shards;
+  for (const auto& s : train_data_->shards()) shards.push_back(s.get());
+  entropy_ = lead_ ? unigram_entropy(shards, tokenizer_->vocab_size()) : 0;
+}
+
+// The model from the seed (or Hugging Face weights) on the device, this rank's stages of it
+// partitioned, and the start-up table printed.
+void Trainer::setup_model() {
+  at::manual_seed(training_.seed);
   std::shared_ptr<dp::DelayedSlices> delayed;
   std::function<void(Layer&)> on_layer;
   if (config().delayed_parameter_initialization) {
-    if (!c.init_from_hf.empty()) {
-      throw ConfigError("model.from_hf loads whole weights; it cannot be combined with "
-                        "\"delayed_parameter_initialization\": true");
-    }
     const int s = config().sharded_data_parallel_degree;
     delayed = std::make_shared<dp::DelayedSlices>(s, rdp_rank() % s);
-    on_layer = [delayed, seen = std::make_shared<std::set<const void*>>(),
-                index = std::make_shared<int>(0)](Layer& layer) {
-      std::vector<at::Tensor> own;
-      std::vector<bool> sharded;
-      for (size_t j = 0; j < layer.parameters.size(); ++j) {
-        if (!seen->insert(layer.parameters[j].unsafeGetTensorImpl()).second) continue;
-        own.push_back(layer.parameters[j]);
-        sharded.push_back(j < layer.tp_shards.size() && layer.tp_shards[j].sharded());
-      }
-      delayed->take((*index)++, own, sharded);
-    };
+    on_layer = delayed_slicing(delayed);
   }
-  models::Model model = models::build_model(c.model, tp::TpGroup(process_group(CommGroup::TP_GROUP)),
-                                            /*separate_tied_head=*/pp_size() > 1, on_layer);
-  if (!c.init_from_hf.empty()) models::load_hf(c.init_from_hf, model);  // fine-tuning
+  model_.emplace(models::build_model(config_.model, tp::TpGroup(process_group(CommGroup::TP_GROUP)),
+                                     /*separate_tied_head=*/pp_size() > 1, on_layer));
+  if (!config_.init_from_hf.empty()) models::load_hf(config_.init_from_hf, *model_);  // fine-tuning
   if (delayed) {
-    delayed->to(device);
+    delayed->to(device_);
   } else {
-    for (auto& layer : model.layers) {  // built on the CPU from the seed, then moved (as Module::to)
+    for (auto& layer : model_->layers) {  // built on the CPU from the seed, then moved (as Module::to)
       for (auto& p : layer.parameters) {
-        if (p.device() != device) p.set_data(p.to(device));
+        if (p.device() != device_) p.set_data(p.to(device_));
       }
     }
   }
   std::vector<std::string> layer_names;
-  for (const auto& layer : model.layers) layer_names.push_back(layer.name);
-  DistributedModelOptions model_options;
-  model_options.tied_copies = model.tied_copies;
-  model_options.delayed_slices = delayed;
-  DistributedModel dmodel(std::move(model.layers), model_options);  // keeps only its own stages
-  if (t.activation_checkpointing != "none") {
-    dmodel.set_activation_checkpointing("block", {t.activation_checkpointing});
+  for (const auto& layer : model_->layers) layer_names.push_back(layer.name);
+  DistributedModelOptions options;
+  options.tied_copies = model_->tied_copies;
+  options.delayed_slices = delayed;
+  dmodel_ = std::make_unique<DistributedModel>(std::move(model_->layers), options);  // own stages
+  if (training_.activation_checkpointing != "none") {
+    dmodel_->set_activation_checkpointing("block", {training_.activation_checkpointing});
   }
-  const CheckpointConfig& ck = c.checkpoint;
-  const std::string resume_tag = ck.resume == "newest" ? "" : ck.resume;
   // Resuming under the same pipeline keeps the checkpoint's partition (as SMP does).
-  if (ck.resume.empty() || !use_checkpoint_partition(ck.dir, dmodel, resume_tag)) {
-    dmodel.partition({at::zeros({batch / config().microbatches, t.seq_len}, at::kLong).to(device)});
+  if (checkpoint_.resume.empty() || !use_checkpoint_partition(checkpoint_.dir, *dmodel_, resume_tag_)) {
+    dmodel_->partition(
+        {at::zeros({batch_ / config().microbatches, training_.seq_len}, at::kLong).to(device_)});
   }
-  print_startup(c, layer_names, dmodel, data, entropy);
-  DistributedOptimizer optimizer(dmodel, make_adamw(dmodel, t));
-  const LossFn loss_fn = [&model](const Values& out, const Values& y) { return model.loss(out, y); };
+  print_startup(config_, layer_names, *dmodel_, data_, entropy_);
+}
 
-  TrainSummary summary;
-  std::vector<std::pair<double, double>> train_curve, val_curve;
-  if (!ck.resume.empty()) {
-    const json user = resume_from_checkpoint(ck.dir, dmodel, &optimizer, resume_tag);
-    summary.first_step = user.at("step").get<int64_t>();
-    train_data.set_position({user.at("train_position").at(0).get<int64_t>(),
+// With checkpoint.resume: the weights, optimizer state, data position and curves saved.
+void Trainer::resume() {
+  if (checkpoint_.resume.empty()) return;
+  const json user = resume_from_checkpoint(checkpoint_.dir, *dmodel_, optimizer_.get(), resume_tag_);
+  summary_.first_step = user.at("step").get<int64_t>();
+  train_data_->set_position({user.at("train_position").at(0).get<int64_t>(),
                              user.at("train_position").at(1).get<int64_t>()});
-    if (summary.first_step >= t.steps) {
-      throw ConfigError("checkpoint.resume: the checkpoint is at step " +
-                        std::to_string(summary.first_step) + " and training.steps is " +
-                        std::to_string(t.steps) + "; raise training.steps to train on");
-    }
-    train_curve = curve_from_json(user.at("train_curve"));
-    val_curve = curve_from_json(user.at("val_curve"));
-    if (lead) std::printf("resumed at step %lld\n", static_cast<long long>(summary.first_step));
+  if (summary_.first_step >= training_.steps) {
+    throw ConfigError("checkpoint.resume: the checkpoint is at step " +
+                      std::to_string(summary_.first_step) + " and training.steps is " +
+                      std::to_string(training_.steps) + "; raise training.steps to train on");
   }
-  auto save = [&](const std::string& tag, bool partial, int64_t steps_done) {
-    const auto begin = Clock::now();
-    const LoaderPosition position = train_data.position();
-    const json user = {{"step", steps_done}, {"train_position", {position.epoch, position.cursor}},
-                       {"train_curve", curve_json(train_curve)}, {"val_curve", curve_json(val_curve)}};
-    save_checkpoint(ck.dir, tag, partial, dmodel, &optimizer, user, static_cast<int>(ck.keep),
-                    hf_format(c.model));
-    if (lead) {
-      std::printf("checkpoint %s/%s%s saved in %.2f s\n", ck.dir.c_str(), tag.c_str(),
-                  partial ? "_partial" : "", std::chrono::duration<double>(Clock::now() - begin).count());
-      std::fflush(stdout);
-    }
-  };
+  train_curve_ = curve_from_json(user.at("train_curve"));
+  val_curve_ = curve_from_json(user.at("val_curve"));
+  if (lead_) std::printf("resumed at step %lld\n", static_cast<long long>(summary_.first_step));
+}
 
-  std::ofstream metrics;
-  if (lead) metrics.open(c.run_dir + "/metrics.jsonl", ck.resume.empty() ? std::ios::trunc : std::ios::app);
-  auto log_metrics = [&](const json& line) {
-    if (lead) metrics << line.dump() << "\n" << std::flush;
-  };
-  auto validate = [&]() {  // the same validation batches every time, so losses compare
-    model.set_training(false);
-    val_data.set_position({});
-    double sum = 0;
-    for (int64_t i = 0; i < t.val_batches; ++i) {
-      auto [x, y] = val_data.next();
-      StepOptions eval;
-      eval.train = false;
-      sum += step(dmodel, {x.to(device)}, {y.to(device)}, loss_fn, eval)[0].reduce_mean().item<double>();
-    }
-    model.set_training(true);
-    return replica_mean(sum / t.val_batches);
-  };
+// ---- training ----
 
-  summary.run_dir = c.run_dir;
-  summary.unigram_entropy = entropy;
-  const int64_t tokens_per_step = t.global_batch * t.seq_len;
-  const auto start = Clock::now();
-  double step_seconds = 0;  // training steps after the first (which partitions and warms up)
-  for (int64_t s = summary.first_step; s < t.steps; ++s) {
-    const auto step_start = Clock::now();
-    const double lr = learning_rate(t, s);
-    set_lr(optimizer.optimizer(), lr);
-    auto [x, y] = train_data.next();
-    StepOptions options;
-    options.trace = s + 1 == t.steps;
-    const auto out = step(dmodel, {x.to(device)}, {y.to(device)}, loss_fn, options);
-    const double norm = t.grad_clip > 0 ? optimizer.clip_master_grads(t.grad_clip) : 0;
-    optimizer.step();
-    optimizer.zero_grad();
-    const double loss = replica_mean(out[0].reduce_mean().item<double>());
-    const double step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
-    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-    if (s > summary.first_step) step_seconds += step_s;
-    const double memory = world_max(memory_mb(device));
-    summary.train_losses.push_back(loss);
-    train_curve.emplace_back(s + 1, loss);
-    const double rate = tokens_per_step / step_s;
-    const double mfu = t.peak_tflops > 0
-                           ? c.model.flops_per_token(t.seq_len) * rate / (t.peak_tflops * 1e12 * size())
-                           : 0;
-    if (lead) {
-      char mfu_text[32] = "MFU n/a";
-      if (mfu > 0) std::snprintf(mfu_text, sizeof(mfu_text), "MFU %.1f%%", 100 * mfu);
-      std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %s "
-                  "| mem %.0f MB%s/rank | ETA %s\n",
-                  static_cast<long long>(s + 1), static_cast<long long>(t.steps), loss, lr, norm,
-                  rate, mfu_text, memory, device.is_cuda() ? " GPU" : "", duration(elapsed / (s + 1) * (t.steps - s - 1)).c_str());
-      std::fflush(stdout);
-    }
-    log_metrics({{"step", s + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
-                 {"tokens_per_s", rate}, {"mfu", mfu},
-                 {device.is_cuda() ? "gpu_peak_reserved_mb" : "max_rss_mb", memory}, {"time_s", elapsed},
-                 {"overflow", optimizer.overflow()}});
+// From the first step not done to training.steps, validating every val_every steps and at the
+// end, checkpointing every checkpoint.every steps and (full_at_end) at the end.
+void Trainer::train() {
+  const TrainingConfig& t = training_;
+  const CheckpointConfig& ck = checkpoint_;
+  start_ = Clock::now();
+  for (int64_t s = summary_.first_step; s < t.steps; ++s) {
+    report_step(s, train_step(s));
     const bool last = s + 1 == t.steps;
-    if (last || (t.val_every > 0 && (s + 1) % t.val_every == 0)) {
-      const double val = validate();
-      val_curve.emplace_back(s + 1, val);
-      summary.final_val_loss = val;
-      if (lead) std::printf("validation loss %.4f (unigram entropy %.4f)\n", val, entropy);
-      log_metrics({{"step", s + 1}, {"val_loss", val}});
-    }
+    if (last || (t.val_every > 0 && (s + 1) % t.val_every == 0)) report_validation(s + 1, validate());
     if (ck.every > 0 && (s + 1) % ck.every == 0) save("step_" + std::to_string(s + 1), true, s + 1);
   }
   if (ck.full_at_end) save("final", false, t.steps);
-  const double total_s = std::chrono::duration<double>(Clock::now() - start).count();
-  const int64_t timed_steps = t.steps - summary.first_step - 1;
-  summary.tokens_per_s = step_seconds > 0 ? tokens_per_step * timed_steps / step_seconds : 0;
-  summary.mfu = t.peak_tflops > 0 ? c.model.flops_per_token(t.seq_len) * summary.tokens_per_s /
-                                        (t.peak_tflops * 1e12 * size())
-                                  : 0;
+  total_s_ = std::chrono::duration<double>(Clock::now() - start_).count();
+  const int64_t timed_steps = t.steps - summary_.first_step - 1;
+  const int64_t tokens_per_step = t.global_batch * t.seq_len;
+  summary_.tokens_per_s = step_seconds_ > 0 ? tokens_per_step * timed_steps / step_seconds_ : 0;
+  summary_.mfu = model_flops_utilisation(config_, summary_.tokens_per_s);
+}
 
-  // A sample from the prompt, one token at a time through the pipeline; every rank draws the
-  // same token from the same generator.
-  model.set_training(false);
-  std::vector<int> tokens = tokenizer->encode(t.prompt);
-  if (tokens.empty()) tokens.push_back(tokenizer->eot());
-  const size_t prompt_tokens = tokens.size();
+// One optimizer step (0-based `s`); the last one is traced for the timeline.
+Trainer::StepResult Trainer::train_step(int64_t s) {
+  const auto step_start = Clock::now();
+  StepResult r;
+  r.lr = learning_rate(training_, s);
+  set_lr(optimizer_->optimizer(), r.lr);
+  auto [x, y] = train_data_->next();
+  StepOptions options;
+  options.trace = s + 1 == training_.steps;
+  const auto out = step(*dmodel_, {x.to(device_)}, {y.to(device_)}, loss_fn_, options);
+  r.norm = training_.grad_clip > 0 ? optimizer_->clip_master_grads(training_.grad_clip) : 0;
+  optimizer_->step();
+  optimizer_->zero_grad();
+  r.loss = replica_mean(out[0].reduce_mean().item<double>());
+  r.step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
+  r.elapsed_s = std::chrono::duration<double>(Clock::now() - start_).count();
+  if (s > summary_.first_step) step_seconds_ += r.step_s;
+  return r;
+}
+
+// The step's progress line and metrics line; the loss joins the curve and the summary.
+void Trainer::report_step(int64_t s, const StepResult& r) {
+  const TrainingConfig& t = training_;
+  const double memory = world_max(memory_mb(device_));
+  summary_.train_losses.push_back(r.loss);
+  train_curve_.emplace_back(s + 1, r.loss);
+  const double rate = t.global_batch * t.seq_len / r.step_s;
+  const double mfu = model_flops_utilisation(config_, rate);
+  if (lead_) {
+    char mfu_text[32] = "MFU n/a";
+    if (mfu > 0) std::snprintf(mfu_text, sizeof(mfu_text), "MFU %.1f%%", 100 * mfu);
+    std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %s "
+                "| mem %.0f MB%s/rank | ETA %s\n",
+                static_cast<long long>(s + 1), static_cast<long long>(t.steps), r.loss, r.lr, r.norm,
+                rate, mfu_text, memory, device_.is_cuda() ? " GPU" : "",
+                duration(r.elapsed_s / (s + 1) * (t.steps - s - 1)).c_str());
+    std::fflush(stdout);
+  }
+  log_metrics({{"step", s + 1}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.norm},
+               {"tokens_per_s", rate}, {"mfu", mfu},
+               {device_.is_cuda() ? "gpu_peak_reserved_mb" : "max_rss_mb", memory},
+               {"time_s", r.elapsed_s}, {"overflow", optimizer_->overflow()}});
+}
+
+// The mean validation loss over the replicas: the same val_batches batches every time, so
+// losses compare; dropout off meanwhile.
+double Trainer::validate() {
+  model_->set_training(false);
+  val_data_->set_position({});
+  double sum = 0;
+  for (int64_t i = 0; i < training_.val_batches; ++i) {
+    auto [x, y] = val_data_->next();
+    StepOptions eval;
+    eval.train = false;
+    sum += step(*dmodel_, {x.to(device_)}, {y.to(device_)}, loss_fn_, eval)[0].reduce_mean().item<double>();
+  }
+  model_->set_training(true);
+  return replica_mean(sum / training_.val_batches);
+}
+
+void Trainer::report_validation(int64_t steps_done, double loss) {
+  val_curve_.emplace_back(steps_done, loss);
+  summary_.final_val_loss = loss;
+  if (lead_) std::printf("validation loss %.4f (unigram entropy %.4f)\n", loss, entropy_);
+  log_metrics({{"step", steps_done}, {"val_loss", loss}});
+}
+
+// A checkpoint with what resume() reads back: the step, the data position and the curves.
+void Trainer::save(const std::string& tag, bool partial, int64_t steps_done) {
+  const auto begin = Clock::now();
+  const LoaderPosition position = train_data_->position();
+  const json user = {{"step", steps_done}, {"train_position", {position.epoch, position.cursor}},
+                     {"train_curve", curve_json(train_curve_)}, {"val_curve", curve_json(val_curve_)}};
+  save_checkpoint(checkpoint_.dir, tag, partial, *dmodel_, optimizer_.get(), user,
+                  static_cast<int>(checkpoint_.keep), hf_format(config_.model));
+  if (lead_) {
+    std::printf("checkpoint %s/%s%s saved in %.2f s\n", checkpoint_.dir.c_str(), tag.c_str(),
+                partial ? "_partial" : "", std::chrono::duration<double>(Clock::now() - begin).count());
+    std::fflush(stdout);
+  }
+}
+
+void Trainer::log_metrics(const json& line) {
+  if (lead_) metrics_ << line.dump() << "\n" << std::flush;
+}
+
+// ---- sample ----
+
+// A sample from the prompt, one token at a time through the pipeline; every rank draws the
+// same token from the same generator.
+void Trainer::sample() {
+  const TrainingConfig& t = training_;
+  model_->set_training(false);
+  std::vector<int> tokens = tokenizer_->encode(t.prompt);
+  if (tokens.empty()) tokens.push_back(tokenizer_->eot());
+  prompt_tokens_ = tokens.size();
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(t.seed + 7);
-  const LossFn last_logits = [&model](const Values& out, const Values&) -> Values {
-    return {model.full_logits(out[0]).select(1, -1)};
+  const LossFn last_logits = [this](const Values& out, const Values&) -> Values {
+    return {model_->full_logits(out[0]).select(1, -1)};
   };
   for (int64_t i = 0; i < t.sample_tokens; ++i) {
     const int64_t context = std::min<int64_t>(static_cast<int64_t>(tokens.size()), t.seq_len);
     at::Tensor ctx = at::tensor(std::vector<int64_t>(tokens.end() - context, tokens.end()), at::kLong)
                          .view({1, context})
-                         .to(device);
+                         .to(device_);
     StepOptions gen;
     gen.train = false;
     gen.microbatches = 1;
-    const at::Tensor logits = step(dmodel, {ctx}, {}, last_logits, gen)[0].outputs()[0][0];
+    const at::Tensor logits = step(*dmodel_, {ctx}, {}, last_logits, gen)[0].outputs()[0][0];
     const at::Tensor probs =
         at::softmax(logits.to(at::kFloat).cpu() / std::max(t.temperature, 1e-6), -1);
     tokens.push_back(static_cast<int>(at::multinomial(probs, 1, false, generator).item<int64_t>()));
   }
-  summary.sample = tokenizer->decode(std::vector<int>(tokens.begin(), tokens.end()));
+  summary_.sample = tokenizer_->decode(tokens);
+}
 
-  // Pictures and the summary, by rank 0; the timeline comes from rank 0's pipeline.
-  json trace = json::array();
-  for (const auto& e : dmodel.last_trace()) {
-    trace.push_back({pipeline::to_string(e.action), static_cast<int>(e.action.kind), e.action.stage,
-                     e.action.microbatch, e.action.peer, e.start_s, e.end_s, e.bytes});
-  }
-  const auto traces = allgather(trace.dump(), CommGroup::PP_GROUP);
-  if (lead) {
-    std::vector<std::vector<pipeline::TraceEvent>> per_rank;
-    for (const auto& text : traces) {
-      per_rank.emplace_back();
-      for (const auto& e : json::parse(text)) {
-        per_rank.back().push_back({{static_cast<pipeline::ActionKind>(e[1].get<int>()),
-                                    e[2].get<int>(), e[3].get<int>(), e[4].get<int>()},
-                                   e[5].get<double>(), e[6].get<double>(), e[7].get<int64_t>()});
-      }
-    }
-    files::write_file_atomic(c.run_dir + "/timeline.svg",
-                    svg_timeline("the last step's pipeline timeline (rank 0's pipeline)", per_rank));
-    pipeline::write_chrome_trace(c.run_dir + "/timeline.json", 0, per_rank.empty() ? std::vector<pipeline::TraceEvent>{} : per_rank[0]);
-    files::write_file_atomic(c.run_dir + "/loss.svg",
-                    svg_line_chart("loss, " + c.model.name + " on " + std::to_string(size()) + " ranks",
-                                   "step", "cross-entropy (nats)",
-                                   {{"train", train_curve, "#1f77b4"}, {"validation", val_curve, "#d62728"}},
-                                   {{"unigram entropy", entropy}}));
-    files::write_file_atomic(c.run_dir + "/sample.txt", summary.sample + "\n");
-    files::write_file_atomic(c.run_dir + "/summary.json",
-                    json{{"final_train_loss", summary.train_losses.back()},
-                         {"final_val_loss", summary.final_val_loss},
-                         {"unigram_entropy", entropy}, {"tokens_per_s", summary.tokens_per_s},
-                         {"mfu", summary.mfu}, {"device", t.device},
-                         {"steps", t.steps}, {"seconds", total_s},
-                         {"layout", {{"world", size()}, {"pp", pp_size()}, {"tp", tp_size()}, {"dp", rdp_size()}}},
-                         {"prompt_tokens", prompt_tokens}}
-                        .dump(2) + "\n");
-    std::printf("\nfinal: train loss %.4f, validation loss %.4f, unigram entropy %.4f nats; "
-                "%.0f tokens/s; %s\n", summary.train_losses.back(), summary.final_val_loss,
-                entropy, summary.tokens_per_s, duration(total_s).c_str());
-    std::printf("sample:\n%s\n\nrun directory: %s\n", summary.sample.c_str(), c.run_dir.c_str());
-    std::fflush(stdout);
-  }
-  return summary;
+// ---- report ----
+
+// The pictures, the sample and the summary in the run directory, and the final lines, by
+// rank 0; the timeline shows every pipeline rank of rank 0's pipeline.
+void Trainer::report() {
+  const auto per_rank = gather_traces(*dmodel_);
+  if (!lead_) return;
+  write_run_files(per_rank);
+  std::printf("\nfinal: train loss %.4f, validation loss %.4f, unigram entropy %.4f nats; "
+              "%.0f tokens/s; %s\n", summary_.train_losses.back(), summary_.final_val_loss,
+              entropy_, summary_.tokens_per_s, duration(total_s_).c_str());
+  std::printf("sample:\n%s\n\nrun directory: %s\n", summary_.sample.c_str(), config_.run_dir.c_str());
+  std::fflush(stdout);
+}
+
+void Trainer::write_run_files(const std::vector<std::vector<pipeline::TraceEvent>>& per_rank) {
+  const std::string& dir = config_.run_dir;
+  files::write_file_atomic(dir + "/timeline.svg",
+                  svg_timeline("the last step's pipeline timeline (rank 0's pipeline)", per_rank));
+  pipeline::write_chrome_trace(dir + "/timeline.json", 0, dmodel_->last_trace());
+  files::write_file_atomic(dir + "/loss.svg",
+                  svg_line_chart("loss, " + config_.model.name + " on " + std::to_string(size()) + " ranks",
+                                 "step", "cross-entropy (nats)",
+                                 {{"train", train_curve_, "#1f77b4"}, {"validation", val_curve_, "#d62728"}},
+                                 {{"unigram entropy", entropy_}}));
+  files::write_file_atomic(dir + "/sample.txt", summary_.sample + "\n");
+  files::write_file_atomic(dir + "/summary.json",
+                  json{{"final_train_loss", summary_.train_losses.back()},
+                       {"final_val_loss", summary_.final_val_loss},
+                       {"unigram_entropy", entropy_}, {"tokens_per_s", summary_.tokens_per_s},
+                       {"mfu", summary_.mfu}, {"device", training_.device},
+                       {"steps", training_.steps}, {"seconds", total_s_},
+                       {"layout", {{"world", size()}, {"pp", pp_size()}, {"tp", tp_size()}, {"dp", rdp_size()}}},
+                       {"prompt_tokens", prompt_tokens_}}
+                      .dump(2) + "\n");
+}
+
+}  // namespace
+
+TrainSummary train(const TrainConfig& c) {
+  c.validate(size());  // the batch arithmetic and the layout, before anything runs
+  return Trainer(c).run();
 }
 
 }  // namespace smp::train

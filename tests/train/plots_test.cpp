@@ -1,6 +1,9 @@
 // The SVG pictures: well-formed enough for a browser, and carrying what they claim to show.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
+#include "smp/pipeline/timeline.h"
 #include "smp/train/plots.h"
 
 namespace smp::train {
@@ -38,6 +41,29 @@ TEST(Plots, TimelineDrawsOneBoxPerActionOnItsRankRow) {
   EXPECT_EQ(count(svg, "<title>"), 4);
   EXPECT_NE(svg.find("rank 1"), std::string::npos);
   EXPECT_NE(svg.find("40 ms"), std::string::npos);  // the time axis ends at the last action
+}
+
+// smp-train gathers its pipeline ranks' traces as the timeline's JSON and draws what it reads
+// back: every field survives the trip (the times up to rounding through microseconds).
+TEST(Plots, TraceEventsSurviveTheTimelinesJson) {
+  using pipeline::ActionKind;
+  const std::vector<pipeline::TraceEvent> events = {
+      {{ActionKind::kForward, 0, 3}, 0.0, 0.010, 0},
+      {{ActionKind::kSendActivation, 0, 3, 1}, 0.010, 0.011, 4096},
+      {{ActionKind::kRecvGrad, 2, 1, 3}, 0.25, 0.5, 128},
+      {{ActionKind::kBackwardWeight, 2, 1}, 0.5, 0.75, 0}};
+  const auto json = pipeline::trace_events_json(1, events);
+  ASSERT_EQ(json.size(), events.size() + 1) << "one event each and the row's name";
+  const auto back = pipeline::trace_events_from_json(json);
+  ASSERT_EQ(back.size(), events.size());
+  for (size_t i = 0; i < events.size(); ++i) {
+    EXPECT_EQ(back[i].action, events[i].action) << i;
+    EXPECT_NEAR(back[i].start_s, events[i].start_s, 1e-12) << i;
+    EXPECT_NEAR(back[i].end_s, events[i].end_s, 1e-12) << i;
+    EXPECT_EQ(back[i].bytes, events[i].bytes) << i;
+  }
+  using PerRank = std::vector<std::vector<pipeline::TraceEvent>>;
+  EXPECT_EQ(svg_timeline("t", PerRank{back}), svg_timeline("t", PerRank{events}));
 }
 
 }  // namespace

@@ -67,6 +67,74 @@ TEST(TrainConfig, BadInputNamesTheKeyAndWhatIsAllowed) {
   expect_config_error("{not json", {"invalid JSON"});
 }
 
+// validate(world_size) on a config read from `json`: "" when it passes, else the message.
+std::string validate_error(const std::string& json, int world_size) {
+  const TrainConfig c = TrainConfig::from_json_string(json);
+  try {
+    c.validate(world_size);
+    return "";
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+}
+
+void expect_contains(const std::string& message, const std::vector<std::string>& needles) {
+  EXPECT_FALSE(message.empty()) << "expected a ConfigError";
+  for (const auto& needle : needles) {
+    EXPECT_NE(message.find(needle), std::string::npos) << "\"" << needle << "\" not in: " << message;
+  }
+}
+
+TEST(TrainConfigValidate, TheLayoutMustFitTheWorld) {
+  const std::string pp3 = R"({"data": {"text": "t"}, "smp": {"pipeline_parallel_degree": 3}})";
+  EXPECT_EQ(validate_error(pp3, 3), "");
+  EXPECT_EQ(validate_error(pp3, 6), "");
+  expect_contains(validate_error(pp3, 2), {"pipeline_parallel_degree (3)", "world size (2)"});
+}
+
+TEST(TrainConfigValidate, GlobalBatchDividesByTheReplicas) {
+  // pp=2 on 8 ranks: 4 data-parallel replicas.
+  const auto config = [](int global_batch) {
+    return R"({"data": {"text": "t"}, "training": {"global_batch": )" + std::to_string(global_batch) +
+           R"(}, "smp": {"pipeline_parallel_degree": 2}})";
+  };
+  EXPECT_EQ(validate_error(config(12), 8), "");
+  EXPECT_EQ(validate_error(config(4), 8), "");
+  expect_contains(validate_error(config(6), 8),
+                  {"training.global_batch", "got 6", "a multiple of the data-parallel replicas (4 on 8 ranks)"});
+  expect_contains(validate_error(config(2), 8), {"training.global_batch", "got 2"});
+}
+
+TEST(TrainConfigValidate, EachReplicasBatchDividesByTheMicrobatches) {
+  // 2 replicas on 2 ranks, 4 microbatches: the global batch must be a multiple of 8.
+  const auto config = [](int global_batch) {
+    return R"({"data": {"text": "t"}, "training": {"global_batch": )" + std::to_string(global_batch) +
+           R"(}, "smp": {"ddp": true, "microbatches": 4}})";
+  };
+  EXPECT_EQ(validate_error(config(8), 2), "");
+  EXPECT_EQ(validate_error(config(24), 2), "");
+  expect_contains(validate_error(config(12), 2),
+                  {"training.global_batch", "got 12", "6 per data-parallel replica",
+                   "smp.microbatches (4)", "a multiple of 8 (replicas x microbatches)"});
+  // One replica: the batch itself must divide by the microbatches.
+  expect_contains(validate_error(config(6), 1), {"got 6", "smp.microbatches (4)", "a multiple of 4"});
+}
+
+TEST(TrainConfigValidate, HuggingFaceWeightsAreNotSlicedOnConstruction) {
+  TrainConfig c = TrainConfig::from_json_string(R"({"data": {"text": "t"}})");
+  c.init_from_hf = "some/folder";
+  EXPECT_NO_THROW(c.validate(1));
+  c.smp.delayed_parameter_initialization = true;
+  try {
+    c.validate(1);
+    ADD_FAILURE() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    expect_contains(e.what(), {"model.from_hf", "\"some/folder\"", "delayed_parameter_initialization"});
+  }
+  c.init_from_hf.clear();
+  EXPECT_NO_THROW(c.validate(1)) << "delayed initialisation alone is fine";
+}
+
 TEST(LearningRate, WarmsUpLinearlyThenDecaysByCosineToMinLr) {
   TrainingConfig t;
   t.steps = 110, t.warmup_steps = 10, t.lr = 1.0, t.min_lr = 0.1;

@@ -17,6 +17,7 @@
 #include "smp/comm/communicator.h"
 #include "smp/layer/layer.h"
 #include "smp/pipeline/schedule.h"
+#include "smp/pipeline/trace_event.h"
 
 namespace smp::pipeline {
 
@@ -53,13 +54,6 @@ struct StepData {
   // Called right before each backward action (kBackward, kBackwardInput, kBackwardWeight), e.g.
   // by data parallelism to arm its gradient hooks for the last microbatch. May be empty.
   std::function<void(const Action& action)> before_backward;
-};
-
-struct TraceEvent {
-  Action action;
-  double start_s = 0;  // since the step began
-  double end_s = 0;
-  int64_t bytes = 0;   // payload sent or received, for communication actions
 };
 
 struct ExecutorResult {

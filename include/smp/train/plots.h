@@ -6,7 +6,7 @@
 #include <utility>
 #include <vector>
 
-#include "smp/pipeline/executor.h"
+#include "smp/pipeline/trace_event.h"
 
 namespace smp::train {
 

@@ -76,10 +76,16 @@ struct TrainConfig {
   std::string init_from_hf;
 
   // Throws smp::ConfigError naming the section, key, value and what is allowed: unknown keys
-  // (with the nearest valid one), bad types and ranges, global_batch not divisible by
-  // (data-parallel replicas x microbatches), seq_len above the model's max_seq_len.
+  // (with the nearest valid one), bad types and ranges, seq_len above the model's max_seq_len.
   static TrainConfig from_json_file(const std::string& path);
   static TrainConfig from_json_string(const std::string& text);
+
+  // The rules that need the number of ranks, checked once before a run starts: the layout fits
+  // `world_size` (smp::Config::validate_world), global_batch divides by the data-parallel
+  // replicas and each replica's batch by smp.microbatches, and model.from_hf is not combined
+  // with delayed_parameter_initialization. Throws smp::ConfigError naming the key, the value
+  // and what is allowed.
+  void validate(int world_size) const;
 };
 
 // The learning rate at `step` (0-based): linear warm-up to lr over warmup_steps, then cosine

@@ -32,9 +32,10 @@ struct TrainSummary {
   std::string run_dir;
 };
 
-// Collective over the world; smp::init(config.smp) must have run. Prints the start-up table,
-// a progress line per step and the summary on rank 0. Throws smp::ConfigError (on every rank)
-// for bad configurations and data, smp::Error otherwise.
+// Collective over the world; smp::init(config.smp) must have run. Checks
+// config.validate(world size) before anything runs. Prints the start-up table, a progress line
+// per step and the summary on rank 0. Throws smp::ConfigError (on every rank) for bad
+// configurations and data, smp::Error otherwise.
 TrainSummary train(const TrainConfig& config);
 
 }  // namespace smp::train
