@@ -11,10 +11,8 @@
 #   time_ratio=<smp with/without> vs_hf_memory=<smp's memory / HF's, both checkpointed>
 #   vs_hf_speed=<HF's step time / smp's, both checkpointed>
 set -euo pipefail
-cd "$(dirname "$0")/.."
-build=${SMP_BUILD_DIR:-build}
+source "$(dirname "$0")/common.sh"  # cd to the root; build, python, OMP_NUM_THREADS=1
 [ -x "$build/bench/activation_checkpointing/recompute_bench" ] || bash scripts/setup.sh
-export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 shape=(256 6 8 512 8)
 steps=${SMP_BENCH_STEPS:-5}
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }

@@ -16,15 +16,13 @@
 # Usage: bash bench/checkpoint.sh   (SMP_BUILD_DIR, default build; SMP_BENCH_DIR, default
 #        /tmp/smp_checkpoint_bench: the disk measured)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-build=${SMP_BUILD_DIR:-build}
+source "$(dirname "$0")/common.sh"  # cd to the root; build, python, OMP_NUM_THREADS=1
 rounds=${SMP_BENCH_ROUNDS:-5}
 dir=${SMP_BENCH_DIR:-/tmp/smp_checkpoint_bench}
 bench=$build/bench/checkpoint/checkpoint_bench
-[ -x "$bench" ] || { echo "checkpoint.sh: $bench is missing; build it (ninja -C $build checkpoint_bench)" >&2; exit 1; }
+need_exe checkpoint.sh "$bench" checkpoint_bench
 mkdir -p "$dir"
 trap 'rm -rf "$dir"' EXIT
-export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 out=$(mpirun --oversubscribe --bind-to none -np 1 "$bench" "$dir" "$rounds")
 echo "$out" | grep -v '^smp: resuming'

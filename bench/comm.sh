@@ -17,11 +17,9 @@
 #   SMP_BENCH_MPI_FLAGS  extra mpirun flags, word-split (default none), e.g. to try
 #                   "--mca btl_vader_single_copy_mechanism none" (see below)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/common.sh"  # cd to the root; build, python, OMP_NUM_THREADS=1, mpi_flags
 
-build=${SMP_BUILD_DIR:-build}
 rounds=${SMP_BENCH_ROUNDS:-2}
-python=.venv/bin/python
 bench=$build/bench/comm_bench
 
 if [ ! -x "$bench" ]; then
@@ -32,42 +30,21 @@ if [ ! -x "$bench" ]; then
   echo "comm.sh: $bench is missing; building with scripts/setup.sh" >&2
   bash scripts/setup.sh >&2
 fi
-[ -x "$python" ] || { echo "comm.sh: $python is missing; run scripts/setup.sh" >&2; exit 1; }
+need_python comm.sh
 
-# One intra-op thread per rank on both sides.
-export OMP_NUM_THREADS=1
-# The launcher flags every multi-rank run of smp uses (SMP_MPIEXEC_FLAGS in
-# cmake/smp_add_test.cmake): more ranks than cores is normal on these machines, and no binding
-# so the two ranks and the OS share the cores freely (gloo's processes are not bound either).
-# Nothing is tuned beyond that: Open MPI's defaults are what an smp user gets. (On these
-# Firecracker VMs vader's default single-copy mechanism, CMA, is slower for large messages than
-# its copy-in/copy-out pipeline: "--mca btl_vader_single_copy_mechanism none" roughly doubles
-# smp's 16 MiB p2p and all_reduce bandwidth here. It is a per-machine tuning, not a default,
-# so it is only applied through SMP_BENCH_MPI_FLAGS.)
-mpi_flags=(--oversubscribe --mca mpi_yield_when_idle 1 --bind-to none)
-read -r -a extra_flags <<< "${SMP_BENCH_MPI_FLAGS:-}"
-mpi_flags+=("${extra_flags[@]}")
-if [ "$(id -u)" -eq 0 ]; then
-  mpi_flags+=(--allow-run-as-root)
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+# mpi_flags (common.sh) are smp's launcher defaults, untuned. (On these Firecracker VMs vader's
+# default single-copy mechanism, CMA, is slower for large messages than its copy-in/copy-out
+# pipeline: "--mca btl_vader_single_copy_mechanism none" roughly doubles smp's 16 MiB p2p and
+# all_reduce bandwidth here. It is a per-machine tuning, not a default, so it is only applied
+# through SMP_BENCH_MPI_FLAGS.)
+make_out_dir
 
 run_smp() { mpirun -np 2 "${mpi_flags[@]}" "$bench" > "$out/smp.$1"; }
 run_torch() { "$python" bench/torch_comm.py --ranks 2 > "$out/torch.$1"; }
 
 echo "comm.sh: $rounds round(s) of smp (mpirun ${mpi_flags[*]} $bench) and torch (gloo)," \
      "alternating" >&2
-for ((r = 1; r <= rounds; r++)); do
-  if ((r % 2)); then
-    run_smp "$r"; run_torch "$r"
-  else
-    run_torch "$r"; run_smp "$r"
-  fi
-  echo "comm.sh: round $r of $rounds done" >&2
-done
+alternate_rounds comm.sh "$rounds" run_smp run_torch
 
 "$python" - "$out" <<'EOF'
 import glob, os, sys

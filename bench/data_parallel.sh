@@ -30,24 +30,14 @@
 #   SMP_BUILD_DIR     build tree holding bench/data_parallel/dp_bench (default build)
 #   SMP_BENCH_ROUNDS  rounds of smp + torch (default 5)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/common.sh"  # cd to the root; build, python, OMP_NUM_THREADS=1, mpi_flags
 
-build=${SMP_BUILD_DIR:-build}
 rounds=${SMP_BENCH_ROUNDS:-5}
-python=.venv/bin/python
 bench=$build/bench/data_parallel/dp_bench
-[ -x "$bench" ] || { echo "data_parallel.sh: $bench is missing; build it (ninja -C $build dp_bench)" >&2; exit 1; }
-[ -x "$python" ] || { echo "data_parallel.sh: $python is missing; run scripts/setup.sh" >&2; exit 1; }
+need_exe data_parallel.sh "$bench" dp_bench
+need_python data_parallel.sh
 
-export OMP_NUM_THREADS=1
-mpi_flags=(--oversubscribe --mca mpi_yield_when_idle 1 --bind-to none)
-if [ "$(id -u)" -eq 0 ]; then
-  mpi_flags+=(--allow-run-as-root)
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+make_out_dir
 
 run_smp() { mpirun -np 2 "${mpi_flags[@]}" "$bench" > "$out/smp.$1"; }
 run_torch() {
@@ -58,10 +48,7 @@ run_torch() {
 
 echo "data_parallel.sh: $rounds round(s) of smp (mpirun ${mpi_flags[*]} $bench) and torch DDP (gloo)," \
      "alternating" >&2
-for ((r = 1; r <= rounds; r++)); do
-  if ((r % 2)); then run_smp "$r"; run_torch "$r"; else run_torch "$r"; run_smp "$r"; fi
-  echo "data_parallel.sh: round $r of $rounds done" >&2
-done
+alternate_rounds data_parallel.sh "$rounds" run_smp run_torch
 
 "$python" - "$out" "$rounds" <<'EOF'
 import os, statistics, sys

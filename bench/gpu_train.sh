@@ -11,16 +11,15 @@
 # torch and transformers are (scripts/gpu_check.sh sets both on a GPU machine). A dry run of the
 # script on a CPU: SMP_BENCH_DEVICE=cpu SMP_BENCH_BATCH=2 SMP_BENCH_SEQ=64 SMP_BENCH_STEPS=3.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-build=${SMP_BUILD_DIR:-build}
-python=${SMP_PYTHON:-.venv/bin/python}
+source "$(dirname "$0")/common.sh"  # cd to the root; build, python; OMP_NUM_THREADS set below
+python=${SMP_PYTHON:-$python}
 steps=${SMP_BENCH_STEPS:-30}
 peak=${SMP_PEAK_TFLOPS:-989}
 device=${SMP_BENCH_DEVICE:-cuda}
 batch=${SMP_BENCH_BATCH:-16}
 seq=${SMP_BENCH_SEQ:-1024}
 [ -x "$build/apps/smp-train" ] || bash scripts/setup.sh
-export OMP_NUM_THREADS=4 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMP_NUM_THREADS=4
 work=$(mktemp -d /tmp/smp_bench_gpu_XXXXXX)
 trap 'rm -rf "$work"' EXIT
 "$python" -c "

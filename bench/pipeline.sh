@@ -61,14 +61,12 @@
 #   SMP_BENCH_STEPS    timed steps per run (default 30)
 #   SMP_BENCH_MPI_FLAGS  extra mpirun flags, word-split (default none)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/common.sh"  # cd to the root; build, python, OMP_NUM_THREADS=1, mpi_flags
 
-build=${SMP_BUILD_DIR:-build}
 rounds=${SMP_BENCH_ROUNDS:-3}
 max_rounds=${SMP_BENCH_MAX_ROUNDS:-8}
 ((max_rounds >= rounds)) || max_rounds=$rounds
 steps=${SMP_BENCH_STEPS:-30}
-python=.venv/bin/python
 bench=$build/bench/pipeline/pipeline_bench
 
 if [ ! -x "$bench" ]; then
@@ -79,23 +77,9 @@ if [ ! -x "$bench" ]; then
   echo "pipeline.sh: $bench is missing; building with scripts/setup.sh" >&2
   bash scripts/setup.sh >&2
 fi
-[ -x "$python" ] || { echo "pipeline.sh: $python is missing; run scripts/setup.sh" >&2; exit 1; }
+need_python pipeline.sh
 
-# One intra-op thread per rank on both sides.
-export OMP_NUM_THREADS=1
-# The launcher flags every multi-rank run of smp uses (SMP_MPIEXEC_FLAGS in
-# cmake/smp_add_test.cmake): more ranks than cores is normal here, and no binding, so the two
-# ranks and the OS share the cores freely (gloo's processes are not bound either).
-mpi_flags=(--oversubscribe --mca mpi_yield_when_idle 1 --bind-to none)
-read -r -a extra_flags <<< "${SMP_BENCH_MPI_FLAGS:-}"
-mpi_flags+=("${extra_flags[@]}")
-if [ "$(id -u)" -eq 0 ]; then
-  mpi_flags+=(--allow-run-as-root)
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+make_out_dir
 
 # Each run is a fresh process (per rank) so that its peak RSS is its own. Around each run the
 # machine's CPU time (/proc/stat: busy and total) and the run's own (its processes' user + sys)

@@ -26,30 +26,16 @@
 #   SMP_BENCH_ROUNDS  rounds (default 5)
 #   SMP_BENCH_ITERS   steps per trial (default 3)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/common.sh"  # cd to the root; build, python, OMP_NUM_THREADS=1, mpi_flags
 
-build=${SMP_BUILD_DIR:-build}
 rounds=${SMP_BENCH_ROUNDS:-5}
 iters=${SMP_BENCH_ITERS:-3}
-python=.venv/bin/python
 bench=$build/bench/tensor_parallel/tp_bench
 shape=(4 128 256 8 1024 "$iters")
+need_exe tensor_parallel.sh "$bench" tp_bench
+need_python tensor_parallel.sh
 
-if [ ! -x "$bench" ]; then
-  echo "tensor_parallel.sh: $bench is missing; build it (ninja -C $build tp_bench)" >&2
-  exit 1
-fi
-[ -x "$python" ] || { echo "tensor_parallel.sh: $python is missing; run scripts/setup.sh" >&2; exit 1; }
-
-export OMP_NUM_THREADS=1
-mpi_flags=(--oversubscribe --mca mpi_yield_when_idle 1 --bind-to none)
-if [ "$(id -u)" -eq 0 ]; then
-  mpi_flags+=(--allow-run-as-root)
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+make_out_dir
 run_smp() { mpirun -np 2 "${mpi_flags[@]}" "$bench" "${shape[@]}" > "$out/smp.$1"; }
 # torchrun's gloo ranks now and then abort at exit ("terminate called without an active
 # exception") after printing their results; a run that printed both lines counts, else it is
@@ -65,10 +51,7 @@ run_torch() {
   exit 1
 }
 
-for ((r = 1; r <= rounds; r++)); do
-  if ((r % 2)); then run_smp "$r"; run_torch "$r"; else run_torch "$r"; run_smp "$r"; fi
-  echo "tensor_parallel.sh: round $r of $rounds done" >&2
-done
+alternate_rounds tensor_parallel.sh "$rounds" run_smp run_torch
 
 "$python" - "$out" "$rounds" <<'PY'
 import os, statistics, sys

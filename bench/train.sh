@@ -5,10 +5,8 @@
 # machine, same run, one thread each, alternating, best of two rounds each.
 # Ends with: RESULT train vs_plain_libtorch=<ratio> vs_hf=<ratio>
 set -euo pipefail
-cd "$(dirname "$0")/.."
-build=${SMP_BUILD_DIR:-build}
+source "$(dirname "$0")/common.sh"  # cd to the root; build, python, OMP_NUM_THREADS=1
 [ -x "$build/apps/smp-train" ] && [ -x "$build/bench/train/plain_loop" ] || bash scripts/setup.sh
-export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 work=$(mktemp -d /tmp/smp_bench_train_XXXXXX)
 trap 'rm -rf "$work"' EXIT
 if command -v bible > /dev/null; then bible "gen1:1-rev22:21" > "$work/text.txt"; else

@@ -10,17 +10,11 @@
 #      *.tmp folder, `newest` still names the previous one, and resuming skips the broken one
 #      with a message and loads the previous (again bit for bit).
 #   checkpoint_resume_test.sh <smp-train> <mpiexec>
-set -u
+source "$(dirname "${BASH_SOURCE[0]}")/../testing/preamble.sh"
 train=$1
 mpiexec=$2
-work=$(mktemp -d /tmp/smp_checkpoint_resume_XXXXXX)
-trap 'rm -rf "$work"' EXIT
-failed=0
-python3 -c "
-import random
-random.seed(1)
-words = 'in the beginning god created the heaven and the earth and the earth was without form'.split()
-print(' '.join(random.choice(words) for _ in range(20000)))" > "$work/text.txt"
+make_work_dir checkpoint_resume
+write_text "$work/text.txt"
 
 config() {  # config <name> <smp json> <checkpoint json>
   cat > "$work/$1.json" <<JSON
@@ -33,7 +27,7 @@ JSON
 }
 
 run() {  # run <name> <ranks> [extra env] -> sets out, rc
-  out=$(env ${3:-} timeout 180 "$mpiexec" --oversubscribe --bind-to none -np "$2" "$train" \
+  out=$(env ${3:-} timeout 180 "$mpiexec" "${mpirun_flags[@]}" -np "$2" "$train" \
         --config "$work/$1.json" 2>&1)
   rc=$?
 }
@@ -57,7 +51,7 @@ PY
 check() {  # check <name> <ranks> <reference> <tolerance>
   run "$1" "$2"
   if [ "$rc" -ne 0 ]; then echo "FAIL $1: exit $rc"; echo "$out" | tail -20; failed=1; return; fi
-  if verdict=$(compare "$3" "$1" "$4"); then echo "ok   $1: $verdict"; else
+  if verdict=$(compare "$3" "$1" "$4"); then ok "$1: $verdict"; else
     echo "FAIL $1:"; echo "$verdict"; failed=1; fi
 }
 
@@ -70,7 +64,7 @@ run reference 4
 if [ "$rc" -ne 0 ] || [ ! -f "$ckpt/step_10_partial/manifest.json" ]; then
   echo "FAIL reference: exit $rc or no checkpoint"; echo "$out" | tail -20; exit 1
 fi
-grep -qF "checkpoint $ckpt/step_10_partial saved" <<< "$out" || { echo "FAIL reference: no save message"; failed=1; }
+grep -qF "checkpoint $ckpt/step_10_partial saved" <<< "$out" || fail "reference: no save message"
 
 # 2. Stopped at step 10 and resumed, the same layout: bit for bit.
 config same "$pp2tp2" "{\"dir\": \"$ckpt\", \"resume\": \"step_10\"}"
@@ -101,14 +95,14 @@ killed="$work/killed"
 mkdir -p "$killed" && cp -r "$ckpt/step_10_partial" "$killed/" && echo step_10 > "$killed/newest"
 config crash "$pp2tp2" "{\"dir\": \"$killed\", \"every\": 5, \"resume\": \"newest\"}"
 run crash 4 SMP_TEST_CHECKPOINT_KILL_RANK=1
-if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]; then echo "FAIL crash: exit $rc (expected a failure)"; failed=1
+if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]; then fail "crash: exit $rc (expected a failure)"
 elif [ -e "$killed/step_15_partial" ] || [ ! -d "$killed/step_15_partial.tmp" ] || [ "$(cat "$killed/newest")" != step_10 ]; then
   echo "FAIL crash: after the killed save:"; ls "$killed"; cat "$killed/newest"; failed=1
-else echo "ok   crash: exit $rc, only step_15_partial.tmp left, newest still step_10"; fi
+else ok "crash: exit $rc, only step_15_partial.tmp left, newest still step_10"; fi
 config after_crash "$pp2tp2" "{\"dir\": \"$killed\", \"resume\": \"newest\"}"
 check after_crash 4 reference 0
 for want in "skipping incomplete checkpoint $killed/step_15_partial.tmp" "resuming from $killed/step_10_partial"; do
-  grep -qF -- "$want" <<< "$out" || { echo "FAIL after_crash: no \"$want\" in the output"; failed=1; }
+  grep -qF -- "$want" <<< "$out" || fail "after_crash: no \"$want\" in the output"
 done
 
-exit $failed
+finish

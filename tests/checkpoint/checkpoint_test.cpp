@@ -18,6 +18,7 @@
 #include "smp/models/gpt.h"
 #include "smp/models/hf.h"
 #include "smp/smp.h"
+#include "testing/temp_dir.h"
 
 namespace smp {
 namespace {
@@ -73,17 +74,10 @@ struct Trainee {
   }
 };
 
-// A folder every rank shares, fresh per test.
-std::string shared_dir() {
-  return on_rank0("making a folder", [] {
-    char name[] = "/tmp/smp_checkpoint_XXXXXX";
-    return std::string(::mkdtemp(name));
-  });
-}
-
-void cleanup(const std::string& dir) {
-  barrier();
-  if (rank() == 0) files::remove_tree(dir);
+// A folder every rank shares, fresh per test, removed when it goes out of scope. Over
+// smp::testing::world(), which the tests' init and shutdown leave alone.
+smp::testing::TempDir shared_dir() {
+  return smp::testing::TempDir("smp_checkpoint", smp::testing::world());
 }
 
 std::vector<std::string> layouts() {
@@ -116,7 +110,8 @@ TEST(Checkpoint, PartialRoundTripIsBitExact) {
   for (const std::string& layout : layouts()) {
     SCOPED_TRACE(layout);
     init(Config::from_json_string(layout));
-    const std::string dir = shared_dir();
+    const smp::testing::TempDir tmp = shared_dir();
+    const std::string& dir = tmp.path();
     Trainee run(1, config);
     run.train(3);
     save_checkpoint(dir, "a", true, *run.dmodel, run.optimizer.get(), {{"step", 3}});
@@ -139,7 +134,6 @@ TEST(Checkpoint, PartialRoundTripIsBitExact) {
     fresh.train(2);
     const auto a = again.snapshot(), b = fresh.snapshot();
     for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "after 2 more steps, tensor " << i;
-    cleanup(dir);
     shutdown();
   }
 }
@@ -168,9 +162,8 @@ TEST(Checkpoint, ResumesUnderEveryOtherLayout) {
   } else {
     GTEST_SKIP() << "needs 2 or 4 ranks";
   }
-  init(Config{});
-  const std::string dir = shared_dir();
-  shutdown();
+  const smp::testing::TempDir tmp = shared_dir();
+  const std::string& dir = tmp.path();
   for (size_t i = 0; i < all.size(); ++i) {
     SCOPED_TRACE(all[i].json + " chunks " + std::to_string(all[i].chunks));
     init(Config::from_json_string(all[i].json));
@@ -198,14 +191,12 @@ TEST(Checkpoint, ResumesUnderEveryOtherLayout) {
     barrier();
     shutdown();
   }
-  init(Config{});
-  cleanup(dir);
-  shutdown();
 }
 
 TEST(Checkpoint, FullCheckpointHoldsTheWholeTensors) {
   init(Config::from_json_string(layouts()[0]));
-  const std::string dir = shared_dir();
+  const smp::testing::TempDir tmp = shared_dir();
+  const std::string& dir = tmp.path();
   Trainee run(3);
   save_checkpoint(dir, "full", false, *run.dmodel, run.optimizer.get(), {{"note", "x"}});
   at::manual_seed(3);
@@ -229,7 +220,6 @@ TEST(Checkpoint, FullCheckpointHoldsTheWholeTensors) {
   EXPECT_EQ(user["note"], "x");
   const auto a = run.snapshot(), b = fresh.snapshot();
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "tensor " << i;
-  cleanup(dir);
   shutdown();
 }
 
@@ -238,7 +228,8 @@ TEST(Checkpoint, FullCheckpointHoldsTheWholeTensors) {
 // loads: its logits equal smp's; and it resumes (translated back) to the same weights.
 TEST(Checkpoint, FullHuggingFaceCheckpointLoadsInTransformers) {
   init(Config::from_json_string(layouts()[0]));
-  const std::string dir = shared_dir();
+  const smp::testing::TempDir tmp = shared_dir();
+  const std::string& dir = tmp.path();
   models::ModelConfig config = tiny();
   config.vocab_size = 51;
   Trainee run(4, config);
@@ -270,14 +261,14 @@ TEST(Checkpoint, FullHuggingFaceCheckpointLoadsInTransformers) {
   resume_from_checkpoint(dir, *fresh.dmodel, fresh.optimizer.get(), "hf", false, true, true, format);
   const auto a = run.snapshot(), b = fresh.snapshot();
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "tensor " << i;
-  cleanup(dir);
   shutdown();
 }
 #endif
 
 TEST(Checkpoint, CorruptAndTruncatedFilesAreNamed) {
   init(Config::from_json_string(layouts()[0]));
-  const std::string dir = shared_dir();
+  const smp::testing::TempDir tmp = shared_dir();
+  const std::string& dir = tmp.path();
   Trainee run(1);
   run.train(1);
   save_checkpoint(dir, "a", true, *run.dmodel, run.optimizer.get());
@@ -299,13 +290,13 @@ TEST(Checkpoint, CorruptAndTruncatedFilesAreNamed) {
   message = error_of([&] { Trainee fresh(2); resume_from_checkpoint(dir, *fresh.dmodel, fresh.optimizer.get()); });
   EXPECT_NE(message.find("rank_00000.safetensors"), std::string::npos) << message;
   EXPECT_NE(message.find("truncated"), std::string::npos) << message;
-  cleanup(dir);
   shutdown();
 }
 
 TEST(Checkpoint, UnfinishedSaveIsSkippedAndOldOnesArePruned) {
   init(Config::from_json_string(layouts()[0]));
-  const std::string dir = shared_dir();
+  const smp::testing::TempDir tmp = shared_dir();
+  const std::string& dir = tmp.path();
   Trainee run(1);
   for (int i = 1; i <= 3; ++i) {
     run.train(1);
@@ -328,14 +319,14 @@ TEST(Checkpoint, UnfinishedSaveIsSkippedAndOldOnesArePruned) {
     resume_from_checkpoint(dir, *other.dmodel, other.optimizer.get(), "s4");
   });
   EXPECT_NE(message.find("did not finish"), std::string::npos) << message;
-  cleanup(dir);
   shutdown();
 }
 
 // smp::save / smp::load: each rank's own file under SMP's suffixes, or one whole file.
 TEST(Checkpoint, SaveAndLoadUseSmpSuffixes) {
   init(Config::from_json_string(layouts()[0]));
-  const std::string dir = shared_dir();
+  const smp::testing::TempDir tmp = shared_dir();
+  const std::string& dir = tmp.path();
   const at::Tensor mine = at::full({3}, static_cast<double>(rank()));
   save({{"x", mine}}, dir + "/state", true, {{"rank", rank()}});
   EXPECT_TRUE(files::exists(dir + "/state_" + std::to_string(pp_rank()) + "_" + std::to_string(tp_rank())));
@@ -349,13 +340,13 @@ TEST(Checkpoint, SaveAndLoadUseSmpSuffixes) {
   EXPECT_TRUE(at::equal(load(dir + "/whole.safetensors", false).at("y"), at::arange(4)));
   const std::string message = error_of([&] { load(dir + "/absent"); });
   EXPECT_NE(message.find(dir + "/absent_"), std::string::npos) << message;
-  cleanup(dir);
   shutdown();
 }
 
 TEST(Checkpoint, BadInputIsRefused) {
   init(Config::from_json_string(layouts()[0]));
-  const std::string dir = shared_dir();
+  const smp::testing::TempDir tmp = shared_dir();
+  const std::string& dir = tmp.path();
   Trainee run(1);
   std::string message = error_of([&] { save_checkpoint(dir, "../up", true, *run.dmodel, nullptr); });
   EXPECT_NE(message.find("tag \"../up\""), std::string::npos) << message;
@@ -370,7 +361,6 @@ TEST(Checkpoint, BadInputIsRefused) {
   EXPECT_NE(message.find("no optimizer state"), std::string::npos) << message;
   message = error_of([&] { Trainee other(1); resume_from_checkpoint(dir + "/nothing", *other.dmodel, nullptr); });
   EXPECT_NE(message.find("no checkpoint folder"), std::string::npos) << message;
-  cleanup(dir);
   shutdown();
 }
 

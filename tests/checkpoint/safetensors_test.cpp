@@ -4,8 +4,6 @@
 // atomic saves that leave nothing behind on failure.
 #include "smp/checkpoint/safetensors.h"
 
-#include <dirent.h>
-#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -19,42 +17,12 @@
 #include <gtest/gtest.h>
 
 #include "smp/core/error.h"
+#include "testing/temp_dir.h"
 
 namespace smp::checkpoint {
 namespace {
 
-// A fresh directory under /tmp, removed with its contents at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/smp_safetensors_XXXXXX";
-    const char* dir = ::mkdtemp(tmpl);
-    if (dir == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = dir;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    ::nftw(
-        path_.c_str(), [](const char* p, const struct stat*, int, FTW*) { return ::remove(p); }, 16,
-        FTW_DEPTH | FTW_PHYS);
-  }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-  // The directory's entries, sorted, without "." and "..".
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    DIR* d = ::opendir(path_.c_str());
-    while (dirent* e = ::readdir(d))
-      if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
-        out.push_back(e->d_name);
-    ::closedir(d);
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-
- private:
-  std::string path_;
-};
+using smp::testing::TempDir;
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -101,7 +69,7 @@ void expect_error(const std::function<void()>& fn, const std::string& path,
 using Named = std::vector<std::pair<std::string, at::Tensor>>;
 
 TEST(Safetensors, RoundTripsEveryDtype) {
-  TempDir dir;
+  TempDir dir("smp_safetensors");
   const std::vector<std::pair<at::ScalarType, std::string>> dtypes = {
       {at::kDouble, "F64"},
       {at::kFloat, "F32"},
@@ -133,7 +101,7 @@ TEST(Safetensors, RoundTripsEveryDtype) {
 }
 
 TEST(Safetensors, RoundTripsScalarsEmptyAndNonContiguous) {
-  TempDir dir;
+  TempDir dir("smp_safetensors");
   at::Tensor base = at::arange(24, at::kFloat).reshape({4, 6});
   Named tensors = {{"scalar", at::scalar_tensor(3.5, at::kDouble)},
                    {"empty", at::empty({0}, at::kFloat)},
@@ -156,7 +124,7 @@ TEST(Safetensors, RoundTripsScalarsEmptyAndNonContiguous) {
 }
 
 TEST(Safetensors, HeaderListsTensorsInFileOrderWithMetadata) {
-  TempDir dir;
+  TempDir dir("smp_safetensors");
   const std::string path = dir.file("h.safetensors");
   save_safetensors(path, {{"z", at::ones({2, 3}, at::kHalf)}, {"a", at::ones({5}, at::kLong)}},
                    {{"format", "pt"}, {"note", "héllo \"quoted\""}});
@@ -180,7 +148,7 @@ TEST(Safetensors, HeaderListsTensorsInFileOrderWithMetadata) {
 }
 
 TEST(Safetensors, WritesExactlyTheSpecifiedBytes) {
-  TempDir dir;
+  TempDir dir("smp_safetensors");
   const std::string path = dir.file("exact.safetensors");
   save_safetensors(path, {{"a", at::tensor({1.0f, -2.0f})}, {"b", at::tensor({3.0f, 4.0f, 5.0f})}},
                    {{"format", "pt"}});
@@ -244,7 +212,7 @@ print("python checks passed")
 )PY";
 
 TEST(Safetensors, InterchangesWithAnIndependentPythonImplementation) {
-  TempDir dir;
+  TempDir dir("smp_safetensors");
   write_bytes(dir.file("check.py"), kPythonScript);
   save_safetensors(dir.file("ours.safetensors"),
                    {{"x", at::arange(6, at::kFloat).mul(0.5).reshape({2, 3})},
@@ -271,7 +239,7 @@ TEST(Safetensors, InterchangesWithAnIndependentPythonImplementation) {
 #endif
 
 TEST(Safetensors, ReadsOneTensorOrASlice) {
-  TempDir dir;
+  TempDir dir("smp_safetensors");
   const std::string path = dir.file("s.safetensors");
   at::Tensor w = at::arange(60, at::kFloat).reshape({5, 4, 3});
   save_safetensors(path,
@@ -370,7 +338,7 @@ TEST(Safetensors, RejectsEveryMalformedFile) {
       {"unexpected_key", make_file("{\"a\":{" + f32x2 + ":[0,8],\"x\":1}}", eight),
        "tensor 'a': unexpected key \"x\" (allowed: dtype, shape, data_offsets)"},
   };
-  TempDir dir;
+  TempDir dir("smp_safetensors");
   for (const auto& c : cases) {
     SCOPED_TRACE(c.case_name);
     const std::string path = dir.file(std::string(c.case_name) + ".safetensors");
@@ -386,7 +354,7 @@ TEST(Safetensors, RejectsEveryMalformedFile) {
 // ---- saving: bad input and atomicity ----
 
 TEST(Safetensors, RejectsBadInputBeforeCreatingAnything) {
-  TempDir dir;
+  TempDir dir("smp_safetensors");
   const std::string path = dir.file("bad.safetensors");
   const at::Tensor ok = at::ones({2});
   expect_error(
@@ -419,7 +387,7 @@ TEST(Safetensors, RejectsBadInputBeforeCreatingAnything) {
 }
 
 TEST(Safetensors, FailedSaveLeavesThePreviousFileAndNoTemporary) {
-  TempDir dir;
+  TempDir dir("smp_safetensors");
   const std::string path = dir.file("w.safetensors");
   const at::Tensor old = at::arange(4, at::kFloat);
   save_safetensors(path, {{"w", old}});
@@ -453,7 +421,7 @@ TEST(Safetensors, FailedSaveLeavesThePreviousFileAndNoTemporary) {
 }
 
 TEST(Safetensors, OverwritesAtomicallyAndAcceptsARelativePath) {
-  TempDir dir;
+  TempDir dir("smp_safetensors");
   const std::string path = dir.file("w.safetensors");
   save_safetensors(path, {{"w", at::zeros({2})}});
   save_safetensors(path, {{"v", at::ones({3}, at::kBFloat16)}});

@@ -6,16 +6,12 @@
 #include <ATen/ATen.h>
 
 #include "smp/smp.h"
+#include "testing/multi_rank.h"
 
 namespace smp::comm {
 namespace {
 
-const ProcessGroups& groups() {
-  // Built once, by every rank at the same point (gtest runs tests in the same order).
-  static ProcessGroups groups(Topology(world_size(), 1, 1, "cluster"), /*timeout_s=*/30);
-  return groups;
-}
-Communicator& world() { return groups().get(CommGroup::WORLD); }
+using smp::testing::world;  // every rank, without smp::init
 
 const std::vector<at::ScalarType> kDtypes = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf,
                                              at::kLong};

@@ -3,12 +3,11 @@
 # configured timeout, with a message naming the operation, the group and the peer, and no
 # process of the job may be left behind.
 #   failure_test.sh <failure_probe> <mpiexec>
-set -u
+source "$(dirname "${BASH_SOURCE[0]}")/../testing/preamble.sh"
 probe=$1
 mpiexec=$2
 timeout_s=3
 slack_s=12  # mpirun start-up and tear-down on a loaded 2-core machine
-failed=0
 
 run_case() {
   local mode=$1
@@ -17,7 +16,7 @@ run_case() {
   start=$(date +%s%N)
   # orte_abort_on_non_zero_status 0: let the survivors report before mpirun tears the job
   # down (by default it kills them the moment rank 1 dies, which also ends the job, silently).
-  out=$(timeout 120 "$mpiexec" --oversubscribe --bind-to none --mca orte_abort_on_non_zero_status 0 \
+  out=$(timeout 120 "$mpiexec" "${mpirun_flags[@]}" --mca orte_abort_on_non_zero_status 0 \
         -np 3 "$probe" "$mode" "$timeout_s" 2>&1)
   rc=$?
   end=$(date +%s%N)
@@ -33,7 +32,7 @@ run_case() {
     echo "FAIL $mode: processes left behind:"; pgrep -af "^$probe "; pkill -9 -f "^$probe "; ok=0
   fi
   if [ $ok -eq 1 ]; then
-    echo "ok   $mode: exit $rc after ${elapsed}s"
+    ok "$mode: exit $rc after ${elapsed}s"
   else
     failed=1
     echo "---- output of $mode ----"; echo "$out"; echo "----"
@@ -45,4 +44,4 @@ run_case kill "timed out after" "all_reduce #1 on WORLD (world ranks [0, 1, 2])"
 run_case hang "timed out after" "all_reduce #1 on WORLD" "no word from rank 1 (world rank 1)"
 run_case p2p-hang "recv on WORLD (world ranks [0, 1, 2]) with peer rank 1 (world rank 1) timed out" \
                   "barrier #1 on WORLD"
-exit $failed
+finish

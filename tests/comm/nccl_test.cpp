@@ -5,16 +5,14 @@
 #include <ATen/ATen.h>
 
 #include "smp/smp.h"
+#include "testing/multi_rank.h"
 
 namespace smp::comm {
 namespace {
 
 bool have_gpu() { return at::hasCUDA(); }
 
-Communicator& world() {
-  static ProcessGroups groups(Topology(world_size(), 1, 1, "cluster"), 30);
-  return groups.get(CommGroup::WORLD);
-}
+using smp::testing::world;  // every rank, without smp::init
 
 TEST(Nccl, CollectivesOnDeviceTensorsMatchClosedForms) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device here";

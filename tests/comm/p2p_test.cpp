@@ -4,15 +4,12 @@
 #include <ATen/ATen.h>
 
 #include "smp/smp.h"
+#include "testing/multi_rank.h"
 
 namespace smp::comm {
 namespace {
 
-const ProcessGroups& groups() {
-  static ProcessGroups groups(Topology(world_size(), 1, 1, "cluster"), /*timeout_s=*/30);
-  return groups;
-}
-Communicator& world() { return groups().get(CommGroup::WORLD); }
+using smp::testing::world;  // every rank, without smp::init
 
 // What rank r sends: its own dtype and a shape the receiver cannot guess.
 at::Tensor message_of(int r) {

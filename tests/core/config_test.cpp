@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "smp/core/error.h"
+#include "testing/temp_dir.h"
 
 namespace smp {
 namespace {
@@ -43,32 +44,7 @@ std::string error_for(const json& params) {
   return config_error([&] { Config::from_json(params); });
 }
 
-// A fresh directory removed with its contents on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string templ = (std::filesystem::temp_directory_path() / "smp_config_test_XXXXXX").string();
-    if (mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = templ;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  // Writes `text` to `name` inside the directory and returns its path.
-  std::string write(const std::string& name, const std::string& text) const {
-    const std::string file = (path_ / name).string();
-    std::ofstream(file) << text;
-    return file;
-  }
-  std::string path(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using smp::testing::TempDir;
 
 // Sets (or unsets, with nullopt) an environment variable and restores it on destruction.
 class ScopedEnv {
@@ -414,7 +390,7 @@ TEST(ConfigTest, FromJsonString) {
 }
 
 TEST(ConfigTest, FromJsonFile) {
-  TempDir dir;
+  TempDir dir("smp_config_test");
   const std::string good = dir.write("good.json", R"({"pipeline_parallel_degree": 2, "microbatches": 8})");
   const Config c = Config::from_json_file(good);
   EXPECT_EQ(c.pipeline_parallel_degree, 2);
@@ -422,11 +398,11 @@ TEST(ConfigTest, FromJsonFile) {
 }
 
 TEST(ConfigTest, FromJsonFileErrorsNameThePath) {
-  TempDir dir;
-  const std::string missing = dir.path("missing.json");
+  TempDir dir("smp_config_test");
+  const std::string missing = dir.file("missing.json");
   EXPECT_THAT(config_error([&] { Config::from_json_file(missing); }),
               AllOf(HasSubstr("\"" + missing + "\""), HasSubstr("cannot read"), HasSubstr("No such file")));
-  EXPECT_THAT(config_error([&] { Config::from_json_file(dir.path("")); }),
+  EXPECT_THAT(config_error([&] { Config::from_json_file(dir.file("")); }),
               AllOf(HasSubstr("cannot read"), HasSubstr("directory")));
   const std::string invalid = dir.write("invalid.json", "{\n  \"microbatches\": 4,\n  oops\n}\n");
   EXPECT_THAT(config_error([&] { Config::from_json_file(invalid); }),

@@ -19,7 +19,7 @@
 
 #include "harness.h"
 #include "smp/checkpoint/checkpoint.h"
-#include "smp/core/files.h"
+#include "testing/temp_dir.h"
 
 namespace smp {
 namespace {
@@ -221,10 +221,8 @@ TEST(ShardedDataParallel, CheckpointsReshardToAndFromOtherLayouts) {
   for (const auto& [saved, loaded] : cases) {
     const std::string what = "saved {" + saved + "} loaded {" + loaded + "}";
     reinit(saved);
-    const std::string dir = on_rank0("making a folder", [] {
-      char name[] = "/tmp/smp_sdp_XXXXXX";
-      return std::string(::mkdtemp(name));
-    });
+    const TempDir tmp("smp_sdp", world());  // world(): it outlives the reinit below
+    const std::string& dir = tmp.path();
     {
       SmpRun run = smp_run(adam(), 3);
       save_checkpoint(dir, "step_3", /*partial=*/true, *run.model, run.opt.get());
@@ -236,8 +234,6 @@ TEST(ShardedDataParallel, CheckpointsReshardToAndFromOtherLayouts) {
     run.model->gather_parameters();
     expect_params_close(*run.model, ref, kTol, what);
     run.model->release_parameters(false);
-    barrier();
-    if (rank() == 0) files::remove_tree(dir);
   }
 }
 

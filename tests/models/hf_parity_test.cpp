@@ -20,6 +20,7 @@
 #include "smp/core/files.h"
 #include "smp/models/hf.h"
 #include "smp/smp.h"
+#include "testing/temp_dir.h"
 
 namespace smp::models {
 namespace {
@@ -33,19 +34,10 @@ void init_tp() {
 
 tp::TpGroup tp_group() { return tp::TpGroup(process_group(CommGroup::TP_GROUP)); }
 
-// A fresh directory under /tmp, made on rank 0 and named to every rank.
-std::string make_temp_dir() {
-  return on_rank0("temp dir", [] {
-    char tmpl[] = "/tmp/smp_hf_parity_XXXXXX";
-    if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
-    return std::string(tmpl);
-  });
-}
-
-// Removes `dir` once every rank is done with it.
-void remove_temp_dir(const std::string& dir) {
-  barrier();
-  if (rank() == 0) files::remove_tree(dir);
+// A fresh directory every rank shares, removed at scope exit. Over smp::testing::world(), as
+// the tests shut smp down before it goes.
+smp::testing::TempDir shared_temp_dir() {
+  return smp::testing::TempDir("smp_hf_parity", smp::testing::world());
 }
 
 ::testing::AssertionResult close(const at::Tensor& got, const at::Tensor& want, double tol) {
@@ -104,7 +96,8 @@ std::string python(const std::string& args) {
 
 void check_family(const std::string& family) {
   init_tp();
-  const std::string dir = make_temp_dir();
+  const smp::testing::TempDir tmp = shared_temp_dir();
+  const std::string& dir = tmp.path();
   on_rank0("hf_reference.py make", [&] { return python("make " + dir + " " + family); });
   const std::string hf_dir = dir + "/hf";
   const ModelConfig config =
@@ -158,7 +151,6 @@ void check_family(const std::string& family) {
           << model.layers[i].name << "." << model.layers[i].parameter_names[j];
     }
   }
-  remove_temp_dir(dir);
   shutdown();
 }
 
@@ -172,7 +164,8 @@ TEST(HfParity, NeedsPython) { GTEST_SKIP() << "configured without Python3_EXECUT
 // found and the shape expected.
 TEST(HfParity, WrongShapeNamesTheTensor) {
   init_tp();
-  const std::string dir = make_temp_dir();
+  const smp::testing::TempDir tmp = shared_temp_dir();
+  const std::string& dir = tmp.path();
   const ModelConfig config = tiny(Family::kGpt2);
   Model model = build_model(config, tp_group(), false);
   save_hf(dir, model);
@@ -197,14 +190,14 @@ TEST(HfParity, WrongShapeNamesTheTensor) {
     EXPECT_NE(what.find("\"" + name + "\""), std::string::npos) << what;
     EXPECT_NE(what.find("shape [96, 32] found; expected [32, 96]"), std::string::npos) << what;
   }
-  remove_temp_dir(dir);
   shutdown();
 }
 
 // A config.json that differs from the model names every differing field.
 TEST(HfParity, ConfigMismatchNamesTheFields) {
   init_tp();
-  const std::string dir = make_temp_dir();
+  const smp::testing::TempDir tmp = shared_temp_dir();
+  const std::string& dir = tmp.path();
   ModelConfig config = tiny(Family::kLlama);
   Model model = build_model(config, tp_group(), false);
   save_hf(dir, model);
@@ -221,7 +214,6 @@ TEST(HfParity, ConfigMismatchNamesTheFields) {
     EXPECT_NE(what.find("rope_theta 10000.0 in the file, 500000.0 in the model"), std::string::npos)
         << what;
   }
-  remove_temp_dir(dir);
   shutdown();
 }
 

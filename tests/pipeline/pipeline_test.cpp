@@ -16,6 +16,7 @@
 #include "smp/core/files.h"
 #include "smp/pipeline/profile.h"
 #include "smp/smp.h"
+#include "testing/temp_dir.h"
 
 namespace smp {
 namespace {
@@ -175,11 +176,8 @@ void reinit_partition(const std::string& extra) {
 TEST(Pipeline, PartitionFileIsWrittenAndLoaded) {
   if (comm::world_size() % 2 != 0) GTEST_SKIP() << "needs pp = 2";
   reinit_partition("");
-  const std::string dir = on_rank0("making a folder", [] {
-    char name[] = "/tmp/smp_partition_XXXXXX";
-    return std::string(::mkdtemp(name));
-  });
-  const std::string file = dir + "/partition.json";
+  const smp::testing::TempDir dir("smp_partition", smp::testing::world());  // outlives reinits
+  const std::string file = dir.file("partition.json");
   Problem problem = transformer_problem();
   // A run with auto partitioning writes its decision ...
   std::vector<int> decided;
@@ -217,8 +215,6 @@ TEST(Pipeline, PartitionFileIsWrittenAndLoaded) {
   expect_error(renamed.dump(), "is for another model: layer 1 is \"other\" there", 1);
   expect_error(good.dump(), "splits the model into 2 stages; this run has 4", 2);
   expect_error("{not json", "is not JSON", 1);
-  barrier();
-  if (rank() == 0) files::remove_tree(dir);
 }
 
 // Layer 0 holds many parameters and does little; layers 1..5 hold few and compute a lot: a

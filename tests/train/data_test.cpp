@@ -14,24 +14,12 @@
 #include "smp/core/error.h"
 #include "smp/train/data_loader.h"
 #include "smp/train/tokenizer.h"
+#include "testing/temp_dir.h"
 
 namespace smp::train {
 namespace {
 
-// A temporary directory removed with everything in it at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    char name[] = "/tmp/smp_data_test_XXXXXX";
-    path_ = ::mkdtemp(name);
-  }
-  ~TempDir() { std::system(("rm -rf " + path_).c_str()); }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using smp::testing::TempDir;
 
 template <typename F>
 void expect_error(F f, const std::vector<std::string>& needles) {
@@ -75,7 +63,7 @@ void write_tiny_gpt2(const TempDir& dir) {
 }
 
 TEST(Gpt2Tokenizer, MergesByRankAndSplitsLikeGpt2) {
-  TempDir dir;
+  TempDir dir("smp_data_test");
   write_tiny_gpt2(dir);
   Gpt2Tokenizer tok(dir.file("vocab.json"), dir.file("merges.txt"));
   nlohmann::json vocab = nlohmann::json::parse(std::ifstream(dir.file("vocab.json")));
@@ -96,7 +84,7 @@ TEST(Gpt2Tokenizer, MergesByRankAndSplitsLikeGpt2) {
 }
 
 TEST(Gpt2Tokenizer, MalformedFilesNameTheFileAndLine) {
-  TempDir dir;
+  TempDir dir("smp_data_test");
   write_tiny_gpt2(dir);
   std::ofstream(dir.file("bad_merges.txt")) << "#version: 0.2\nh e\nnospace\n";
   expect_error([&] { Gpt2Tokenizer(dir.file("vocab.json"), dir.file("bad_merges.txt")); },
@@ -108,7 +96,7 @@ TEST(Gpt2Tokenizer, MalformedFilesNameTheFileAndLine) {
 }
 
 TEST(TokenShard, RoundTripAndStrictHeader) {
-  TempDir dir;
+  TempDir dir("smp_data_test");
   std::vector<int> tokens = {0, 1, 65535, 300, 7};
   write_token_shard(dir.file("a.bin"), tokens);
   TokenShard shard(dir.file("a.bin"));
@@ -144,7 +132,7 @@ TEST(TokenShard, RoundTripAndStrictHeader) {
 }
 
 TEST(PrepareText, SplitsTrainAndValidationAndShards) {
-  TempDir dir;
+  TempDir dir("smp_data_test");
   std::ofstream(dir.file("text.txt")) << std::string(1000, 'a');
   ByteTokenizer tok;
   const PreparedData data = prepare_text(dir.file("text.txt"), dir.file("out"), tok, 0.1, 400);
@@ -156,7 +144,7 @@ TEST(PrepareText, SplitsTrainAndValidationAndShards) {
 }
 
 TEST(UnigramEntropy, MatchesTheClosedForm) {
-  TempDir dir;
+  TempDir dir("smp_data_test");
   write_token_shard(dir.file("u.bin"), {0, 0, 1, 2});  // p = 1/2, 1/4, 1/4
   TokenShard shard(dir.file("u.bin"));
   EXPECT_NEAR(unigram_entropy({&shard}, 3), 1.5 * std::log(2.0), 1e-12);
@@ -173,7 +161,7 @@ std::vector<std::string> counting_shards(const TempDir& dir) {
 }
 
 TEST(DataLoader, WindowsSpanShardsAndTargetsAreShifted) {
-  TempDir dir;
+  TempDir dir("smp_data_test");
   DataLoader loader(counting_shards(dir), 10, 4, 1, 0, 1);
   EXPECT_EQ(loader.num_samples(), 99);  // (1000 - 1) / 10
   for (int step = 0; step < 30; ++step) {
@@ -186,7 +174,7 @@ TEST(DataLoader, WindowsSpanShardsAndTargetsAreShifted) {
 }
 
 TEST(DataLoader, ReplicasSplitEachEpochAndOrderDependsOnlyOnTheSeed) {
-  TempDir dir;
+  TempDir dir("smp_data_test");
   const auto shards = counting_shards(dir);
   std::set<int64_t> seen;
   for (int replica = 0; replica < 3; ++replica) {
@@ -207,7 +195,7 @@ TEST(DataLoader, ReplicasSplitEachEpochAndOrderDependsOnlyOnTheSeed) {
 }
 
 TEST(DataLoader, PositionRestoresTheNextBatchAndEpochsReshuffle) {
-  TempDir dir;
+  TempDir dir("smp_data_test");
   const auto shards = counting_shards(dir);
   DataLoader loader(shards, 10, 8, 5, 0, 1);
   for (int i = 0; i < 15; ++i) loader.next();  // crosses into epoch 1 (12 batches per epoch)
@@ -220,7 +208,7 @@ TEST(DataLoader, PositionRestoresTheNextBatchAndEpochsReshuffle) {
 }
 
 TEST(DataLoader, TooLittleDataIsAClearError) {
-  TempDir dir;
+  TempDir dir("smp_data_test");
   expect_error([&] { DataLoader(counting_shards(dir), 100, 4, 0, 0, 3); },
                {"1000 tokens", "9 samples", "needs 12"});
   expect_error([&] { DataLoader(counting_shards(dir), 10, 4, 0, 3, 3); }, {"replica 3 of 3"});

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <memory>
 #include <random>
 
 #include <ATen/Context.h>
@@ -15,6 +16,7 @@
 
 #include "smp/smp.h"
 #include "smp/train/trainer.h"
+#include "testing/temp_dir.h"
 
 namespace smp::train {
 namespace {
@@ -34,21 +36,32 @@ std::string make_text() {
   return text;
 }
 
-// A temporary folder shared by all ranks, with the text in it; made once.
-std::string work_dir() {
-  static const std::string dir = [] {
-    init(Config{});
-    const std::string made = on_rank0("making the work dir", [] {
-      char name[] = "/tmp/smp_parity_XXXXXX";
-      const std::string path = ::mkdtemp(name);
-      std::ofstream(path + "/text.txt") << make_text();
-      return path;
-    });
-    shutdown();
-    return made;
-  }();
+// The work dir below; empty until first used.
+std::unique_ptr<smp::testing::TempDir>& work_dir_holder() {
+  static std::unique_ptr<smp::testing::TempDir> dir;
   return dir;
 }
+
+// A temporary folder shared by all ranks, with the text in it: made on first use (every rank
+// calls this together the first time) and removed when the tests end (WorkDirCleanup).
+std::string work_dir() {
+  std::unique_ptr<smp::testing::TempDir>& dir = work_dir_holder();
+  if (!dir) {
+    comm::Communicator& world = smp::testing::world();
+    dir = std::make_unique<smp::testing::TempDir>("smp_parity", world);
+    if (world.rank() == 0) std::ofstream(dir->file("text.txt")) << make_text();
+    world.barrier().wait();
+  }
+  return dir->path();
+}
+
+// Removes the work dir after the last test, while MPI still runs (every rank tears down).
+class WorkDirCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override { work_dir_holder().reset(); }
+};
+::testing::Environment* const kWorkDirCleanup =
+    ::testing::AddGlobalTestEnvironment(new WorkDirCleanup);
 
 // `training` adds keys to the training section (e.g. R"(, "device": "cuda")").
 TrainConfig tiny_config(const std::string& smp_json, const std::string& name,
@@ -179,7 +192,6 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
                      R"(, "activation_checkpointing": "each")"),
         "dp4_sdp4 with activation checkpointing");
   }
-  if (comm::world_rank() == 0) std::system(("rm -rf " + work_dir()).c_str());
 }
 
 }  // namespace

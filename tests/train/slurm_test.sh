@@ -7,21 +7,15 @@
 #   3. examples/slurm/smp-train.sbatch, submitted with `sbatch --wait`, finishes the run;
 #   4. a rank count that does not fit the layout ends every task with the layout message.
 #   slurm_test.sh <smp-train> <mpiexec> <repository root>
-set -u
+source "$(dirname "${BASH_SOURCE[0]}")/../testing/preamble.sh"
 train=$(realpath "$1")
 mpiexec=$2
 root=$3
 if ! command -v srun >/dev/null || ! timeout 20 sinfo -h -t idle,mix,alloc -o %n 2>/dev/null | grep -q .; then
   echo "skipped: no Slurm cluster answers here (srun/sinfo)"; exit 77
 fi
-work=$(mktemp -d /tmp/smp_slurm_test_XXXXXX)
-trap 'rm -rf "$work"' EXIT
-failed=0
-python3 -c "
-import random
-random.seed(1)
-words = 'in the beginning god created the heaven and the earth and the earth was without form'.split()
-print(' '.join(random.choice(words) for _ in range(20000)))" > "$work/text.txt"
+make_work_dir slurm_test
+write_text "$work/text.txt"
 
 config() {  # config <name> <checkpoint json>
   cat > "$work/$1.json" <<JSON
@@ -55,21 +49,21 @@ report() {  # report <name> <rc> <output>: the run must have succeeded
 
 export OMP_NUM_THREADS=1
 config mpirun '{"every": 4, "keep": 0}'
-out=$(timeout 180 "$mpiexec" --oversubscribe --bind-to none -np 4 "$train" --config "$work/mpirun.json" 2>&1)
+out=$(timeout 180 "$mpiexec" "${mpirun_flags[@]}" -np 4 "$train" --config "$work/mpirun.json" 2>&1)
 report mpirun $? "$out" || exit 1
 
 # 1. The same run under srun.
 config srun '{"every": 4, "keep": 0}'
 out=$(timeout 180 srun --mpi=pmix -n 4 "$train" --config "$work/srun.json" 2>&1)
 if report srun $? "$out"; then
-  if v=$(same_losses mpirun srun); then echo "ok   srun: $v"; else echo "FAIL srun: $v"; failed=1; fi
+  if v=$(same_losses mpirun srun); then ok "srun: $v"; else fail "srun: $v"; fi
 fi
 
 # 2. Resumed under srun from the mpirun run's checkpoint.
 config resumed "{\"dir\": \"$work/runs/mpirun/checkpoints\", \"resume\": \"step_4\"}"
 out=$(timeout 180 srun --mpi=pmix -n 4 "$train" --config "$work/resumed.json" 2>&1)
 if report resumed $? "$out"; then
-  if v=$(same_losses mpirun resumed); then echo "ok   resumed: $v"; else echo "FAIL resumed: $v"; failed=1; fi
+  if v=$(same_losses mpirun resumed); then ok "resumed: $v"; else fail "resumed: $v"; fi
 fi
 
 # 3. The batch script.
@@ -78,7 +72,7 @@ out=$(cd "$work" && SMP_TRAIN=$train timeout 300 sbatch --wait --ntasks=4 \
       "$root/examples/slurm/smp-train.sbatch" "$work/batch.json" 2>&1)
 if report sbatch $? "$out"; then
   if [ -s "$work/runs/batch/summary.json" ] && grep -q "run directory: $work/runs/batch" "$work"/smp-train-*.out; then
-    echo "ok   sbatch: the job finished the run"
+    ok "sbatch: the job finished the run"
   else echo "FAIL sbatch: no summary.json or no run directory line"; cat "$work"/smp-train-*.out; failed=1; fi
 fi
 
@@ -87,6 +81,6 @@ out=$(timeout 120 srun --mpi=pmix -n 3 "$train" --config "$work/srun.json" 2>&1)
 rc=$?
 if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || ! grep -qF "does not divide the world size (3)" <<< "$out"; then
   echo "FAIL bad layout: exit $rc:"; echo "$out"; failed=1
-else echo "ok   bad layout: exit $rc, the layout message"; fi
+else ok "bad layout: exit $rc, the layout message"; fi
 
-exit $failed
+finish

@@ -5,17 +5,11 @@
 # clear message and a non-zero exit, leaving nothing half-written. A run fine-tunes from the
 # Hugging Face folder an earlier run saved (model.from_hf) and starts from its trained loss.
 #   smp_train_test.sh <smp-train> <mpiexec>
-set -u
+source "$(dirname "${BASH_SOURCE[0]}")/../testing/preamble.sh"
 train=$1
 mpiexec=$2
-work=$(mktemp -d /tmp/smp_train_test_XXXXXX)
-trap 'rm -rf "$work"' EXIT
-failed=0
-python3 -c "
-import random
-random.seed(1)
-words = 'in the beginning god created the heaven and the earth and the earth was without form'.split()
-print(' '.join(random.choice(words) for _ in range(20000)))" > "$work/text.txt"
+make_work_dir train_test
+write_text "$work/text.txt"
 
 config() {  # config <name> <smp json> <training overrides> [data json]
   local data="{\"text\": \"$work/text.txt\"}"
@@ -30,20 +24,20 @@ JSON
 }
 
 run() {  # run <name> <ranks> -> sets out, rc
-  out=$(timeout 120 "$mpiexec" --oversubscribe --bind-to none -np "$2" "$train" --config "$work/$1.json" 2>&1)
+  out=$(timeout 120 "$mpiexec" "${mpirun_flags[@]}" -np "$2" "$train" --config "$work/$1.json" 2>&1)
   rc=$?
 }
 
 expect_failure() {  # expect_failure <name> <ranks> <message>
   run "$1" "$2"
-  if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]; then echo "FAIL $1: exit code $rc"; failed=1; return; fi
+  if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]; then fail "$1: exit code $rc"; return; fi
   if ! grep -qF -- "$3" <<< "$out"; then
     echo "FAIL $1: no \"$3\" in:"; echo "$out"; failed=1; return
   fi
   if [ -n "$(find "$work/runs" -name '*.tmp*' 2>/dev/null)" ]; then
     echo "FAIL $1: half-written files:"; find "$work/runs" -name '*.tmp*'; failed=1; return
   fi
-  echo "ok   $1: exit $rc, \"$3\""
+  ok "$1: exit $rc, \"$3\""
 }
 
 # --- the happy path -------------------------------------------------------------------------
@@ -51,15 +45,15 @@ config good '{"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp":
 run good 4
 if [ "$rc" -ne 0 ]; then echo "FAIL good: exit $rc"; echo "$out"; failed=1; else
   for f in config.json metrics.jsonl loss.svg timeline.svg timeline.json sample.txt summary.json data/train_000.bin data/val_000.bin; do
-    [ -s "$work/runs/good/$f" ] || { echo "FAIL good: no $f in the run directory"; failed=1; }
+    [ -s "$work/runs/good/$f" ] || fail "good: no $f in the run directory"
   done
   steps=$(grep -c '"tokens_per_s"' "$work/runs/good/metrics.jsonl")
-  [ "$steps" -eq 4 ] || { echo "FAIL good: $steps step lines in metrics.jsonl, expected 4"; failed=1; }
+  [ "$steps" -eq 4 ] || fail "good: $steps step lines in metrics.jsonl, expected 4"
   for want in "Partition assignments:" "rank  pp  tp  rdp" "step     4/4" "validation loss" "unigram entropy" "run directory: $work/runs/good"; do
-    grep -qF -- "$want" <<< "$out" || { echo "FAIL good: no \"$want\" in the output"; failed=1; }
+    grep -qF -- "$want" <<< "$out" || fail "good: no \"$want\" in the output"
   done
-  grep -q $'\r' <<< "$out" && { echo "FAIL good: carriage returns in a log"; failed=1; }
-  echo "ok   good: a pp=2 x tp=2 run wrote its run directory"
+  grep -q $'\r' <<< "$out" && fail "good: carriage returns in a log"
+  ok "good: a pp=2 x tp=2 run wrote its run directory"
 fi
 
 # --- fine-tuning from a Hugging Face folder: the good run's full checkpoint ---------------------
@@ -78,8 +72,8 @@ first_loss() { python3 -c "import json,sys; print([json.loads(l)['loss'] for l i
 if [ "$rc" -ne 0 ]; then echo "FAIL from_hf: exit $rc"; echo "$out"; failed=1; else
   fresh=$(first_loss "$work/runs/hf_source/metrics.jsonl"); tuned=$(first_loss "$work/runs/from_hf/metrics.jsonl")
   if python3 -c "import sys; sys.exit(0 if $tuned < $fresh - 0.5 else 1)"; then
-    echo "ok   from_hf: starts at loss $tuned from the trained weights (a fresh model: $fresh)"
-  else echo "FAIL from_hf: first loss $tuned, not well below a fresh model's $fresh"; failed=1; fi
+    ok "from_hf: starts at loss $tuned from the trained weights (a fresh model: $fresh)"
+  else fail "from_hf: first loss $tuned, not well below a fresh model's $fresh"; fi
 fi
 
 # --- bad input ------------------------------------------------------------------------------
@@ -105,4 +99,4 @@ expect_failure layout 2 "does not divide the world size (2)"
 config long_seq '{}' ', "seq_len": 33'
 expect_failure long_seq 2 "seq_len (33) is longer than the model's max_seq_len (32)"
 
-exit $failed
+finish
