@@ -8,8 +8,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <csignal>
-#include <cstdlib>
 #include <chrono>
 #include <cstdio>
 #include <mutex>
@@ -95,7 +93,7 @@ const Placed& find_placed(const std::vector<Placed>& placed, const std::string& 
   for (const Placed& p : placed) {
     if (p.name == name) return p;
   }
-  throw Error("checkpoint: optimizer state for '" + local_name + "', a parameter this rank does not hold");
+  throw CheckpointError("checkpoint: optimizer state for '" + local_name + "', a parameter this rank does not hold");
 }
 
 json layout_json(const DistributedModel& model) {
@@ -151,10 +149,6 @@ json write_shard(const std::string& dir, const DistributedModel& model,
   json states = json::object();
   size_t i = pieces.size();
   for (const auto& [key, t] : layer_state) states[key] = crcs[i++];
-  // Fault injection for tests: this rank dies here, as in a crash in the middle of a save.
-  if (const char* kill = std::getenv("SMP_TEST_CHECKPOINT_KILL_RANK"); kill && std::atoi(kill) == context.rank()) {
-    ::raise(SIGKILL);
-  }
   return {{"file", file}, {"rank", context.rank()}, {"pp", context.pp_rank()}, {"tp", context.tp_rank()},
           {"rdp", context.rdp_rank()}, {"rng_crc32", crcs.back()}, {"layer_state", states},
           {"tensors", entries}};
@@ -215,10 +209,10 @@ json read_manifest_at(const std::string& dir) {
   try {
     m = json::parse(files::read_file(file));
   } catch (const json::exception& e) {
-    throw Error("checkpoint manifest " + file + " is not valid JSON: " + e.what());
+    throw CheckpointError("checkpoint manifest " + file + " is not valid JSON: " + e.what());
   }
   if (m.value("format", "") != kFormat || !m.contains("version") || m["version"].get<int>() > kVersion) {
-    throw Error("checkpoint manifest " + file + ": format " + m.value("format", "?") + " version " +
+    throw CheckpointError("checkpoint manifest " + file + ": format " + m.value("format", "?") + " version " +
                 (m.contains("version") ? m["version"].dump() : "?") + "; this smp reads " + kFormat +
                 " versions up to " + std::to_string(kVersion));
   }
@@ -254,7 +248,7 @@ std::string choose_folder(const std::string& path, const std::string& tag, bool 
     check_tag(tag);
     const std::string dir = folder(path, tag, partial);
     if (!files::exists(dir + "/manifest.json")) {
-      throw Error("resume_from_checkpoint: " + dir + " is not a complete checkpoint (no manifest.json" +
+      throw CheckpointError("resume_from_checkpoint: " + dir + " is not a complete checkpoint (no manifest.json" +
                   (files::exists(dir + ".tmp") ? "; " + dir + ".tmp is a save that did not finish)" : ")"));
     }
     return dir;
@@ -274,10 +268,10 @@ std::string choose_folder(const std::string& path, const std::string& tag, bool 
     const std::string dir = folder(path, newest, partial);
     if (!newest.empty() && files::exists(dir + "/manifest.json")) return dir;
   }
-  if (!files::is_dir(path)) throw Error("resume_from_checkpoint: no checkpoint folder " + path);
+  if (!files::is_dir(path)) throw CheckpointError("resume_from_checkpoint: no checkpoint folder " + path);
   const auto all = complete_checkpoints(path, partial);
   if (all.empty()) {
-    throw Error(std::string("resume_from_checkpoint: no complete ") + (partial ? "partial" : "full") +
+    throw CheckpointError(std::string("resume_from_checkpoint: no complete ") + (partial ? "partial" : "full") +
                 " checkpoint in " + path);
   }
   if (verbose && !newest.empty()) {
@@ -375,7 +369,8 @@ bool adopt_partition(const json& manifest, DistributedModel& model) {
 void save_checkpoint(const std::string& path, const std::string& tag, bool partial,
                      DistributedModel& model, DistributedOptimizer* optimizer,
                      const json& user_content, int num_kept_partial_checkpoints,
-                     const FullCheckpointFormat& format) {
+                     const FullCheckpointFormat& format,
+                     const std::function<void()>& after_shard_written) {
   const ParallelContext& context = model.context();
   check_tag(tag);
   if (num_kept_partial_checkpoints < 0) {
@@ -396,7 +391,10 @@ void save_checkpoint(const std::string& path, const std::string& tag, bool parti
   json mine;
   {
     WholeParameters whole(model, /*written=*/false);
-    comm::on_every_rank("save_checkpoint: writing " + tmp, [&] { mine = write_shard(tmp, model, optimizer); }, context.group(CommGroup::WORLD));
+    comm::on_every_rank("save_checkpoint: writing " + tmp, [&] {
+      mine = write_shard(tmp, model, optimizer);
+      if (after_shard_written) after_shard_written();
+    }, context.group(CommGroup::WORLD));
   }
   const std::vector<std::string> shards = comm::allgather_objects(mine.dump(), context.group(CommGroup::WORLD));
   const json optimizer_meta = optimizer != nullptr ? optimizer->state_meta() : json(nullptr);
@@ -496,7 +494,7 @@ json resume_from_checkpoint(const std::string& path, DistributedModel& model,
         auto checked = [&](const std::string& name, uint32_t crc) {
           const at::Tensor t = file.read(name);
           if (checkpoint::crc32_of(t) != crc) {
-            throw Error("checkpoint file " + path_of_file + ": tensor '" + name +
+            throw CheckpointError("checkpoint file " + path_of_file + ": tensor '" + name +
                         "' fails its checksum: the file is corrupted");
           }
           return t;

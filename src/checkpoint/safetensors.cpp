@@ -74,7 +74,7 @@ std::string no_dtype_name_message(at::ScalarType dtype) {
 }
 
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
-  throw Error("safetensors file '" + path + "': " + what);
+  throw CheckpointError("safetensors file '" + path + "': " + what);
 }
 
 [[noreturn]] void fail_errno(const std::string& path, const std::string& what) {
@@ -310,7 +310,7 @@ bool SafetensorsHeader::contains(const std::string& name) const {
 std::string safetensors_dtype_name(at::ScalarType dtype) {
   const std::string* name = find_dtype_name(dtype);
   if (name == nullptr)
-    throw Error("safetensors: " + no_dtype_name_message(dtype));
+    throw CheckpointError("safetensors: " + no_dtype_name_message(dtype));
   return *name;
 }
 

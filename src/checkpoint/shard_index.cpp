@@ -69,7 +69,7 @@ Piece piece_from_json(const json& j) {
     p.flat_start = j["flat"].at(0).get<int64_t>();
     p.flat_numel = j["flat"].at(1).get<int64_t>();
   }
-  if (p.offsets.size() != p.shape.size()) throw Error("piece " + p.name + ": offsets and shape differ in rank");
+  if (p.offsets.size() != p.shape.size()) throw CheckpointError("piece " + p.name + ": offsets and shape differ in rank");
   return p;
 }
 
@@ -90,7 +90,7 @@ ShardIndex::ShardIndex(std::string dir, const json& tensors) : dir_(std::move(di
 
 const TensorEntry& ShardIndex::entry(const std::string& key) const {
   auto it = entries_.find(key);
-  if (it == entries_.end()) throw Error("checkpoint " + dir_ + " has no tensor '" + key + "'");
+  if (it == entries_.end()) throw CheckpointError("checkpoint " + dir_ + " has no tensor '" + key + "'");
   return it->second;
 }
 
@@ -136,7 +136,7 @@ at::Tensor ShardIndex::read_piece(const Piece& piece, const at::Tensor& into) {
   }
   const uint32_t crc = crc32_of(t);
   if (crc != piece.crc32) {
-    throw Error("checkpoint file " + dir_ + "/" + piece.file + ": tensor '" + piece.name +
+    throw CheckpointError("checkpoint file " + dir_ + "/" + piece.file + ": tensor '" + piece.name +
                 "' fails its checksum (manifest CRC-32 " + std::to_string(piece.crc32) +
                 ", file " + std::to_string(crc) + "): the file is corrupted");
   }
@@ -146,7 +146,7 @@ at::Tensor ShardIndex::read_piece(const Piece& piece, const at::Tensor& into) {
 void ShardIndex::read_region(const std::string& key, const Shape& offsets, at::Tensor out) {
   const TensorEntry& e = entry(key);
   if (offsets.size() != e.shape.size() || out.dim() != static_cast<int64_t>(e.shape.size())) {
-    throw Error("checkpoint " + dir_ + ": tensor '" + key + "' has shape " +
+    throw CheckpointError("checkpoint " + dir_ + ": tensor '" + key + "' has shape " +
                 c10::str(at::IntArrayRef(e.shape)) + "; asked for a region with " +
                 describe(offsets, out.sizes().vec()));
   }
@@ -177,14 +177,14 @@ void ShardIndex::read_region(const std::string& key, const Shape& offsets, at::T
       int64_t filled = 0;
       for (const Piece* p : pieces) {
         if (p->whole_rectangle() || p->flat_start < 0 || p->flat_start + p->flat_numel > r.volume()) {
-          throw Error("checkpoint " + dir_ + ": tensor '" + key + "': piece '" + p->name +
+          throw CheckpointError("checkpoint " + dir_ + ": tensor '" + key + "': piece '" + p->name +
                       "' in " + p->file + " does not fit its rectangle (" + describe(r.lo, r.len) + ")");
         }
         read_piece(*p, flat.narrow(0, p->flat_start, p->flat_numel));
         filled += p->flat_numel;
       }
       if (filled != r.volume()) {
-        throw Error("checkpoint " + dir_ + ": tensor '" + key + "': the flat pieces of the " +
+        throw CheckpointError("checkpoint " + dir_ + ": tensor '" + key + "': the flat pieces of the " +
                     "rectangle with " + describe(r.lo, r.len) + " hold " + std::to_string(filled) +
                     " of its " + std::to_string(r.volume()) + " elements (a rank's shard is missing)");
       }
@@ -194,7 +194,7 @@ void ShardIndex::read_region(const std::string& key, const Shape& offsets, at::T
     covered += overlap.volume();
   }
   if (covered != valid.volume()) {
-    throw Error("checkpoint " + dir_ + ": tensor '" + key + "' (shape " +
+    throw CheckpointError("checkpoint " + dir_ + ": tensor '" + key + "' (shape " +
                 c10::str(at::IntArrayRef(e.shape)) + "): its pieces cover " +
                 std::to_string(covered) + " of the " + std::to_string(valid.volume()) +
                 " elements of the region with " + describe(valid.lo, valid.len) +

@@ -60,16 +60,25 @@ std::string on_rank0(const std::string& what, const std::function<std::string()>
 }
 
 void on_every_rank(const std::string& what, const std::function<void()>& work, Communicator& group) {
+  // One letter for the kind (so every rank throws the kind the failing rank threw), then the
+  // message; empty when the work succeeded.
   std::string error;
   try {
     work();
+  } catch (const ConfigError& e) {
+    error = std::string("C") + e.what();
+  } catch (const CheckpointError& e) {
+    error = std::string("K") + e.what();
   } catch (const std::exception& e) {
-    error = e.what();
-    if (error.empty()) error = "unknown error";
+    error = std::string("E") + e.what();
   }
   const std::vector<std::string> all = allgather_objects(error, group);
   for (size_t r = 0; r < all.size(); ++r) {
-    if (!all[r].empty()) throw Error(what + " failed on rank " + std::to_string(r) + ": " + all[r]);
+    if (all[r].empty()) continue;
+    const std::string message = what + " failed on rank " + std::to_string(r) + ": " + all[r].substr(1);
+    if (all[r][0] == 'C') throw ConfigError(message);
+    if (all[r][0] == 'K') throw CheckpointError(message);
+    throw Error(message);
   }
 }
 

@@ -1,4 +1,4 @@
-// POSIX file-system helpers (see include/smp/files.h).
+// POSIX file-system helpers (see include/smp/core/files.h).
 #include "smp/core/files.h"
 
 #include <dirent.h>

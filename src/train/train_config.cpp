@@ -131,7 +131,8 @@ Setters checkpoint_setters(CheckpointConfig& k) {
              if (!v.is_boolean()) bad("checkpoint.full_at_end", v, "true or false");
              k.full_at_end = v.get<bool>();
            }},
-          {"resume", string_into("checkpoint.resume", &k.resume)}};
+          {"resume", string_into("checkpoint.resume", &k.resume)},
+          {"test_kill_rank", int_into("checkpoint.test_kill_rank", &k.test_kill_rank, -1)}};
 }
 
 // {"name": ..., overrides} or {"from_hf": folder[, "dropout": p]}.

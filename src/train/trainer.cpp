@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -536,8 +537,13 @@ void Trainer::save(const std::string& tag, bool partial, int64_t steps_done) {
   const LoaderPosition position = train_data_->position();
   const json user = {{"step", steps_done}, {"train_position", {position.epoch, position.cursor}},
                      {"train_curve", curve_json(train_curve_)}, {"val_curve", curve_json(val_curve_)}};
+  // checkpoint.test_kill_rank: fault injection for tests, that rank dies in the middle of the save.
+  const std::function<void()> kill_hook = [this] {
+    if (rank() == checkpoint_.test_kill_rank) ::raise(SIGKILL);
+  };
   save_checkpoint(checkpoint_.dir, tag, partial, *dmodel_, optimizer_.get(), user,
-                  static_cast<int>(checkpoint_.keep), hf_format(config_.model));
+                  static_cast<int>(checkpoint_.keep), hf_format(config_.model),
+                  checkpoint_.test_kill_rank >= 0 ? kill_hook : std::function<void()>());
   if (lead_) {
     std::printf("checkpoint %s/%s%s saved in %.2f s\n", checkpoint_.dir.c_str(), tag.c_str(),
                 partial ? "_partial" : "", std::chrono::duration<double>(Clock::now() - begin).count());

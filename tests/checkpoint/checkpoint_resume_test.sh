@@ -93,8 +93,8 @@ check from_sdp 2 sdp_saved 1e-5
 # 4. A rank killed during a save.
 killed="$work/killed"
 mkdir -p "$killed" && cp -r "$ckpt/step_10_partial" "$killed/" && echo step_10 > "$killed/newest"
-config crash "$pp2tp2" "{\"dir\": \"$killed\", \"every\": 5, \"resume\": \"newest\"}"
-run crash 4 SMP_TEST_CHECKPOINT_KILL_RANK=1
+config crash "$pp2tp2" "{\"dir\": \"$killed\", \"every\": 5, \"resume\": \"newest\", \"test_kill_rank\": 1}"
+run crash 4
 if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]; then fail "crash: exit $rc (expected a failure)"
 elif [ -e "$killed/step_15_partial" ] || [ ! -d "$killed/step_15_partial.tmp" ] || [ "$(cat "$killed/newest")" != step_10 ]; then
   echo "FAIL crash: after the killed save:"; ls "$killed"; cat "$killed/newest"; failed=1

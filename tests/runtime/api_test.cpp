@@ -103,6 +103,44 @@ TEST(Objects, AllgatherKeepsEveryLengthInGroupOrder) {
   }
 }
 
+// A failure on one rank reaches every rank, with the kind of error that rank threw.
+TEST(Agree, OnEveryRankRethrowsTheFailingRanksKindEverywhere) {
+  ensure_init();
+  const int last = size() - 1;
+  EXPECT_NO_THROW(on_every_rank("nothing", [] {}));
+  try {
+    on_every_rank("parsing", [&] {
+      if (rank() == last) throw ConfigError("bad key");
+    });
+    ADD_FAILURE() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), "parsing failed on rank " + std::to_string(last) + ": bad key");
+  }
+  try {
+    on_every_rank("loading", [&] {
+      if (rank() == last) throw CheckpointError("corrupt file");
+    });
+    ADD_FAILURE() << "expected CheckpointError";
+  } catch (const CheckpointError& e) {
+    EXPECT_NE(std::string(e.what()).find("corrupt file"), std::string::npos) << e.what();
+  }
+  try {
+    on_every_rank("working", [&] {
+      if (rank() == last) throw std::runtime_error("disk full");
+    });
+    ADD_FAILURE() << "expected smp::Error";
+  } catch (const ConfigError&) {
+    ADD_FAILURE() << "a plain failure became a ConfigError";
+  } catch (const CheckpointError&) {
+    ADD_FAILURE() << "a plain failure became a CheckpointError";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("disk full"), std::string::npos) << e.what();
+  }
+  // on_rank0: every rank gets rank 0's result, or its error as a ConfigError.
+  EXPECT_EQ(on_rank0("deciding", [] { return std::string("42"); }), "42");
+  EXPECT_THROW(on_rank0("deciding", []() -> std::string { throw Error("no"); }), ConfigError);
+}
+
 TEST(Objects, BarriersComplete) {
   ensure_init();
   barrier();

@@ -23,7 +23,8 @@
 // tensors are written once (by the first rank of their data-parallel or tensor-parallel group).
 //
 // Both calls are collective over the world. Every error is reported on every rank (an
-// smp::Error naming the file or tensor and what is wrong; ConfigError for bad arguments).
+// smp::CheckpointError naming the folder, file or tensor and what is wrong; ConfigError for bad
+// arguments).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -58,10 +59,13 @@ struct FullCheckpointFormat {
 // path/<tag>/model.safetensors (through `format`) and the optimizer state into
 // optimizer.safetensors ("<parameter>/<state>", whole shapes). `optimizer` may be null.
 // num_kept_partial_checkpoints > 0 deletes the oldest partial checkpoints beyond that many.
+// `after_shard_written`, for fault-injection tests only: runs on every rank right after it
+// wrote its shard, before the manifest (a test kills a rank there).
 void save_checkpoint(const std::string& path, const std::string& tag, bool partial,
                      DistributedModel& model, DistributedOptimizer* optimizer,
                      const nlohmann::json& user_content = nullptr,
-                     int num_kept_partial_checkpoints = 0, const FullCheckpointFormat& format = {});
+                     int num_kept_partial_checkpoints = 0, const FullCheckpointFormat& format = {},
+                     const std::function<void()>& after_shard_written = {});
 
 // SMP's smp.resume_from_checkpoint: loads the model's parameters and (load_optimizer) the
 // optimizer's state from checkpoint `tag` (empty: the one path/newest names; if that one is

@@ -20,9 +20,10 @@ std::vector<std::string> allgather_objects(const std::string& obj, Communicator&
 std::string on_rank0(const std::string& what, const std::function<std::string()>& work,
                      Communicator& group);
 
-// Every member runs `work`; if any throws, every member throws smp::Error "<what> failed on
-// rank <r>: <message>" for the first failing rank, so a failure on one rank stops them all
-// together instead of leaving the rest waiting.
+// Every member runs `work`; if any throws, every member throws "<what> failed on rank <r>:
+// <message>" for the first failing rank, as a ConfigError or CheckpointError when that rank
+// threw one, else smp::Error; so a failure on one rank stops them all together instead of
+// leaving the rest waiting.
 void on_every_rank(const std::string& what, const std::function<void()>& work, Communicator& group);
 
 }  // namespace smp::comm

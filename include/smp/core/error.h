@@ -1,8 +1,8 @@
 // Errors: the two kinds smp distinguishes.
 //
-// 1. User, config, I/O and communication problems throw a typed exception derived
-//    from smp::Error. The message names the field (or operation), the value and
-//    what is allowed.
+// 1. User, config, checkpoint, I/O and communication problems throw a typed exception
+//    derived from smp::Error (ConfigError, CheckpointError, CommError, TimeoutError). The
+//    message names the field (or operation, or file), the value and what is allowed.
 // 2. Broken internal invariants use SMP_CHECK / SMP_CHECK_EQ, which throw
 //    smp::InternalError printing the condition and both sides.
 //
@@ -23,6 +23,13 @@ class Error : public std::runtime_error {
 
 // A configuration key has a bad type, value or combination.
 class ConfigError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A checkpoint on disk is missing, incomplete, corrupt, or does not fit the model loading it
+// (the message names the folder or file and the tensor).
+class CheckpointError : public Error {
  public:
   using Error::Error;
 };

@@ -61,6 +61,9 @@ struct CheckpointConfig {
   int64_t keep = 2;        // partial checkpoints kept (the oldest are deleted); 0: all
   bool full_at_end = false;
   std::string resume;      // "" (start fresh), "newest", or a tag; smp-train --resume sets it
+  // Fault injection, for tests only: this world rank dies (SIGKILL) right after it wrote its
+  // shard of a checkpoint, as in a crash in the middle of a save. -1: never.
+  int64_t test_kill_rank = -1;
 };
 
 struct TrainConfig {
