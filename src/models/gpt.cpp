@@ -12,6 +12,7 @@
 #include "smp/tensor_parallel/init.h"
 #include "smp/tensor_parallel/layers.h"
 #include "smp/tensor_parallel/primitives.h"
+#include "smp/tensor_parallel/transformer.h"
 
 namespace smp::models {
 namespace {
@@ -19,38 +20,10 @@ namespace {
 using tp::ColumnParallelLinear;
 using tp::Init;
 using tp::LinearOptions;
-using tp::RowParallelLinear;
-
-// LayerNorm (GPT-2) or RMSNorm (LLaMA), replicated across the TP group.
-struct Norm : torch::nn::Module {
-  Norm(int64_t hidden, bool rms, double eps) : rms(rms), eps(eps) {
-    weight = register_parameter("weight", at::ones({hidden}));
-    if (!rms) bias = register_parameter("bias", at::zeros({hidden}));
-  }
-  at::Tensor forward(const at::Tensor& x) const {
-    if (!rms) return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
-    return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * weight;
-  }
-  bool rms;
-  double eps;
-  at::Tensor weight, bias;
-};
-
-// Rotary position embedding in Hugging Face's rotate-half layout; x: (B, N, S, D).
-at::Tensor apply_rope(const at::Tensor& x, double theta) {
-  const int64_t s = x.size(2), d = x.size(3);
-  const auto options = at::TensorOptions().dtype(at::kFloat).device(x.device());
-  const at::Tensor inv_freq = 1.0 / at::pow(theta, at::arange(0, d, 2, options) / d);
-  const at::Tensor freqs = at::outer(at::arange(s, options), inv_freq);  // (S, D/2)
-  const at::Tensor emb = at::cat({freqs, freqs}, -1);
-  const at::Tensor cos = emb.cos().to(x.scalar_type()), sin = emb.sin().to(x.scalar_type());
-  const at::Tensor x1 = x.narrow(-1, 0, d / 2), x2 = x.narrow(-1, d / 2, d / 2);
-  return x * cos + at::cat({-x2, x1}, -1) * sin;
-}
 
 struct Embed : torch::nn::Module {
   Embed(const ModelConfig& c, const tp::TpGroup& group, std::shared_ptr<bool> training)
-      : dropout_p(c.dropout), training(std::move(training)), rng(group) {
+      : dropout_p(c.dropout), training(std::move(training)), rng_(group) {
     tp::EmbeddingOptions options;
     options.init = Init::normal(c.init_std);
     wte = register_module("wte", std::make_shared<tp::VocabParallelEmbedding>(
@@ -60,89 +33,80 @@ struct Embed : torch::nn::Module {
                                                       Init::normal(c.init_std)));
     }
   }
+  tp::DropoutRng& rng() { return rng_; }
   Values forward(const Values& in) {
     const at::Tensor& tokens = in.at(0);  // (B, S)
     at::Tensor h = wte->forward(tokens);  // (B, S, H)
     if (wpe.defined()) h = h + wpe.narrow(0, 0, tokens.size(1));
-    return {rng.dropout(h, dropout_p, /*sharded=*/false, *training)};
+    return {rng_.dropout(h, dropout_p, /*sharded=*/false, *training)};
   }
   std::shared_ptr<tp::VocabParallelEmbedding> wte;
   at::Tensor wpe;
   double dropout_p;
   std::shared_ptr<bool> training;
-  tp::DropoutRng rng;
+  tp::DropoutRng rng_;
 };
 
+// A block's layer: pre-norm, causal, hidden dropout only (no attention dropout). GPT-2:
+// LayerNorm, GELU (tanh), biases (positions are added by Embed); LLaMA: RMSNorm, RoPE, SwiGLU,
+// no biases. Weights N(0, init_std), the output projections N(0, init_std / sqrt(2 L)) as GPT-2
+// does, zero biases.
+tp::TransformerOptions layer_options(const ModelConfig& c) {
+  const bool gpt2 = c.family == Family::kGpt2;
+  tp::TransformerOptions o;
+  o.hidden_size = c.hidden;
+  o.num_attention_heads = c.num_heads;
+  o.attention_head_size = c.head_dim();
+  o.intermediate_size = c.ffn_hidden;
+  o.attention_dropout_prob = 0.0;
+  o.hidden_dropout_prob = c.dropout;
+  o.activation = gpt2 ? "gelu_tanh" : "swiglu";
+  o.layernorm_epsilon = c.norm_eps;
+  o.rms_norm = !gpt2;
+  o.bias = gpt2;
+  o.rope = !gpt2;
+  o.rope_theta = c.rope_theta;
+  o.init = Init::normal(c.init_std);
+  o.output_init = Init::normal(c.init_std / std::sqrt(2.0 * c.num_layers));
+  o.causal = true;
+  o.pre_layernorm = true;
+  o.post_layernorm = false;
+  return o;
+}
+
+// One transformer block: tp's ParallelTransformerLayer, its parameters registered under the
+// block's own names (ln_1, qkv, proj, ln_2, up, down, in this order), which checkpoints and
+// the Hugging Face mapping (hf.cpp) use. The layer itself is not a child, so its names
+// ("attention.qkv", ...) never appear; dropout follows the model's training flag.
 struct Block : torch::nn::Module {
   Block(const ModelConfig& c, const tp::TpGroup& group, std::shared_ptr<bool> training)
-      : c(c), group(group), training(std::move(training)), rng(group) {
+      : training(std::move(training)) {
     tp::check_divisible("num_heads", c.num_heads, group.size());
-    const bool gpt2 = c.family == Family::kGpt2;
-    const Init init = Init::normal(c.init_std);
-    // Output projections scaled by 1/sqrt(2 L), as GPT-2 does.
-    const Init out_init = Init::normal(c.init_std / std::sqrt(2.0 * c.num_layers));
-    ln_1 = register_module("ln_1", std::make_shared<Norm>(c.hidden, !gpt2, c.norm_eps));
-    qkv = register_module("qkv", std::make_shared<ColumnParallelLinear>(
-                                     c.hidden, c.hidden, group,
-                                     LinearOptions{gpt2, init, false, 1, /*stack=*/3}));
-    proj = register_module("proj", std::make_shared<RowParallelLinear>(
-                                       c.hidden, c.hidden, group, LinearOptions{gpt2, out_init}));
-    ln_2 = register_module("ln_2", std::make_shared<Norm>(c.hidden, !gpt2, c.norm_eps));
-    up = register_module("up", std::make_shared<ColumnParallelLinear>(
-                                   c.hidden, c.ffn_hidden, group,
-                                   LinearOptions{gpt2, init, false, 1, /*stack=*/gpt2 ? 1 : 2}));
-    down = register_module("down", std::make_shared<RowParallelLinear>(
-                                       c.ffn_hidden, c.hidden, group, LinearOptions{gpt2, out_init}));
+    layer = std::make_shared<tp::ParallelTransformerLayer>(layer_options(c), group);
+    register_module("ln_1", layer->attention_layernorm);
+    register_module("qkv", layer->attention->qkv);
+    register_module("proj", layer->attention->dense);
+    register_module("ln_2", layer->output_layernorm);
+    register_module("up", layer->mlp->dense_h_to_4h);
+    register_module("down", layer->mlp->dense_4h_to_h);
   }
-
-  at::Tensor attention(const at::Tensor& x) {
-    const int64_t b = x.size(0), s = x.size(1), n = c.num_heads / group.size(), d = c.head_dim();
-    const at::Tensor qkv_out = qkv->forward(x).view({b, s, 3, n, d});
-    at::Tensor q = qkv_out.select(2, 0).transpose(1, 2);  // (B, N, S, D)
-    at::Tensor k = qkv_out.select(2, 1).transpose(1, 2);
-    const at::Tensor v = qkv_out.select(2, 2).transpose(1, 2);
-    if (c.family == Family::kLlama) {
-      q = apply_rope(q, c.rope_theta);
-      k = apply_rope(k, c.rope_theta);
-    }
-    const at::Tensor y = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
-    return proj->forward(y.transpose(1, 2).reshape({b, s, n * d}));
-  }
-
-  at::Tensor mlp(const at::Tensor& x) {
-    at::Tensor h = up->forward(x);
-    if (c.family == Family::kGpt2) {
-      h = at::gelu(h, "tanh");  // GPT-2's gelu_new
-    } else {
-      const auto gate_up = h.chunk(2, -1);  // SwiGLU: silu(gate) * up
-      h = at::silu(gate_up[0]) * gate_up[1];
-    }
-    return down->forward(h);
-  }
-
   Values forward(const Values& in) {
-    at::Tensor x = in.at(0);
-    x = x + rng.dropout(attention(ln_1->forward(x)), c.dropout, false, *training);
-    x = x + rng.dropout(mlp(ln_2->forward(x)), c.dropout, false, *training);
-    return {x};
+    if (layer->is_training() != *training) layer->train(*training);
+    return {layer->forward(in.at(0), /*mask=*/{})};
   }
+  tp::DropoutRng& rng() { return layer->rng(); }
 
-  ModelConfig c;
-  tp::TpGroup group;
   std::shared_ptr<bool> training;
-  tp::DropoutRng rng;
-  std::shared_ptr<Norm> ln_1, ln_2;
-  std::shared_ptr<ColumnParallelLinear> qkv, up;
-  std::shared_ptr<RowParallelLinear> proj, down;
+  std::shared_ptr<tp::ParallelTransformerLayer> layer;
 };
 
 // Final norm and the output projection: the tied embedding (GPT-2) or its own column-parallel
 // linear (LLaMA). A tied weight registered here is a vocabulary shard too.
 struct Head : torch::nn::Module, ShardedModule {
   Head(const ModelConfig& c, const tp::TpGroup& group, const at::Tensor& tied_weight)
-      : group(group), vocab_size(c.vocab_size) {
-    ln_f = register_module("ln_f", std::make_shared<Norm>(c.hidden, c.family == Family::kLlama,
-                                                           c.norm_eps));
+      : group(group), vocab_size(c.vocab_size), norm_eps(c.norm_eps) {
+    ln_f = register_module("ln_f", std::make_shared<tp::NormParams>(
+                                       c.hidden, /*rms=*/c.family == Family::kLlama));
     if (tied_weight.defined()) {
       weight = register_parameter("weight", tied_weight);
     } else {
@@ -157,13 +121,14 @@ struct Head : torch::nn::Module, ShardedModule {
     return name == "weight" ? ShardSpec{0, vocab_size} : ShardSpec{};
   }
   Values forward(const Values& in) {
-    const at::Tensor h = ln_f->forward(in.at(0));
+    const at::Tensor h = tp::apply_norm(in.at(0), ln_f->weight, ln_f->bias, norm_eps);
     if (lm_head) return {lm_head->forward(h)};
     return {at::matmul(tp::copy_to_tp(h, group), weight.t())};  // (B, S, V_pad / tp)
   }
   tp::TpGroup group;
   int64_t vocab_size;
-  std::shared_ptr<Norm> ln_f;
+  double norm_eps;
+  std::shared_ptr<tp::NormParams> ln_f;
   std::shared_ptr<ColumnParallelLinear> lm_head;
   at::Tensor weight;
 };
@@ -178,8 +143,10 @@ Layer as_layer(const std::string& name, std::shared_ptr<M> module) {
 template <typename M>
 Layer as_layer_with_rng(const std::string& name, std::shared_ptr<M> module) {
   Layer layer = as_layer(name, module);
-  layer.get_state = [module] { return module->rng.state(); };
-  layer.set_state = [module](const std::map<std::string, at::Tensor>& s) { module->rng.load_state(s); };
+  layer.get_state = [module] { return module->rng().state(); };
+  layer.set_state = [module](const std::map<std::string, at::Tensor>& s) {
+    module->rng().load_state(s);
+  };
   return layer;
 }
 

@@ -12,7 +12,7 @@ namespace {
 // head has its own copy of the word embedding, that copy (split by vocabulary like it).
 class HeadModule : public tp::TpModule {
  public:
-  HeadModule(tp::TpGroup group, const std::shared_ptr<tp::LayerNormParams>& norm,
+  HeadModule(tp::TpGroup group, const std::shared_ptr<tp::NormParams>& norm,
              const at::Tensor& separate_weight, int64_t vocab_size)
       : tp::TpModule(group) {
     if (norm) register_module("final_layernorm", norm);

@@ -129,8 +129,8 @@ DistributedTransformer::DistributedTransformer(const DistributedTransformerOptio
                                           std::make_shared<DistributedTransformerLayer>(options)));
   }
   if (options.pre_layernorm() && options.post_layernorm()) {
-    final_layernorm = register_module("final_layernorm",
-                                      std::make_shared<tp::LayerNormParams>(options.hidden_size()));
+    final_layernorm = register_module(
+        "final_layernorm", std::make_shared<tp::NormParams>(options.hidden_size(), /*rms=*/false));
   }
 }
 
@@ -138,7 +138,7 @@ at::Tensor DistributedTransformer::final_norm(const at::Tensor& x) {
   if (!final_layernorm) return x;
   std::vector<at::Tensor> p = {final_layernorm->weight, final_layernorm->bias};
   if (options_.sequence_parallel) p = tp::sync_replicated_grads(p, tp_group());
-  return at::layer_norm(x, {options_.hidden_size}, p[0], p[1], options_.layernorm_epsilon);
+  return tp::apply_norm(x, p[0], p[1], options_.layernorm_epsilon);
 }
 
 at::Tensor DistributedTransformer::forward(const at::Tensor& x, const at::Tensor& mask) {

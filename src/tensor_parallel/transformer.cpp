@@ -15,7 +15,8 @@ namespace {
 // The options of a layer's column (first) or row (second, bias left to the caller) projection.
 LinearOptions projection(const TransformerOptions& options, bool row, int64_t stack = 1) {
   LinearOptions out;
-  out.init = options.init;
+  out.bias = options.bias;
+  out.init = row ? options.output_init.value_or(options.init) : options.init;
   out.sequence_parallel = options.sequence_parallel;
   out.stack = stack;
   out.skip_bias_add = row;
@@ -24,6 +25,19 @@ LinearOptions projection(const TransformerOptions& options, bool row, int64_t st
 
 void check_range(const std::string& key, double value, bool ok, const std::string& allowed) {
   if (!ok) throw ConfigError(key + ": got " + std::to_string(value) + "; allowed: " + allowed);
+}
+
+// Rotary position embedding in Hugging Face's rotate-half layout; x: (B, N, S, D), positions
+// 0..S-1. The angles are computed in fp32 whatever x's dtype, as Hugging Face does.
+at::Tensor apply_rope(const at::Tensor& x, double theta) {
+  const int64_t s = x.size(2), d = x.size(3);
+  const auto options = at::TensorOptions().dtype(at::kFloat).device(x.device());
+  const at::Tensor inv_freq = 1.0 / at::pow(theta, at::arange(0, d, 2, options) / d);
+  const at::Tensor freqs = at::outer(at::arange(s, options), inv_freq);  // (S, D/2)
+  const at::Tensor emb = at::cat({freqs, freqs}, -1);
+  const at::Tensor cos = emb.cos().to(x.scalar_type()), sin = emb.sin().to(x.scalar_type());
+  const at::Tensor x1 = x.narrow(-1, 0, d / 2), x2 = x.narrow(-1, d / 2, d / 2);
+  return x * cos + at::cat({-x2, x1}, -1) * sin;
 }
 }  // namespace
 
@@ -37,9 +51,15 @@ void TransformerOptions::validate(int tp) const {
   check_range("hidden_dropout_prob", hidden_dropout_prob,
               hidden_dropout_prob >= 0 && hidden_dropout_prob < 1, "[0, 1)");
   check_range("layernorm_epsilon", layernorm_epsilon, layernorm_epsilon > 0, "> 0");
-  if (activation != "gelu" && activation != "relu" && activation != "swiglu") {
+  if (rope) {
+    check_range("rope_theta", rope_theta, rope_theta > 0, "> 0");
+    check_range("attention_head_size", attention_head_size, attention_head_size % 2 == 0,
+                "even with rope");
+  }
+  if (activation != "gelu" && activation != "gelu_tanh" && activation != "relu" &&
+      activation != "swiglu") {
     throw ConfigError("activation: got \"" + activation +
-                      "\"; allowed: \"gelu\", \"relu\", \"swiglu\"");
+                      "\"; allowed: \"gelu\", \"gelu_tanh\", \"relu\", \"swiglu\"");
   }
   check_divisible("num_attention_heads", num_attention_heads, tp);
   check_divisible("intermediate_size", intermediate_size, tp);
@@ -79,7 +99,12 @@ at::Tensor ParallelAttention::forward(const at::Tensor& x, const at::Tensor& mas
                       std::to_string(options_.causal_mask_size) + ")");
   }
   const at::Tensor parts = qkv_out.view({b, s, 3, local_heads_, d}).permute({2, 0, 3, 1, 4});
-  at::Tensor context = core(parts[0], parts[1], parts[2], mask, rng);  // (B, heads, S, d)
+  at::Tensor q = parts[0], k = parts[1];  // (B, heads, S, d)
+  if (options_.rope) {
+    q = apply_rope(q, options_.rope_theta);
+    k = apply_rope(k, options_.rope_theta);
+  }
+  at::Tensor context = core(q, k, parts[2], mask, rng);  // (B, heads, S, d)
   context = context.transpose(1, 2).reshape({b, s, local_heads_ * d});
   return dense->forward(context);
 }
@@ -131,6 +156,8 @@ at::Tensor ParallelMLP::forward(const at::Tensor& x) {
     a = at::silu(h.narrow(-1, 0, n)) * h.narrow(-1, n, n);
   } else if (activation_ == "relu") {
     a = at::relu(h);
+  } else if (activation_ == "gelu_tanh") {
+    a = at::gelu(h, "tanh");
   } else {
     a = at::gelu(h);
   }

@@ -134,7 +134,21 @@ tp::TransformerOptions small_layer() {
 
 RefLayer ref_of(const tp::TransformerOptions& o) {
   return {o.num_attention_heads, o.attention_head_size, o.hidden_size, o.activation,
-          o.pre_layernorm,       o.post_layernorm,      o.causal,      o.layernorm_epsilon};
+          o.pre_layernorm,       o.post_layernorm,      o.causal,      o.layernorm_epsilon,
+          o.rope ? o.rope_theta : 0.0};
+}
+
+// LLaMA's choices: RMSNorm, RoPE, SwiGLU, no biases.
+void make_llama_style(tp::TransformerOptions& o) {
+  o.rms_norm = true;
+  o.rope = true;
+  o.rope_theta = 500.0;  // a small base turns even the few positions tested noticeably
+  o.activation = "swiglu";
+  o.bias = false;
+}
+
+at::Tensor plus_bias(const at::Tensor& y, const at::Tensor& bias) {
+  return bias.defined() ? y + bias : y;
 }
 
 at::Tensor padding_mask() {  // additive (B, 1, 1, S): the last key of sample 1 is dropped
@@ -150,26 +164,66 @@ TEST(TpLayers, AttentionAndMlp) {
   tp::TransformerOptions o = small_layer();
   o.causal = true;
   const at::Tensor mask = padding_mask();
-  auto [attn, attn_full] = build_pair<tp::ParallelAttention>(
-      4, g, [&](TpGroup group) { return std::make_shared<tp::ParallelAttention>(o, group); });
   tp::DropoutRng rng(g);
-  check_against_reference(
-      {"attention (causal, padding mask)", kTol}, *attn, *attn_full,
-      [&](const at::Tensor& x) { return attn->forward(x, mask, rng) + attn->dense->bias; },
-      [&](const Params& p, const at::Tensor& x) {
-        return ref_attention(p, "", x, mask, ref_of(o));
-      },
-      input(16), g);
-  for (const std::string activation : {"gelu", "relu", "swiglu"}) {
-    o.activation = activation;
-    auto [mlp, mlp_full] = build_pair<tp::ParallelMLP>(
-        5, g, [&](TpGroup group) { return std::make_shared<tp::ParallelMLP>(o, group); });
+  for (bool rope : {false, true}) {  // with RoPE, LLaMA's bias-free projections too
+    o.rope = rope;
+    o.bias = !rope;
+    auto [attn, attn_full] = build_pair<tp::ParallelAttention>(
+        4, g, [&](TpGroup group) { return std::make_shared<tp::ParallelAttention>(o, group); });
     check_against_reference(
-        {"mlp " + activation, kTol}, *mlp, *mlp_full,
-        [&](const at::Tensor& x) { return mlp->forward(x) + mlp->dense_4h_to_h->bias; },
-        [&](const Params& p, const at::Tensor& x) { return ref_mlp(p, "", x, activation); },
+        {rope ? "attention (causal, padding mask, RoPE, no biases)"
+              : "attention (causal, padding mask)",
+         kTol},
+        *attn, *attn_full,
+        [&](const at::Tensor& x) {
+          return plus_bias(attn->forward(x, mask, rng), attn->dense->bias);
+        },
+        [&](const Params& p, const at::Tensor& x) {
+          return ref_attention(p, "", x, mask, ref_of(o));
+        },
         input(16), g);
   }
+  o.rope = false;
+  for (const std::string activation : {"gelu", "gelu_tanh", "relu", "swiglu"}) {
+    for (bool bias : {true, false}) {
+      o.activation = activation;
+      o.bias = bias;
+      auto [mlp, mlp_full] = build_pair<tp::ParallelMLP>(
+          5, g, [&](TpGroup group) { return std::make_shared<tp::ParallelMLP>(o, group); });
+      check_against_reference(
+          {"mlp " + activation + (bias ? "" : ", no biases"), kTol}, *mlp, *mlp_full,
+          [&](const at::Tensor& x) { return plus_bias(mlp->forward(x), mlp->dense_4h_to_h->bias); },
+          [&](const Params& p, const at::Tensor& x) { return ref_mlp(p, "", x, activation); },
+          input(16), g);
+    }
+  }
+}
+
+TEST(TpLayers, RopeNeedsAnEvenHeadSizeAndAPositiveTheta) {
+  start();
+  const TpGroup g = tp_group();
+  tp::TransformerOptions o = small_layer();
+  make_llama_style(o);
+  o.attention_head_size = 3;
+  EXPECT_THROW(tp::ParallelAttention(o, g), ConfigError);
+  o.attention_head_size = 4;
+  o.rope_theta = 0;
+  EXPECT_THROW(tp::ParallelAttention(o, g), ConfigError);
+}
+
+TEST(TpLayers, OutputProjectionsDrawFromOutputInit) {
+  start();
+  const TpGroup g = tp_group();
+  tp::TransformerOptions o = small_layer();
+  o.init = tp::Init::normal(1.0);
+  o.output_init = tp::Init::normal(1e-3);
+  at::manual_seed(8);
+  tp::ParallelTransformerLayer layer(o, g);
+  EXPECT_GT(layer.attention->qkv->weight.std().item<double>(), 0.5);
+  EXPECT_GT(layer.mlp->dense_h_to_4h->weight.std().item<double>(), 0.5);
+  EXPECT_LT(layer.attention->dense->weight.abs().max().item<double>(), 1e-2);
+  EXPECT_LT(layer.mlp->dense_4h_to_h->weight.abs().max().item<double>(), 1e-2);
+  EXPECT_EQ(layer.attention->dense->bias.abs().max().item<double>(), 0.0);  // normal: zeros
 }
 
 TEST(TpLayers, TransformerLayerEveryNormPlacementWithAndWithoutSequenceParallelism) {
@@ -177,18 +231,20 @@ TEST(TpLayers, TransformerLayerEveryNormPlacementWithAndWithoutSequenceParalleli
   constexpr double kTol = 2e-5;  // fp32 through two LayerNorms and softmax
   const TpGroup g = tp_group();
   const at::Tensor mask = padding_mask();
-  for (int norms = 0; norms < 3; ++norms) {
+  for (int norms = 0; norms < 4; ++norms) {
     for (bool sp : {false, true}) {
       tp::TransformerOptions o = small_layer();
-      o.pre_layernorm = norms == 0;
+      o.pre_layernorm = norms == 0 || norms == 3;
       o.post_layernorm = norms == 1;
       o.causal = norms != 1;
       o.activation = norms == 2 ? "swiglu" : "gelu";
+      if (norms == 3) make_llama_style(o);
       o.sequence_parallel = sp;
       auto [layer, full] = build_pair<tp::ParallelTransformerLayer>(6, g, [&](TpGroup group) {
         return std::make_shared<tp::ParallelTransformerLayer>(o, group);
       });
-      const char* placement[] = {"pre-LN", "post-LN", "no LN, swiglu"};
+      const char* placement[] = {"pre-LN", "post-LN", "no LN, swiglu",
+                                 "pre-RMSNorm, RoPE, swiglu, no biases"};
       LayerCheck check{std::string("layer ") + placement[norms] + (sp ? ", sequence parallel" : ""),
                        kTol, sp ? Layout::kSequence : Layout::kReplicated,
                        sp ? Layout::kSequence : Layout::kReplicated};
@@ -243,6 +299,21 @@ TEST(TpLayers, CommunicationPerLayerEqualsTheFormula) {
               {"all_gather", {2, 2 * bsh / t}},
               {"all_reduce", {1, 6 * h * 4}}});
     }
+  }
+  {  // LLaMA-style, sequence parallel: the replicated parameters are the two RMSNorm weights
+    tp::TransformerOptions o = small_layer();
+    o.pre_layernorm = true;
+    o.post_layernorm = false;
+    o.causal = true;
+    make_llama_style(o);
+    o.sequence_parallel = true;
+    auto layer = std::make_shared<tp::ParallelTransformerLayer>(o, g);
+    const at::Tensor x = local(input(h), Layout::kSequence, g).clone().requires_grad_(true);
+    expect("LLaMA-style layer, sequence parallel", [&] { return layer->forward(x, {}); },
+           {{"all_gather", {2, 2 * bsh / t}}, {"reduce_scatter", {2, 2 * bsh}}},
+           {{"reduce_scatter", {2, 2 * bsh}},
+            {"all_gather", {2, 2 * bsh / t}},
+            {"all_reduce", {1, 2 * h * 4}}});
   }
   const at::Tensor x = input(h).requires_grad_(true);
   auto column = std::make_shared<tp::ColumnParallelLinear>(h, 8, g);

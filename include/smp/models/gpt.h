@@ -2,7 +2,9 @@
 // layers, as the ordered pipeline layers smp::DistributedModel splits:
 //
 //   "embed"      token embedding (vocab-parallel) [+ learned positions for GPT-2]
-//   "block.<i>"  a pre-norm transformer block: attention (heads split over TP), MLP
+//   "block.<i>"  a pre-norm transformer block: smp's one transformer layer,
+//                tp::ParallelTransformerLayer (heads and the MLP split over TP), with the
+//                GPT-2 or LLaMA options (tensor_parallel/transformer.h)
 //   "head"       final norm + the vocab-parallel output projection
 //
 // The model never touches process groups itself: the TP group it is given decides the

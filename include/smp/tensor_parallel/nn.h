@@ -85,7 +85,7 @@ struct DistributedTransformerOptions {
   TORCH_ARG(int64_t, intermediate_size) = 4096;
   TORCH_ARG(double, attention_dropout_prob) = 0.1;
   TORCH_ARG(double, hidden_dropout_prob) = 0.1;
-  TORCH_ARG(std::string, activation) = "gelu";  // "gelu", "relu"; smp adds "swiglu"
+  TORCH_ARG(std::string, activation) = "gelu";  // "gelu", "relu"; smp: "gelu_tanh", "swiglu"
   TORCH_ARG(double, layernorm_epsilon) = 1e-5;
   TORCH_ARG(double, initializer_range) = 0.02;
   TORCH_ARG(bool, use_normal_initialization) = false;
@@ -131,7 +131,7 @@ class DistributedTransformer : public tp::TpModule {
   bool sequence_parallel() const { return options_.sequence_parallel; }
 
   std::vector<std::shared_ptr<DistributedTransformerLayer>> layers;
-  std::shared_ptr<tp::LayerNormParams> final_layernorm;  // null unless pre and post
+  std::shared_ptr<tp::NormParams> final_layernorm;  // null unless pre and post (a LayerNorm)
 
  private:
   tp::TransformerOptions options_;

@@ -1,17 +1,22 @@
 // Megatron-style parallel transformer pieces: self-attention with heads split across the TP
-// group, an MLP with its intermediate dim split, and the layer around them (LayerNorms,
-// dropout, residuals), optionally sequence-parallel.
+// group, an MLP with its intermediate dim split, and the layer around them (norms, dropout,
+// residuals), optionally sequence-parallel. The one transformer of smp: SMP's smp::nn layers
+// (nn.h) and the GPT-2 / LLaMA models (smp/models/gpt.h) are both built from it; the options
+// cover both (LayerNorm or RMSNorm, GELU or SwiGLU, biases or none, RoPE or positions added
+// outside).
 //
 // Communication per layer (b·s·h elements per collective, without sequence parallelism):
 // forward two all-reduces (after attention and after the MLP), backward two all-reduces
 // (before the QKV and the first MLP projection). With sequence parallelism each all-reduce
 // becomes an all-gather (of b·s·h/tp) and a reduce-scatter (of b·s·h) of the same wire volume,
 // and backward adds one all-reduce of the replicated parameters' gradients (LayerNorms and
-// row-parallel biases: 6·h elements). Layouts: hidden states are (B, S, H), or (B, S/tp, H)
-// with sequence parallelism; the attention mask is additive, (B, 1, 1, S) or undefined.
+// row-parallel biases: 6·h elements; 2·h with RMSNorm and no biases). Layouts: hidden states
+// are (B, S, H), or (B, S/tp, H) with sequence parallelism; the attention mask is additive,
+// (B, 1, 1, S) or undefined.
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "smp/tensor_parallel/layers.h"
@@ -25,9 +30,19 @@ struct TransformerOptions {
   int64_t intermediate_size = 4096;
   double attention_dropout_prob = 0.1;
   double hidden_dropout_prob = 0.1;
-  std::string activation = "gelu";  // "gelu" (exact), "relu", "swiglu" (LLaMA: silu(gate) * up)
-  double layernorm_epsilon = 1e-5;
+  // "gelu" (exact), "gelu_tanh" (GPT-2's gelu_new), "relu", "swiglu" (LLaMA: silu(gate) * up)
+  std::string activation = "gelu";
+  double layernorm_epsilon = 1e-5;  // the epsilon of either norm
+  bool rms_norm = false;            // RMSNorm (x * rsqrt(mean(x^2) + eps) * weight, no bias)
+  bool bias = true;                 // biases on the four projections (LLaMA has none)
+  // Rotary position embedding of q and k (LLaMA; Hugging Face's rotate-half layout), positions
+  // 0..S-1 of the whole sequence. Needs an even attention_head_size.
+  bool rope = false;
+  double rope_theta = 10000.0;
   Init init;
+  // The row-parallel output projections (dense, dense_4h_to_h); unset: `init`. GPT-2 scales
+  // their std by 1/sqrt(2 layers).
+  std::optional<Init> output_init;
   bool causal = false;
   int64_t causal_mask_size = 0;  // > 0: longest allowed sequence (SMP's causal_mask_size)
   // pre: x + f(LN(x)) (GPT-2); otherwise post: LN(x + f(x)) (BERT, SMP's default); neither
@@ -40,7 +55,8 @@ struct TransformerOptions {
 };
 
 // Attention over this rank's heads. forward returns the row-parallel output WITHOUT its bias
-// (dense->bias), so the layer adds it (and syncs its gradient under sequence parallelism).
+// (dense->bias, when there is one), so the layer adds it (and syncs its gradient under sequence
+// parallelism). The mask is additive, (B, 1, 1, S) or undefined.
 class ParallelAttention : public TpModule {
  public:
   ParallelAttention(const TransformerOptions& options, TpGroup group);
@@ -68,12 +84,17 @@ class ParallelMLP : public TpModule {
   std::string activation_;
 };
 
-// A replicated LayerNorm's parameters (weight 1, bias 0).
-class LayerNormParams : public torch::nn::Module {
+// A replicated norm's parameters: LayerNorm (weight 1, bias 0) or RMSNorm (weight 1, no bias).
+class NormParams : public torch::nn::Module {
  public:
-  explicit LayerNormParams(int64_t hidden);
-  at::Tensor weight, bias;
+  NormParams(int64_t hidden, bool rms);
+  at::Tensor weight, bias;  // bias undefined for RMSNorm
 };
+
+// The norm over x's last dim: LayerNorm when `bias` is defined, RMSNorm when it is not (the
+// parameters a NormParams holds, or their gradient-synced views).
+at::Tensor apply_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                      double eps);
 
 class ParallelTransformerLayer : public TpModule {
  public:
@@ -81,10 +102,13 @@ class ParallelTransformerLayer : public TpModule {
   // x: (B, S, H), or (B, S/tp, H) with sequence parallelism; same shape out.
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask);
   const TransformerOptions& options() const { return options_; }
+  // The hidden and attention dropout streams (checkpoints and activation checkpointing's
+  // recompute save and restore them).
+  DropoutRng& rng() { return rng_; }
 
   std::shared_ptr<ParallelAttention> attention;
   std::shared_ptr<ParallelMLP> mlp;
-  std::shared_ptr<LayerNormParams> attention_layernorm, output_layernorm;  // null without LN
+  std::shared_ptr<NormParams> attention_layernorm, output_layernorm;  // null without norms
 
  private:
   TransformerOptions options_;
