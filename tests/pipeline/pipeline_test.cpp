@@ -210,6 +210,7 @@ TEST(Pipeline, PartitionFileIsWrittenAndLoaded) {
     }
   };
   nlohmann::json good = nlohmann::json::parse(files::read_file(file));
+  barrier();  // every rank has read it before rank 0 rewrites it below
   nlohmann::json renamed = good;
   renamed["layers"][1] = "other";
   expect_error(renamed.dump(), "is for another model: layer 1 is \"other\" there", 1);

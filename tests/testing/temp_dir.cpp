@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <exception>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -52,9 +53,10 @@ TempDir::~TempDir() {
     remove_quietly(path_);
     return;
   }
-  // A rank whose test failed skips the barrier: dist_main ends the job when the test ends,
+  // A rank whose test failed, or that is unwinding from an exception (gtest records that as a
+  // failure only afterwards), skips the barrier: dist_main ends the job when the test ends,
   // and the other ranks may be stuck elsewhere, never reaching it.
-  if (!::testing::Test::HasFailure()) {
+  if (!::testing::Test::HasFailure() && std::uncaught_exceptions() == 0) {
     try {
       group_->barrier().wait();
     } catch (const std::exception& e) {
