@@ -198,11 +198,11 @@ SafetensorsTensorInfo parse_entry(const std::string& name, const json& entry,
   return info;
 }
 
-SafetensorsHeader read_header(int fd, const std::string& path) {
+// The header's JSON text: the 8-byte little-endian length, checked against the limit and the
+// file, then the text. Sets header.file_size and header.data_start.
+std::string read_header_text(int fd, const std::string& path, SafetensorsHeader& header) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) fail_errno(path, "cannot stat");
-  SafetensorsHeader header;
-  header.path = path;
   header.file_size = static_cast<uint64_t>(st.st_size);
   if (header.file_size < 8)
     fail(path, "file is " + std::to_string(header.file_size) +
@@ -220,8 +220,12 @@ SafetensorsHeader read_header(int fd, const std::string& path) {
   std::string text(n, '\0');
   pread_all(fd, text.data(), n, 8, path);
   header.data_start = 8 + n;
+  return text;
+}
 
-  // Parse, refusing a repeated top-level key (nlohmann would keep the last silently).
+// Parses the header's JSON into header.tensors and header.metadata, refusing a repeated
+// top-level key (nlohmann would keep the last silently).
+void parse_header(const std::string& text, const std::string& path, SafetensorsHeader& header) {
   std::set<std::string> seen;
   json root;
   try {
@@ -252,9 +256,11 @@ SafetensorsHeader read_header(int fd, const std::string& path) {
       header.metadata[mkey] = mvalue.get<std::string>();
     }
   }
+}
 
-  // The tensors must tile the data buffer exactly: sorted by offset, each begins where the
-  // previous ended, and the last ends at the file's end.
+// The tensors must tile the data buffer exactly: sorted by offset, each begins where the
+// previous ended, and the last ends at the file's end. Sorts header.tensors by offset.
+void check_tiling(SafetensorsHeader& header, const std::string& path) {
   auto& ts = header.tensors;
   std::sort(ts.begin(), ts.end(), [](const auto& a, const auto& b) {
     return std::tie(a.begin, a.end) < std::tie(b.begin, b.end);
@@ -278,9 +284,16 @@ SafetensorsHeader read_header(int fd, const std::string& path) {
     fail(path,
          "tensors cover " + std::to_string(covered) + " bytes but the data buffer is " +
              std::to_string(buffer) + " bytes (file size " + std::to_string(header.file_size) +
-             " - 8 - header length " + std::to_string(n) + "): the file " +
+             " - 8 - header length " + std::to_string(header.data_start - 8) + "): the file " +
              (covered > buffer ? "is truncated"
                                : "has " + std::to_string(buffer - covered) + " trailing bytes"));
+}
+
+SafetensorsHeader read_header(int fd, const std::string& path) {
+  SafetensorsHeader header;
+  header.path = path;
+  parse_header(read_header_text(fd, path, header), path, header);
+  check_tiling(header, path);
   return header;
 }
 
