@@ -6,7 +6,6 @@
 #include "smp/core/error.h"
 
 namespace smp::comm {
-namespace {
 
 at::Tensor bytes_tensor(const std::string& obj) {
   return at::from_blob(const_cast<char*>(obj.data()), {static_cast<int64_t>(obj.size())}, at::kByte)
@@ -16,8 +15,6 @@ at::Tensor bytes_tensor(const std::string& obj) {
 std::string tensor_bytes(const at::Tensor& t) {
   return std::string(static_cast<const char*>(t.data_ptr()), t.numel());
 }
-
-}  // namespace
 
 std::vector<std::string> allgather_objects(const std::string& obj, Communicator& group) {
   // Sizes first, then every object padded to the largest.

@@ -199,20 +199,11 @@ int Topology::sdp_group_color(int rank, int sdp_degree, bool replicas) const {
   return group_index(CommGroup::RDP_GROUP, rank) * rdp_ + within;
 }
 
-std::vector<int> Topology::sdp_group(int rank, int sdp_degree) const {
+std::vector<int> Topology::sdp_members(int rank, int sdp_degree, bool replicas) const {
   std::vector<int> out;
-  const int color = sdp_group_color(rank, sdp_degree, false);
+  const int color = sdp_group_color(rank, sdp_degree, replicas);
   for (int member : group(CommGroup::RDP_GROUP, rank)) {
-    if (sdp_group_color(member, sdp_degree, false) == color) out.push_back(member);
-  }
-  return out;
-}
-
-std::vector<int> Topology::sdp_replica_group(int rank, int sdp_degree) const {
-  std::vector<int> out;
-  const int color = sdp_group_color(rank, sdp_degree, true);
-  for (int member : group(CommGroup::RDP_GROUP, rank)) {
-    if (sdp_group_color(member, sdp_degree, true) == color) out.push_back(member);
+    if (sdp_group_color(member, sdp_degree, replicas) == color) out.push_back(member);
   }
   return out;
 }

@@ -52,18 +52,8 @@ int to_world_rank(int rank, RankType rank_type) {
   return members[rank];
 }
 
-at::Tensor bytes_tensor(const std::string& obj) {
-  return at::from_blob(const_cast<char*>(obj.data()), {static_cast<int64_t>(obj.size())},
-                       at::kByte)
-      .clone();
-}
-
-std::string tensor_bytes(const at::Tensor& t) {
-  return std::string(static_cast<const char*>(t.data_ptr()), t.numel());
-}
-
 void send_world(const std::string& obj, int world_dest) {
-  process_group(CommGroup::WORLD).send(bytes_tensor(obj), world_dest, kObjectTag).wait();
+  process_group(CommGroup::WORLD).send(comm::bytes_tensor(obj), world_dest, kObjectTag).wait();
 }
 
 }  // namespace
@@ -132,7 +122,7 @@ std::string recv_from(int src_rank, RankType rank_type) {
   comm::Work work =
       process_group(CommGroup::WORLD).recv(to_world_rank(src_rank, rank_type), kObjectTag);
   work.wait();
-  return tensor_bytes(work.result());
+  return comm::tensor_bytes(work.result());
 }
 
 std::vector<std::string> allgather(const std::string& obj, CommGroup group) {

@@ -11,6 +11,10 @@
 
 namespace smp::comm {
 
+// A byte string as a CPU uint8 tensor (a copy) and back: how objects travel.
+at::Tensor bytes_tensor(const std::string& obj);
+std::string tensor_bytes(const at::Tensor& t);
+
 // Every member's byte string, in group-rank order.
 std::vector<std::string> allgather_objects(const std::string& obj, Communicator& group);
 

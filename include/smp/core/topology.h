@@ -64,12 +64,18 @@ class Topology {
   // members of its RDP group (together they hold one copy of the parameters, each a slice);
   // its replica group is the members of that RDP group holding the same slice (rdp / s of
   // them). World ranks, ascending; both kinds partition the world.
-  std::vector<int> sdp_group(int rank, int sdp_degree) const;
-  std::vector<int> sdp_replica_group(int rank, int sdp_degree) const;
+  std::vector<int> sdp_group(int rank, int sdp_degree) const {
+    return sdp_members(rank, sdp_degree, false);
+  }
+  std::vector<int> sdp_replica_group(int rank, int sdp_degree) const {
+    return sdp_members(rank, sdp_degree, true);
+  }
   // A number equal for exactly the members of one such group (an MPI_Comm_split colour).
   int sdp_group_color(int rank, int sdp_degree, bool replicas) const;
 
  private:
+  // The members of `rank`'s RDP group with its sdp colour (sharding or replica group).
+  std::vector<int> sdp_members(int rank, int sdp_degree, bool replicas) const;
   int size_of(char axis) const;            // the degree of placement letter 'D', 'P' or 'T'
   int group_size(CommGroup kind) const;    // the product of the degrees of its varying axes
   // Mixed-radix index of c's varying (or fixed) axes for `kind`, in placement order.
