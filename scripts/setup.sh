@@ -12,9 +12,9 @@ root=$(pwd)
 # openmpi-bin/libopenmpi-dev: the launcher and the host-tensor transport.
 # nlohmann-json3-dev: config and manifests.  libgtest-dev: tests.  ccache: fast rebuilds.
 # cmake/ninja-build/g++: the build.  bible-kjv: the text the demo trains on.
-# python3-venv: the venv that holds the torch wheel (libtorch).
+# python3-venv: the venv that holds the torch wheel (libtorch).  python3-dev: Python.h for smp._C.
 packages=(build-essential cmake ninja-build ccache openmpi-bin libopenmpi-dev nlohmann-json3-dev zlib1g-dev
-          libgtest-dev bible-kjv python3-venv)
+          libgtest-dev bible-kjv python3-venv python3-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -57,3 +57,8 @@ if [ ! -f build/build.ninja ]; then
         -DCUDAToolkit_ROOT=/usr/local/cuda
 fi
 cmake --build build -j "${SMP_JOBS:-2}"
+
+# --- 4. The Python front ------------------------------------------------------------------
+# `import smp.torch` in the venv: python/ goes on its path (the build put smp/_C*.so there).
+site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+echo "$root/python" > "$site/smp-source.pth"

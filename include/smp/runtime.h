@@ -70,13 +70,13 @@ std::vector<int> get_rdp_group();
 // --- SMP's object messaging ---------------------------------------------------------------
 // Objects are byte strings (serialise with JSON, say). All calls block until done or the
 // communication timeout passes.
-enum class RankType { WORLD_RANK, MP_RANK, DP_RANK };
+enum class RankType { WORLD_RANK, MP_RANK, PP_RANK, TP_RANK, DP_RANK, RDP_RANK };
 
 // Sends `obj` to every other member of this rank's `group`; each of them calls recv_from.
 // Not collective: only the sender calls it.
 void broadcast(const std::string& obj, CommGroup group);
 // Receives what `src_rank` sent with broadcast or send. `src_rank` counts in `rank_type`: a
-// world rank, or a rank inside this rank's MP or DP group.
+// world rank, or a rank inside this rank's MP, PP, TP, DP or RDP group.
 std::string recv_from(int src_rank, RankType rank_type);
 void send(const std::string& obj, int dest_rank, RankType rank_type);
 // Collective over `group`: every member's object, in group-rank order.

@@ -40,4 +40,11 @@ struct StepOptions {
 std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, const Values& targets,
                              const LossFn& loss_fn, const StepOptions& options = {});
 
+// The same step on a batch already split: inputs[k] and targets[k] are microbatch k's (the
+// Python front splits its own arguments). Returns what the loss function returned for each
+// microbatch, on every pipeline rank. options.split is not used.
+std::vector<Values> step_microbatches(DistributedModel& model, std::vector<Values> inputs,
+                                      std::vector<Values> targets, const LossFn& loss_fn,
+                                      const StepOptions& options = {});
+
 }  // namespace smp

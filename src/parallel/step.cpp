@@ -2,6 +2,7 @@
 // loss returned with every pipeline rank (see step.h).
 #include "smp/step.h"
 
+#include "smp/core/error.h"
 #include "smp/pipeline/values_p2p.h"
 
 namespace smp {
@@ -39,17 +40,37 @@ std::vector<Values> share_returned(comm::Communicator& pipe, std::vector<Values>
 
 std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, const Values& targets,
                              const LossFn& loss_fn, const StepOptions& options) {
-  const Config& config = model.context().config();
-  const int m = options.microbatches > 0 ? options.microbatches : config.microbatches;
+  const int m = options.microbatches > 0 ? options.microbatches
+                                         : model.context().config().microbatches;
   Values batch = inputs;
   batch.insert(batch.end(), targets.begin(), targets.end());
-  const std::vector<Values> split = pipeline::split_microbatches(batch, m, options.split);
-
-  pipeline::StepData data;
-  for (const Values& mb : split) {
-    data.inputs.emplace_back(mb.begin(), mb.begin() + inputs.size());
-    data.targets.emplace_back(mb.begin() + inputs.size(), mb.end());
+  std::vector<Values> split_inputs, split_targets;
+  for (const Values& mb : pipeline::split_microbatches(batch, m, options.split)) {
+    split_inputs.emplace_back(mb.begin(), mb.begin() + inputs.size());
+    split_targets.emplace_back(mb.begin() + inputs.size(), mb.end());
   }
+  const std::vector<Values> returned = step_microbatches(
+      model, std::move(split_inputs), std::move(split_targets), loss_fn, options);
+  std::vector<StepOutput> outputs;
+  const size_t num_values = returned.empty() ? 0 : returned[0].size();
+  for (size_t j = 0; j < num_values; ++j) {
+    std::vector<at::Tensor> per_microbatch;
+    for (const Values& values : returned) per_microbatch.push_back(values.at(j));
+    outputs.emplace_back(std::move(per_microbatch));
+  }
+  return outputs;
+}
+
+std::vector<Values> step_microbatches(DistributedModel& model, std::vector<Values> inputs,
+                                      std::vector<Values> targets, const LossFn& loss_fn,
+                                      const StepOptions& options) {
+  const Config& config = model.context().config();
+  const int m = static_cast<int>(inputs.size());
+  SMP_CHECK(m > 0);
+  SMP_CHECK_EQ(targets.size(), inputs.size());
+  pipeline::StepData data;
+  data.inputs = std::move(inputs);
+  data.targets = std::move(targets);
   data.loss_fn = loss_fn;
   if (!model.partitioned()) model.partition(data.inputs.at(0));
 
@@ -69,6 +90,7 @@ std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, cons
       }
     };
   }
+  const at::Device device = data.inputs[0].empty() ? at::Device(at::kCPU) : data.inputs[0][0].device();
   const pipeline::Schedule& schedule = model.schedule_for(m, options.train);
   pipeline::ExecutorResult result = model.executor_for(m, options.train)
                                         .run(data, options.trace || !model.options().timeline_dir.empty());
@@ -77,17 +99,8 @@ std::vector<StepOutput> step(DistributedModel& model, const Values& inputs, cons
     model.sum_tied_gradients();
   }
   model.record_step(result, schedule);
-
-  const at::Device device = inputs.empty() ? at::Device(at::kCPU) : inputs[0].device();
-  const std::vector<Values> returned = share_returned(model.context().group(CommGroup::PP_GROUP), std::move(result.returned), m, device);
-  std::vector<StepOutput> outputs;
-  const size_t num_values = returned.empty() ? 0 : returned[0].size();
-  for (size_t j = 0; j < num_values; ++j) {
-    std::vector<at::Tensor> per_microbatch;
-    for (const Values& values : returned) per_microbatch.push_back(values.at(j));
-    outputs.emplace_back(std::move(per_microbatch));
-  }
-  return outputs;
+  return share_returned(model.context().group(CommGroup::PP_GROUP), std::move(result.returned), m,
+                        device);
 }
 
 }  // namespace smp

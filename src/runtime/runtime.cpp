@@ -30,21 +30,19 @@ int group_size(CommGroup kind) { return process_group(kind).size(); }
 constexpr int kObjectTag = comm::Communicator::kMaxTag - 1;
 
 int to_world_rank(int rank, RankType rank_type) {
-  const char* name = "world";
-  std::vector<int> members;
-  switch (rank_type) {
-    case RankType::WORLD_RANK:
-      members = process_group(CommGroup::WORLD).world_ranks();
-      break;
-    case RankType::MP_RANK:
-      name = "MP_GROUP";
-      members = get_mp_group();
-      break;
-    case RankType::DP_RANK:
-      name = "DP_GROUP";
-      members = get_dp_group();
-      break;
-  }
+  const CommGroup group = [rank_type] {
+    switch (rank_type) {
+      case RankType::WORLD_RANK: return CommGroup::WORLD;
+      case RankType::MP_RANK: return CommGroup::MP_GROUP;
+      case RankType::PP_RANK: return CommGroup::PP_GROUP;
+      case RankType::TP_RANK: return CommGroup::TP_GROUP;
+      case RankType::DP_RANK: return CommGroup::DP_GROUP;
+      case RankType::RDP_RANK: return CommGroup::RDP_GROUP;
+    }
+    return CommGroup::WORLD;
+  }();
+  const char* name = group == CommGroup::WORLD ? "world" : to_string(group);
+  const std::vector<int> members = process_group(group).world_ranks();
   if (rank < 0 || rank >= static_cast<int>(members.size())) {
     throw CommError(std::string("smp: rank ") + std::to_string(rank) + " is not a rank of the " +
                     name + "; allowed 0.." + std::to_string(members.size() - 1));

@@ -1,0 +1,112 @@
+"""SMP's two checkpoint families from Python.
+
+- ``smp.save`` / ``smp.load``: torch.save / torch.load of any object, to a per-rank file when
+  ``partial`` (SMP's suffixes, e.g. ``model.pt_0_0``), written atomically; scripts pair them with
+  ``model.local_state_dict()`` and ``optimizer.local_state_dict()``.
+- ``smp.save_checkpoint`` / ``smp.resume_from_checkpoint``: the engine's checkpoints (partial or
+  full, atomic, resharded on load under any layout; docs/checkpoint_format.md). The user content
+  may be any picklable object. Resuming before the first step is deferred until the model is
+  partitioned (as in SMP); the user content comes back at once.
+"""
+
+import base64
+import json
+import os
+import pickle
+
+import torch
+
+from smp._engine import _C
+
+from . import state as _state
+
+
+def _rank_path(f, partial):
+    if not isinstance(f, (str, os.PathLike)):
+        raise TypeError(f"smp.save/load: f must be a file path (str), got {type(f).__name__}")
+    return _C.rank_path(os.fspath(f), bool(partial))
+
+
+def save(obj, f, partial=True, pickle_module=pickle, pickle_protocol=2, v3=False, **kwargs):
+    """Not collective: the calling rank writes ``f`` (with its rank suffix when partial)."""
+    _state._require_init("save")
+    path = _rank_path(f, partial)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(obj, tmp, pickle_module=pickle_module, pickle_protocol=pickle_protocol)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load(f, map_location=None, pickle_module=None, partial=True, back_compat=False, **kwargs):
+    _state._require_init("load")
+    path = _rank_path(f, partial)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"smp.load: no file {path} (partial={partial}: "
+                                f"{'this rank' + chr(39) + 's file' if partial else 'the whole file'})")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def _user_json(user_content):
+    return json.dumps({"smp_pickle": base64.b64encode(pickle.dumps(user_content)).decode()})
+
+
+def _user_object(manifest_user):
+    if isinstance(manifest_user, dict) and "smp_pickle" in manifest_user:
+        return pickle.loads(base64.b64decode(manifest_user["smp_pickle"]))
+    return manifest_user
+
+
+def _parts(model, optimizer, what):
+    from .model import DistributedModel
+
+    model = model if model is not None else _state.state.model
+    if not isinstance(model, DistributedModel):
+        raise TypeError(f"smp.{what}: model must be the smp.DistributedModel, got {type(model).__name__}")
+    optimizer = optimizer if optimizer is not None else None
+    return model, optimizer
+
+
+def save_checkpoint(path, tag, partial=True, model=None, optimizer=None, user_content=None,
+                    translate_if_full=True, num_kept_partial_checkpoints=None):
+    """Collective over the world. Writes path/<tag>_partial (partial) or path/<tag> (full)."""
+    _state._require_init("save_checkpoint")
+    model, optimizer = _parts(model, optimizer, "save_checkpoint")
+    if not model.partitioned:
+        raise RuntimeError("smp.save_checkpoint: the model is partitioned at the first smp.step; save after it")
+    engine_opt = optimizer._engine if optimizer is not None else None
+    if optimizer is not None and engine_opt is None:
+        raise ValueError(f"smp.save_checkpoint: {type(optimizer.optimizer).__name__}'s state lives in Python; "
+                         "save it with smp.save(optimizer.local_state_dict(), ...) instead")
+    names = model._engine_names if (translate_if_full and not partial) else {}
+    _C.save_checkpoint(os.fspath(path), tag, bool(partial), model._engine, engine_opt, _user_json(user_content),
+                       int(num_kept_partial_checkpoints or 0), names)
+
+
+def resume_from_checkpoint(path, tag=None, partial=True, strict=True, load_optimizer=True,
+                           load_sharded_optimizer_state=True, translate_function=None):
+    """Loads the model (and optimizer) from a save_checkpoint folder; returns the user content.
+    Collective over the world once the model is partitioned; before, deferred to partitioning."""
+    _state._require_init("resume_from_checkpoint")
+    model = _state.state.model
+    if model is None:
+        raise RuntimeError("smp.resume_from_checkpoint: wrap the model in smp.DistributedModel first")
+    if translate_function is not None:
+        raise ValueError("smp.resume_from_checkpoint: translate_function is not supported; full checkpoints use the module's own names")
+    path, tag = os.fspath(path), tag or ""
+    manifest = json.loads(_C.read_checkpoint_manifest(path, tag, bool(partial)))
+
+    def load():
+        opt = _state.state.optimizer
+        engine_opt = opt._engine if (opt is not None and load_optimizer) else None
+        names = model._engine_names if not partial else {}
+        _C.resume_from_checkpoint(path, model._engine, engine_opt, tag, bool(partial), bool(strict),
+                                  bool(load_optimizer and load_sharded_optimizer_state), names)
+
+    if model.partitioned:
+        load()
+    else:
+        model._pending_resume = load
+    return _user_object(manifest.get("user_content"))

@@ -1,0 +1,404 @@
+"""SMP's DistributedModel for any nn.Module, on the C++ engine.
+
+The module is captured once per call signature with torch.export and cut at module boundaries
+into units (graph_split.py); each unit becomes one engine layer whose forward is that unit's
+graph, over the module's own Parameters. The engine partitions the layers into pipeline stages
+(auto_partition profiles them; ``smp.set_partition`` / ``with smp.partition(i)`` place them by
+hand), runs the schedule, and reduces gradients over data-parallel replicas into the
+parameters' ``.grad``. A parameter used by two units (a tied embedding and head) is given to
+the later unit as a copy, and the engine keeps both equal (their gradients are summed).
+
+Before the first step the model is whole on every rank; the first step captures and
+partitions it (the partition needs an example call).
+"""
+
+import contextlib
+import functools
+import warnings
+
+import torch
+from torch.utils import _pytree as pytree
+
+from smp._engine import _C
+
+from . import graph_split
+from . import state as _state
+from .step import current_microbatch
+
+
+# --- manual placement: smp.partition / smp.set_partition ------------------------------------
+
+_partition_stack = []
+
+
+def _tag_registered(module, name, submodule):
+    if _partition_stack and submodule is not None:
+        submodule._smp_partition = _partition_stack[-1]
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_tag_registered)
+
+
+@contextlib.contextmanager
+def partition(index):
+    """Modules created (registered as children) inside go to pipeline stage ``index``."""
+    if not isinstance(index, int) or index < 0:
+        raise ValueError(f"smp.partition: index must be a pipeline stage >= 0, got {index!r}")
+    _partition_stack.append(index)
+    try:
+        yield
+    finally:
+        _partition_stack.pop()
+
+
+def set_partition(module, index):
+    """Puts ``module`` on pipeline stage ``index`` (used with auto_partition: false)."""
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"smp.set_partition: expected an nn.Module, got {type(module).__name__}")
+    if not isinstance(index, int) or index < 0:
+        raise ValueError(f"smp.set_partition: index must be a pipeline stage >= 0, got {index!r}")
+    module._smp_partition = index
+
+
+def set_activation_checkpointing(module, preserve_rng_state=True, pack_args_as_tuple=False, strategy="each"):
+    """Recomputes ``module``'s activations in backward instead of keeping them (SMP's
+    strategies for containers: each, contiguous, group_<N>)."""
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"smp.set_activation_checkpointing: expected an nn.Module, got {type(module).__name__}")
+    if pack_args_as_tuple:
+        warnings.warn("smp.set_activation_checkpointing: pack_args_as_tuple has no effect here (units take tensors)")
+    module._smp_checkpointing = (strategy, bool(preserve_rng_state))
+
+
+# --- the model ------------------------------------------------------------------------------
+
+_ACCEPTED_NO_EFFECT = {
+    "trace_device": "the engine profiles on the device it runs on",
+    "trace_execution_times": "auto_partition always profiles execution times",
+    "trace_memory_usage": "auto_partition always counts parameter memory",
+    "gradient_as_bucket_view": "gradients are always views into the flat buckets",
+    "broadcast_buffers": "buffers are broadcast from rank 0 once, at wrap time",
+    "find_unused_parameters": "a parameter without a gradient is reduced as zeros",
+}
+
+
+class DistributedModel(torch.nn.Module):
+    """SMP's DistributedModel (see the module docstring). Build it after smp.init, on every
+    rank, around the same module; call it and ``backward`` only inside an ``@smp.step``."""
+
+    def __init__(self, module, average_grads_across_microbatches=True, bucket_cap_mb=25,
+                 overlapping_allreduce=True, backward_passes_per_step=1, **kwargs):
+        super().__init__()
+        _state._require_init("DistributedModel")
+        if _state.state.model is not None:
+            raise RuntimeError("smp.DistributedModel: a script wraps one model; this process already has one")
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"smp.DistributedModel: expected an nn.Module, got {type(module).__name__}")
+        for key in kwargs:
+            if key not in _ACCEPTED_NO_EFFECT:
+                allowed = ", ".join(sorted(["average_grads_across_microbatches", "bucket_cap_mb",
+                                            "overlapping_allreduce", "backward_passes_per_step", *_ACCEPTED_NO_EFFECT]))
+                raise TypeError(f"smp.DistributedModel: unknown argument '{key}'; allowed: {allowed}")
+            warnings.warn(f"smp.DistributedModel: {key} is accepted and has no effect ({_ACCEPTED_NO_EFFECT[key]})")
+        if backward_passes_per_step != 1:
+            raise ValueError(f"smp.DistributedModel: backward_passes_per_step={backward_passes_per_step} is not "
+                             "supported yet (allowed: 1); accumulate with more microbatches instead")
+        self.module = module
+        self._options = {"average_grads_across_microbatches": bool(average_grads_across_microbatches),
+                         "bucket_cap_mb": float(bucket_cap_mb), "overlapping_allreduce": bool(overlapping_allreduce)}
+        self._engine = None
+        self._splits = {}  # (call signature, training) -> SplitModule
+        self._split = None  # the split the engine's layers run now
+        self._unit_names = None
+        self._engine_names = {}  # engine parameter name -> module's name (originals)
+        self._copies = {}  # id of a module's parameter -> the copies later units compute with
+        self._post_partition_hooks = []
+        self._post_step_hooks = []
+        self._pending_resume = None
+        _state.state.model = self
+        self._broadcast_initial_state()
+
+    # what scripts call ------------------------------------------------------------------
+
+    def forward(self, *args, **kwargs):
+        return current_microbatch("calling the DistributedModel").call_model(args, kwargs)
+
+    def backward(self, tensors, grad_tensors=None):
+        current_microbatch("DistributedModel.backward").backward(tensors, grad_tensors)
+
+    def get_module(self):
+        return self.module
+
+    @property
+    def partitioned(self):
+        return self._engine is not None
+
+    def local_parameters(self):
+        if self._engine is None:
+            return iter(self.module.parameters())
+        return iter(t for _, t in self._engine.local_named_parameters())
+
+    def local_named_parameters(self):
+        if self._engine is None:
+            return iter(self.module.named_parameters())
+        return iter((self._engine_names.get(n, n), t) for n, t in self._engine.local_named_parameters()
+                    if n in self._engine_names)
+
+    def register_post_partition_hook(self, hook):
+        self._post_partition_hooks.append(hook)
+        return _Handle(self._post_partition_hooks, hook)
+
+    def register_post_step_hook(self, hook):
+        self._post_step_hooks.append(hook)
+        return _Handle(self._post_step_hooks, hook)
+
+    # state dicts ---------------------------------------------------------------------------
+
+    def local_state_dict(self):
+        """This rank's parameters and buffers (module names), with ``_smp_is_partial``."""
+        if self._engine is None:
+            out = dict(self.module.state_dict())
+        else:
+            out = {}
+            full = self.module.state_dict(keep_vars=True)
+            for name in self._local_names():
+                out[name] = full[name].detach()
+        out["_smp_is_partial"] = True
+        return out
+
+    def state_dict(self, *args, **kwargs):
+        """The whole model's state (module names), gathered over the pipeline (collective over
+        PP_GROUP once partitioned)."""
+        if self._engine is None or _state.pp_size() == 1:
+            return self.module.state_dict(*args, **kwargs)
+        merged = {}
+        for part in _state.allgather(self.local_state_dict(), _state.PP_GROUP):
+            part.pop("_smp_is_partial", None)
+            merged.update(part)
+        order = list(self.module.state_dict().keys())
+        return {k: merged[k] for k in order if k in merged}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Loads module-named tensors (a full dict, or a partial one with ``_smp_is_partial``)."""
+        sd = dict(state_dict)
+        partial = bool(sd.pop("_smp_is_partial", False))
+        own = self.module.state_dict(keep_vars=True)
+        unknown = [k for k in sd if k not in own]
+        if strict and unknown:
+            raise KeyError(f"smp: load_state_dict: names not in the model: {unknown[:5]}")
+        if strict and not partial:
+            missing = [k for k in self._local_names() if k not in sd]
+            if missing:
+                raise KeyError(f"smp: load_state_dict: the model's {missing[:5]} are missing")
+        with torch.no_grad():
+            for name, value in sd.items():
+                if name in own and own[name].numel() == value.numel():
+                    own[name].copy_(value.reshape(own[name].shape))
+                    for copy in self._copies.get(id(own[name]), []):
+                        copy.copy_(own[name])
+        return torch.nn.modules.module._IncompatibleKeys([], unknown)
+
+    def _local_names(self):
+        if self._engine is None:
+            return list(self.module.state_dict().keys())
+        local = set(self._engine.local_stages())
+        stages = self._engine.stage_of_layers()
+        names = []
+        for unit, stage in zip(self._split.units, stages):
+            if stage in local:
+                names += [n for n in unit.param_names if n not in names]
+                names += [n for n in unit.buffer_names if n not in names]
+        return names
+
+    # the step's pipeline -------------------------------------------------------------------
+
+    def _run_pipeline(self, mbs, train):
+        calls = self._stage0_calls([mb.model_call for mb in mbs])
+        split = self._split_for(calls[0])
+        inputs = [split.flatten_inputs(args, kwargs) for args, kwargs in calls]
+        if self._engine is None:
+            self._build_engine(split, inputs[0])
+
+        def loss_fn(k, flat_outputs):
+            mb = mbs[k]
+            mb.give_outputs(split.unflatten_outputs(list(flat_outputs)))
+            return [_loss_of(mb, flat_outputs, train)] + list(flat_outputs)
+
+        returned = self._engine.run_step(inputs, loss_fn, train)
+        for mb, values in zip(mbs, returned):
+            if mb.outputs is None:  # a rank without the last stage: the outputs, detached
+                mb.give_outputs(split.unflatten_outputs(list(values[1:])))
+        for hook in list(self._post_step_hooks):
+            hook(self, _state.state.optimizer)
+
+    def _stage0_calls(self, calls):
+        """Stage 0's model calls on every pipeline rank: pipeline rank 0's arguments, which the
+        others (fed placeholder batches by SMP's scripts) rebuild as zeros of the same shapes."""
+        if _state.pp_size() == 1:
+            return calls
+        if _state.pp_rank() == 0:
+            meta = [pytree.tree_map(_describe, c) for c in calls]
+            _state.broadcast(meta, _state.PP_GROUP)
+            return calls
+        meta = _state.recv_from(0, _state.RankType.PP_RANK)
+        return [pytree.tree_map(_rebuild, c) for c in meta]
+
+    def _split_for(self, call):
+        args, kwargs = call
+        key = (graph_split.call_signature(self.module, args, kwargs), self.module.training)
+        split = self._splits.get(key)
+        if split is None:
+            split = graph_split.split_module(self.module, args, kwargs)
+            if self._unit_names is not None:
+                self._adopt(split)
+            self._splits[key] = split
+        self._split = split
+        return split
+
+    def _adopt(self, split):
+        """A later signature's split runs on the engine's layers: same units, same tie copies."""
+        names = [u.name for u in split.units]
+        if names != self._unit_names:
+            raise RuntimeError(
+                "smp: this call of the model cuts into different units than the first call "
+                f"({len(names)} vs {len(self._unit_names)} units); keep the shapes and arguments "
+                "of the model's calls the same across steps")
+        first = self._splits_first
+        for unit, old in zip(split.units, first.units):
+            for fqn in unit.param_names:
+                unit.params[fqn] = old.params.get(fqn, unit.params[fqn])
+
+    def _forward_unit(self, index, values):
+        return self._split.units[index].forward(list(values))
+
+    def _build_engine(self, split, trial_inputs):
+        specs, tied = [], {}
+        seen = {}  # id of a module's parameter -> engine name of the unit that holds it
+        for i, unit in enumerate(split.units):
+            params, names = [], []
+            for fqn in unit.param_names:
+                p = unit.params[fqn]
+                if not p.requires_grad:
+                    continue
+                rel = fqn[len(unit.name) + 1:] if fqn.startswith(unit.name + ".") else fqn
+                engine_name = f"{unit.name}.{rel}"
+                if id(p) in seen:  # a tied parameter: this unit computes with a copy
+                    copy = torch.nn.Parameter(p.detach().clone())
+                    unit.params[fqn] = copy
+                    tied[engine_name] = seen[id(p)]
+                    self._copies.setdefault(id(p), []).append(copy)
+                    p = copy
+                else:
+                    seen[id(p)] = engine_name
+                    self._engine_names[engine_name] = fqn
+                params.append(p)
+                names.append(rel)
+            specs.append((unit.name, functools.partial(self._forward_unit, i), params, names,
+                          functools.partial(self._unit_state, unit), functools.partial(self._set_unit_state, unit)))
+        options = dict(self._options, tied_copies=tied)
+        self._engine = _C.DistributedModel(specs, options)
+        self._unit_names = [u.name for u in split.units]
+        self._splits_first = split
+        self._place_by_hand(split)
+        if self._pending_resume is not None or _state.state.optimizer is not None:
+            self._engine.partition(trial_inputs)
+        if _state.state.optimizer is not None:
+            _state.state.optimizer._attach(self)
+        if self._pending_resume is not None:
+            resume, self._pending_resume = self._pending_resume, None
+            resume()
+        for hook in list(self._post_partition_hooks):
+            hook(self, _state.state.optimizer)
+
+    def _place_by_hand(self, split):
+        """Applies set_partition / smp.partition and set_activation_checkpointing, by module."""
+        units = [u.name for u in split.units]
+        for path, module in sorted(self.module.named_modules(), key=lambda pm: pm[0].count(".") if pm[0] else -1):
+            covered = [u for u in units if not path or u == path or u.startswith(path + ".")]
+            stage = getattr(module, "_smp_partition", None)
+            checkpointing = getattr(module, "_smp_checkpointing", None)
+            if (stage is not None or checkpointing is not None) and not covered:
+                owner = next((u for u in units if path.startswith(u + ".")), "?")
+                if checkpointing is not None or stage is not None:
+                    raise ValueError(
+                        f"smp: module '{path}' is inside the pipeline unit '{owner}' and cannot be placed or "
+                        f"checkpointed on its own; apply it to '{owner}' or a module that holds whole units")
+            if stage is not None:
+                for u in covered:
+                    self._engine.set_partition(u, stage)
+            if checkpointing is not None:
+                strategy, preserve = checkpointing
+                for name in ([path] if path else sorted({u.split(".")[0] for u in covered})):
+                    self._engine.set_activation_checkpointing(name, strategy, preserve)
+
+    def _unit_state(self, unit):
+        """A unit's buffers (BatchNorm's running statistics) and frozen parameters, for checkpoints."""
+        own = self.module.state_dict(keep_vars=True)
+        names = list(unit.buffer_names) + [n for n in unit.param_names if not unit.params[n].requires_grad]
+        return {name: own[name].detach() for name in names if name in own}
+
+    def _set_unit_state(self, unit, values):
+        own = self.module.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for name, value in values.items():
+                own[name].copy_(value)
+
+    def _broadcast_initial_state(self):
+        """Every replica starts from rank 0's parameters and buffers (as DDP does)."""
+        if _state.size() == 1:
+            return
+        tensors = [t for t in self.module.state_dict(keep_vars=True).values() if t.numel()]
+        if not tensors:
+            return
+        with torch.no_grad():
+            flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+            torch.distributed.broadcast(flat, src=0)
+            offset = 0
+            for t in tensors:
+                t.detach().copy_(flat[offset:offset + t.numel()].view(t.shape).to(t.dtype))
+                offset += t.numel()
+
+
+def _loss_of(mb, flat_outputs, train):
+    """What backward starts from for one microbatch: the tensors given to model.backward (with
+    their grad_tensors), or, in a training step whose function never called backward, zero
+    times the outputs (so every stage still runs its backward), or a placeholder."""
+    if mb.backward_args is not None:
+        tensors, grads = mb.backward_args
+        tensors = list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
+        if grads is None:
+            for t in tensors:
+                if t.numel() != 1:
+                    raise RuntimeError(f"smp: model.backward needs grad_tensors for a non-scalar tensor of shape {tuple(t.shape)}")
+            return sum(t.sum() for t in tensors)
+        grads = list(grads) if isinstance(grads, (list, tuple)) else [grads]
+        return sum((t * g).sum() for t, g in zip(tensors, grads))
+    if train:
+        live = [t for t in flat_outputs if t.requires_grad]
+        if live:
+            return sum(t.sum() * 0 for t in live)
+    return torch.zeros(())
+
+
+class _TensorMeta:
+    """A tensor's shape and dtype, sent instead of the tensor (a pytree leaf)."""
+
+    def __init__(self, tensor):
+        self.shape, self.dtype = tuple(tensor.shape), tensor.dtype
+
+
+def _describe(value):
+    return _TensorMeta(value) if isinstance(value, torch.Tensor) else value
+
+
+def _rebuild(value):
+    return torch.zeros(value.shape, dtype=value.dtype) if isinstance(value, _TensorMeta) else value
+
+
+class _Handle:
+    def __init__(self, hooks, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self):
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)

@@ -1,0 +1,95 @@
+"""Runs under mpirun: a user-written model trained through smp.torch under one layout, against
+the same script run with plain PyTorch in this process on the whole batch. Prints the largest
+differences and exits non-zero when they pass the tolerances (1e-5 on the first step's
+gradients, 1e-4 on the losses).
+
+  mpirun -np 4 python tests/python/parity_worker.py --model gpt --layout pp2dp2 --optimizer adam
+"""
+
+import argparse
+import copy
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import models  # noqa: E402
+
+import smp.torch as smp  # noqa: E402
+
+LAYOUTS = {
+    "pp2": {"pipeline_parallel_degree": 2, "microbatches": 4, "ddp": True},
+    "dp2": {"pipeline_parallel_degree": 1, "microbatches": 2, "ddp": True},
+    "pp2dp2": {"pipeline_parallel_degree": 2, "microbatches": 2, "ddp": True},
+    "pp2dp2_zero1": {"pipeline_parallel_degree": 2, "microbatches": 2, "ddp": True, "shard_optimizer_state": True},
+    "pp2_simple": {"pipeline_parallel_degree": 2, "microbatches": 2, "ddp": True, "pipeline": "simple"},
+}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", choices=["cnn", "gpt"], required=True)
+    p.add_argument("--layout", choices=sorted(LAYOUTS), required=True)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adadelta"], default="adam")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=8)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    smp.init(LAYOUTS[a.layout])
+
+    torch.manual_seed(0)
+    module = models.Net() if a.model == "cnn" else models.TinyGPT()
+    reference = copy.deepcopy(module)
+    make_opt = {"sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+                "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3),
+                "adadelta": lambda ps: torch.optim.Adadelta(ps, lr=1.0)}[a.optimizer]
+    ref_opt = make_opt(reference.parameters())
+    model = smp.DistributedModel(module)
+    opt = smp.DistributedOptimizer(make_opt(model.parameters()))
+
+    def loss_of(out, y):
+        return F.nll_loss(out, y) if a.model == "cnn" else F.cross_entropy(out.reshape(-1, out.size(-1)), y.reshape(-1))
+
+    @smp.step
+    def train_step(model, x, y):
+        out = model(x)
+        loss = loss_of(out, y)
+        model.backward(loss)
+        return loss
+
+    batch_of = models.cnn_batch if a.model == "cnn" else models.gpt_batch
+    per_replica = a.batch // smp.dp_size()
+    worst_loss = worst_grad = 0.0
+    for step in range(a.steps):
+        x, y = batch_of(step, a.batch)
+        mine = slice(smp.dp_rank() * per_replica, (smp.dp_rank() + 1) * per_replica)
+        loss = train_step(model, x[mine], y[mine]).reduce_mean()
+        torch.distributed.all_reduce(loss, group=smp.get_dp_process_group())
+        loss = loss.item() / smp.dp_size()
+
+        ref_opt.zero_grad()
+        ref_loss = loss_of(reference(x), y)
+        ref_loss.backward()
+        worst_loss = max(worst_loss, abs(loss - ref_loss.item()))
+        if step == 0 and not smp.state.cfg["shard_optimizer_state"]:
+            ref_grads = dict(reference.named_parameters())
+            names = [n for n, _ in model.local_named_parameters()]
+            assert names, "this rank holds no parameters"
+            for name, param in model.local_named_parameters():
+                diff = (param.grad - ref_grads[name].grad).abs().max().item()
+                worst_grad = max(worst_grad, diff)
+        opt.step()
+        opt.zero_grad()
+        ref_opt.step()
+
+    print(f"rank {smp.rank()} {a.model} {a.layout} {a.optimizer}: max |loss diff| {worst_loss:.3g} over "
+          f"{a.steps} steps, max |grad diff| {worst_grad:.3g}", flush=True)
+    ok = worst_loss <= 1e-4 and worst_grad <= 1e-5
+    smp.barrier()
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
