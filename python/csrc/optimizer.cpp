@@ -42,6 +42,27 @@ void set_options(const std::string& kind, torch::optim::OptimizerOptions& base,
   a.weight_decay(get(o, "weight_decay", a.weight_decay())).amsgrad(get(o, "amsgrad", a.amsgrad()));
 }
 
+// A torch::optim group's options as the Python group's keys.
+py::dict get_options(const std::string& kind, torch::optim::OptimizerOptions& base) {
+  py::dict o;
+  if (kind == "sgd") {
+    auto& s = static_cast<torch::optim::SGDOptions&>(base);
+    o["lr"] = s.lr(), o["momentum"] = s.momentum(), o["dampening"] = s.dampening();
+    o["nesterov"] = s.nesterov(), o["weight_decay"] = s.weight_decay();
+    return o;
+  }
+  auto fill = [&o](auto& a) {
+    o["lr"] = a.lr(), o["betas"] = a.betas(), o["eps"] = a.eps();
+    o["weight_decay"] = a.weight_decay(), o["amsgrad"] = a.amsgrad();
+  };
+  if (kind == "adam") {
+    fill(static_cast<torch::optim::AdamOptions&>(base));
+  } else {
+    fill(static_cast<torch::optim::AdamWOptions&>(base));
+  }
+  return o;
+}
+
 std::unique_ptr<torch::optim::OptimizerOptions> default_options(const std::string& kind) {
   if (kind == "sgd") return std::make_unique<torch::optim::SGDOptions>(0.01);
   if (kind == "adam") return std::make_unique<torch::optim::AdamOptions>();
@@ -117,6 +138,10 @@ void bind_optimizer(py::module& m) {
              auto& groups = self.engine->optimizer().param_groups();
              if (i >= groups.size()) throw ConfigError("smp: the optimizer has no parameter group " + std::to_string(i) + "; groups cannot be added after DistributedOptimizer wraps it");
              set_options(self.kind, groups[i].options(), options);
+           })
+      .def("group_options",
+           [](PyOptimizer& self, size_t i) {
+             return get_options(self.kind, self.engine->optimizer().param_groups().at(i).options());
            })
       .def("step", [](PyOptimizer& self) { self.engine->step(); }, gil_free())
       .def("zero_grad", [](PyOptimizer& self) { self.engine->zero_grad(); })

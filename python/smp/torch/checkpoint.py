@@ -81,6 +81,8 @@ def save_checkpoint(path, tag, partial=True, model=None, optimizer=None, user_co
         raise ValueError(f"smp.save_checkpoint: {type(optimizer.optimizer).__name__}'s state lives in Python; "
                          "save it with smp.save(optimizer.local_state_dict(), ...) instead")
     names = model._engine_names if (translate_if_full and not partial) else {}
+    if engine_opt is not None:
+        optimizer._groups_to_engine()
     _C.save_checkpoint(os.fspath(path), tag, bool(partial), model._engine, engine_opt, _user_json(user_content),
                        int(num_kept_partial_checkpoints or 0), names)
 
@@ -104,6 +106,8 @@ def resume_from_checkpoint(path, tag=None, partial=True, strict=True, load_optim
         names = model._engine_names if not partial else {}
         _C.resume_from_checkpoint(path, model._engine, engine_opt, tag, bool(partial), bool(strict),
                                   bool(load_optimizer and load_sharded_optimizer_state), names)
+        if engine_opt is not None:
+            opt._groups_from_engine()
 
     if model.partitioned:
         load()

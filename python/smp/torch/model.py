@@ -156,13 +156,7 @@ class DistributedModel(torch.nn.Module):
 
     def local_state_dict(self):
         """This rank's parameters and buffers (module names), with ``_smp_is_partial``."""
-        if self._engine is None:
-            out = dict(self.module.state_dict())
-        else:
-            out = {}
-            full = self.module.state_dict(keep_vars=True)
-            for name in self._local_names():
-                out[name] = full[name].detach()
+        out = {name: t.detach() for name, t in self._local_tensors().items()}
         out["_smp_is_partial"] = True
         return out
 
@@ -179,36 +173,42 @@ class DistributedModel(torch.nn.Module):
         return {k: merged[k] for k in order if k in merged}
 
     def load_state_dict(self, state_dict, strict=True):
-        """Loads module-named tensors (a full dict, or a partial one with ``_smp_is_partial``)."""
+        """Loads module-named tensors (a full dict, or a partial one with ``_smp_is_partial``)
+        into the module and into the copies tied parameters have on other units."""
         sd = dict(state_dict)
         partial = bool(sd.pop("_smp_is_partial", False))
         own = self.module.state_dict(keep_vars=True)
+        local = self._local_tensors()
         unknown = [k for k in sd if k not in own]
         if strict and unknown:
             raise KeyError(f"smp: load_state_dict: names not in the model: {unknown[:5]}")
-        if strict and not partial:
-            missing = [k for k in self._local_names() if k not in sd]
-            if missing:
-                raise KeyError(f"smp: load_state_dict: the model's {missing[:5]} are missing")
+        missing = [k for k in (local if partial else own) if k not in sd]
+        if strict and missing:
+            raise KeyError(f"smp: load_state_dict: the model's {missing[:5]} are missing")
         with torch.no_grad():
             for name, value in sd.items():
-                if name in own and own[name].numel() == value.numel():
-                    own[name].copy_(value.reshape(own[name].shape))
-                    for copy in self._copies.get(id(own[name]), []):
-                        copy.copy_(own[name])
-        return torch.nn.modules.module._IncompatibleKeys([], unknown)
+                if name not in own:
+                    continue
+                targets = [own[name], *self._copies.get(id(own[name]), [])]
+                if name in local:
+                    targets.append(local[name])
+                for t in {id(t): t for t in targets}.values():
+                    t.copy_(value.reshape(t.shape))
+        return torch.nn.modules.module._IncompatibleKeys(missing, unknown)
 
-    def _local_names(self):
+    def _local_tensors(self):
+        """Name -> the tensor this rank computes with: a unit's parameter (a tied copy where the
+        unit has one) or buffer; everything before partitioning."""
+        own = self.module.state_dict(keep_vars=True)
         if self._engine is None:
-            return list(self.module.state_dict().keys())
+            return own
         local = set(self._engine.local_stages())
-        stages = self._engine.stage_of_layers()
-        names = []
-        for unit, stage in zip(self._split.units, stages):
+        out = {}
+        for unit, stage in zip(self._split.units, self._engine.stage_of_layers()):
             if stage in local:
-                names += [n for n in unit.param_names if n not in names]
-                names += [n for n in unit.buffer_names if n not in names]
-        return names
+                out.update({n: unit.params[n] for n in unit.param_names if n not in out})
+                out.update({n: own[n] for n in unit.buffer_names if n in own and n not in out})
+        return out
 
     # the step's pipeline -------------------------------------------------------------------
 
@@ -220,14 +220,23 @@ class DistributedModel(torch.nn.Module):
             self._build_engine(split, inputs[0])
 
         def loss_fn(k, flat_outputs):
+            # An error in the user's code here is kept for after the pipeline (the step raises
+            # it on every rank then); the pipeline finishes with a zero loss meanwhile.
             mb = mbs[k]
-            mb.give_outputs(split.unflatten_outputs(list(flat_outputs)))
+            try:
+                mb.give_outputs(split.unflatten_outputs(list(flat_outputs)))
+            except Exception as e:  # noqa: BLE001
+                mb.error = e
+                mb.backward_args = None
             return [_loss_of(mb, flat_outputs, train)] + list(flat_outputs)
 
         returned = self._engine.run_step(inputs, loss_fn, train)
         for mb, values in zip(mbs, returned):
             if mb.outputs is None:  # a rank without the last stage: the outputs, detached
-                mb.give_outputs(split.unflatten_outputs(list(values[1:])))
+                try:
+                    mb.give_outputs(split.unflatten_outputs(list(values[1:])))
+                except Exception as e:  # noqa: BLE001 (raised by the step, on every rank)
+                    mb.error = e
         for hook in list(self._post_step_hooks):
             hook(self, _state.state.optimizer)
 

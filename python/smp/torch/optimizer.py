@@ -89,9 +89,14 @@ class DistributedOptimizer(torch.optim.Optimizer):
         if self._engine is None:
             self.optimizer.step()
             return
+        self._groups_to_engine()
+        self._engine.step()
+
+    def _groups_to_engine(self):
+        """The groups' options (an LR scheduler's writes) into the engine's optimizer: before
+        each step and before its state is saved."""
         for i, group in enumerate(self.param_groups):
             self._engine.set_group_options(i, {k: group[k] for k in _GROUP_KEYS if k in group})
-        self._engine.step()
 
     def zero_grad(self, set_to_none=True):
         """Zeroes gradients in place: they are views into the engine's buckets."""
@@ -129,11 +134,13 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._ready("local_state_dict")
         if self._engine is None:
             return dict(self.optimizer.state_dict(), _smp_is_partial=True)
+        self._groups_to_engine()
         return self._engine.local_state_dict()
 
     def state_dict(self):
         if getattr(self, "_model", None) is None or self._engine is None:
             return self.optimizer.state_dict()
+        self._groups_to_engine()
         return self._engine.state_dict()
 
     def load_state_dict(self, state_dict):
@@ -151,3 +158,12 @@ class DistributedOptimizer(torch.optim.Optimizer):
             raise ValueError("smp.DistributedOptimizer.load_state_dict: not a state dict of smp's DistributedOptimizer "
                              "(it has no 'meta' and 'tensors'); pass what state_dict() or local_state_dict() returned")
         self._engine.load_state_dict(state_dict)
+        self._groups_from_engine()
+
+    def _groups_from_engine(self):
+        """After a load, the groups' options (the learning rate...) are the checkpoint's, as
+        torch's load_state_dict restores param_groups."""
+        for i, group in enumerate(self.param_groups):
+            for key, value in self._engine.group_options(i).items():
+                if key in group:
+                    group[key] = tuple(value) if key == "betas" else value

@@ -239,21 +239,47 @@ class _Step:
         _state._require_init("step")
         if _current.mb is not None:
             raise RuntimeError("smp.step: a step function was called inside another step")
+        mbs = []
+        _agree(_capture(lambda: self._start(args, kwargs, mbs)), "before the pipeline")
+        error = None
+        if mbs[0].model_call is not None:
+            error = _capture(lambda: _state.state.model._run_pipeline(mbs, train=self._grad))
+        for mb in mbs:
+            error = error or _capture(mb.finish)
+        _agree(error, "in the step function")
+        return _collect([mb.result for mb in mbs], self._detach)
+
+    def _start(self, args, kwargs, mbs):
+        """Splits the arguments and runs each microbatch's function up to its model call."""
         m = _state.state.cfg["microbatches"]
         calls = _split_arguments(self._signature, args, kwargs, m, self._non_split, self._axes)
-        grad = torch.is_grad_enabled()
-        mbs = [Microbatch(k, self._fn, a, kw, grad) for k, (a, kw) in enumerate(calls)]
+        self._grad = torch.is_grad_enabled()
+        mbs.extend(Microbatch(k, self._fn, a, kw, self._grad) for k, (a, kw) in enumerate(calls))
         for mb in mbs:
             mb.start()
         called = [mb.model_call is not None for mb in mbs]
-        if any(called):
-            if not all(called):
-                k = called.index(False)
-                raise RuntimeError(f"smp.step: microbatch {k} did not call the model; every microbatch must call it once")
-            _state.state.model._run_pipeline(mbs, train=grad)
-        for mb in mbs:
-            mb.finish()
-        return _collect([mb.result for mb in mbs], self._detach)
+        if any(called) and not all(called):
+            k = called.index(False)
+            raise RuntimeError(f"smp.step: microbatch {k} did not call the model; every microbatch must call it once")
+
+
+def _capture(fn):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 (agreed on, then raised on every rank)
+        return e
+    return None
+
+
+def _agree(error, where):
+    """Collective over the world: if any rank failed, every rank raises (its own error, or one
+    naming the rank that failed), so no rank waits on a peer that gave up."""
+    errors = _state.allgather(None if error is None else f"{type(error).__name__}: {error}", _state.WORLD)
+    if error is not None:
+        raise error
+    for r, message in enumerate(errors):
+        if message is not None:
+            raise RuntimeError(f"smp.step: rank {r} failed {where}: {message}")
 
 
 def step(fn=None, *, non_split_inputs=None, input_split_axes=None, detach_outputs=True):

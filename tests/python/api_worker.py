@@ -1,0 +1,138 @@
+"""Runs under mpirun (pp2 on 2 ranks, or 1 rank): StepOutput semantics, an LR scheduler over
+DistributedOptimizer, and both checkpoint families' round trips. Prints "OK <check>" per check
+on every rank; any failure raises.
+
+  mpirun -np 2 python tests/python/api_worker.py --dir /tmp/x --phase train
+  mpirun -np 2 python tests/python/api_worker.py --dir /tmp/x --phase resume   (a fresh process)
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import models  # noqa: E402
+
+import smp.torch as smp  # noqa: E402
+
+
+def check(name, condition, detail=""):
+    if not condition:
+        raise AssertionError(f"{name} failed {detail}")
+    print(f"OK {name} rank {smp.rank()}", flush=True)
+
+
+def build():
+    torch.manual_seed(0)
+    model = smp.DistributedModel(models.TinyGPT())
+    opt = smp.DistributedOptimizer(torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    return model, opt, sched
+
+
+@smp.step
+def train_step(model, ids, labels):
+    logits = model(ids)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1))
+    model.backward(loss)
+    return {"loss": loss, "logits": logits, "count": ids.size(0)}, (loss * 2,)
+
+
+def one_step(model, opt, sched, step):
+    ids, labels = models.gpt_batch(step, 8)
+    out, (doubled,) = train_step(model, ids, labels)
+    opt.step()
+    opt.zero_grad()
+    sched.step()
+    return out, doubled
+
+
+def check_step_outputs(model, opt, sched):
+    out, doubled = one_step(model, opt, sched, 0)
+    m = smp.state.cfg["microbatches"]
+    loss = out["loss"]
+    check("step_output_type", isinstance(loss, smp.StepOutput) and len(loss.outputs) == m)
+    check("reduce_mean", torch.allclose(loss.reduce_mean(), torch.stack(loss.outputs).mean()))
+    check("reduce_sum", torch.allclose(doubled.reduce_sum(), 2 * torch.stack(loss.outputs).sum()))
+    check("concat", tuple(out["logits"].concat().shape) == (8, 16, 64))
+    check("stack", tuple(out["logits"].stack().shape) == (m, 8 // m, 16, 64))
+    check("non_tensor_per_microbatch", out["count"] == [8 // m] * m, str(out["count"]))
+    check("detached", not loss.outputs[0].requires_grad)
+
+
+def check_scheduler(opt):
+    lrs = [g["lr"] for g in opt.param_groups]
+    check("scheduler_acts", abs(lrs[0] - 3e-3 * 0.5 ** 0) < 1e-12 or abs(lrs[0] - 1.5e-3) < 1e-12, str(lrs))
+
+
+def losses(model, opt, sched, steps):
+    out = []
+    for s in steps:
+        o, _ = one_step(model, opt, sched, s)
+        out.append(o["loss"].reduce_mean().item())
+    return out
+
+
+def phase_train(d):
+    model, opt, sched = build()
+    check_step_outputs(model, opt, sched)
+    losses(model, opt, sched, [1, 2])
+    check_scheduler(opt)
+    # (b) the engine's checkpoints: save, go on, resume, go on again: the same losses.
+    smp.save_checkpoint(d, tag="step3", partial=True, model=model, optimizer=opt,
+                        user_content={"step": 3, "sched": sched.state_dict()})
+    smp.save_checkpoint(d, tag="full3", partial=False, model=model, user_content=None)
+    after = losses(model, opt, sched, [3, 4])
+    if smp.rank() == 0:
+        with open(os.path.join(d, "expected.json"), "w") as f:
+            json.dump(after, f)
+    content = smp.resume_from_checkpoint(d, tag="step3", partial=True)
+    sched.load_state_dict(content["sched"])
+    again = losses(model, opt, sched, [3, 4])
+    check("save_checkpoint_round_trip", max(abs(a - b) for a, b in zip(after, again)) < 1e-6, f"{after} {again}")
+    # (a) smp.save / smp.load of the local state dicts.
+    path = os.path.join(d, "local.pt")
+    smp.save({"model": model.local_state_dict(), "opt": opt.local_state_dict(), "sched": sched.state_dict()},
+             path, partial=True)
+    after = losses(model, opt, sched, [5, 6])
+    state = smp.load(path, partial=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    again = losses(model, opt, sched, [5, 6])
+    check("smp_save_round_trip", max(abs(a - b) for a, b in zip(after, again)) < 1e-6, f"{after} {again}")
+    # A full state dict gathered over the pipeline holds every parameter, by the module's names.
+    full = model.state_dict()
+    check("full_state_dict", set(full) == set(models.TinyGPT().state_dict()), str(sorted(full)[:4]))
+
+
+def phase_resume(d):
+    """A fresh process: resume before the first step (deferred to partitioning), then train:
+    the losses equal the uninterrupted run's (phase_train wrote them)."""
+    model, opt, sched = build()
+    content = smp.resume_from_checkpoint(d, tag="step3", partial=True)
+    check("user_content", content["step"] == 3, str(content))
+    sched.load_state_dict(content["sched"])
+    got = losses(model, opt, sched, [3, 4])
+    with open(os.path.join(d, "expected.json")) as f:
+        expected = json.load(f)
+    check("resume_before_first_step", max(abs(a - b) for a, b in zip(got, expected)) < 1e-6, f"{got} {expected}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dir", required=True)
+    p.add_argument("--phase", choices=["train", "resume"], required=True)
+    p.add_argument("--pp", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    smp.init({"pipeline_parallel_degree": a.pp, "microbatches": 2, "ddp": True})
+    (phase_train if a.phase == "train" else phase_resume)(a.dir)
+
+
+if __name__ == "__main__":
+    main()
