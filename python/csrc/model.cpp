@@ -13,14 +13,15 @@ namespace smp::python {
 namespace {
 
 // One layer as Python describes it: (name, forward, parameters, parameter names, get_state,
-// set_state).
+// set_state, tensor-parallel shards as (dim, whole size) per parameter).
 using LayerSpec = std::tuple<std::string, py::function, std::vector<at::Tensor>,
-                             std::vector<std::string>, py::object, py::object>;
+                             std::vector<std::string>, py::object, py::object,
+                             std::vector<std::pair<int64_t, int64_t>>>;
 
 std::unique_ptr<DistributedModel> make_model(std::vector<LayerSpec> specs, py::dict options) {
   std::vector<Layer> layers;
-  for (auto& [name, forward, params, names, get_state, set_state] : specs) {
-    layers.push_back(python_layer(name, forward, params, names, get_state, set_state));
+  for (auto& [name, forward, params, names, get_state, set_state, shards] : specs) {
+    layers.push_back(python_layer(name, forward, params, names, get_state, set_state, shards));
   }
   DistributedModelOptions o;
   if (options.contains("average_grads_across_microbatches")) {

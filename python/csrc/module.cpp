@@ -3,6 +3,7 @@
 // Python's `smp.torch` builds SMP's API on these; nothing here is meant for users directly.
 #include <torch/csrc/utils/pybind.h>
 
+#include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
 #include "smp/runtime.h"
@@ -90,6 +91,23 @@ void bind_runtime(py::module& m) {
     return out;
   });
   m.def("barrier", &barrier, gil_free());
+
+  // Tensor collectives on a group's communicator (smp.nn's tensor-parallel operations).
+  m.def("all_reduce", [](at::Tensor tensor, CommGroup g) {
+    py::gil_scoped_release nogil;
+    at::Tensor t = tensor;
+    process_group(g).all_reduce(t).wait();
+  }, "In place: the sum over the group.");
+  m.def("all_gather", [](const at::Tensor& input, CommGroup g) {
+    py::gil_scoped_release nogil;
+    comm::Communicator& group = process_group(g);
+    at::Tensor in = input.contiguous();
+    std::vector<int64_t> shape{group.size()};
+    shape.insert(shape.end(), in.sizes().begin(), in.sizes().end());
+    at::Tensor out = at::empty(shape, in.options());
+    group.all_gather(out, in).wait();
+    return out;
+  }, "Every member's tensor stacked along a new leading dim, in group-rank order.");
 }
 
 }  // namespace

@@ -13,7 +13,7 @@ SharedObject share(py::object object) {
 
 Layer python_layer(std::string name, py::function forward, std::vector<at::Tensor> parameters,
                    std::vector<std::string> parameter_names, py::object get_state,
-                   py::object set_state) {
+                   py::object set_state, const std::vector<std::pair<int64_t, int64_t>>& tp_shards) {
   Layer layer;
   layer.name = std::move(name);
   SharedObject fn = share(std::move(forward));
@@ -24,6 +24,7 @@ Layer python_layer(std::string name, py::function forward, std::vector<at::Tenso
   layer.parameters = std::move(parameters);
   layer.parameter_names = std::move(parameter_names);
   layer.owner = fn;
+  for (const auto& [dim, size] : tp_shards) layer.tp_shards.push_back(ShardSpec{dim, size});
   if (!get_state.is_none()) {
     SharedObject get = share(std::move(get_state));
     layer.get_state = [get] {

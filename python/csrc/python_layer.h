@@ -23,9 +23,11 @@ SharedObject share(py::object object);
 // engine runs with the GIL released). `parameters` are the Python module's own tensors (the same
 // storage and autograd identity), `parameter_names` their names inside the layer. `get_state`
 // () -> dict[str, Tensor] and `set_state`(dict) carry state besides parameters (buffers such as
-// BatchNorm's running statistics) through checkpoints; either may be None.
+// BatchNorm's running statistics) through checkpoints; either may be None. `tp_shards`,
+// parallel to `parameters` (or empty: all replicated), gives each tensor-parallel shard's
+// (dim, whole size) and (-1, 0) for a replicated parameter.
 Layer python_layer(std::string name, py::function forward, std::vector<at::Tensor> parameters,
                    std::vector<std::string> parameter_names, py::object get_state,
-                   py::object set_state);
+                   py::object set_state, const std::vector<std::pair<int64_t, int64_t>>& tp_shards);
 
 }  // namespace smp::python

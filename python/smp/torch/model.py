@@ -293,6 +293,8 @@ class DistributedModel(torch.nn.Module):
                 engine_name = f"{unit.name}.{rel}"
                 if id(p) in seen:  # a tied parameter: this unit computes with a copy
                     copy = torch.nn.Parameter(p.detach().clone())
+                    if hasattr(p, "_smp_tp_shard"):
+                        copy._smp_tp_shard = p._smp_tp_shard
                     unit.params[fqn] = copy
                     tied[engine_name] = seen[id(p)]
                     self._copies.setdefault(id(p), []).append(copy)
@@ -302,8 +304,10 @@ class DistributedModel(torch.nn.Module):
                     self._engine_names[engine_name] = fqn
                 params.append(p)
                 names.append(rel)
+            shards = [getattr(p, "_smp_tp_shard", (-1, 0)) for p in params]
             specs.append((unit.name, functools.partial(self._forward_unit, i), params, names,
-                          functools.partial(self._unit_state, unit), functools.partial(self._set_unit_state, unit)))
+                          functools.partial(self._unit_state, unit), functools.partial(self._set_unit_state, unit),
+                          shards))
         options = dict(self._options, tied_copies=tied)
         self._engine = _C.DistributedModel(specs, options)
         self._unit_names = [u.name for u in split.units]
