@@ -20,7 +20,8 @@ def mpirun(np, script, *args, env=None, timeout=300):
                     OMPI_MCA_rmaps_base_oversubscribe="1", PYTHONUNBUFFERED="1")
     full_env.pop("SM_HP_MP_PARAMETERS", None)
     full_env.update(env or {})
-    cmd = ["mpirun", "-np", str(np), "--oversubscribe", sys.executable, os.path.join(HERE, script), *map(str, args)]
+    cmd = ["mpirun", "-np", str(np), "--oversubscribe", "--mca", "mpi_yield_when_idle", "1", "--bind-to", "none",
+           sys.executable, os.path.join(HERE, script), *map(str, args)]
     try:
         return subprocess.run(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=timeout)

@@ -103,7 +103,10 @@ class DistributedModel(torch.nn.Module):
         if backward_passes_per_step != 1:
             raise ValueError(f"smp.DistributedModel: backward_passes_per_step={backward_passes_per_step} is not "
                              "supported yet (allowed: 1); accumulate with more microbatches instead")
-        self.module = module
+        if _state.state.cfg["sharded_data_parallel_degree"] > 1:
+            raise ValueError("smp.DistributedModel: sharded_data_parallel_degree > 1 is not supported by the Python "
+                             "front yet (allowed: 1); smp-train runs it from C++")
+        self.module = module.to(_state.device())  # SMP places the model; scripts never move it
         self._options = {"average_grads_across_microbatches": bool(average_grads_across_microbatches),
                          "bucket_cap_mb": float(bucket_cap_mb), "overlapping_allreduce": bool(overlapping_allreduce)}
         self._engine = None
@@ -193,7 +196,8 @@ class DistributedModel(torch.nn.Module):
                 if name in local:
                     targets.append(local[name])
                 for t in {id(t): t for t in targets}.values():
-                    t.copy_(value.reshape(t.shape))
+                    if t.numel() == value.numel():  # not a parameter freed on this rank
+                        t.copy_(value.reshape(t.shape))
         return torch.nn.modules.module._IncompatibleKeys(missing, unknown)
 
     def _local_tensors(self):
@@ -313,8 +317,8 @@ class DistributedModel(torch.nn.Module):
         self._unit_names = [u.name for u in split.units]
         self._splits_first = split
         self._place_by_hand(split)
-        if self._pending_resume is not None or _state.state.optimizer is not None:
-            self._engine.partition(trial_inputs)
+        self._engine.partition(trial_inputs)
+        self._free_other_stages()
         if _state.state.optimizer is not None:
             _state.state.optimizer._attach(self)
         if self._pending_resume is not None:
@@ -322,6 +326,15 @@ class DistributedModel(torch.nn.Module):
             resume()
         for hook in list(self._post_partition_hooks):
             hook(self, _state.state.optimizer)
+
+    def _free_other_stages(self):
+        """Parameters and buffers no local unit uses give their memory back (other pipeline
+        stages hold them); their Python objects stay, empty, so references keep working."""
+        keep = {id(t) for t in self._local_tensors().values()}
+        with torch.no_grad():
+            for t in self.module.state_dict(keep_vars=True).values():
+                if id(t) not in keep and t.numel():
+                    t.data = torch.empty(0, dtype=t.dtype, device=t.device)
 
     def _place_by_hand(self, split):
         """Applies set_partition / smp.partition and set_activation_checkpointing, by module."""
@@ -405,7 +418,9 @@ def _describe(value):
 
 
 def _rebuild(value):
-    return torch.zeros(value.shape, dtype=value.dtype) if isinstance(value, _TensorMeta) else value
+    if isinstance(value, _TensorMeta):
+        return torch.zeros(value.shape, dtype=value.dtype, device=_state.device())
+    return value
 
 
 class _Handle:

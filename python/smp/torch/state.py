@@ -76,7 +76,14 @@ def init(config=None):
     _C.init(json.dumps(_parameters(config)))
     atexit.register(shutdown)
     state.cfg = _Config(json.loads(_C.config_json()))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
     _init_torch_distributed()
+
+
+def device():
+    """Where this rank computes: its GPU (cuda:local_rank) when there is one, else the CPU."""
+    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def is_initialized():

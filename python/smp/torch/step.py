@@ -254,6 +254,8 @@ class _Step:
         m = _state.state.cfg["microbatches"]
         calls = _split_arguments(self._signature, args, kwargs, m, self._non_split, self._axes)
         self._grad = torch.is_grad_enabled()
+        if _state.device().type != "cpu":  # SMP moves the batch to the rank's device
+            calls = pytree.tree_map_only(torch.Tensor, lambda t: t.to(_state.device()), calls)
         mbs.extend(Microbatch(k, self._fn, a, kw, self._grad) for k, (a, kw) in enumerate(calls))
         for mb in mbs:
             mb.start()
