@@ -70,3 +70,21 @@ def gpt_batch(step, batch, seq=16, vocab=64):
     g = torch.Generator().manual_seed(2000 + step)
     ids = torch.randint(0, vocab, (batch, seq + 1), generator=g)
     return ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+
+
+def hf_model(name):
+    """A tiny transformers model: "gpt2", "llama" or "bert" (eager attention, no cache)."""
+    import transformers as tf
+
+    if name == "gpt2":
+        cfg = tf.GPT2Config(n_layer=4, n_embd=32, n_head=4, vocab_size=64, n_positions=32, use_cache=False,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        return tf.GPT2LMHeadModel(cfg)
+    if name == "llama":
+        cfg = tf.LlamaConfig(num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=64, max_position_embeddings=32, use_cache=False)
+        return tf.LlamaForCausalLM(cfg)
+    cfg = tf.BertConfig(num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                        vocab_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    return tf.BertForMaskedLM(cfg)

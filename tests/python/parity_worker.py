@@ -30,7 +30,7 @@ LAYOUTS = {
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--model", choices=["cnn", "gpt"], required=True)
+    p.add_argument("--model", choices=["cnn", "gpt", "gpt2", "llama", "bert"], required=True)
     p.add_argument("--layout", choices=sorted(LAYOUTS), required=True)
     p.add_argument("--optimizer", choices=["sgd", "adam", "adadelta"], default="adam")
     p.add_argument("--steps", type=int, default=20)
@@ -40,7 +40,8 @@ def main():
     smp.init(LAYOUTS[a.layout])
 
     torch.manual_seed(0)
-    module = models.Net() if a.model == "cnn" else models.TinyGPT()
+    hf = a.model in ("gpt2", "llama", "bert")
+    module = models.hf_model(a.model) if hf else models.Net() if a.model == "cnn" else models.TinyGPT()
     reference = copy.deepcopy(module)
     make_opt = {"sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
                 "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3),
@@ -49,17 +50,21 @@ def main():
     model = smp.DistributedModel(module)
     opt = smp.DistributedOptimizer(make_opt(model.parameters()))
 
+    def forward(model, x, y):  # what the script's step does; Hugging Face models take the labels
+        return model(input_ids=x, labels=y)["loss"] if hf else loss_of(model(x), y)
+
     def loss_of(out, y):
         return F.nll_loss(out, y) if a.model == "cnn" else F.cross_entropy(out.reshape(-1, out.size(-1)), y.reshape(-1))
 
     @smp.step
     def train_step(model, x, y):
-        out = model(x)
-        loss = loss_of(out, y)
+        loss = forward(model, x, y)
         model.backward(loss)
         return loss
 
     batch_of = models.cnn_batch if a.model == "cnn" else models.gpt_batch
+    if a.model == "bert":  # masked LM: every position predicts its own token
+        batch_of = lambda step, batch: (models.gpt_batch(step, batch)[0],) * 2  # noqa: E731
     per_replica = a.batch // smp.dp_size()
     worst_loss = worst_grad = 0.0
     for step in range(a.steps):
@@ -70,7 +75,7 @@ def main():
         loss = loss.item() / smp.dp_size()
 
         ref_opt.zero_grad()
-        ref_loss = loss_of(reference(x), y)
+        ref_loss = forward(reference, x, y)
         ref_loss.backward()
         worst_loss = max(worst_loss, abs(loss - ref_loss.item()))
         if step == 0 and not smp.state.cfg["shard_optimizer_state"]:

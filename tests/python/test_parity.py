@@ -1,4 +1,4 @@
-"""A user-written CNN and transformer trained through smp.torch under pp2, dp2 and pp2 x dp2
+"""A user-written CNN and transformer, and transformers' GPT-2, LLaMA and BERT, trained through smp.torch under pp2, dp2 and pp2 x dp2
 (with and without shard_optimizer_state) against the same script with plain PyTorch in one
 process: 1e-5 on the first step's gradients, 1e-4 on 20 steps of losses (parity_worker.py)."""
 
@@ -14,11 +14,17 @@ CASES = [
     ("gpt", "pp2dp2", "adam", 4),
     ("gpt", "pp2dp2_zero1", "adam", 4),
     ("gpt", "pp2_simple", "adam", 2),
+    # transformers' own models, captured as they are (loss computed inside, from labels)
+    ("gpt2", "pp2dp2", "adam", 4),
+    ("llama", "pp2", "adam", 2),
+    ("bert", "pp2", "sgd", 2),
 ]
 
 
 @pytest.mark.parametrize("model,layout,optimizer,ranks", CASES, ids=["-".join(map(str, c)) for c in CASES])
 def test_matches_plain_pytorch(run_mpi, model, layout, optimizer, ranks):
-    r = run_mpi(ranks, "parity_worker.py", "--model", model, "--layout", layout, "--optimizer", optimizer)
+    steps = 8 if model in ("gpt2", "llama", "bert") else 20
+    r = run_mpi(ranks, "parity_worker.py", "--model", model, "--layout", layout, "--optimizer", optimizer,
+                "--steps", steps)
     assert r.returncode == 0, r.stdout[-3000:]
     assert r.stdout.count("max |loss diff|") == ranks, r.stdout[-3000:]
