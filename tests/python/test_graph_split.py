@@ -383,7 +383,7 @@ class UsesItem(nn.Module):
 
 @pytest.mark.parametrize("cls", [DataDependent, UsesItem])
 def test_untraceable_module_raises(cls):
-    with pytest.raises(gs.SplitError, match=rf"could not capture {cls.__name__}.*smp.set_partition"):
+    with pytest.raises(gs.SplitError, match=rf"could not capture {cls.__name__}.*@smp.step function"):
         gs.split_module(cls(), (torch.randn(2, 4),))
 
 

@@ -109,9 +109,9 @@ def _export(module: torch.nn.Module, args: tuple, kwargs: dict) -> torch.export.
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise SplitError(
             f"smp: could not capture {type(module).__name__} for pipelining: {first.strip()}. "
-            "Make its forward traceable by torch.export (no data-dependent Python control flow "
-            "or .item(); for Hugging Face models pass use_cache=False), or place modules by hand "
-            "with smp.set_partition / `with smp.partition(i)`."
+            "smp cuts a model through torch.export: make the forward traceable (no Python control flow "
+            "on tensor values and no .item(): use torch.where / torch.cond, or move that code out of the "
+            "model into the @smp.step function; for Hugging Face models pass use_cache=False)."
         ) from e
 
 
@@ -329,7 +329,7 @@ class _Program:
             else:
                 raise SplitError(
                     f"smp: {type(module).__name__}: exported graph has an unsupported output kind {spec.kind} "
-                    "(e.g. the forward mutates one of its inputs); place modules by hand with smp.set_partition"
+                    "(e.g. the forward mutates one of its inputs in place); make the forward leave its inputs unchanged"
                 )
         # Every FQN each Parameter is reachable by (tied weights have several).
         self.aliases: dict[int, list[str]] = {}

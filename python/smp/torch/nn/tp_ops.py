@@ -54,9 +54,9 @@ def check_divisible(what, value, tp=None):
 
 def require_prescaled(module_name):
     """The Python front's TP takes SMP's prescaled flow only (each TP rank fed the same batch)."""
-    from .. import state as _state  # noqa: PLC0415 (smp.torch imports this package)
+    from ..state import state  # noqa: PLC0415 (smp.torch imports this package first)
 
-    if tp_size() > 1 and not _state.state.cfg["prescaled_batch"]:
+    if tp_size() > 1 and not state.cfg["prescaled_batch"]:
         raise ValueError(
             f"smp.nn.{module_name}: tensor_parallel_degree {tp_size()} needs \"prescaled_batch\": true in the "
             "config for the Python front (every rank of a TP group fed the same batch, sliced by rdp_rank); "

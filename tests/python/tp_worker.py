@@ -1,0 +1,455 @@
+"""Runs under mpirun: smp.nn's tensor-parallel modules.
+
+  --check units   (2 ranks, tp2): each module's forward against plain PyTorch built from the
+                  gathered whole weights; the whole weights against the same module built with
+                  tp=1 from the same seed (house rule: a shard is the slice of the tp=1 tensor);
+                  torch.export of each module, whose exported graph's forward and backward equal
+                  the module's; the prescaled_batch and not-implemented refusals. Exits non-zero
+                  on a mismatch.
+  --check train   a user-written LM made of smp.nn modules trained 20 steps through
+                  smp.DistributedModel + DistributedOptimizer(Adam) under --layout; writes the
+                  per-step losses and the first step's gradients (gathered whole) to --out for
+                  test_tensor_parallel.py to compare across layouts.
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+import smp.torch as smp
+from smp.torch.nn import tp_ops
+
+LAYOUTS = {
+    "tp1": {"microbatches": 2, "ddp": True},
+    "tp2": {"tensor_parallel_degree": 2, "ddp": True, "prescaled_batch": True, "microbatches": 2},
+    "tp2pp2": {"tensor_parallel_degree": 2, "pipeline_parallel_degree": 2, "ddp": True, "prescaled_batch": True,
+               "microbatches": 2},
+}
+VOCAB, HIDDEN, HEADS, HEAD_SIZE, INTER, SEQ, BATCH = 64, 32, 4, 8, 64, 16, 8
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def whole(t, spec):
+    """The whole tensor of a shard (gathered over the TP group), or t itself when replicated."""
+    t = t.detach()
+    if spec is None:
+        return t.clone()
+    dim, size = spec
+    parts = [torch.empty_like(t) for _ in range(smp.tp_size())]
+    dist.all_gather(parts, t.contiguous(), group=smp.get_tp_process_group())
+    return torch.cat(parts, dim).narrow(dim, 0, size)
+
+
+def whole_params(module):
+    return {n: whole(p, getattr(p, "_smp_tp_shard", None)) for n, p in module.named_parameters()}
+
+
+def whole_grads(named):
+    return {n: whole(p.grad, getattr(p, "_smp_tp_shard", None)) for n, p in named}
+
+
+@contextlib.contextmanager
+def as_tp1():
+    """Builds and runs modules as tp=1 in this process (the reference the shards slice)."""
+    size, rank = tp_ops.tp_size, tp_ops.tp_rank
+    tp_ops.tp_size, tp_ops.tp_rank = (lambda: 1), (lambda: 0)
+    try:
+        yield
+    finally:
+        tp_ops.tp_size, tp_ops.tp_rank = size, rank
+
+
+class Checker:
+    def __init__(self):
+        self.worst = {}
+
+    def close(self, what, a, b, tol=1e-5):
+        diff = (a - b).abs().max().item() if a.numel() else 0.0
+        if tuple(a.shape) != tuple(b.shape):
+            diff = float("inf")
+        self.worst[what] = max(self.worst.get(what, 0.0), diff)
+        if diff > tol:
+            print(f"rank {smp.rank()}: MISMATCH {what}: {diff:.3g} (shapes {tuple(a.shape)} {tuple(b.shape)})",
+                  flush=True)
+
+    def equal(self, what, a, b):
+        self.close(what, a, b, tol=0.0)
+
+    def ok(self):
+        return all(v <= 1e-5 for v in self.worst.values())
+
+
+# --- plain PyTorch references (whole weights, no smp) -----------------------------------------
+
+
+def ref_attention(x, mask, w, p, pre, post, causal, heads, d):
+    """w: whole weights by name with prefix p (qkv.weight (3, heads*d, H) ...)."""
+    def attend(t):
+        b, s, _ = t.shape
+        qw, qb = w[p + "qkv.weight"], w[p + "qkv.bias"]
+        q, k, v = [(t @ qw[i].T + qb[i]).view(b, s, heads, d).transpose(1, 2) for i in range(3)]
+        scores = q @ k.transpose(-1, -2) / d ** 0.5
+        if causal:
+            scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
+        if mask is not None:
+            scores = scores + mask
+        ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, heads * d)
+        return ctx @ w[p + "dense.weight"].T + w[p + "dense.bias"]
+    return ref_residual(x, attend, w, p + "layernorm.", pre, post)
+
+
+def ref_output(x, w, p, pre, post, activation="gelu"):
+    def feed(t):
+        h = t @ w[p + "dense_h_to_4h.weight"].T + w[p + "dense_h_to_4h.bias"]
+        h = {"gelu": F.gelu, "relu": F.relu}[activation](h)
+        return h @ w[p + "dense_4h_to_h.weight"].T + w[p + "dense_4h_to_h.bias"]
+    return ref_residual(x, feed, w, p + "layernorm.", pre, post)
+
+
+def ref_residual(x, f, w, ln, pre, post):
+    norm = lambda t: F.layer_norm(t, t.shape[-1:], w[ln + "weight"], w[ln + "bias"], 1e-5)  # noqa: E731
+    if pre:
+        return x + f(norm(x))
+    if post:
+        return norm(x + f(x))
+    return x + f(x)
+
+
+def ref_layer(x, mask, w, p, pre, post, causal):
+    h = ref_attention(x, mask, w, p + "attention.", pre, post, causal, HEADS, HEAD_SIZE)
+    return ref_output(h, w, p + "output.", pre, post)
+
+
+# --- the unit checks --------------------------------------------------------------------------
+
+
+def built_twice(factory, seed=1):
+    """The module under this run's tp, its whole weights, and the same module built as tp=1 from
+    the same seed (with the generator states after each build)."""
+    torch.manual_seed(seed)
+    module = factory()
+    after = torch.get_rng_state()
+    with as_tp1():
+        torch.manual_seed(seed)
+        reference = factory()
+        after_ref = torch.get_rng_state()
+    return module, whole_params(module), reference, bool(torch.equal(after, after_ref))
+
+
+def check_units(c):
+    torch.manual_seed(100)
+    x = torch.randn(2, SEQ, HIDDEN)
+    ids = torch.randint(0, VOCAB, (2, SEQ))
+    keep = torch.ones(2, SEQ)
+    keep[1, -3:] = 0
+    mask = (1.0 - keep).view(2, 1, 1, SEQ) * -10000.0
+    layer_args = dict(num_attention_heads=HEADS, attention_head_size=HEAD_SIZE, hidden_size=HIDDEN,
+                      intermediate_size=INTER, attention_dropout_prob=0.0, hidden_dropout_prob=0.0)
+
+    def against_tp1(name, module, w, reference, same_rng):
+        ref = dict(reference.named_parameters())
+        c.equal(f"{name}: init order (generator state after building)", torch.tensor(float(same_rng)),
+                torch.tensor(1.0))
+        for n, t in w.items():
+            c.equal(f"{name}: {n} whole == tp1's", t, ref[n].detach())
+            spec = getattr(dict(module.named_parameters())[n], "_smp_tp_shard", None)
+            if spec is not None:
+                c.close(f"{name}: marker size", torch.tensor(float(spec[1])), torch.tensor(float(t.shape[spec[0]])))
+
+    # DistributedLinear: nn.Linear, initialised as nn.Linear
+    m, w, r, same = built_twice(lambda: smp.nn.DistributedLinear(HIDDEN, INTER))
+    against_tp1("DistributedLinear", m, w, r, same)
+    torch.manual_seed(1)
+    plain = nn.Linear(HIDDEN, INTER)
+    c.equal("DistributedLinear: init == nn.Linear's", w["weight"], plain.weight.detach())
+    c.equal("DistributedLinear: bias init == nn.Linear's", w["bias"], plain.bias.detach())
+    c.close("DistributedLinear: forward", m(x), F.linear(x, w["weight"], w["bias"]))
+    check_export(c, "DistributedLinear", m, (x,))
+
+    # DistributedEmbedding, with padding_idx, and _skip_allgather
+    m, w, r, same = built_twice(lambda: smp.nn.DistributedEmbedding(VOCAB, HIDDEN, padding_idx=3))
+    against_tp1("DistributedEmbedding", m, w, r, same)
+    c.equal("DistributedEmbedding: padding row", w["weight"][3], torch.zeros(HIDDEN))
+    c.close("DistributedEmbedding: forward", m(ids), F.embedding(ids, w["weight"], padding_idx=3))
+    check_export(c, "DistributedEmbedding", m, (ids,))
+    torch.manual_seed(2)
+    full = torch.randn(VOCAB, HIDDEN)
+    m = smp.nn.DistributedEmbedding(VOCAB, HIDDEN, _weight=full, _skip_allgather=True)
+    n = HIDDEN // smp.tp_size()
+    c.close("DistributedEmbedding: _skip_allgather gives this rank's columns", m(ids),
+            F.embedding(ids, full)[..., smp.tp_rank() * n:(smp.tp_rank() + 1) * n])
+
+    # DistributedAttentionLayer and DistributedTransformerOutputLayer, post (default) and pre
+    for pre, post in ((False, True), (True, False), (False, False)):
+        tag = f"pre={pre} post={post}"
+        m, w, r, same = built_twice(lambda: smp.nn.DistributedAttentionLayer(
+            num_attention_heads=HEADS, attention_head_size=HEAD_SIZE, hidden_size=HIDDEN, attention_dropout_prob=0.0,
+            hidden_dropout_prob=0.0, causal_mask_size=SEQ, pre_layernorm=pre, post_layernorm=post))
+        against_tp1(f"DistributedAttentionLayer {tag}", m, w, r, same)
+        c.close(f"DistributedAttentionLayer {tag}: forward", m((x, mask)),
+                ref_attention(x, mask, w, "", pre, post, True, HEADS, HEAD_SIZE))
+        check_export(c, f"DistributedAttentionLayer {tag}", m, ((x, mask),))
+        m, w, r, same = built_twice(lambda: smp.nn.DistributedTransformerOutputLayer(
+            hidden_size=HIDDEN, intermediate_size=INTER, hidden_dropout_prob=0.0, activation="relu",
+            pre_layernorm=pre, post_layernorm=post))
+        against_tp1(f"DistributedTransformerOutputLayer {tag}", m, w, r, same)
+        c.close(f"DistributedTransformerOutputLayer {tag}: forward", m(x), ref_output(x, w, "", pre, post, "relu"))
+        check_export(c, f"DistributedTransformerOutputLayer {tag}", m, (x,))
+
+    # DistributedTransformerLayer (not causal, with a mask): (hidden, mask) -> (hidden, mask)
+    m, w, r, same = built_twice(lambda: smp.nn.DistributedTransformerLayer(**layer_args))
+    against_tp1("DistributedTransformerLayer", m, w, r, same)
+    out, out_mask = m((x, mask))
+    c.close("DistributedTransformerLayer: forward", out, ref_layer(x, mask, w, "", False, True, False))
+    c.equal("DistributedTransformerLayer: mask passes through", out_mask, mask)
+    check_export(c, "DistributedTransformerLayer", m, ((x, mask),))
+
+    # DistributedTransformer, pre and post: a final LayerNorm
+    m, w, r, same = built_twice(lambda: smp.nn.DistributedTransformer(
+        num_layers=2, causal_mask_size=SEQ, pre_layernorm=True, post_layernorm=True, **layer_args))
+    against_tp1("DistributedTransformer", m, w, r, same)
+    h = x
+    for i in range(2):
+        h = ref_layer(h, None, w, f"seq_layers.{i}.", True, True, True)
+    h = F.layer_norm(h, (HIDDEN,), w["final_layernorm.weight"], w["final_layernorm.bias"], 1e-5)
+    c.close("DistributedTransformer: forward", m((x, None))[0], h)
+    check_export(c, "DistributedTransformer", m, ((x, None),))
+
+    # DistributedTransformerLMHead: loss, this rank's logits, no head; a vocabulary padded to tp
+    for vocab in (VOCAB, VOCAB - 1):
+        m, w, r, same = built_twice(lambda: smp.nn.DistributedTransformerLMHead(
+            num_layers=2, vocab_size=vocab, num_positions=SEQ, num_token_types=2, causal_mask_size=SEQ,
+            pre_layernorm=True, post_layernorm=True, use_normal_initialization=True, **layer_args))
+        against_tp1(f"DistributedTransformerLMHead vocab {vocab}", m, w, r, same)
+        ids_v = ids % vocab
+        labels = torch.roll(ids_v, -1, 1)
+        labels[0, -1] = -100
+        types = (ids_v % 2)
+        wte = w["embedding.word_embeddings.weight"]
+        h = wte[ids_v] + w["embedding.position_embeddings"][:SEQ] + w["embedding.token_type_embeddings"][types]
+        for i in range(2):
+            h = ref_layer(h, mask, w, f"transformer.seq_layers.{i}.", True, True, True)
+        h = F.layer_norm(h, (HIDDEN,), w["transformer.final_layernorm.weight"], w["transformer.final_layernorm.bias"],
+                         1e-5)
+        logits = h @ wte.T
+        inputs = (ids_v, keep, types, None, labels)
+        c.close(f"DistributedTransformerLMHead vocab {vocab}: loss", m(inputs)[0],
+                F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), ignore_index=-100), 1e-5)
+        local = m(inputs[:4])[0]
+        n = local.shape[-1]
+        padded = torch.cat([logits, torch.zeros(2, SEQ, n * smp.tp_size() - vocab)], -1)
+        c.close(f"DistributedTransformerLMHead vocab {vocab}: this rank's logits", local,
+                padded[..., smp.tp_rank() * n:(smp.tp_rank() + 1) * n])
+        check_export(c, f"DistributedTransformerLMHead vocab {vocab}", m, (inputs,))
+    torch.manual_seed(3)
+    m = smp.nn.DistributedTransformerLMHead(num_layers=1, vocab_size=VOCAB, num_positions=SEQ, add_lm_head=False,
+                                            **layer_args)
+    c.close("DistributedTransformerLMHead: add_lm_head=False gives (hidden,)",
+            torch.tensor(float(m((ids,))[0].shape == (2, SEQ, HIDDEN))), torch.tensor(1.0))
+
+    check_dropout(c, x, mask, layer_args)
+    check_refusals(c, layer_args)
+
+
+def check_export(c, name, module, args):
+    """torch.export captures the module with the smp ops as nodes; the exported graph's forward
+    and backward (what the DistributedModel's units run) equal the module's."""
+    ep = torch.export.export(module, args, strict=False)
+    ops = {str(n.target) for n in ep.graph.nodes if str(n.target).startswith("smp.")}
+    if smp.tp_size() > 1 and not ops:
+        c.close(f"{name}: export has smp ops", torch.tensor(1.0), torch.tensor(0.0))
+    params = dict(module.named_parameters())
+    for p in params.values():
+        p.grad = None
+    out = module(*args)
+    out = out[0] if isinstance(out, tuple) else out
+    (out * torch.linspace(0.5, 1.5, out.numel()).view(out.shape)).sum().backward()
+    eager = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+    for p in params.values():
+        p.grad = None
+    out2 = ep.module()(*args)
+    out2 = out2[0] if isinstance(out2, tuple) else out2
+    (out2 * torch.linspace(0.5, 1.5, out2.numel()).view(out2.shape)).sum().backward()
+    c.close(f"{name}: exported forward", out2, out)
+    for n, g in eager.items():
+        c.close(f"{name}: exported backward {n}", params[n].grad, g)
+    for p in params.values():
+        p.grad = None
+
+
+def check_dropout(c, x, mask, layer_args):
+    """Dropout on: replicated activations (the layer's output) stay equal on every TP rank; the
+    same draw count gives the same masks (what a recompute or a resume relies on)."""
+    args = dict(layer_args, attention_dropout_prob=0.2, hidden_dropout_prob=0.2)
+    torch.manual_seed(4)
+    m = smp.nn.DistributedTransformerLayer(**args)
+    first = m((x, mask))[0]
+    others = [torch.empty_like(first) for _ in range(smp.tp_size())]
+    dist.all_gather(others, first.detach(), group=smp.get_tp_process_group())
+    for o in others:
+        c.equal("dropout: replicated output equal across TP ranks", o, first.detach())
+    for b in m.buffers():
+        b.zero_()
+    c.equal("dropout: same draw count, same masks", m((x, mask))[0], first)
+    c.close("dropout: masks change from draw to draw", torch.tensor(float(torch.equal(m((x, mask))[0], first))),
+            torch.tensor(0.0))
+    m.eval()
+    c.equal("dropout: eval has none", m((x, mask))[0], m((x, mask))[0])
+
+
+def check_refusals(c, layer_args):
+    def raises(what, error, fn, words):
+        try:
+            fn()
+        except error as e:
+            if all(w in str(e) for w in words):
+                return
+            print(f"rank {smp.rank()}: {what}: message lacks {words}: {e}", flush=True)
+        else:
+            print(f"rank {smp.rank()}: {what}: no {error.__name__}", flush=True)
+        c.worst[what] = float("inf")
+
+    raises("add_cross_attention", NotImplementedError,
+           lambda: smp.nn.DistributedTransformerLayer(add_cross_attention=True, **layer_args), ["add_cross_attention"])
+    raises("use_alibi", NotImplementedError,
+           lambda: smp.nn.DistributedTransformer(num_layers=1, use_alibi=True, **layer_args), ["use_alibi"])
+    raises("cross_attention", NotImplementedError,
+           lambda: smp.nn.DistributedAttentionLayer(cross_attention=True), ["cross_attention"])
+    raises("max_norm", NotImplementedError, lambda: smp.nn.DistributedEmbedding(8, 4, max_norm=1.0), ["max_norm"])
+    raises("sparse", NotImplementedError, lambda: smp.nn.DistributedEmbedding(8, 4, sparse=True), ["sparse"])
+    raises("activation", ValueError, lambda: smp.nn.DistributedTransformerOutputLayer(activation="tanh"),
+           ["activation", "gelu"])
+    raises("unknown argument", TypeError, lambda: smp.nn.DistributedTransformerLayer(bogus=1, **layer_args),
+           ["bogus"])
+    if smp.tp_size() > 1:
+        raises("heads not divisible", ValueError,
+               lambda: smp.nn.DistributedTransformerLayer(**dict(layer_args, num_attention_heads=3)),
+               ["num_attention_heads", "tensor_parallel_degree"])
+        smp.state.cfg["prescaled_batch"] = False
+        try:
+            raises("prescaled_batch false", ValueError, lambda: smp.nn.DistributedLinear(4, 4),
+                   ["prescaled_batch", "DistributedLinear"])
+        finally:
+            smp.state.cfg["prescaled_batch"] = True
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+class LMHeadModel(nn.Module):
+    """A GPT-like LM: DistributedTransformerLMHead (embeddings, 2 pre+post-LN causal layers,
+    tied head, vocab-parallel loss) with an attention mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.lm = smp.nn.DistributedTransformerLMHead(
+            num_layers=2, num_attention_heads=HEADS, attention_head_size=HEAD_SIZE, hidden_size=HIDDEN,
+            intermediate_size=INTER, attention_dropout_prob=0.0, hidden_dropout_prob=0.0, vocab_size=VOCAB,
+            num_positions=SEQ, causal_mask_size=SEQ, pre_layernorm=True, post_layernorm=True,
+            use_normal_initialization=True)
+
+    def forward(self, ids, keep, labels):
+        return self.lm((ids, keep, None, None, labels))[0]
+
+
+class BlocksModel(nn.Module):
+    """A BERT-like stack by hand: DistributedEmbedding + nn.Embedding positions, two
+    DistributedTransformerLayers (post-LN), LayerNorm, a DistributedLinear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok = smp.nn.DistributedEmbedding(VOCAB, HIDDEN)
+        self.pos = nn.Embedding(SEQ, HIDDEN)
+        self.blocks = nn.ModuleList(smp.nn.DistributedTransformerLayer(
+            num_attention_heads=HEADS, attention_head_size=HEAD_SIZE, hidden_size=HIDDEN, intermediate_size=INTER,
+            attention_dropout_prob=0.0, hidden_dropout_prob=0.0, activation="relu") for _ in range(2))
+        self.ln = nn.LayerNorm(HIDDEN)
+        self.head = smp.nn.DistributedLinear(HIDDEN, VOCAB)
+
+    def forward(self, ids, keep, labels):
+        mask = (1.0 - keep).view(keep.shape[0], 1, 1, keep.shape[1]) * -10000.0
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
+        for block in self.blocks:
+            x, mask = block((x, mask))
+        return self.head(self.ln(x))
+
+
+def batch(step):
+    g = torch.Generator().manual_seed(3000 + step)
+    ids = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=g)
+    keep = torch.ones(BATCH, SEQ)
+    keep[1::2, -2:] = 0
+    return ids[:, :-1].contiguous(), keep, ids[:, 1:].contiguous()
+
+
+def train(a):
+    torch.manual_seed(0)
+    module = LMHeadModel() if a.model == "lmhead" else BlocksModel()
+    # Work-around (the front broadcasts every tensor from rank 0 at wrap time, shards included):
+    # put each rank's own shards back.
+    shards = {n: p.detach().clone() for n, p in module.named_parameters() if hasattr(p, "_smp_tp_shard")}
+    model = smp.DistributedModel(module)
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            if n in shards:
+                p.copy_(shards[n])
+    opt = smp.DistributedOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3))
+
+    @smp.step
+    def train_step(model, ids, keep, labels):
+        out = model(ids, keep, labels)
+        loss = out if a.model == "lmhead" else F.cross_entropy(out.reshape(-1, VOCAB), labels.reshape(-1))
+        model.backward(loss)
+        return loss
+
+    per = BATCH // smp.rdp_size()
+    mine = slice(smp.rdp_rank() * per, (smp.rdp_rank() + 1) * per)  # prescaled: TP ranks share a slice
+    losses, grads = [], None
+    for step in range(a.steps):
+        ids, keep, labels = batch(step)
+        loss = train_step(model, ids[mine], keep[mine], labels[mine]).reduce_mean()
+        dist.all_reduce(loss, group=smp.get_rdp_process_group())
+        losses.append(loss.item() / smp.rdp_size())
+        if step == 0:
+            grads = whole_grads(list(model.local_named_parameters()))
+        opt.step()
+        opt.zero_grad()
+    if smp.tp_rank() == 0 and smp.rdp_rank() == 0:
+        path = os.path.join(a.out, f"{a.model}_{a.layout}_pp{smp.pp_rank()}.pt")
+        torch.save({"losses": losses, "grads": grads}, path)
+    print(f"rank {smp.rank()} {a.model} {a.layout}: losses {losses[0]:.5f} .. {losses[-1]:.5f}, "
+          f"{len(grads)} gradients", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--check", choices=["units", "train"], required=True)
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="tp2")
+    p.add_argument("--model", choices=["lmhead", "blocks"], default="lmhead")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--out")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    smp.init(LAYOUTS[a.layout])
+    if a.check == "train":
+        train(a)
+        smp.barrier()
+        return
+    c = Checker()
+    check_units(c)
+    worst = max(c.worst.values())
+    print(f"rank {smp.rank()} units: {len(c.worst)} checks, worst difference {worst:.3g}", flush=True)
+    smp.barrier()
+    sys.exit(0 if c.ok() else 1)
+
+
+if __name__ == "__main__":
+    main()
