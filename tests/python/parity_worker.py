@@ -49,6 +49,9 @@ def main():
     ref_opt = make_opt(reference.parameters())
     model = smp.DistributedModel(module)
     opt = smp.DistributedOptimizer(make_opt(model.parameters()))
+    # An LR scheduler on both sides: the engine must step with the learning rate it writes.
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+    ref_sched = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=5, gamma=0.5)
 
     def forward(model, x, y):  # what the script's step does; Hugging Face models take the labels
         return model(input_ids=x, labels=y)["loss"] if hf else loss_of(model(x), y)
@@ -88,6 +91,8 @@ def main():
         opt.step()
         opt.zero_grad()
         ref_opt.step()
+        sched.step()
+        ref_sched.step()
 
     print(f"rank {smp.rank()} {a.model} {a.layout} {a.optimizer}: max |loss diff| {worst_loss:.3g} over "
           f"{a.steps} steps, max |grad diff| {worst_grad:.3g}", flush=True)

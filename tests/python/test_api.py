@@ -18,3 +18,7 @@ def test_step_outputs_scheduler_and_checkpoints(run_mpi, tmp_path):
     r = run_mpi(2, "api_worker.py", "--dir", tmp_path, "--phase", "resume")
     assert r.returncode == 0, r.stdout[-3000:]
     assert r.stdout.count("OK resume_before_first_step ") == 2, r.stdout[-3000:]
+    # Resharded: the pp2 checkpoint resumed by one process without a pipeline.
+    r = run_mpi(1, "api_worker.py", "--dir", tmp_path, "--phase", "resume", "--pp", 1)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert r.stdout.count("OK resume_before_first_step ") == 1, r.stdout[-3000:]
