@@ -53,7 +53,8 @@ def whole_params(module):
 
 
 def whole_grads(named):
-    return {n: whole(p.grad, getattr(p, "_smp_tp_shard", None)) for n, p in named}
+    return {n: whole(p.grad if p.grad is not None else torch.zeros_like(p), getattr(p, "_smp_tp_shard", None))
+            for n, p in named}
 
 
 @contextlib.contextmanager
@@ -80,11 +81,33 @@ class Checker:
             print(f"rank {smp.rank()}: MISMATCH {what}: {diff:.3g} (shapes {tuple(a.shape)} {tuple(b.shape)})",
                   flush=True)
 
+    def forward_backward(self, name, module, w, run, ref):
+        """run(module) against ref(whole weights): outputs, and the gradients of a weighted sum of
+        them (the module's gathered whole against the reference's)."""
+        for p in module.parameters():
+            p.grad = None
+        out = run(module)
+        weighted(out).backward()
+        mine = whole_grads(module.named_parameters())
+        leaves = {n: t.clone().requires_grad_(True) for n, t in w.items()}
+        expected = ref(leaves)
+        weighted(expected).backward()
+        self.close(f"{name}: forward", out, expected)
+        for n, g in mine.items():
+            want = leaves[n].grad if leaves[n].grad is not None else torch.zeros_like(g)
+            self.close(f"{name}: gradient of {n}", g, want)
+        for p in module.parameters():
+            p.grad = None
+
     def equal(self, what, a, b):
         self.close(what, a, b, tol=0.0)
 
     def ok(self):
         return all(v <= 1e-5 for v in self.worst.values())
+
+
+def weighted(out):
+    return (out * torch.linspace(0.5, 1.5, out.numel()).view(out.shape)).sum()
 
 
 # --- plain PyTorch references (whole weights, no smp) -----------------------------------------
@@ -171,14 +194,15 @@ def check_units(c):
     plain = nn.Linear(HIDDEN, INTER)
     c.equal("DistributedLinear: init == nn.Linear's", w["weight"], plain.weight.detach())
     c.equal("DistributedLinear: bias init == nn.Linear's", w["bias"], plain.bias.detach())
-    c.close("DistributedLinear: forward", m(x), F.linear(x, w["weight"], w["bias"]))
+    c.forward_backward("DistributedLinear", m, w, lambda m: m(x), lambda w: F.linear(x, w["weight"], w["bias"]))
     check_export(c, "DistributedLinear", m, (x,))
 
     # DistributedEmbedding, with padding_idx, and _skip_allgather
     m, w, r, same = built_twice(lambda: smp.nn.DistributedEmbedding(VOCAB, HIDDEN, padding_idx=3))
     against_tp1("DistributedEmbedding", m, w, r, same)
     c.equal("DistributedEmbedding: padding row", w["weight"][3], torch.zeros(HIDDEN))
-    c.close("DistributedEmbedding: forward", m(ids), F.embedding(ids, w["weight"], padding_idx=3))
+    c.forward_backward("DistributedEmbedding", m, w, lambda m: m(ids),
+                       lambda w: F.embedding(ids, w["weight"], padding_idx=3))
     check_export(c, "DistributedEmbedding", m, (ids,))
     torch.manual_seed(2)
     full = torch.randn(VOCAB, HIDDEN)
@@ -194,33 +218,36 @@ def check_units(c):
             num_attention_heads=HEADS, attention_head_size=HEAD_SIZE, hidden_size=HIDDEN, attention_dropout_prob=0.0,
             hidden_dropout_prob=0.0, causal_mask_size=SEQ, pre_layernorm=pre, post_layernorm=post))
         against_tp1(f"DistributedAttentionLayer {tag}", m, w, r, same)
-        c.close(f"DistributedAttentionLayer {tag}: forward", m((x, mask)),
-                ref_attention(x, mask, w, "", pre, post, True, HEADS, HEAD_SIZE))
+        c.forward_backward(f"DistributedAttentionLayer {tag}", m, w, lambda m: m((x, mask)),
+                           lambda w: ref_attention(x, mask, w, "", pre, post, True, HEADS, HEAD_SIZE))
         check_export(c, f"DistributedAttentionLayer {tag}", m, ((x, mask),))
         m, w, r, same = built_twice(lambda: smp.nn.DistributedTransformerOutputLayer(
             hidden_size=HIDDEN, intermediate_size=INTER, hidden_dropout_prob=0.0, activation="relu",
             pre_layernorm=pre, post_layernorm=post))
         against_tp1(f"DistributedTransformerOutputLayer {tag}", m, w, r, same)
-        c.close(f"DistributedTransformerOutputLayer {tag}: forward", m(x), ref_output(x, w, "", pre, post, "relu"))
+        c.forward_backward(f"DistributedTransformerOutputLayer {tag}", m, w, lambda m: m(x),
+                           lambda w: ref_output(x, w, "", pre, post, "relu"))
         check_export(c, f"DistributedTransformerOutputLayer {tag}", m, (x,))
 
     # DistributedTransformerLayer (not causal, with a mask): (hidden, mask) -> (hidden, mask)
     m, w, r, same = built_twice(lambda: smp.nn.DistributedTransformerLayer(**layer_args))
     against_tp1("DistributedTransformerLayer", m, w, r, same)
-    out, out_mask = m((x, mask))
-    c.close("DistributedTransformerLayer: forward", out, ref_layer(x, mask, w, "", False, True, False))
-    c.equal("DistributedTransformerLayer: mask passes through", out_mask, mask)
+    c.forward_backward("DistributedTransformerLayer", m, w, lambda m: m((x, mask))[0],
+                       lambda w: ref_layer(x, mask, w, "", False, True, False))
+    c.equal("DistributedTransformerLayer: mask passes through", m((x, mask))[1], mask)
     check_export(c, "DistributedTransformerLayer", m, ((x, mask),))
 
     # DistributedTransformer, pre and post: a final LayerNorm
     m, w, r, same = built_twice(lambda: smp.nn.DistributedTransformer(
         num_layers=2, causal_mask_size=SEQ, pre_layernorm=True, post_layernorm=True, **layer_args))
     against_tp1("DistributedTransformer", m, w, r, same)
-    h = x
-    for i in range(2):
-        h = ref_layer(h, None, w, f"seq_layers.{i}.", True, True, True)
-    h = F.layer_norm(h, (HIDDEN,), w["final_layernorm.weight"], w["final_layernorm.bias"], 1e-5)
-    c.close("DistributedTransformer: forward", m((x, None))[0], h)
+
+    def ref_stack(w):
+        h = x
+        for i in range(2):
+            h = ref_layer(h, None, w, f"seq_layers.{i}.", True, True, True)
+        return F.layer_norm(h, (HIDDEN,), w["final_layernorm.weight"], w["final_layernorm.bias"], 1e-5)
+    c.forward_backward("DistributedTransformer", m, w, lambda m: m((x, None))[0], ref_stack)
     check_export(c, "DistributedTransformer", m, ((x, None),))
 
     # DistributedTransformerLMHead: loss, this rank's logits, no head; a vocabulary padded to tp
@@ -233,18 +260,23 @@ def check_units(c):
         labels = torch.roll(ids_v, -1, 1)
         labels[0, -1] = -100
         types = (ids_v % 2)
-        wte = w["embedding.word_embeddings.weight"]
-        h = wte[ids_v] + w["embedding.position_embeddings"][:SEQ] + w["embedding.token_type_embeddings"][types]
-        for i in range(2):
-            h = ref_layer(h, mask, w, f"transformer.seq_layers.{i}.", True, True, True)
-        h = F.layer_norm(h, (HIDDEN,), w["transformer.final_layernorm.weight"], w["transformer.final_layernorm.bias"],
-                         1e-5)
-        logits = h @ wte.T
+
+        def ref_logits(w):
+            wte = w["embedding.word_embeddings.weight"]
+            h = wte[ids_v] + w["embedding.position_embeddings"][:SEQ] + w["embedding.token_type_embeddings"][types]
+            for i in range(2):
+                h = ref_layer(h, mask, w, f"transformer.seq_layers.{i}.", True, True, True)
+            h = F.layer_norm(h, (HIDDEN,), w["transformer.final_layernorm.weight"],
+                             w["transformer.final_layernorm.bias"], 1e-5)
+            return h @ wte.T
+
         inputs = (ids_v, keep, types, None, labels)
-        c.close(f"DistributedTransformerLMHead vocab {vocab}: loss", m(inputs)[0],
-                F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), ignore_index=-100), 1e-5)
+        c.forward_backward(f"DistributedTransformerLMHead vocab {vocab}: loss", m, w, lambda m: m(inputs)[0],
+                           lambda w: F.cross_entropy(ref_logits(w).reshape(-1, vocab), labels.reshape(-1),
+                                                     ignore_index=-100))
         local = m(inputs[:4])[0]
         n = local.shape[-1]
+        logits = ref_logits(w)
         padded = torch.cat([logits, torch.zeros(2, SEQ, n * smp.tp_size() - vocab)], -1)
         c.close(f"DistributedTransformerLMHead vocab {vocab}: this rank's logits", local,
                 padded[..., smp.tp_rank() * n:(smp.tp_rank() + 1) * n])
@@ -271,13 +303,13 @@ def check_export(c, name, module, args):
         p.grad = None
     out = module(*args)
     out = out[0] if isinstance(out, tuple) else out
-    (out * torch.linspace(0.5, 1.5, out.numel()).view(out.shape)).sum().backward()
+    weighted(out).backward()
     eager = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
     for p in params.values():
         p.grad = None
     out2 = ep.module()(*args)
     out2 = out2[0] if isinstance(out2, tuple) else out2
-    (out2 * torch.linspace(0.5, 1.5, out2.numel()).view(out2.shape)).sum().backward()
+    weighted(out2).backward()
     c.close(f"{name}: exported forward", out2, out)
     for n, g in eager.items():
         c.close(f"{name}: exported backward {n}", params[n].grad, g)
@@ -362,15 +394,17 @@ class LMHeadModel(nn.Module):
 
 class BlocksModel(nn.Module):
     """A BERT-like stack by hand: DistributedEmbedding + nn.Embedding positions, two
-    DistributedTransformerLayers (post-LN), LayerNorm, a DistributedLinear head."""
+    DistributedTransformerLayers (post-LN, relu, hidden dropout: its replicated masks are the
+    same under any tp), LayerNorm, a DistributedLinear head."""
 
-    def __init__(self):
+    def __init__(self, attention_dropout_prob=0.0, hidden_dropout_prob=0.1):
         super().__init__()
         self.tok = smp.nn.DistributedEmbedding(VOCAB, HIDDEN)
         self.pos = nn.Embedding(SEQ, HIDDEN)
         self.blocks = nn.ModuleList(smp.nn.DistributedTransformerLayer(
             num_attention_heads=HEADS, attention_head_size=HEAD_SIZE, hidden_size=HIDDEN, intermediate_size=INTER,
-            attention_dropout_prob=0.0, hidden_dropout_prob=0.0, activation="relu") for _ in range(2))
+            attention_dropout_prob=attention_dropout_prob, hidden_dropout_prob=hidden_dropout_prob,
+            activation="relu") for _ in range(2))
         self.ln = nn.LayerNorm(HIDDEN)
         self.head = smp.nn.DistributedLinear(HIDDEN, VOCAB)
 
@@ -380,6 +414,10 @@ class BlocksModel(nn.Module):
         for block in self.blocks:
             x, mask = block((x, mask))
         return self.head(self.ln(x))
+
+
+def loss_of(model_name, out, labels):
+    return out if model_name == "lmhead" else F.cross_entropy(out.reshape(-1, VOCAB), labels.reshape(-1))
 
 
 def batch(step):
@@ -393,20 +431,12 @@ def batch(step):
 def train(a):
     torch.manual_seed(0)
     module = LMHeadModel() if a.model == "lmhead" else BlocksModel()
-    # Work-around (the front broadcasts every tensor from rank 0 at wrap time, shards included):
-    # put each rank's own shards back.
-    shards = {n: p.detach().clone() for n, p in module.named_parameters() if hasattr(p, "_smp_tp_shard")}
     model = smp.DistributedModel(module)
-    with torch.no_grad():
-        for n, p in module.named_parameters():
-            if n in shards:
-                p.copy_(shards[n])
-    opt = smp.DistributedOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3))
+    opt = smp.DistributedOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2))
 
     @smp.step
     def train_step(model, ids, keep, labels):
-        out = model(ids, keep, labels)
-        loss = out if a.model == "lmhead" else F.cross_entropy(out.reshape(-1, VOCAB), labels.reshape(-1))
+        loss = loss_of(a.model, model(ids, keep, labels), labels)
         model.backward(loss)
         return loss
 
@@ -429,9 +459,44 @@ def train(a):
           f"{len(grads)} gradients", flush=True)
 
 
+def recompute(c):
+    """Activation checkpointing with dropout on (attention and hidden): the engine's recompute
+    draws the masks its forward drew, so one step's gradients equal the module's own eager
+    forward and backward, microbatch by microbatch, from the same dropout draw counts."""
+    torch.manual_seed(0)
+    module = BlocksModel(attention_dropout_prob=0.2, hidden_dropout_prob=0.2)
+    smp.set_activation_checkpointing(module.blocks)
+    model = smp.DistributedModel(module)
+    smp.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.0))
+
+    @smp.step
+    def train_step(model, ids, keep, labels):
+        loss = loss_of("blocks", model(ids, keep, labels), labels)
+        model.backward(loss)
+        return loss
+
+    ids, keep, labels = batch(0)
+    draws = {n: b.clone() for n, b in module.named_buffers()}
+    losses = train_step(model, ids, keep, labels)
+    engine = {n: p.grad.clone() for n, p in module.named_parameters()}
+    with torch.no_grad():
+        for n, b in module.named_buffers():
+            b.copy_(draws[n])
+    for p in module.parameters():
+        p.grad = None
+    m = smp.state.cfg["microbatches"]
+    for k, (i, kp, lab) in enumerate(zip(ids.chunk(m), keep.chunk(m), labels.chunk(m))):
+        loss = loss_of("blocks", module(i, kp, lab), lab)
+        c.close(f"recompute: microbatch {k} loss", loss.detach(), losses.outputs[k])
+        (loss / m).backward()
+    for n, p in module.named_parameters():
+        c.close(f"recompute: gradient of {n}", engine[n], p.grad)
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--check", choices=["units", "train"], required=True)
+    p.add_argument("--check", choices=["units", "train", "recompute"], required=True)
+    p.add_argument("--units", action="store_true", help="with --check train: the unit checks first (one launch)")
     p.add_argument("--layout", choices=sorted(LAYOUTS), default="tp2")
     p.add_argument("--model", choices=["lmhead", "blocks"], default="lmhead")
     p.add_argument("--steps", type=int, default=20)
@@ -439,14 +504,16 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(1)
     smp.init(LAYOUTS[a.layout])
+    c = Checker()
+    if a.check == "units" or a.units:
+        check_units(c)
+        print(f"rank {smp.rank()} units: {len(c.worst)} checks, worst difference {max(c.worst.values()):.3g}",
+              flush=True)
+    if a.check == "recompute":
+        recompute(c)
+        print(f"rank {smp.rank()} recompute: worst difference {max(c.worst.values()):.3g}", flush=True)
     if a.check == "train":
         train(a)
-        smp.barrier()
-        return
-    c = Checker()
-    check_units(c)
-    worst = max(c.worst.values())
-    print(f"rank {smp.rank()} units: {len(c.worst)} checks, worst difference {worst:.3g}", flush=True)
     smp.barrier()
     sys.exit(0 if c.ok() else 1)
 

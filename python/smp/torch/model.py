@@ -361,7 +361,7 @@ class DistributedModel(torch.nn.Module):
         """A unit's buffers (BatchNorm's running statistics) and frozen parameters, for checkpoints."""
         own = self.module.state_dict(keep_vars=True)
         names = list(unit.buffer_names) + [n for n in unit.param_names if not unit.params[n].requires_grad]
-        return {name: own[name].detach() for name in names if name in own}
+        return {name: own[name].detach().clone() for name in names if name in own}  # a copy: recomputes restore it
 
     def _set_unit_state(self, unit, values):
         own = self.module.state_dict(keep_vars=True)
@@ -370,19 +370,26 @@ class DistributedModel(torch.nn.Module):
                 own[name].copy_(value)
 
     def _broadcast_initial_state(self):
-        """Every replica starts from rank 0's parameters and buffers (as DDP does)."""
-        if _state.size() == 1:
-            return
+        """Every replica starts from the same parameters and buffers (as DDP does): replicated
+        tensors from world rank 0, tensor-parallel shards (smp.nn) from the first rank of their
+        RDP group (the ranks holding the same slice)."""
         tensors = [t for t in self.module.state_dict(keep_vars=True).values() if t.numel()]
-        if not tensors:
-            return
-        with torch.no_grad():
-            flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
-            torch.distributed.broadcast(flat, src=0)
-            offset = 0
-            for t in tensors:
-                t.detach().copy_(flat[offset:offset + t.numel()].view(t.shape).to(t.dtype))
-                offset += t.numel()
+        shards = [t for t in tensors if hasattr(t, "_smp_tp_shard")]
+        _broadcast([t for t in tensors if not hasattr(t, "_smp_tp_shard")], 0, None)
+        _broadcast(shards, _state.get_rdp_group()[0], _state.get_rdp_process_group())
+
+
+def _broadcast(tensors, src, group):
+    """One coalesced broadcast of `tensors` (in place) from world rank `src` over `group`."""
+    if not tensors or torch.distributed.get_world_size(group) == 1:
+        return
+    with torch.no_grad():
+        flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+        torch.distributed.broadcast(flat, src=src, group=group)
+        offset = 0
+        for t in tensors:
+            t.detach().copy_(flat[offset:offset + t.numel()].view(t.shape).to(t.dtype))
+            offset += t.numel()
 
 
 def _loss_of(mb, flat_outputs, train):
