@@ -261,6 +261,8 @@ def main():
     if smp.rank() == 0:
         print(f"smp {smp.__version__}: {smp.size()} ranks, pp {smp.pp_size()}, tp {smp.tp_size()}, "
               f"dp {smp.dp_size()} (rdp {smp.rdp_size()}), microbatches {smp.state.cfg.microbatches}", flush=True)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(smp.local_rank())
     if smp.tp_size() > 1:
         raise SystemExit("gpt2.py: tensor parallelism needs smp.model_creation, which smp does not have yet")
 

@@ -91,7 +91,7 @@ def test_step(model, data, target):
     return loss, correct
 
 
-def train(args, model, optimizer, scheduler, loader, sampler, start_step):
+def train(args, model, optimizer, scheduler, loader, sampler, start_step, device):
     """Trains from global step start_step up to args.steps; returns each step's loss (the mean
     over the whole global batch) on every rank."""
     model.train()
@@ -104,6 +104,7 @@ def train(args, model, optimizer, scheduler, loader, sampler, start_step):
         for batch_idx, (data, target) in enumerate(loader):
             if epoch * steps_per_epoch + batch_idx < step:
                 continue  # resumed inside this epoch: these batches were trained before the checkpoint
+            data, target = data.to(device), target.to(device)
             optimizer.zero_grad()
             _, loss_mb = train_step(model, data, target)
             loss = loss_mb.reduce_mean()  # this replica's loss, averaged over its microbatches
@@ -121,11 +122,12 @@ def train(args, model, optimizer, scheduler, loader, sampler, start_step):
     return losses
 
 
-def test(model, loader):
+def test(model, loader, device):
     model.eval()
     test_loss, correct, seen = 0.0, 0, 0
     with torch.no_grad():
         for data, target in loader:
+            data, target = data.to(device), target.to(device)
             loss_batch, correct_batch = test_step(model, data, target)
             test_loss += sum(loss_batch)
             correct += sum(correct_batch)
@@ -156,6 +158,11 @@ def main():
 
     smp.init()  # the configuration comes from SM_HP_MP_PARAMETERS
     torch.manual_seed(args.seed)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(smp.local_rank())
+        device = torch.device("cuda", smp.local_rank())
+    else:
+        device = torch.device("cpu")
 
     train_set, test_set = synthetic_mnist(args.seed)
     # Each data-parallel replica reads its own shard; the model-parallel ranks of one replica
@@ -188,8 +195,8 @@ def main():
         if smp.rank() == 0:
             print(f"Resumed from {partial_path} at step {start_step}", flush=True)
 
-    losses = train(args, model, optimizer, scheduler, train_loader, train_sampler, start_step)
-    test_loss, accuracy = test(model, test_loader)
+    losses = train(args, model, optimizer, scheduler, train_loader, train_sampler, start_step, device)
+    test_loss, accuracy = test(model, test_loader, device)
 
     if args.save_dir:
         if smp.rank() == 0:
@@ -202,6 +209,8 @@ def main():
                       "scheduler_state_dict": scheduler.state_dict(),
                       "step": args.steps}, partial_path, partial=True)
             # The whole model, gathered over the pipeline (every dp_rank 0 rank must call it).
+            # (SMP's example also saves optimizer.state_dict() here; smp does not gather a
+            # Python-stepped optimizer's state over the pipeline yet, so it is left out.)
             model_dict = model.state_dict()
             if smp.mp_rank() == 0:
                 smp.save({"model_state_dict": model_dict}, full_path, partial=False)

@@ -118,6 +118,8 @@ class DistributedModel(torch.nn.Module):
         self._post_partition_hooks = []
         self._post_step_hooks = []
         self._pending_resume = None
+        self._pending_state = None  # a partial state dict loaded before partitioning
+        self._freed = {}  # id -> (tensor, shape) of other stages' tensors, emptied
         _state.state.model = self
         self._broadcast_initial_state()
 
@@ -180,6 +182,9 @@ class DistributedModel(torch.nn.Module):
         into the module and into the copies tied parameters have on other units."""
         sd = dict(state_dict)
         partial = bool(sd.pop("_smp_is_partial", False))
+        if partial and self._engine is None:  # which names are this rank's is known after partitioning
+            self._pending_state = (state_dict, strict)
+            return torch.nn.modules.module._IncompatibleKeys([], [])
         own = self.module.state_dict(keep_vars=True)
         local = self._local_tensors()
         unknown = [k for k in sd if k not in own]
@@ -261,7 +266,8 @@ class DistributedModel(torch.nn.Module):
         key = (graph_split.call_signature(self.module, args, kwargs), self.module.training)
         split = self._splits.get(key)
         if split is None:
-            split = graph_split.split_module(self.module, args, kwargs)
+            with self._whole_for_capture():
+                split = graph_split.split_module(self.module, args, kwargs)
             if self._unit_names is not None:
                 self._adopt(split)
             self._splits[key] = split
@@ -319,6 +325,9 @@ class DistributedModel(torch.nn.Module):
         self._place_by_hand(split)
         self._engine.partition(trial_inputs)
         self._free_other_stages()
+        if self._pending_state is not None:
+            (state, strict), self._pending_state = self._pending_state, None
+            self.load_state_dict(state, strict)
         if _state.state.optimizer is not None:
             _state.state.optimizer._attach(self)
         if self._pending_resume is not None:
@@ -334,7 +343,20 @@ class DistributedModel(torch.nn.Module):
         with torch.no_grad():
             for t in self.module.state_dict(keep_vars=True).values():
                 if id(t) not in keep and t.numel():
+                    self._freed[id(t)] = (t, t.shape)
                     t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+
+    @contextlib.contextmanager
+    def _whole_for_capture(self):
+        """Capturing a new call signature needs every tensor's shape: freed tensors get
+        uninitialised storage of their shape (untouched pages cost no memory) for the while."""
+        for t, shape in self._freed.values():
+            t.data = torch.empty(shape, dtype=t.dtype, device=t.device)
+        try:
+            yield
+        finally:
+            for t, _ in self._freed.values():
+                t.data = torch.empty(0, dtype=t.dtype, device=t.device)
 
     def _place_by_hand(self, split):
         """Applies set_partition / smp.partition and set_activation_checkpointing, by module."""

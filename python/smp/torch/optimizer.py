@@ -138,8 +138,15 @@ class DistributedOptimizer(torch.optim.Optimizer):
         return self._engine.local_state_dict()
 
     def state_dict(self):
-        if getattr(self, "_model", None) is None or self._engine is None:
+        """The whole optimizer's state, gathered over the pipeline (collective over PP_GROUP
+        once partitioned)."""
+        if getattr(self, "_model", None) is None:
             return self.optimizer.state_dict()
+        if self._engine is None:  # a Python-run optimizer: each stage holds its parameters' state
+            full = self.optimizer.state_dict()
+            for part in _state.allgather(full["state"], _state.PP_GROUP):
+                full["state"].update(part)
+            return full
         self._groups_to_engine()
         return self._engine.state_dict()
 
@@ -153,6 +160,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
             sd = dict(state_dict)
             sd.pop("_smp_is_partial", None)
             self.optimizer.load_state_dict(sd)
+            # torch's load makes new groups: share them again, so schedulers reach the optimizer.
+            self.param_groups, self.state = self.optimizer.param_groups, self.optimizer.state
             return
         if "meta" not in state_dict or "tensors" not in state_dict:
             raise ValueError("smp.DistributedOptimizer.load_state_dict: not a state dict of smp's DistributedOptimizer "

@@ -26,6 +26,7 @@ DP_GROUP = CommGroup.DP_GROUP
 RDP_GROUP = CommGroup.RDP_GROUP
 
 ENV_PARAMETERS = "SM_HP_MP_PARAMETERS"
+_ALIASES = [("partitions", "pipeline_parallel_degree")]  # SMP's two names of one key
 
 
 class _State:
@@ -64,6 +65,11 @@ def _parameters(config):
             raise ValueError(f"smp.init: {ENV_PARAMETERS} is not JSON ({e}): {text!r}") from None
         if not isinstance(env, dict):
             raise ValueError(f"smp.init: {ENV_PARAMETERS} must be a JSON object, got {text!r}")
+        for a, b in _ALIASES:  # the environment's spelling of a key replaces the dict's other one
+            if a in env:
+                params.pop(b, None)
+            if b in env:
+                params.pop(a, None)
         params.update(env)
     return params
 
