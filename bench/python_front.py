@@ -3,13 +3,13 @@ smp.torch as smp``) and through torch.distributed.pipelining, pp = 2 on 2 ranks,
 intra-op thread per rank. Three modes, each printing one line from rank 0:
 
   gpt2 --config run.json     (under mpirun -np 2) Hugging Face's GPT2LMHeadModel with the
-                             dimensions of smp-train's run.json (model.*), attention "sdpa"
-                             (smp's blocks call at::scaled_dot_product_attention(is_causal=True);
-                             HF's sdpa path calls scaled_dot_product_attention too), activation
-                             "gelu_pytorch_tanh" (GPT-2's tanh GELU, as smp's gelu_tanh, in one
-                             kernel; HF's default "gelu_new" is the same function in 7 ops),
-                             dropout 0,
-                             trained through the front as an SMP script does:
+                             dimensions of smp-train's run.json (model.*), dropout 0, attention
+                             "sdpa" (smp's blocks call at::scaled_dot_product_attention with
+                             is_causal=True; so does HF's sdpa path, also in the graph the front
+                             captures: graph_split.py), activation "gelu_pytorch_tanh" (GPT-2's
+                             tanh GELU, smp's gelu_tanh, in one kernel; HF's default "gelu_new"
+                             is the same function in 7 ops), trained through the front as an SMP
+                             script does:
                                  @smp.step: loss = model(input_ids=x, labels=x)["loss"];
                                             model.backward(loss)
                              then clip_master_grads(training.grad_clip), AdamW step (smp-train's
@@ -40,7 +40,8 @@ intra-op thread per rank. Three modes, each printing one line from rank 0:
 Timing (every mode alike): --warmup untimed steps, then --steps timed steps; each step is timed
 on rank 0 from before its batch is made to after the optimizer's zero_grad (and, for the front,
 the loss's .item(), as smp-train does); tokens/s = batch * seq * steps / (sum of those times).
---profile FILE writes rank 0's cProfile of the timed steps (every thread) to FILE.
+--profile FILE writes rank 0's cProfile of the timed steps (every thread) to FILE; --timeline
+DIR (gpt2, stack-smp) the engine's per-step pipeline timeline (see trace_steps).
 """
 
 import argparse
@@ -48,7 +49,6 @@ import json
 import os
 import socket
 import statistics
-import sys
 import threading
 import time
 
@@ -206,7 +206,17 @@ class Timer:
         total = sum(self.times)
         return (f"tokens_per_s={tokens_per_step * len(self.times) / total:.1f} "
                 f"step_ms={statistics.median(self.times) * 1e3:.2f} step_min_ms={min(self.times) * 1e3:.2f} "
-                f"steps={len(self.times)}")
+                f"last_ms={self.times[-1] * 1e3:.2f} steps={len(self.times)}")
+
+
+def trace_steps(model, folder):
+    """--timeline: the engine writes each step's pipeline actions with their times to
+    folder/timeline_rank<r>.json (Chrome trace; the last step stays), as smp-train does for its
+    last step (<run_dir>/timeline.json). A diagnostic: it sets the engine option through the
+    front's private _options before the engine is built (the front has no public switch)."""
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        model._options["timeline_dir"] = folder
 
 
 # --- modes ---------------------------------------------------------------------------------
@@ -238,7 +248,9 @@ def run_gpt2(a):
         smp.set_partition(mod, 0)
     smp.set_partition(module.transformer.ln_f, 1)
     smp.set_partition(module.lm_head, 1)
+    params = sum(p.numel() for p in module.parameters())
     model = smp.DistributedModel(module)
+    trace_steps(model, a.timeline)
     opt = smp.DistributedOptimizer(adamw_groups(module.named_parameters(), t["lr"],
                                                 (t.get("beta1", 0.9), t.get("beta2", 0.95)),
                                                 t.get("weight_decay", 0.1)))
@@ -269,7 +281,7 @@ def run_gpt2(a):
     if smp.rank() == 0:
         print(f"front_gpt2 {timer.fields(batch * seq)} layers={m['num_layers']} hidden={m['hidden']} "
               f"batch={batch} seq={seq} m={s.get('microbatches', 1)} pipeline={s.get('pipeline', 'interleaved')} "
-              f"params={sum(p.numel() for p in module.parameters())} loss0={losses[0]:.4f} "
+              f"params={params} loss0={losses[0]:.4f} "
               f"loss_last={losses[-1]:.4f}", flush=True)
     smp.barrier()
 
@@ -286,6 +298,7 @@ def run_stack_smp(a):
     smp.set_partition(module.ln_f, 1)
     smp.set_partition(module.head, 1)  # wte, wpe, blocks [0, cut): default_partition 0
     model = smp.DistributedModel(module)
+    trace_steps(model, a.timeline)
     opt = smp.DistributedOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95),
                                                      weight_decay=0.1))
 
@@ -383,6 +396,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--profile", help="write rank 0's cProfile of the timed steps here")
+    p.add_argument("--timeline", help="gpt2, stack-smp: write the engine's per-step timeline here (see trace_steps)")
     p.add_argument("--schedule", choices=["1f1b", "gpipe"], default="1f1b")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=256)

@@ -56,7 +56,9 @@ In-place writes into the *user's* input tensors are not detected.
 
 from __future__ import annotations
 
+import contextlib
 import operator
+import sys
 from typing import Any, Hashable
 
 import torch
@@ -97,6 +99,34 @@ def call_signature(module: torch.nn.Module, args: tuple, kwargs: dict | None = N
 # --------------------------------------------------------------------------- capture
 
 
+@contextlib.contextmanager
+def _causal_mask_as_in_eager(args: tuple, kwargs: dict):
+    """transformers' mask helpers, seeing a trace, cannot look at values: they keep the packed-
+    sequence check on position_ids and build a (b, 1, s, s) mask (with torch.vmap) that every
+    block's SDPA then takes instead of is_causal=True, about 4% of a GPT-2 step. For a call
+    without attention_mask and position_ids (the model makes its own arange) eager mode skips
+    both, deciding from shapes and from which arguments are present, which the capture is
+    specialised on anyway: so the capture skips them too."""
+    masks = sys.modules.get("transformers.masking_utils")
+    if (masks is None or len(args) > 1 or kwargs.get("attention_mask") is not None
+            or kwargs.get("position_ids") is not None):
+        yield
+        return
+    saved = masks._ignore_causal_mask_sdpa, masks.find_packed_sequence_indices
+
+    def ignore(padding_mask, query_length, kv_length, kv_offset, local_attention_size=None):
+        if (padding_mask is None and (query_length == 1 or kv_length == query_length)
+                and (local_attention_size is None or kv_length < local_attention_size)):
+            return True
+        return saved[0](padding_mask, query_length, kv_length, kv_offset, local_attention_size)
+
+    masks._ignore_causal_mask_sdpa, masks.find_packed_sequence_indices = ignore, lambda position_ids: None
+    try:
+        yield
+    finally:
+        masks._ignore_causal_mask_sdpa, masks.find_packed_sequence_indices = saved
+
+
 def _export(module: torch.nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
     # Give export a private copy of every input tensor: if the caller passes the same
     # tensor twice (input_ids=x, labels=x), export would otherwise read both from one
@@ -104,7 +134,8 @@ def _export(module: torch.nn.Module, args: tuple, kwargs: dict) -> torch.export.
     copy = lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x  # noqa: E731
     args, kwargs = pytree.tree_map(copy, (tuple(args), kwargs))
     try:
-        return torch.export.export(module, args, kwargs, strict=False)
+        with _causal_mask_as_in_eager(args, kwargs):
+            return torch.export.export(module, args, kwargs, strict=False)
     except Exception as e:  # export raises many different types
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise SplitError(
