@@ -35,6 +35,7 @@ def main():
     p.add_argument("--optimizer", choices=["sgd", "adam", "adadelta"], default="adam")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--grad-scaler", action="store_true", help="smp's side scales its loss with smp.amp.GradScaler")
     a = p.parse_args()
     torch.set_num_threads(1)
     smp.init(LAYOUTS[a.layout])
@@ -59,10 +60,12 @@ def main():
     def loss_of(out, y):
         return F.nll_loss(out, y) if a.model == "cnn" else F.cross_entropy(out.reshape(-1, out.size(-1)), y.reshape(-1))
 
+    scaler = smp.amp.GradScaler(init_scale=1024.0) if a.grad_scaler else None
+
     @smp.step
     def train_step(model, x, y):
         loss = forward(model, x, y)
-        model.backward(loss)
+        model.backward(scaler.scale(loss) if scaler else loss)
         return loss
 
     batch_of = models.cnn_batch if a.model == "cnn" else models.gpt_batch
@@ -81,6 +84,8 @@ def main():
         ref_loss = forward(reference, x, y)
         ref_loss.backward()
         worst_loss = max(worst_loss, abs(loss - ref_loss.item()))
+        if scaler:
+            scaler.unscale_(opt)
         if step == 0 and not smp.state.cfg["shard_optimizer_state"]:
             ref_grads = dict(reference.named_parameters())
             names = [n for n, _ in model.local_named_parameters()]
@@ -88,7 +93,11 @@ def main():
             for name, param in model.local_named_parameters():
                 diff = (param.grad - ref_grads[name].grad).abs().max().item()
                 worst_grad = max(worst_grad, diff)
-        opt.step()
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
         opt.zero_grad()
         ref_opt.step()
         sched.step()

@@ -4,7 +4,8 @@ process: 1e-5 on the first step's gradients, 1e-4 on 20 steps of losses (parity_
 
 import pytest
 
-CASES = [
+_CASES = [
+    ("gpt", "pp2", "adam", 2, "--grad-scaler"),  # smp.amp.GradScaler: scaled, unscaled, the same steps
     ("cnn", "pp2", "sgd", 2),  # SGD without clipping
     ("cnn", "dp2", "adam", 2),
     ("cnn", "pp2dp2_zero1", "adam", 4),
@@ -21,10 +22,13 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("model,layout,optimizer,ranks", CASES, ids=["-".join(map(str, c)) for c in CASES])
-def test_matches_plain_pytorch(run_mpi, model, layout, optimizer, ranks):
+CASES = [c if len(c) == 5 else (*c, "") for c in _CASES]  # the fifth: an extra worker flag
+
+
+@pytest.mark.parametrize("model,layout,optimizer,ranks,extra", CASES, ids=["-".join(map(str, c)).strip("-") for c in CASES])
+def test_matches_plain_pytorch(run_mpi, model, layout, optimizer, ranks, extra):
     steps = 8 if model in ("gpt2", "llama", "bert") else 20
     r = run_mpi(ranks, "parity_worker.py", "--model", model, "--layout", layout, "--optimizer", optimizer,
-                "--steps", steps)
+                "--steps", steps, *([extra] if extra else []))
     assert r.returncode == 0, r.stdout[-3000:]
     assert r.stdout.count("max |loss diff|") == ranks, r.stdout[-3000:]

@@ -27,8 +27,10 @@ def _rank_path(f, partial):
     return _C.rank_path(os.fspath(f), bool(partial))
 
 
-def save(obj, f, partial=True, pickle_module=pickle, pickle_protocol=2, v3=False, **kwargs):
-    """Not collective: the calling rank writes ``f`` (with its rank suffix when partial)."""
+def save(obj, f, partial=True, pickle_module=pickle, pickle_protocol=2, v3=False):
+    """Not collective: the calling rank writes ``f`` (with its rank suffix when partial).
+    ``v3`` (Hugging Face passes it with shard_optimizer_state) changes nothing here: the suffix
+    already names the rdp rank when optimizer state is sharded."""
     _state._require_init("save")
     path = _rank_path(f, partial)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -40,8 +42,10 @@ def save(obj, f, partial=True, pickle_module=pickle, pickle_protocol=2, v3=False
             os.remove(tmp)
 
 
-def load(f, map_location=None, pickle_module=None, partial=True, back_compat=False, **kwargs):
+def load(f, map_location=None, pickle_module=None, partial=True, back_compat=False):
     _state._require_init("load")
+    if back_compat:
+        raise ValueError("smp.load: back_compat=True reads checkpoints of SMP < 1.10, which smp cannot read")
     path = _rank_path(f, partial)
     if not os.path.exists(path):
         raise FileNotFoundError(f"smp.load: no file {path} (partial={partial}: "
