@@ -112,8 +112,9 @@ def _init_torch_distributed():
     subgroup per SMP group, created on every rank in the same order."""
     if not dist.is_initialized():
         address = None
-        if rank() == 0:
-            address = f"tcp://{socket.gethostbyname(socket.gethostname())}:{_free_port()}"
+        if rank() == 0:  # MASTER_ADDR (as Slurm scripts set it) when given: reachable from other nodes
+            host = os.environ.get("MASTER_ADDR") or socket.gethostbyname(socket.gethostname())
+            address = f"tcp://{host}:{_free_port()}"
         address = _broadcast_world(address)
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, init_method=address, rank=rank(), world_size=size())
