@@ -112,6 +112,7 @@ class DistributedModel(torch.nn.Module):
         self._engine = None
         self._splits = {}  # (call signature, training) -> SplitModule
         self._split = None  # the split the engine's layers run now
+        self._splits_first = None  # the split the engine was built from (its tie copies)
         self._unit_names = None
         self._engine_names = {}  # engine parameter name -> module's name (originals)
         self._copies = {}  # id of a module's parameter -> the copies later units compute with

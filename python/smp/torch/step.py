@@ -102,10 +102,6 @@ def _split_arguments(signature, args, kwargs, m, non_split, axes):
 # --- one microbatch's thread --------------------------------------------------------------
 
 
-class _Paused(Exception):
-    pass
-
-
 class Microbatch:
     """One run of the step function, in its own thread, paused at the model call and at
     backward. The step's driver and the model talk to it through these methods."""
