@@ -24,14 +24,24 @@ schedule) the way that script makes them:
   ``smp.resume_from_checkpoint`` (``tag=None``: the newest) with ``--resume``; a full model
   with ``partial=False`` at the end with ``--model-dir``.
 
-Not here because smp does not have them yet: ``smp.model_creation`` (and tensor parallelism,
-``tensor_parallel_degree`` > 1), fp16/bf16.
+With ``--smp-nn`` the model is ``smp.nn.DistributedTransformerLMHead`` instead (GPT-2's sizes
+and layout, see ``build_smp_nn_model``), called as SMP's GPT-2 example called its smp.nn model,
+``model((input_ids, attention_mask, None, None, labels))[0]`` with next-token labels built by
+the script; this path runs under tensor parallelism (``tensor_parallel_degree`` > 1, with
+``prescaled_batch: true`` as SMP's smp.nn flow has it: TP peers get the same batch).
 
-The data are synthetic token ids (seeded), sharded over ``smp.dp_rank()`` / ``smp.dp_size()``;
-``--batch-size`` is per data-parallel replica.
+Not here because smp does not have them yet: ``smp.model_creation`` (tensor parallelism over
+the Hugging Face model itself), fp16/bf16.
+
+The data are synthetic token ids (seeded), sharded over ``smp.dp_rank()`` / ``smp.dp_size()``
+(over ``smp.rdp_rank()`` / ``smp.rdp_size()`` with ``--prescaled-batch`` and with ``--smp-nn``,
+so the ranks of a TP group see the same batch); ``--batch-size`` is per (reduced-)data-parallel
+replica.
 
   SM_HP_MP_PARAMETERS='{"partitions": 2, "microbatches": 2, "ddp": true}' \\
     mpirun -np 4 python examples/smp_v1/gpt2.py --pipeline-parallel-degree 2 --steps 20
+  SM_HP_MP_PARAMETERS='{"tensor_parallel_degree": 2, "prescaled_batch": true, "microbatches": 2, "ddp": true}' \\
+    mpirun -np 2 python examples/smp_v1/gpt2.py --smp-nn --steps 20
 """
 
 import argparse
@@ -134,6 +144,42 @@ class AnnealingLR:
 # --- the model and optimizer ------------------------------------------------------------------
 
 
+def model_config_dict(model_config):
+    return model_config if isinstance(model_config, dict) else model_config.to_dict()
+
+
+def build_smp_nn_model(args):
+    """GPT-2 out of smp.nn: DistributedTransformerLMHead with the Hugging Face config's sizes.
+
+    GPT-2 is pre-LN with a final LayerNorm (ln_f): smp.nn's DistributedTransformer adds its
+    final_layernorm only with pre_layernorm and post_layernorm both set (each layer then
+    normalises its input only), so both are True. Weights N(0, 0.02) and zero biases
+    (use_normal_initialization) as GPT-2 draws them (without GPT-2's 1/sqrt(2 * n_layer) on
+    the residual projections); the LM head tied to the word embedding as in GPT-2; no token
+    types (GPT-2 reuses wte for them). GPT-2's gelu_new is the tanh approximation:
+    ``gelu_tanh`` (an smp extension; SMP's documented choices are "gelu" and "relu")."""
+    model_config = dict(
+        num_layers=args.num_layers, num_attention_heads=args.num_heads,
+        attention_head_size=args.hidden_width // args.num_heads, hidden_size=args.hidden_width,
+        intermediate_size=4 * args.hidden_width, attention_dropout_prob=args.dropout,
+        hidden_dropout_prob=args.dropout, activation="gelu_tanh", layernorm_epsilon=1e-05,
+        initializer_range=0.02, use_normal_initialization=True, causal_mask_size=args.max_context_width,
+        pre_layernorm=True, post_layernorm=True, vocab_size=args.vocab_size,
+        num_positions=args.max_context_width, num_token_types=0, add_lm_head=True)
+    torch.manual_seed(args.seed)  # every rank draws the whole tensors and keeps its slices
+    return smp.nn.DistributedTransformerLMHead(**model_config), model_config
+
+
+def whole_numel(param):
+    """The parameter's size in the whole model: an smp.nn shard carries ``_smp_tp_shard = (dim,
+    whole size)``."""
+    spec = getattr(param, "_smp_tp_shard", None)
+    if spec is None:
+        return param.numel()
+    dim, size = spec
+    return param.numel() // param.shape[dim] * size
+
+
 def get_param_groups_by_weight_decay(module):
     """No weight decay on biases and layer norms (each tied parameter once)."""
     decay, no_decay, seen = [], [], set()
@@ -156,12 +202,29 @@ def train_step(model, input_ids, attention_mask):
     return loss
 
 
+def next_token_labels(input_ids):
+    """DistributedTransformerLMHead takes the target of each position (it does not shift): the
+    next token, and -100 (ignored) at the last position. Padded positions keep their targets,
+    as the Hugging Face path's ``labels=input_ids`` does (the same token count in every batch)."""
+    labels = torch.full_like(input_ids, -100)
+    labels[:, :-1] = input_ids[:, 1:]
+    return labels
+
+
+@smp.step
+def train_step_smp_nn(model, input_ids, attention_mask):
+    labels = next_token_labels(input_ids)
+    loss = model((input_ids, attention_mask, None, None, labels))[0]
+    model.backward(loss)
+    return loss
+
+
 def save(args, model, optimizer, lr_scheduler, model_config, num_params, total_steps):
     user_content = {
         "cli_args": vars(args),
         "num_params": num_params,
         "total_steps": total_steps,
-        "model_config": model_config.to_dict(),
+        "model_config": model_config_dict(model_config),
         "lr_scheduler": lr_scheduler.state_dict(),
     }
     smp.save_checkpoint(args.save_dir, tag=f"total_steps{total_steps}", partial=True, model=model,
@@ -173,7 +236,7 @@ def save(args, model, optimizer, lr_scheduler, model_config, num_params, total_s
 
 def train(args, model, optimizer, lr_scheduler, model_config, num_params, total_steps):
     """Trains from global step total_steps up to args.steps; returns the steps' losses."""
-    if args.prescaled_batch:
+    if args.prescaled_batch or args.smp_nn:
         dp_rank, dp_size = smp.rdp_rank(), smp.rdp_size()
     else:
         dp_rank, dp_size = smp.dp_rank(), smp.dp_size()
@@ -191,7 +254,7 @@ def train(args, model, optimizer, lr_scheduler, model_config, num_params, total_
                 continue
             start = time.time()
             optimizer.zero_grad(set_to_none=True)
-            loss_mb = train_step(model, input_ids, attention_mask)
+            loss_mb = (train_step_smp_nn if args.smp_nn else train_step)(model, input_ids, attention_mask)
             loss = loss_mb.reduce_mean()
             optimizer.step()
             lr_scheduler.step()
@@ -233,10 +296,13 @@ def main():
     parser.add_argument("--logging-freq", type=int, default=1)
     # SMP's configuration (SM_HP_MP_PARAMETERS overrides these)
     parser.add_argument("--pipeline-parallel-degree", type=int, default=1)
+    parser.add_argument("--tensor-parallel-degree", type=int, default=1)
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--prescaled-batch", type=int, default=0)
     parser.add_argument("--manual-partition", action="store_true")
     parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--smp-nn", action="store_true",
+                        help="the model is smp.nn.DistributedTransformerLMHead (tensor parallelism)")
     # checkpoints
     parser.add_argument("--save-dir", default="", help="partial checkpoints go here (and --resume reads here)")
     parser.add_argument("--checkpoint-freq", type=int, default=0)
@@ -249,8 +315,9 @@ def main():
     smp_config = {
         "ddp": True,
         "pipeline_parallel_degree": args.pipeline_parallel_degree,
+        "tensor_parallel_degree": args.tensor_parallel_degree,
         "microbatches": args.microbatches,
-        "prescaled_batch": args.prescaled_batch > 0,
+        "prescaled_batch": args.prescaled_batch > 0 or args.tensor_parallel_degree > 1,
         "auto_partition": not args.manual_partition,
     }
     if args.manual_partition:
@@ -263,24 +330,31 @@ def main():
               f"dp {smp.dp_size()} (rdp {smp.rdp_size()}), microbatches {smp.state.cfg.microbatches}", flush=True)
     if torch.cuda.is_available():
         torch.cuda.set_device(smp.local_rank())
-    if smp.tp_size() > 1:
-        raise SystemExit("gpt2.py: tensor parallelism needs smp.model_creation, which smp does not have yet")
+    if smp.tp_size() > 1 and not args.smp_nn:
+        raise SystemExit("gpt2.py: tensor parallelism over the Hugging Face model needs smp.model_creation, "
+                         "which smp does not have yet; --smp-nn builds the model from smp.nn")
 
-    model_config = GPT2Config(
-        vocab_size=args.vocab_size, n_positions=args.max_context_width, n_embd=args.hidden_width,
-        n_layer=args.num_layers, n_head=args.num_heads, n_inner=None, activation_function="gelu_new",
-        resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout, layer_norm_epsilon=1e-05,
-        initializer_range=0.02, use_cache=False, return_dict=True)
-    torch.manual_seed(args.seed)
-    model = GPT2LMHeadModel(model_config)
-    num_params = sum(p.numel() for p in model.parameters())
+    if args.smp_nn:
+        model, model_config = build_smp_nn_model(args)
+    else:
+        model_config = GPT2Config(
+            vocab_size=args.vocab_size, n_positions=args.max_context_width, n_embd=args.hidden_width,
+            n_layer=args.num_layers, n_head=args.num_heads, n_inner=None, activation_function="gelu_new",
+            resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout, layer_norm_epsilon=1e-05,
+            initializer_range=0.02, use_cache=False, return_dict=True)
+        torch.manual_seed(args.seed)
+        model = GPT2LMHeadModel(model_config)
+    num_params = sum(whole_numel(p) for p in model.parameters())
     if smp.rank() == 0:
         print(f"# total parameters: {num_params}", flush=True)
 
     # smp moves the parameters where they belong: the model is not moved by the script.
     model = smp.DistributedModel(model, trace_device="gpu", backward_passes_per_step=1)
     m = model.get_module()
-    transformer_layers = m.transformer.h
+    if args.smp_nn:
+        transformer_layers, after_blocks = m.transformer.seq_layers, [m.transformer.final_layernorm, m.lm_head]
+    else:
+        transformer_layers, after_blocks = m.transformer.h, [m.transformer.ln_f, m.lm_head]
 
     if args.manual_partition:
         # evenly distribute the blocks over the pipeline stages (later stages take the remainder)
@@ -293,8 +367,8 @@ def main():
             smp.set_partition(c, assignments[i])
         # smp's stages are contiguous runs of the model's modules in call order: what follows the
         # last block goes on the last stage (SMP itself would run it back on default_partition 0).
-        smp.set_partition(m.transformer.ln_f, smp.pp_size() - 1)
-        smp.set_partition(m.lm_head, smp.pp_size() - 1)
+        for module in after_blocks:
+            smp.set_partition(module, smp.pp_size() - 1)
         if smp.rank() == 0:
             print(f"manual partition of the blocks: {assignments}", flush=True)
     if args.activation_checkpointing:
@@ -321,11 +395,11 @@ def main():
 
     if args.model_dir:
         user_content = {"cli_args": vars(args), "num_params": num_params, "total_steps": total_steps,
-                        "model_config": model_config.to_dict()}
+                        "model_config": model_config_dict(model_config)}
         smp.save_checkpoint(args.model_dir, tag="fullmodel.pt", partial=False, model=model,
                             user_content=user_content)
 
-    if smp.rdp_rank() == 0 and 0 in smp.get_tp_group() and smp.pp_rank() == 0:
+    if smp.rank() == 0:  # one writer (every TP peer of rank 0 holds the same losses)
         print(f"Done: {len(losses)} steps", flush=True)
         if args.out:
             with open(args.out, "w") as f:

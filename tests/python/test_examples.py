@@ -8,6 +8,11 @@ family round-trips: a run trains N steps and saves, a fresh run resumes and trai
 losses equal the uninterrupted one-process run's steps N+1..N+M to 1e-5, and the full models
 saved at the end equal the one-process run's to 1e-4.
 
+GPT-2 built from smp.nn (gpt2.py --smp-nn, DistributedTransformerLMHead) under tensor
+parallelism 2 (2 ranks) and tp2 x pp2 (4 ranks), prescaled_batch, against the same script with
+--smp-nn in one process: per-step losses to 1e-4; its partial checkpoint (TP shards) round-trips
+under tp2 x pp2, and the full model gathered from the shards equals the one-process one to 1e-4.
+
 Runs are shared between tests (each launched once per session); the whole file takes a few
 minutes on two cores.
 """
@@ -27,6 +32,8 @@ EXAMPLES = os.path.join(ROOT, "examples", "smp_v1")
 
 ONE_PROCESS = {"partitions": 1, "microbatches": 2, "ddp": True}
 PP2DP2 = {"partitions": 2, "microbatches": 2, "ddp": True, "pipeline": "interleaved"}
+TP2 = {"tensor_parallel_degree": 2, "ddp": True, "prescaled_batch": True, "microbatches": 2}
+TP2PP2 = dict(TP2, partitions=2)
 
 N, M = 3, 3  # steps before the checkpoint, steps after it
 MNIST_BATCH = 16  # per replica under dp2; the one-process run takes the global batch
@@ -67,6 +74,7 @@ class Runs:
         out = os.path.join(self.base, f"{name}.json")
         mnist = ["--batch-size", MNIST_BATCH, "--out", out]
         gpt = ["--batch-size", GPT_BATCH, "--out", out]
+        nn = ["--smp-nn", "--batch-size", 2 * GPT_BATCH, "--out", out]
         if name == "mnist_1proc_N":  # for the full model and test accuracy after N steps
             log = launch(1, "mnist.py", ONE_PROCESS, ["--batch-size", 2 * MNIST_BATCH, "--out", out, "--steps", N,
                                                       "--save-dir", self.dir(name)])
@@ -94,6 +102,26 @@ class Runs:
             log = launch(2, "gpt2.py", PP2DP2, ["--batch-size", 2 * GPT_BATCH, "--out", out, "--steps", N + M,
                                                 "--pipeline-parallel-degree", 2, "--manual-partition",
                                                 "--activation-checkpointing"])
+        # GPT-2 from smp.nn: rdp is 1 in every layout here, so each run takes the global batch
+        elif name == "gpt2nn_1proc":
+            log = launch(1, "gpt2.py", ONE_PROCESS, nn + ["--steps", N + M, "--model-dir", self.dir(name)])
+        elif name == "gpt2nn_tp2":
+            log = launch(2, "gpt2.py", TP2, nn + ["--steps", N + M])
+        elif name == "gpt2nn_tp2pp2_N":
+            log = launch(4, "gpt2.py", TP2PP2, nn + ["--steps", N, "--save-dir", self.dir("gpt2nn_ckpt"),
+                                                     "--checkpoint-freq", N])
+        elif name == "gpt2nn_tp2pp2_resumed":
+            self.get("gpt2nn_tp2pp2_N")
+            log = launch(4, "gpt2.py", TP2PP2, nn + ["--steps", N + M, "--save-dir", self.dir("gpt2nn_ckpt"),
+                                                     "--checkpoint-freq", 1, "--resume",
+                                                     "--model-dir", self.dir(name)])
+        elif name == "gpt2nn_tp2_N":  # the word embedding and the head's tied copy on one rank
+            log = launch(2, "gpt2.py", TP2, nn + ["--steps", N, "--save-dir", self.dir("gpt2nn_tp2_ckpt"),
+                                                  "--checkpoint-freq", N])
+        elif name == "gpt2nn_tp2_resumed":
+            self.get("gpt2nn_tp2_N")
+            log = launch(2, "gpt2.py", TP2, nn + ["--steps", N + M, "--save-dir", self.dir("gpt2nn_tp2_ckpt"),
+                                                  "--resume"])
         else:
             raise KeyError(name)
         with open(out) as f:
@@ -187,3 +215,51 @@ def test_gpt2_resume(runs):
     got_model = load_file(os.path.join(runs.dir("gpt2_pp2dp2_resumed"), "fullmodel.pt", "model.safetensors"))
     ref_model = load_file(os.path.join(runs.dir("gpt2_1proc"), "fullmodel.pt", "model.safetensors"))
     assert_same_model(got_model, ref_model, 1e-4, "gpt2 full model")
+
+
+# --------------------------------------------------------------------------- GPT-2 from smp.nn (tensor parallelism)
+
+
+def test_gpt2_smp_nn_tp2_matches_one_process(runs):
+    one = runs.get("gpt2nn_1proc")
+    got = runs.get("gpt2nn_tp2")
+    assert "2 ranks, pp 1, tp 2, dp 2 (rdp 1)" in got["log"]
+    assert_losses(got["losses"], one["losses"], 1e-4, "gpt2 --smp-nn tp2 vs one process")
+
+
+def test_gpt2_smp_nn_tp2pp2_matches_one_process(runs):
+    one = runs.get("gpt2nn_1proc")
+    got = runs.get("gpt2nn_tp2pp2_N")
+    assert "4 ranks, pp 2, tp 2, dp 2 (rdp 1)" in got["log"] and "Partition assignments" in got["log"]
+    assert_losses(got["losses"], one["losses"][:N], 1e-4, "gpt2 --smp-nn tp2pp2 vs one process")
+    # one file per rank: the TP shards of each stage side by side
+    manifest = os.path.join(runs.dir("gpt2nn_ckpt"), f"total_steps{N}_partial", "manifest.json")
+    with open(manifest) as f:
+        layout = json.load(f)["layout"]
+    assert (layout["tp"], layout["pp"], layout["rdp"]) == (2, 2, 1)
+
+
+def test_gpt2_smp_nn_resume(runs):
+    one = runs.get("gpt2nn_1proc")
+    got = runs.get("gpt2nn_tp2pp2_resumed")
+    assert got["start_step"] == N and "Resumed from" in got["log"]
+    assert_losses(got["losses"], one["losses"][N:], 1e-5, "gpt2 --smp-nn tp2pp2 resumed vs uninterrupted")
+    ckpt = runs.dir("gpt2nn_ckpt")
+    assert sorted(d for d in os.listdir(ckpt) if d.endswith("_partial")) == [
+        f"total_steps{N + M - 1}_partial", f"total_steps{N + M}_partial"]
+    # the full model (save_checkpoint(partial=False)): the TP shards gathered whole
+    from safetensors.torch import load_file
+
+    got_model = load_file(os.path.join(runs.dir("gpt2nn_tp2pp2_resumed"), "fullmodel.pt", "model.safetensors"))
+    ref_model = load_file(os.path.join(runs.dir("gpt2nn_1proc"), "fullmodel.pt", "model.safetensors"))
+    assert got_model["embedding.word_embeddings.weight"].shape == (256, 64)
+    assert_same_model(got_model, ref_model, 1e-4, "gpt2 --smp-nn full model")
+
+
+def test_gpt2_smp_nn_tp2_resume(runs):
+    """A tied pair on one rank (embedding and head copy under tp2 without a pipeline) saves its
+    optimizer state once and resumes to the uninterrupted run's losses."""
+    one = runs.get("gpt2nn_1proc")
+    got = runs.get("gpt2nn_tp2_resumed")
+    assert got["start_step"] == N and "Resumed from" in got["log"]
+    assert_losses(got["losses"], one["losses"][N:], 1e-5, "gpt2 --smp-nn tp2 resumed vs uninterrupted")
