@@ -452,6 +452,17 @@ def train(a):
             grads = whole_grads(list(model.local_named_parameters()))
         opt.step()
         opt.zero_grad()
+    # The whole model's state (shards gathered over TP, stages over PP): this rank's parameters
+    # in it equal their shards gathered here independently; loading it back (each rank takes
+    # its slice) gives the same state again.
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # (views, as torch's are)
+    assert sorted(state) == sorted(module.state_dict()), "state_dict: not every name of the module"
+    for name, p in model.local_named_parameters():
+        assert torch.equal(state[name], whole(p, getattr(p, "_smp_tp_shard", None))), f"state_dict: {name}"
+    model.load_state_dict({k: torch.zeros_like(v) for k, v in state.items()})
+    model.load_state_dict(state)
+    again = model.state_dict()
+    assert all(torch.equal(state[k], again[k]) for k in state), "state_dict -> load_state_dict round trip"
     if smp.tp_rank() == 0 and smp.rdp_rank() == 0:
         path = os.path.join(a.out, f"{a.model}_{a.layout}_pp{smp.pp_rank()}.pt")
         torch.save({"losses": losses, "grads": grads}, path)

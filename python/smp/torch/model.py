@@ -167,13 +167,15 @@ class DistributedModel(torch.nn.Module):
         return out
 
     def state_dict(self, *args, **kwargs):
-        """The whole model's state (module names), gathered over the pipeline (collective over
-        PP_GROUP once partitioned)."""
-        if self._engine is None or _state.pp_size() == 1:
+        """The whole model's state (module names, whole tensors): tensor-parallel shards
+        gathered over TP_GROUP and stages over PP_GROUP (collective over both)."""
+        if self._engine is None and _state.tp_size() == 1:
             return self.module.state_dict(*args, **kwargs)
+        mine = {name: _whole(t) for name, t in self._local_tensors().items()}
+        if _state.pp_size() == 1:
+            return mine
         merged = {}
-        for part in _state.allgather(self.local_state_dict(), _state.PP_GROUP):
-            part.pop("_smp_is_partial", None)
+        for part in _state.allgather(mine, _state.PP_GROUP):
             merged.update(part)
         order = list(self.module.state_dict().keys())
         return {k: merged[k] for k in order if k in merged}
@@ -202,22 +204,26 @@ class DistributedModel(torch.nn.Module):
                 if name in local:
                     targets.append(local[name])
                 for t in {id(t): t for t in targets}.values():
-                    if t.numel() == value.numel():  # not a parameter freed on this rank
-                        t.copy_(value.reshape(t.shape))
+                    piece = _own_shard(value, t)
+                    if t.numel() == piece.numel():  # not a parameter freed on this rank
+                        t.copy_(piece.reshape(t.shape))
         return torch.nn.modules.module._IncompatibleKeys(missing, unknown)
 
     def _local_tensors(self):
-        """Name -> the tensor this rank computes with: a unit's parameter (a tied copy where the
-        unit has one) or buffer; everything before partitioning."""
+        """Name -> the tensor this rank holds: a local unit's parameter (a tied copy where the
+        unit has one) or buffer, and whatever no unit uses (kept by every rank); everything
+        before partitioning."""
         own = self.module.state_dict(keep_vars=True)
         if self._engine is None:
             return own
         local = set(self._engine.local_stages())
-        out = {}
+        out, used = {}, set()
         for unit, stage in zip(self._split.units, self._engine.stage_of_layers()):
+            used.update(unit.param_names, unit.buffer_names)
             if stage in local:
                 out.update({n: unit.params[n] for n in unit.param_names if n not in out})
                 out.update({n: own[n] for n in unit.buffer_names if n in own and n not in out})
+        out.update({n: t for n, t in own.items() if n not in used})
         return out
 
     # the step's pipeline -------------------------------------------------------------------
@@ -413,6 +419,34 @@ def _broadcast(tensors, src, group):
         for t in tensors:
             t.detach().copy_(flat[offset:offset + t.numel()].view(t.shape).to(t.dtype))
             offset += t.numel()
+
+
+def _whole(t):
+    """A tensor-parallel shard gathered whole over TP_GROUP (collective); others as they are."""
+    spec = getattr(t, "_smp_tp_shard", None)
+    t = t.detach()
+    if spec is None or _state.tp_size() == 1:
+        return t
+    dim, size = spec
+    pieces = _C.all_gather(t.contiguous(), _state.TP_GROUP)  # (tp, *shard)
+    return torch.cat(list(pieces.unbind(0)), dim=dim).narrow(dim, 0, size).clone()
+
+
+def _own_shard(value, t):
+    """This rank's shard of a whole tensor `value` for the shard `t` (rows past the whole
+    tensor, a padded vocabulary's, are zeros); `value` itself when it already is a shard."""
+    spec = getattr(t, "_smp_tp_shard", None)
+    if spec is None or t.numel() == 0 or value.shape == t.shape:  # (a freed tensor is skipped later)
+        return value
+    dim, size = spec
+    n = t.shape[dim]
+    start = _state.tp_rank() * n
+    piece = value.narrow(dim, start, max(0, min(n, size - start)))
+    if piece.shape[dim] < n:
+        pad = list(piece.shape)
+        pad[dim] = n - piece.shape[dim]
+        piece = torch.cat([piece, piece.new_zeros(pad)], dim=dim)
+    return piece
 
 
 def _loss_of(mb, flat_outputs, train):
