@@ -30,3 +30,19 @@ def test_bad_environment(monkeypatch, text, message):
 def test_config_not_a_dict():
     with pytest.raises(TypeError, match="config must be a dict"):
         state._parameters("partitions=2")
+
+
+def test_model_creation_without_tensor_parallelism():
+    """Without smp.init (tp 1): the model is built plainly, in the dtype asked for."""
+    import torch
+
+    import smp.torch as smp
+
+    with smp.model_creation(tensor_parallelism=False, dtype=torch.float64):
+        layer = torch.nn.Linear(2, 2)
+    assert layer.weight.dtype == torch.float64 and torch.get_default_dtype() == torch.float32
+    with pytest.raises(NotImplementedError, match="delayed_param_initialization"):
+        with smp.model_creation(delayed_param_initialization=True):
+            pass
+    with pytest.raises(NotImplementedError, match="smp.tp_register"):
+        smp.tp_register(torch.nn.Linear)

@@ -10,6 +10,9 @@ from . import amp, nn
 from . import state as _state_module
 from .checkpoint import load, resume_from_checkpoint, save, save_checkpoint
 from .model import DistributedModel, partition, set_activation_checkpointing, set_partition
+from .model_creation import (
+    delay_param_initialization, model_creation, set_tensor_parallelism, tensor_parallelism, tp_register,
+    tp_register_with_module)
 from .optimizer import DistributedOptimizer
 from .state import (
     DP_GROUP, MP_GROUP, PP_GROUP, RDP_GROUP, TP_GROUP, WORLD, CommGroup, RankType, allgather, barrier, broadcast,
