@@ -131,9 +131,9 @@ json write_shard(const std::string& dir, const DistributedModel& model,
   if (optimizer != nullptr) {
     for (const auto& s : optimizer->state_slices()) {
       // A tied copy's state equals its original's (same gradients, same updates): stored once,
-      // under the original, also where both sit on this rank (find_placed maps the copy there).
+      // under the original, wherever the copy sits.
+      if (!s.owner || model.options().tied_copies.count(s.param) > 0) continue;
       const Placed& p = find_placed(placed, s.param, model);
-      if (!s.owner || p.tied_copy || model.options().tied_copies.count(s.param) > 0) continue;
       add("optim/" + p.name + "/" + s.state, p, s.values, s.param_offset, s.values.numel());
     }
   }

@@ -322,8 +322,9 @@ class DistributedModel(torch.nn.Module):
                 params.append(p)
                 names.append(rel)
             shards = [getattr(p, "_smp_tp_shard", (-1, 0)) for p in params]
+            state = self._state_tensors(unit)  # looked up once: the engine asks per recomputed run
             specs.append((unit.name, functools.partial(self._forward_unit, i), params, names,
-                          functools.partial(self._unit_state, unit), functools.partial(self._set_unit_state, unit),
+                          functools.partial(self._unit_state, state), functools.partial(self._set_unit_state, state),
                           shards))
         options = dict(self._options, tied_copies=tied)
         self._engine = _C.DistributedModel(specs, options)
@@ -386,17 +387,22 @@ class DistributedModel(torch.nn.Module):
                 for name in ([path] if path else sorted({u.split(".")[0] for u in covered})):
                     self._engine.set_activation_checkpointing(name, strategy, preserve)
 
-    def _unit_state(self, unit):
-        """A unit's buffers (BatchNorm's running statistics) and frozen parameters, for checkpoints."""
+    def _state_tensors(self, unit):
+        """A unit's buffers (BatchNorm's running statistics) and frozen parameters, by name: what
+        its get_state / set_state carry through checkpoints and recomputed runs."""
         own = self.module.state_dict(keep_vars=True)
         names = list(unit.buffer_names) + [n for n in unit.param_names if not unit.params[n].requires_grad]
-        return {name: own[name].detach().clone() for name in names if name in own}  # a copy: recomputes restore it
+        return {name: own[name] for name in names if name in own}
 
-    def _set_unit_state(self, unit, values):
-        own = self.module.state_dict(keep_vars=True)
+    @staticmethod
+    def _unit_state(tensors):
+        return {name: t.detach().clone() for name, t in tensors.items()}  # a copy: recomputes restore it
+
+    @staticmethod
+    def _set_unit_state(tensors, values):
         with torch.no_grad():
             for name, value in values.items():
-                own[name].copy_(value)
+                tensors[name].copy_(value)
 
     def _broadcast_initial_state(self):
         """Every replica starts from the same parameters and buffers (as DDP does): replicated

@@ -106,8 +106,7 @@ class Microbatch:
     """One run of the step function, in its own thread, paused at the model call and at
     backward. The step's driver and the model talk to it through these methods."""
 
-    def __init__(self, index, fn, args, kwargs, grad_enabled):
-        self.index = index
+    def __init__(self, index, fn, args, kwargs, grad_enabled):  # index: the thread's name
         self._fn, self._args, self._kwargs = fn, args, kwargs
         self._grad_enabled = grad_enabled
         self._cond = threading.Condition()
