@@ -32,8 +32,10 @@ def test_config_not_a_dict():
         state._parameters("partitions=2")
 
 
-def test_model_creation_without_tensor_parallelism():
-    """Without smp.init (tp 1): the model is built plainly, in the dtype asked for."""
+def test_model_creation_marks():
+    """Without smp.init (tp 1): modules are built in the dtype asked for; delayed initialisation
+    leaves torch.empty weights as meta placeholders and builds buffers as usual; the contexts
+    mark what they create (the marks act when smp.DistributedModel wraps)."""
     import torch
 
     import smp.torch as smp
@@ -41,8 +43,19 @@ def test_model_creation_without_tensor_parallelism():
     with smp.model_creation(tensor_parallelism=False, dtype=torch.float64):
         layer = torch.nn.Linear(2, 2)
     assert layer.weight.dtype == torch.float64 and torch.get_default_dtype() == torch.float32
-    with pytest.raises(NotImplementedError, match="delayed_param_initialization"):
-        with smp.model_creation(delayed_param_initialization=True):
+    with smp.delay_param_initialization():
+        norm, bn = torch.nn.LayerNorm(4), torch.nn.BatchNorm1d(4)
+    assert norm.weight.is_meta and bn.weight.is_meta and not bn.running_var.is_meta
+    assert torch.equal(bn.running_var, torch.ones(4))
+    with smp.tensor_parallelism(fused_softmax=False):
+        marked = torch.nn.Linear(2, 2)
+        with smp.tensor_parallelism(enabled=False):
+            unmarked = torch.nn.Linear(2, 2)
+    assert marked._smp_tp == {"fused_softmax": False} and unmarked._smp_tp is None
+    with pytest.raises(ValueError, match="dtype must be a floating"):
+        with smp.model_creation(dtype=torch.int32):
             pass
-    with pytest.raises(NotImplementedError, match="smp.tp_register"):
-        smp.tp_register(torch.nn.Linear)
+    with pytest.raises(TypeError, match="module_cls must be an nn.Module class"):
+        smp.tp_register_with_module(len, torch.nn.Linear)
+    with pytest.raises(TypeError, match="init_hook must be callable"):
+        smp.tp_register_with_module(torch.nn.Linear, torch.nn.Linear, init_hook=3)

@@ -84,11 +84,11 @@ def save_checkpoint(path, tag, partial=True, model=None, optimizer=None, user_co
     if optimizer is not None and engine_opt is None:
         raise ValueError(f"smp.save_checkpoint: {type(optimizer.optimizer).__name__}'s state lives in Python; "
                          "save it with smp.save(optimizer.local_state_dict(), ...) instead")
-    names = model._engine_names if (translate_if_full and not partial) else {}
+    to_file, config = (_to_module_names(model), _hf_config(model)) if translate_if_full and not partial else (None, "")
     if engine_opt is not None:
         optimizer._groups_to_engine()
     _C.save_checkpoint(os.fspath(path), tag, bool(partial), model._engine, engine_opt, _user_json(user_content),
-                       int(num_kept_partial_checkpoints or 0), names)
+                       int(num_kept_partial_checkpoints or 0), to_file, config)
 
 
 def resume_from_checkpoint(path, tag=None, partial=True, strict=True, load_optimizer=True,
@@ -99,17 +99,30 @@ def resume_from_checkpoint(path, tag=None, partial=True, strict=True, load_optim
     model = _state.state.model
     if model is None:
         raise RuntimeError("smp.resume_from_checkpoint: wrap the model in smp.DistributedModel first")
-    if translate_function is not None:
-        raise ValueError("smp.resume_from_checkpoint: translate_function is not supported; full checkpoints use the module's own names")
+    if translate_function is not None and not callable(translate_function):
+        raise TypeError(f"smp.resume_from_checkpoint: translate_function must be callable (a state dict -> a "
+                        f"state dict), got {type(translate_function).__name__}")
     path, tag = os.fspath(path), tag or ""
+    hf_files = _hf_weight_files(path, tag)
+    if hf_files:  # Hugging Face's own folder (save_pretrained) or weights file
+        if partial:
+            raise ValueError(f"smp.resume_from_checkpoint: {os.path.join(path, tag)} holds Hugging Face weights, "
+                             "a full checkpoint; pass partial=False")
+        state = {}
+        for f in hf_files:
+            state.update(_read_weights(f))
+        if translate_function is not None:
+            state = translate_function(state)
+        model.load_state_dict(state, strict=strict)  # whole tensors: each rank keeps its shard
+        return None
     manifest = json.loads(_C.read_checkpoint_manifest(path, tag, bool(partial)))
 
     def load():
         opt = _state.state.optimizer
         engine_opt = opt._engine if (opt is not None and load_optimizer) else None
-        names = model._engine_names if not partial else {}
+        from_file = None if partial else _from_module_names(model, translate_function)
         _C.resume_from_checkpoint(path, model._engine, engine_opt, tag, bool(partial), bool(strict),
-                                  bool(load_optimizer and load_sharded_optimizer_state), names)
+                                  bool(load_optimizer and load_sharded_optimizer_state), from_file)
         if engine_opt is not None:
             opt._groups_from_engine()
 
@@ -118,3 +131,87 @@ def resume_from_checkpoint(path, tag=None, partial=True, strict=True, load_optim
     else:
         model._pending_resume = load
     return _user_object(manifest.get("user_content"))
+
+
+# --- full checkpoints in the module's own names and shapes ------------------------------------
+
+
+def _engine_parameters(model):
+    """engine name -> (module name, the module's shape or None when the engine's is the same,
+    the engine's whole shape) for the parameters the engine trains."""
+    params = dict(model.module.named_parameters())
+    out = {}
+    for engine, name in model._engine_names.items():
+        p = params[name]
+        whole = list(model._freed.get(id(p), (p, p.shape))[1])  # (another stage's: emptied here)
+        if hasattr(p, "_smp_tp_shard"):
+            dim, size = p._smp_tp_shard
+            whole[dim] = size
+        out[engine] = (name, getattr(p, "_smp_hf_shape", None), whole)
+    return out
+
+
+def _to_module_names(model):
+    """to_file of a full save: whole engine-named tensors -> the module's names and shapes (a
+    Hugging Face model's: what from_pretrained reads)."""
+    info = _engine_parameters(model)
+
+    def to_file(tensors):
+        out = []
+        for engine, t in tensors.items():
+            name, shape, _ = info.get(engine, (engine, None, None))
+            out.append((name, t.reshape(shape).contiguous() if shape is not None else t))
+        return out
+
+    return to_file
+
+
+def _from_module_names(model, translate_function=None):
+    """from_file of a full load: the file's tensors (through translate_function when given)
+    -> engine names and shapes."""
+    info = _engine_parameters(model)
+    back = {name: (engine, whole) for engine, (name, _, whole) in info.items()}
+
+    def from_file(tensors):
+        if translate_function is not None:
+            tensors = translate_function(dict(tensors))
+        out = {}
+        for name, t in tensors.items():
+            engine, whole = back.get(name, (name, None))
+            out[engine] = t.reshape(whole) if whole is not None and list(t.shape) != whole else t
+        return out
+
+    return from_file
+
+
+def _hf_config(model):
+    """A Hugging Face model's config.json text, so from_pretrained loads the folder; else ""."""
+    config = getattr(model.module, "config", None)
+    return config.to_json_string() if hasattr(config, "to_json_string") else ""
+
+
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_HF_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def _hf_weight_files(path, tag):
+    """The weight files of a Hugging Face checkpoint at path/tag (a .safetensors or .bin file,
+    or a save_pretrained folder, sharded or not); [] when it is smp's own checkpoint."""
+    where = os.path.join(path, tag) if tag else path
+    if os.path.isfile(where) and where.endswith((".safetensors", ".bin")):
+        return [where]
+    if not os.path.isdir(where) or os.path.exists(os.path.join(where, "manifest.json")):
+        return []
+    for index in _HF_INDEXES:
+        if os.path.exists(os.path.join(where, index)):
+            with open(os.path.join(where, index)) as f:
+                return [os.path.join(where, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
+    return [os.path.join(where, n) for n in _HF_WEIGHTS if os.path.exists(os.path.join(where, n))][:1]
+
+
+def _read_weights(f):
+    if f.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(f)
+    return torch.load(f, map_location="cpu", weights_only=True)

@@ -23,6 +23,7 @@ from smp._engine import _C
 
 from . import graph_split
 from . import state as _state
+from .distribute import distribute, materialize
 from .step import current_microbatch
 
 
@@ -106,6 +107,8 @@ class DistributedModel(torch.nn.Module):
         if _state.state.cfg["sharded_data_parallel_degree"] > 1:
             raise ValueError("smp.DistributedModel: sharded_data_parallel_degree > 1 is not supported by the Python "
                              "front yet (allowed: 1); smp-train runs it from C++")
+        module = distribute(module)  # tensor parallelism (model_creation.py's marks)
+        materialize(module, _state.device())  # delayed initialisation's placeholders
         self.module = module.to(_state.device())  # SMP places the model; scripts never move it
         self._options = {"average_grads_across_microbatches": bool(average_grads_across_microbatches),
                          "bucket_cap_mb": float(bucket_cap_mb), "overlapping_allreduce": bool(overlapping_allreduce)}
@@ -193,7 +196,8 @@ class DistributedModel(torch.nn.Module):
         unknown = [k for k in sd if k not in own]
         if strict and unknown:
             raise KeyError(f"smp: load_state_dict: names not in the model: {unknown[:5]}")
-        missing = [k for k in (local if partial else own) if k not in sd]
+        given = {id(own[k]) for k in sd if k in own}  # a tied tensor is given under any of its names
+        missing = [k for k in (local if partial else own) if k not in sd and id(own[k]) not in given]
         if strict and missing:
             raise KeyError(f"smp: load_state_dict: the model's {missing[:5]} are missing")
         with torch.no_grad():
@@ -310,8 +314,9 @@ class DistributedModel(torch.nn.Module):
                 engine_name = f"{unit.name}.{rel}"
                 if id(p) in seen:  # a tied parameter: this unit computes with a copy
                     copy = torch.nn.Parameter(p.detach().clone())
-                    if hasattr(p, "_smp_tp_shard"):
-                        copy._smp_tp_shard = p._smp_tp_shard
+                    for attr in ("_smp_tp_shard", "_smp_hf_shape"):
+                        if hasattr(p, attr):
+                            setattr(copy, attr, getattr(p, attr))
                     unit.params[fqn] = copy
                     tied[engine_name] = seen[id(p)]
                     self._copies.setdefault(id(p), []).append(copy)
@@ -414,28 +419,44 @@ class DistributedModel(torch.nn.Module):
         _broadcast(shards, _state.get_rdp_group()[0], _state.get_rdp_process_group())
 
 
-def _broadcast(tensors, src, group):
-    """One coalesced broadcast of `tensors` (in place) from world rank `src` over `group`."""
+def _broadcast(tensors, src, group, bucket=1 << 24):
+    """Broadcasts `tensors` (in place) from world rank `src` over `group`, coalesced into
+    buckets of one dtype and at most `bucket` elements (no copy of the whole model)."""
     if not tensors or torch.distributed.get_world_size(group) == 1:
         return
     with torch.no_grad():
-        flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
-        torch.distributed.broadcast(flat, src=src, group=group)
-        offset = 0
-        for t in tensors:
-            t.detach().copy_(flat[offset:offset + t.numel()].view(t.shape).to(t.dtype))
-            offset += t.numel()
+        for dtype in sorted({t.dtype for t in tensors}, key=str):
+            pending, size = [], 0
+            for t in [t for t in tensors if t.dtype == dtype] + [None]:
+                if pending and (t is None or size + t.numel() > bucket):
+                    flat = torch.cat([p.detach().reshape(-1) for p in pending])
+                    flat = flat.to(torch.uint8) if dtype == torch.bool else flat  # (gloo has no bool)
+                    torch.distributed.broadcast(flat, src=src, group=group)
+                    for p, piece in zip(pending, flat.split([p.numel() for p in pending])):
+                        p.detach().copy_(piece.view(p.shape).to(dtype))
+                    pending, size = [], 0
+                if t is not None:
+                    pending.append(t)
+                    size += t.numel()
 
 
 def _whole(t):
-    """A tensor-parallel shard gathered whole over TP_GROUP (collective); others as they are."""
-    spec = getattr(t, "_smp_tp_shard", None)
+    """A tensor-parallel shard gathered whole over TP_GROUP (collective), in the module's own
+    shape (``_smp_hf_shape``: GPT-2's c_attn); others as they are."""
+    spec, shape = getattr(t, "_smp_tp_shard", None), getattr(t, "_smp_hf_shape", None)
     t = t.detach()
     if spec is None or _state.tp_size() == 1:
         return t
     dim, size = spec
     pieces = _C.all_gather(t.contiguous(), _state.TP_GROUP)  # (tp, *shard)
-    return torch.cat(list(pieces.unbind(0)), dim=dim).narrow(dim, 0, size).clone()
+    whole = torch.cat(list(pieces.unbind(0)), dim=dim).narrow(dim, 0, size)
+    return whole.reshape(shape or whole.shape).clone()
+
+
+def _whole_shape(t):
+    """The shape a shard's whole tensor has in the engine (its split dim at the whole size)."""
+    dim, size = t._smp_tp_shard
+    return t.shape[:dim] + (size,) + t.shape[dim + 1:]
 
 
 def _own_shard(value, t):
@@ -445,6 +466,7 @@ def _own_shard(value, t):
     if spec is None or t.numel() == 0 or value.shape == t.shape:  # (a freed tensor is skipped later)
         return value
     dim, size = spec
+    value = value.reshape(_whole_shape(t)) if hasattr(t, "_smp_hf_shape") else value
     n = t.shape[dim]
     start = _state.tp_rank() * n
     piece = value.narrow(dim, start, max(0, min(n, size - start)))

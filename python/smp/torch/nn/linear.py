@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import tp_ops
+from .sharded import vocab_lookup
 from .tp_ops import copy_to_tp, gather_from_tp, reduce_from_tp, shard_parameter
 
 __all__ = ["DistributedLinear", "DistributedEmbedding"]
@@ -164,10 +165,4 @@ class VocabParallelEmbedding(torch.nn.Module):
         self.weight = shard_parameter(full, 0, whole=num_embeddings)
 
     def forward(self, ids):
-        if tp_ops.tp_size() == 1:
-            return F.embedding(ids, self.weight)
-        n = self.weight.size(0)
-        start = tp_ops.tp_rank() * n
-        outside = (ids < start) | (ids >= start + n)
-        rows = F.embedding((ids - start).masked_fill(outside, 0), self.weight)
-        return reduce_from_tp(rows.masked_fill(outside.unsqueeze(-1), 0.0))
+        return vocab_lookup(ids, self.weight)

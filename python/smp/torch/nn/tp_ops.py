@@ -52,13 +52,13 @@ def check_divisible(what, value, tp=None):
         raise ValueError(f"smp.nn: {what} ({value}) is not divisible by tensor_parallel_degree ({tp})")
 
 
-def require_prescaled(module_name):
+def require_prescaled(module_name, prefix="smp.nn."):
     """The Python front's TP takes SMP's prescaled flow only (each TP rank fed the same batch)."""
     from ..state import state  # noqa: PLC0415 (smp.torch imports this package first)
 
     if tp_size() > 1 and not state.cfg["prescaled_batch"]:
         raise ValueError(
-            f"smp.nn.{module_name}: tensor_parallel_degree {tp_size()} needs \"prescaled_batch\": true in the "
+            f"{prefix}{module_name}: tensor_parallel_degree {tp_size()} needs \"prescaled_batch\": true in the "
             "config for the Python front (every rank of a TP group fed the same batch, sliced by rdp_rank); "
             "SMP's non-prescaled flow (TP ranks with different samples) is not built")
 
