@@ -24,17 +24,22 @@ schedule) the way that script makes them:
   ``smp.resume_from_checkpoint`` (``tag=None``: the newest) with ``--resume``; a full model
   with ``partial=False`` at the end with ``--model-dir``.
 
+- the model built under ``smp.model_creation(tensor_parallelism=smp.tp_size() > 1, dtype=...)``
+  (SMP's script's call): under tensor parallelism (``tensor_parallel_degree`` > 1, with
+  ``prescaled_batch: true``) smp.DistributedModel splits its attention by heads, its MLP by
+  features and its embedding and head by vocabulary; ``model.state_dict()`` and the full
+  checkpoint keep Hugging Face's names and shapes.
+
 With ``--smp-nn`` the model is ``smp.nn.DistributedTransformerLMHead`` instead (GPT-2's sizes
 and layout, see ``build_smp_nn_model``), called as SMP's GPT-2 example called its smp.nn model,
 ``model((input_ids, attention_mask, None, None, labels))[0]`` with next-token labels built by
 the script; this path runs under tensor parallelism (``tensor_parallel_degree`` > 1, with
 ``prescaled_batch: true`` as SMP's smp.nn flow has it: TP peers get the same batch).
 
-Not here because smp does not have them yet: ``smp.model_creation`` (tensor parallelism over
-the Hugging Face model itself), fp16/bf16.
+Not here because smp does not have them yet: fp16/bf16.
 
 The data are synthetic token ids (seeded), sharded over ``smp.dp_rank()`` / ``smp.dp_size()``
-(over ``smp.rdp_rank()`` / ``smp.rdp_size()`` with ``--prescaled-batch`` and with ``--smp-nn``,
+(over ``smp.rdp_rank()`` / ``smp.rdp_size()`` when the config has ``prescaled_batch``,
 so the ranks of a TP group see the same batch); ``--batch-size`` is per (reduced-)data-parallel
 replica.
 
@@ -42,6 +47,8 @@ replica.
     mpirun -np 4 python examples/smp_v1/gpt2.py --pipeline-parallel-degree 2 --steps 20
   SM_HP_MP_PARAMETERS='{"tensor_parallel_degree": 2, "prescaled_batch": true, "microbatches": 2, "ddp": true}' \\
     mpirun -np 2 python examples/smp_v1/gpt2.py --smp-nn --steps 20
+  SM_HP_MP_PARAMETERS='{"tensor_parallel_degree": 2, "partitions": 2, "prescaled_batch": true, "microbatches": 2, "ddp": true}' \\
+    mpirun -np 4 python examples/smp_v1/gpt2.py --steps 20
 """
 
 import argparse
@@ -236,7 +243,7 @@ def save(args, model, optimizer, lr_scheduler, model_config, num_params, total_s
 
 def train(args, model, optimizer, lr_scheduler, model_config, num_params, total_steps):
     """Trains from global step total_steps up to args.steps; returns the steps' losses."""
-    if args.prescaled_batch or args.smp_nn:
+    if smp.state.cfg.prescaled_batch:  # TP peers share a batch: sample by the reduced-data-parallel rank
         dp_rank, dp_size = smp.rdp_rank(), smp.rdp_size()
     else:
         dp_rank, dp_size = smp.dp_rank(), smp.dp_size()
@@ -330,10 +337,6 @@ def main():
               f"dp {smp.dp_size()} (rdp {smp.rdp_size()}), microbatches {smp.state.cfg.microbatches}", flush=True)
     if torch.cuda.is_available():
         torch.cuda.set_device(smp.local_rank())
-    if smp.tp_size() > 1 and not args.smp_nn:
-        raise SystemExit("gpt2.py: tensor parallelism over the Hugging Face model needs smp.model_creation, "
-                         "which smp does not have yet; --smp-nn builds the model from smp.nn")
-
     if args.smp_nn:
         model, model_config = build_smp_nn_model(args)
     else:
@@ -343,7 +346,8 @@ def main():
             resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout, layer_norm_epsilon=1e-05,
             initializer_range=0.02, use_cache=False, return_dict=True)
         torch.manual_seed(args.seed)
-        model = GPT2LMHeadModel(model_config)
+        with smp.model_creation(tensor_parallelism=smp.tp_size() > 1, dtype=torch.float32):
+            model = GPT2LMHeadModel(model_config)
     num_params = sum(whole_numel(p) for p in model.parameters())
     if smp.rank() == 0:
         print(f"# total parameters: {num_params}", flush=True)

@@ -8,6 +8,9 @@ family round-trips: a run trains N steps and saves, a fresh run resumes and trai
 losses equal the uninterrupted one-process run's steps N+1..N+M to 1e-5, and the full models
 saved at the end equal the one-process run's to 1e-4.
 
+Hugging Face's GPT-2 built under smp.model_creation (tensor parallelism 2 x pipeline 2, 4 ranks)
+against one process: losses to 1e-4, the full model (Hugging Face's names and shapes) to 1e-4.
+
 GPT-2 built from smp.nn (gpt2.py --smp-nn, DistributedTransformerLMHead) under tensor
 parallelism 2 (2 ranks) and tp2 x pp2 (4 ranks), prescaled_batch, against the same script with
 --smp-nn in one process: per-step losses to 1e-4; its partial checkpoint (TP shards) round-trips
@@ -102,6 +105,9 @@ class Runs:
             log = launch(2, "gpt2.py", PP2DP2, ["--batch-size", 2 * GPT_BATCH, "--out", out, "--steps", N + M,
                                                 "--pipeline-parallel-degree", 2, "--manual-partition",
                                                 "--activation-checkpointing"])
+        elif name == "gpt2_tp2pp2":  # Hugging Face's model under smp.model_creation; rdp 1: the global batch
+            log = launch(4, "gpt2.py", TP2PP2, ["--batch-size", 2 * GPT_BATCH, "--out", out, "--steps", N + M,
+                                                "--model-dir", self.dir(name)])
         # GPT-2 from smp.nn: rdp is 1 in every layout here, so each run takes the global batch
         elif name == "gpt2nn_1proc":
             log = launch(1, "gpt2.py", ONE_PROCESS, nn + ["--steps", N + M, "--model-dir", self.dir(name)])
@@ -215,6 +221,21 @@ def test_gpt2_resume(runs):
     got_model = load_file(os.path.join(runs.dir("gpt2_pp2dp2_resumed"), "fullmodel.pt", "model.safetensors"))
     ref_model = load_file(os.path.join(runs.dir("gpt2_1proc"), "fullmodel.pt", "model.safetensors"))
     assert_same_model(got_model, ref_model, 1e-4, "gpt2 full model")
+
+
+def test_gpt2_model_creation_tp2pp2_matches_one_process(runs):
+    """Hugging Face's GPT-2 made tensor-parallel by smp.model_creation (tp2 x pp2): the same
+    losses as one process, and the full model it saves is Hugging Face's (names and shapes)
+    with the one-process run's values."""
+    from safetensors.torch import load_file
+
+    one = runs.get("gpt2_1proc")
+    got = runs.get("gpt2_tp2pp2")
+    assert_losses(got["losses"], one["losses"], 1e-4, "gpt2 model_creation tp2pp2 vs one process")
+    got_model = load_file(os.path.join(runs.dir("gpt2_tp2pp2"), "fullmodel.pt", "model.safetensors"))
+    ref_model = load_file(os.path.join(runs.dir("gpt2_1proc"), "fullmodel.pt", "model.safetensors"))
+    assert all(got_model[k].shape == ref_model[k].shape for k in ref_model if k in got_model)
+    assert_same_model(got_model, ref_model, 1e-4, "gpt2 model_creation tp2pp2 full model")
 
 
 # --------------------------------------------------------------------------- GPT-2 from smp.nn (tensor parallelism)
