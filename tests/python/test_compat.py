@@ -11,6 +11,12 @@ import smdistributed.modelparallel
 import smdistributed.modelparallel.torch as smp
 import smp.torch as real
 from smdistributed.modelparallel.torch.nn import FusedLayerNorm
+from smdistributed.modelparallel.torch.nn.huggingface.gpt2 import (
+    translate_hf_state_dict_to_smdistributed_gpt2, translate_state_dict_to_hf_gpt2)
+from smdistributed.modelparallel.torch.nn.huggingface.gptj import translate_hf_gptj_state_dict_to_smdistributed_gptj
+sd = {"transformer.wte.weight": 1}
+assert translate_state_dict_to_hf_gpt2(translate_hf_state_dict_to_smdistributed_gpt2(sd), max_seq_len=8) == sd
+assert smp.state.module_manager.translate_functions == []
 assert smp.DistributedModel is real.DistributedModel
 assert FusedLayerNorm is real.nn.FusedLayerNorm and smp.state is real.state
 assert smp.RankType.PP_RANK and smp.PP_GROUP and smp.step

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import socket
+import types
 
 import torch
 import torch.distributed as dist
@@ -37,6 +38,9 @@ class _State:
         self.process_groups = {}  # CommGroup -> torch.distributed ProcessGroup
         self.model = None  # the one DistributedModel
         self.optimizer = None  # the one DistributedOptimizer
+        # Hugging Face's save_pretrained applies each (smp_to_hf, hf_to_smp) pair's first function
+        # to a state dict; smp's state dicts already have Hugging Face's names and shapes.
+        self.module_manager = types.SimpleNamespace(translate_functions=[])
 
 
 state = _State()

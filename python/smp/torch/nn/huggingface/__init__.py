@@ -14,11 +14,13 @@ A class is found through the module's MRO (BertSdpaSelfAttention is a BertSelfAt
 ``Plan()`` marks a class whose parameters stay replicated on purpose (a pooler, a small
 classifier), so no warning names it.
 
-The module files beside this one (gpt2, gptj, gptneo, bert, roberta) carry SMP's state-dict
-translation functions for scripts that import them.
+The module files beside this one (gpt2, gptj, gptneo, gptneox, llama, bert, roberta) carry
+SMP's state-dict translation functions for scripts that import them.
 """
 
 import dataclasses
+
+from . import bert, gpt2, gptj, gptneo, gptneox, llama, roberta  # noqa: F401 (SMP's import paths)
 
 __all__ = ["Plan", "PLANS", "plan_for"]
 

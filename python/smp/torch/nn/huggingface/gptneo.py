@@ -1,0 +1,7 @@
+"""SMP's GPT-Neo state-dict translation functions (see _unchanged.py: smp's state dicts are
+already Hugging Face's)."""
+
+from ._unchanged import unchanged
+
+translate_state_dict_to_hf_gptneo = unchanged
+translate_hf_state_dict_to_smdistributed_gptneo = unchanged
