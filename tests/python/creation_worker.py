@@ -8,6 +8,7 @@
   smp.resume_from_checkpoint, with a translate_function, and its logits equal the plain model's.
 - untranslated: a user model with no translation under tensor_parallelism: one warning naming
   its classes, and losses equal to one process (it stays replicated).
+- replicated_embedding: distribute_embedding=False leaves the embedding and the head whole.
 - registered: smp.tp_register_with_module replaces a user MLP by smp.nn's distributed output
   layer through the init, forward and return hooks.
 Exits non-zero on a mismatch.
@@ -197,6 +198,20 @@ def registered():
     print(f"rank {smp.rank()} registered: hooks {sorted(set(calls))}", flush=True)
 
 
+def replicated_embedding():
+    """distribute_embedding=False: the blocks are split, the embedding and the head are not."""
+    import transformers as tf
+
+    with smp.model_creation(tensor_parallelism=True, distribute_embedding=False):
+        module = tf.GPT2LMHeadModel(gpt2_config())
+    smp.DistributedModel(module)
+    check(tuple(module.transformer.wte.weight.shape) == (VOCAB, HIDDEN), "distribute_embedding=False: wte split")
+    check(not hasattr(module.lm_head.weight, "_smp_tp_shard"), "distribute_embedding=False: lm_head split")
+    check(module.transformer.h[0].attn.c_attn.weight.shape[-1] == HIDDEN // 2, "distribute_embedding=False: "
+                                                                              "attention not split")
+    print(f"rank {smp.rank()} replicated_embedding: ok", flush=True)
+
+
 def main():
     torch.set_num_threads(1)
     smp.init({"tensor_parallel_degree": 2, "microbatches": 1, "ddp": True, "prescaled_batch": True})
@@ -204,7 +219,7 @@ def main():
         if smp.rank() == 0:
             smp.broadcast(tmp, smp.WORLD)
         folder = tmp if smp.rank() == 0 else smp.recv_from(0, smp.RankType.WORLD_RANK)
-        for check_name in sys.argv[1:] or ["delayed", "untranslated", "registered"]:
+        for check_name in sys.argv[1:] or ["delayed", "untranslated", "registered", "replicated_embedding"]:
             globals()[check_name](folder) if check_name == "delayed" else globals()[check_name]()
             smp.state.model, smp.state.optimizer = None, None  # the next check wraps another model
         smp.barrier()

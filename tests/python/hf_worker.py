@@ -9,7 +9,8 @@ model trained in this process without smp (built from the same seed):
 - the state dict: Hugging Face's names and shapes, equal to the reference's weights, and a
   round trip through load_state_dict bit for bit;
 - a full checkpoint (smp.save_checkpoint(partial=False)): transformers' from_pretrained loads it
-  and computes the reference's logits.
+  and computes the reference's logits; resume_from_checkpoint(partial=False, translate_function)
+  loads it back (the function sees Hugging Face's names) to the same weights.
 
 Exits non-zero on a mismatch; prints one line per family.
 """
@@ -122,6 +123,15 @@ def family(name, a, c, folder):
         c.failures.append(f"{name}: state_dict -> load_state_dict is not bit for bit")
 
     smp.save_checkpoint(folder, name, partial=False, model=model)
+    # ... and back through resume_from_checkpoint(translate_function=...): the same weights.
+    model.load_state_dict({k: torch.zeros_like(v) for k, v in state.items()})
+    seen = []
+    smp.resume_from_checkpoint(folder, tag=name, partial=False, load_optimizer=False,
+                               translate_function=lambda sd: seen.append(sorted(sd)) or sd)
+    if len(seen) != 1 or not seen[0] or not set(seen[0]) <= set(want):
+        c.failures.append(f"{name}: translate_function saw {seen[:1]} (Hugging Face's names expected)")
+    if not all(torch.equal(state[k], v) for k, v in model.state_dict().items()):
+        c.failures.append(f"{name}: the full checkpoint loaded back differs")
     if smp.rank() == 0:
         loaded = type(ref).from_pretrained(os.path.join(folder, name)).eval()
         kw = hf_families.batch(name, 99)

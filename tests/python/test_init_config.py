@@ -52,6 +52,15 @@ def test_model_creation_marks():
         with smp.tensor_parallelism(enabled=False):
             unmarked = torch.nn.Linear(2, 2)
     assert marked._smp_tp == {"fused_softmax": False} and unmarked._smp_tp is None
+    tree = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    smp.set_tensor_parallelism(tree, distribute_embedding=False)
+    assert all(m._smp_tp == {"distribute_embedding": False} for m in tree.modules())
+    with pytest.warns(UserWarning, match="flash_attention=True has no effect"):
+        with smp.model_creation(tensor_parallelism=True, flash_attention=True):
+            pass
+    with pytest.warns(UserWarning, match="my_key=1 is passed to smp.tp_register'ed modules only"):
+        with smp.tensor_parallelism(my_key=1):
+            pass
     with pytest.raises(ValueError, match="dtype must be a floating"):
         with smp.model_creation(dtype=torch.int32):
             pass

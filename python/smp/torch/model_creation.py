@@ -39,12 +39,15 @@ torch.nn.modules.module.register_module_buffer_registration_hook(_mark)
 
 
 def _check_config(where, tp_config):
-    for key in tp_config:
-        if key not in _KERNEL_KEYS + _CONFIG_KEYS:
-            continue
-        if key in _KERNEL_KEYS and tp_config[key]:
-            warnings.warn(f"smp.{where}: {key}={tp_config[key]!r} has no effect on Hugging Face translations "
-                          "(the model's own attention and MLP code runs, split over the TP group)")
+    """Warns about keys that change nothing for Hugging Face translations; the config itself
+    also reaches tp_register'ed modules, which take what they know."""
+    for key, value in tp_config.items():
+        if key in _KERNEL_KEYS and value:
+            warnings.warn(f"smp.{where}: {key}={value!r} has no effect on Hugging Face translations (the model's "
+                          "own attention and MLP code runs, split over the TP group)")
+        elif key not in _KERNEL_KEYS + _CONFIG_KEYS:
+            warnings.warn(f"smp.{where}: {key}={value!r} is passed to smp.tp_register'ed modules only; Hugging Face "
+                          f"translations take {', '.join(_CONFIG_KEYS)} (and accept {', '.join(_KERNEL_KEYS)})")
     return dict(tp_config)
 
 
