@@ -379,14 +379,19 @@ def stack_torch_worker(rank, a, init_method):
         dist.destroy_process_group()
 
 
-def run_stack_torch(a):
+def spawn_two(worker, a):
+    """Runs worker(rank, a, init_method) on 2 local processes (gloo over 127.0.0.1, a free port)."""
     import torch.multiprocessing as mp
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(stack_torch_worker, args=(a, f"tcp://127.0.0.1:{port}"), nprocs=2, join=True)
+    mp.spawn(worker, args=(a, f"tcp://127.0.0.1:{port}"), nprocs=2, join=True)
+
+
+def run_stack_torch(a):
+    spawn_two(stack_torch_worker, a)
 
 
 def main():

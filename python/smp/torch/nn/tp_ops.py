@@ -94,7 +94,7 @@ def _own_slice_last(x):
     if tp == 1:
         return x.clone()
     n = x.size(-1) // tp
-    return x.narrow(-1, tp_rank() * n, n).contiguous().clone()
+    return x.narrow(-1, tp_rank() * n, n).clone(memory_format=torch.contiguous_format)  # one copy
 
 
 # --- the ops ----------------------------------------------------------------------------------
