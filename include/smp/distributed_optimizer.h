@@ -49,6 +49,9 @@ struct DistributedOptimizerOptions {
   double static_loss_scale = 1.0;
   bool dynamic_loss_scale = false;
   optim::DynamicLossArgs dynamic_loss_args;
+  // Without fp16 (whose scaler handles overflows): steps skipped in a row for inf or NaN
+  // gradients before step() throws smp::Error; 0 never stops.
+  int64_t max_nonfinite_steps = 10;
 };
 
 // What a checkpoint stores. `meta` holds the optimizer kind, the groups' options and step
@@ -76,8 +79,9 @@ class DistributedOptimizer {
   DistributedOptimizer(const DistributedOptimizer&) = delete;
   DistributedOptimizer& operator=(const DistributedOptimizer&) = delete;
 
-  // Collective. Unscales (fp16), skips on overflow anywhere (overflow() true, the scale
-  // drops), else updates this rank's slice and, when sharded, all-gathers the parameters over
+  // Collective. Unscales (fp16), skips on inf or NaN gradients anywhere (overflow() true; under
+  // fp16 the scale drops, otherwise the step is counted in skipped_steps(), a warning printed
+  // by world rank 0, and past max_nonfinite_steps in a row smp::Error), else updates this rank's slice and, when sharded, all-gathers the parameters over
   // DP_GROUP / RDP_GROUP. Throws smp::Error before the model's first smp::step. Under sharded
   // data parallelism it first clips at the config's sdp_gradient_clipping (SMP), unless
   // clip_master_grads was called for these gradients.
@@ -85,8 +89,10 @@ class DistributedOptimizer {
   // Zeroes the gradients in place (torch's zero_grad(set_to_none = false)): each .grad stays a
   // view into the flat gradient buffer, so backward accumulates there directly. Not collective.
   void zero_grad();
-  // Whether the last step() (or clip_master_grads) found an inf/nan gradient (fp16 only).
+  // Whether the last step() (or clip_master_grads) found an inf/nan gradient on any rank.
   bool overflow() const;
+  // Steps skipped for inf or NaN gradients without fp16, since construction.
+  int64_t skipped_steps() const;
   // Collective. Scales the master gradients so their global L2 norm, over every pipeline
   // stage, tensor shard and (sharded) data-parallel slice, with TP-replicated parameters
   // counted once, is at most max_norm (torch's clip_grad_norm_ rule). Returns the norm before
@@ -129,6 +135,7 @@ class DistributedOptimizer {
 
  private:
   Impl& ready();
+  void skip_nonfinite(Impl& im);  // counts, warns, throws past max_nonfinite_steps
   std::unique_ptr<Impl> impl_;
 };
 

@@ -556,6 +556,13 @@ void Config::validate_world(int world_size) const {
                       "); allowed: a world size that is a multiple of " + std::to_string(mp));
   }
   const std::int64_t rdp = world_size / mp;
+  if (rdp > 1 && !ddp) {  // the replicas would train apart: nothing averages them without ddp
+    throw ConfigError("\"ddp\": false with a data-parallel degree of " + std::to_string(rdp) + " (world size " +
+                      std::to_string(world_size) + " / (pipeline_parallel_degree " +
+                      std::to_string(pipeline_parallel_degree) + " * tensor_parallel_degree " +
+                      std::to_string(tensor_parallel_degree) + ")): the replicas would never be averaged; "
+                      "allowed: \"ddp\": true, or a world size of " + std::to_string(mp));
+  }
   if (rdp % sharded_data_parallel_degree != 0) {
     throw ConfigError("sharded_data_parallel_degree (" + std::to_string(sharded_data_parallel_degree) +
                       ") does not divide the reduced data-parallel degree (" + std::to_string(rdp) +

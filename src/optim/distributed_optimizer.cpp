@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <string>
 
 #include "optimizer_impl.h"
 #include "smp/core/error.h"
@@ -28,6 +30,7 @@ DistributedOptimizer::~DistributedOptimizer() = default;
 torch::optim::Optimizer& DistributedOptimizer::optimizer() { return *impl_->inner; }
 double DistributedOptimizer::loss_scale() const { return impl_->scaler.scale(); }
 bool DistributedOptimizer::overflow() const { return impl_->overflow; }
+int64_t DistributedOptimizer::skipped_steps() const { return impl_->nonfinite_total; }
 
 DistributedOptimizer::Impl& DistributedOptimizer::ready() {
   if (!impl_->initialized) impl_->initialize();
@@ -56,11 +59,16 @@ void DistributedOptimizer::step() {
   if (im.model.context().sdp_degree() > 1 && im.clipped_for != im.reducer->steps_finished()) {
     clip_master_grads(im.model.context().config().sdp_gradient_clipping);
   }
-  if (im.overflow) {
+  if (im.overflow && im.fp16) {
     im.scaler.update(true);
     im.model.set_loss_scale(im.scaler.scale());
     return;
   }
+  if (im.overflow) {
+    skip_nonfinite(im);
+    return;
+  }
+  im.nonfinite_in_a_row = 0;
   for (auto& count : im.steps) ++count;
   // Element-wise updates in cache-sized pieces: each piece goes through all of the update's
   // operations while it is in cache (3-4x faster here than whole runs); the results are those
@@ -78,6 +86,23 @@ void DistributedOptimizer::step() {
   im.write_back();
   im.scaler.update(false);
   im.model.set_loss_scale(im.scaler.scale());
+}
+
+void DistributedOptimizer::skip_nonfinite(Impl& im) {
+  ++im.nonfinite_in_a_row;
+  ++im.nonfinite_total;
+  const int64_t limit = im.options.max_nonfinite_steps;
+  const std::string counts = std::to_string(im.nonfinite_in_a_row) + " in a row, " +
+                             std::to_string(im.nonfinite_total) + " in all";
+  if (limit > 0 && im.nonfinite_in_a_row >= limit) {
+    throw Error("smp: DistributedOptimizer.step: inf or NaN gradients in " + std::to_string(limit) +
+                " steps in a row (" + counts + "); stopping (max_nonfinite_steps = " + std::to_string(limit) +
+                "; lower the learning rate, clip gradients, or check the data)");
+  }
+  if (im.model.context().rank() == 0) {
+    std::fprintf(stderr, "smp warning: optimizer step skipped: inf or NaN in the gradients (%s; stops after %lld "
+                 "in a row)\n", counts.c_str(), static_cast<long long>(limit));
+  }
 }
 
 double DistributedOptimizer::clip_master_grads(double max_norm) {

@@ -45,6 +45,10 @@ LossScaler make_scaler(const Config& config, const DistributedOptimizerOptions& 
         std::to_string(o.static_loss_scale) + ", dynamic_loss_scale " +
         (o.dynamic_loss_scale ? "true" : "false"));
   }
+  if (o.max_nonfinite_steps < 0) {
+    throw ConfigError("DistributedOptimizer: max_nonfinite_steps: got " + std::to_string(o.max_nonfinite_steps) +
+                      "; allowed: an integer >= 0 (0: never stop)");
+  }
   return LossScaler(fp16 && o.dynamic_loss_scale, o.static_loss_scale, o.dynamic_loss_args);
 }
 
@@ -173,8 +177,8 @@ void DistributedOptimizer::Impl::prepare() {
   if (scale != 1.0) {
     for (const Run& run : runs) grad_view(run).mul_(1.0 / scale);
   }
-  overflow = false;
-  if (!fp16) return;
+  // In every precision: an inf or NaN gradient would reach the update (clipping's coefficient
+  // comparison is false for NaN), so the step is skipped instead.
   bool bad = false;
   for (const Run& run : runs) bad = bad || !grad_view(run).isfinite().all().item<bool>();
   // Every rank skips together: an overflow anywhere is an overflow everywhere.

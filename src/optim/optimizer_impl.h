@@ -73,7 +73,9 @@ struct DistributedOptimizer::Impl {
   bool fp16 = false;
   bool mixed = false;  // fp16 or bf16: fp32 masters
   bool initialized = false;
-  bool overflow = false;
+  bool overflow = false;         // inf or NaN in the gradients of some rank
+  int64_t nonfinite_in_a_row = 0;  // skipped steps without fp16 (its scaler handles them)
+  int64_t nonfinite_total = 0;
   int64_t prepared_for = -1;  // the reducer step whose gradients are prepared
   int64_t clipped_for = -1;   // the reducer step whose gradients clip_master_grads scaled
 

@@ -87,6 +87,7 @@ Setters training_setters(TrainingConfig& t) {
       {"beta1", real_into("training.beta1", &t.beta1, 0, 0.999999)},
       {"beta2", real_into("training.beta2", &t.beta2, 0, 0.999999)},
       {"grad_clip", real_into("training.grad_clip", &t.grad_clip, 0, 1e9)},
+      {"max_nonfinite_steps", int_into("training.max_nonfinite_steps", &t.max_nonfinite_steps, 0)},
       {"precision",
        [&t](const json& v) {
          if (!v.is_string() || (v != "fp32" && v != "bf16" && v != "fp16")) {
@@ -192,6 +193,12 @@ TrainConfig TrainConfig::from_json_string(const std::string& text) {
       bad("smp." + key, smp_section[key], "true, as training.precision is \"" + key + "\"");
     }
     smp_section[key] = true;
+  }
+  // smp-train averages its data-parallel replicas: "ddp" is true unless the section says
+  // otherwise (SMP's default is false; SMP's scripts set it; false with replicas is refused).
+  if (smp_section.is_null()) smp_section = json::object();
+  if (smp_section.is_object() && !smp_section.contains("ddp") && !smp_section.contains("horovod")) {
+    smp_section["ddp"] = true;
   }
   c.smp = Config::from_json(smp_section);
   if (c.checkpoint.dir.empty()) c.checkpoint.dir = c.run_dir + "/checkpoints";

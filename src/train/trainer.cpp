@@ -355,7 +355,9 @@ TrainSummary Trainer::run() {
 void Trainer::setup() {
   setup_data();
   setup_model();
-  optimizer_ = std::make_unique<DistributedOptimizer>(*dmodel_, make_adamw(*dmodel_, training_));
+  DistributedOptimizerOptions options;
+  options.max_nonfinite_steps = training_.max_nonfinite_steps;
+  optimizer_ = std::make_unique<DistributedOptimizer>(*dmodel_, make_adamw(*dmodel_, training_), options);
   loss_fn_ = [this](const Values& out, const Values& y) { return model_->loss(out, y); };
   resume();
   if (lead_) {
@@ -596,7 +598,8 @@ void Trainer::report() {
   std::printf("\nfinal: train loss %.4f, validation loss %.4f, unigram entropy %.4f nats; "
               "%.0f tokens/s; %s\n", summary_.train_losses.back(), summary_.final_val_loss,
               entropy_, summary_.tokens_per_s, duration(total_s_).c_str());
-  std::printf("sample:\n%s\n\nrun directory: %s\n", summary_.sample.c_str(), config_.run_dir.c_str());
+  std::printf("sample:\n%s\n\nrun directory: %s\n", train::valid_utf8(summary_.sample).c_str(),
+              config_.run_dir.c_str());  // (sample.txt keeps the raw bytes)
   std::fflush(stdout);
 }
 

@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
   }
   const std::string mode = argv[1];
   try {
-    smp::init(smp::Config::from_json_string(std::string("{\"comm_timeout_s\": ") + argv[2] + "}"));
+    smp::init(smp::Config::from_json_string(std::string("{\"ddp\": true, \"comm_timeout_s\": ") + argv[2] + "}"));
     smp::barrier();
     if (smp::rank() == 1) {
       if (mode == "kill") std::raise(SIGKILL);

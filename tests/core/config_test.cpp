@@ -473,7 +473,7 @@ TEST(ConfigTest, FromMpParametersStringErrors) {
 // ---- world size ----
 
 TEST(ConfigTest, ValidateWorldWithoutParallelism) {
-  const Config c;
+  const Config c = Config::from_json({{"ddp", true}});
   for (int world : {1, 2, 3, 4, 8, 16}) {
     SCOPED_TRACE(world);
     EXPECT_NO_THROW(c.validate_world(world));
@@ -482,8 +482,18 @@ TEST(ConfigTest, ValidateWorldWithoutParallelism) {
   EXPECT_THAT(config_error([&] { c.validate_world(0); }), AllOf(HasSubstr("got 0"), HasSubstr(">= 1")));
 }
 
-TEST(ConfigTest, ValidateWorldWithPipelineDegreeTwo) {
+TEST(ConfigTest, ReplicasWithoutDdpAreRefused) {
+  // Nothing would average the replicas: SMP's scripts always set ddp with data parallelism.
   const Config c = Config::from_json({{"pipeline_parallel_degree", 2}});
+  EXPECT_NO_THROW(c.validate_world(2));
+  EXPECT_THAT(config_error([&] { c.validate_world(4); }),
+              AllOf(HasSubstr("\"ddp\": false with a data-parallel degree of 2"), HasSubstr("world size 4"),
+                    HasSubstr("allowed: \"ddp\": true, or a world size of 2")));
+  EXPECT_THROW(Config().validate_world(3), ConfigError);
+}
+
+TEST(ConfigTest, ValidateWorldWithPipelineDegreeTwo) {
+  const Config c = Config::from_json({{"pipeline_parallel_degree", 2}, {"ddp", true}});
   EXPECT_EQ(c.rdp_degree(2), 1);
   EXPECT_EQ(c.rdp_degree(4), 2);
   EXPECT_EQ(c.rdp_degree(8), 4);

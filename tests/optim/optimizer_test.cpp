@@ -9,6 +9,7 @@
 #include <torch/optim/sgd.h>
 
 #include <limits>
+#include <set>
 
 #include "../data_parallel/harness.h"
 
@@ -49,11 +50,8 @@ TEST(Optimizer, EqualsTorchOptimOptionForOption) {
       {"adamw amsgrad eps", two_groups<AdamW>(AdamWOptions(1e-2).eps(1e-6).amsgrad(true))},
   };
   for (const char* layout : {"", "\"ddp\": true, \"shard_optimizer_state\": true"}) {
+    if (comm::world_size() > 1 && std::string(layout).empty()) continue;  // replicas need ddp
     reinit(layout);
-    if (comm::world_size() > 1 && std::string(layout).empty()) {
-      // Without ddp the replicas are not averaged: give every rank the whole batch.
-      continue;
-    }
     for (const auto& [name, make] : cases) {
       const auto ref = reference_run(make, 5);
       SmpRun run = smp_run(make, 5);
@@ -102,6 +100,54 @@ TEST(MixedPrecision, Fp16InjectedInfSkipsTheStepAndHalvesTheScale) {
   EXPECT_EQ(opt.loss_scale(), 512);
   EXPECT_EQ(model.local_parameters()[0].scalar_type(), at::kHalf);
   EXPECT_EQ(opt.local_state_dict().tensors.at("fp32_master").scalar_type(), at::kFloat);
+}
+
+// fp32 and bf16: a NaN in one replica's loss makes every rank skip that step (no update,
+// overflow(), skipped_steps() counts it); finite steps reset the run of skips; the
+// max_nonfinite_steps-th skip in a row throws smp::Error.
+TEST(NonFinite, GradientsSkipTheStepInEveryPrecision) {
+  for (const char* precision : {"", "\"bf16\": true, "}) {
+    reinit(std::string(precision) + "\"ddp\": true");
+    DistributedOptimizerOptions oo;
+    oo.max_nonfinite_steps = 2;
+    int it = 0;
+    const std::set<int> bad = {1, 3, 4};
+    LossFn loss = [&](const Values& out, const Values& y) -> Values {
+      at::Tensor l = torch::mse_loss(out[0].to(at::kFloat), y[0]);
+      if (bad.count(it) && rank() == comm::world_size() - 1) l = l * std::numeric_limits<float>::quiet_NaN();
+      return {l};
+    };
+    std::vector<Layer> layers = make_mlp(1);
+    auto params = values_of(named(layers));
+    DistributedModel model(std::move(layers));
+    DistributedOptimizer opt(model, adam()(params), oo);
+    for (it = 0; it < 5; ++it) {
+      SCOPED_TRACE(std::string(precision) + " step " + std::to_string(it));
+      opt.zero_grad();
+      const Batch b = my_slice(whole_batch(it));
+      step(model, {b.x}, {b.y}, loss);
+      const at::Tensor before = model.gradient_reducer().flat_params().clone();
+      if (it == 4) {  // the second bad step in a row
+        EXPECT_THROW(
+            {
+              try {
+                opt.step();
+              } catch (const Error& e) {
+                EXPECT_NE(std::string(e.what()).find("inf or NaN gradients in 2 steps in a row"), std::string::npos)
+                    << e.what();
+                throw;
+              }
+            },
+            Error);
+        break;
+      }
+      opt.step();
+      EXPECT_EQ(opt.overflow(), bad.count(it) > 0);
+      EXPECT_EQ(at::equal(before, model.gradient_reducer().flat_params()), bad.count(it) > 0);
+      EXPECT_TRUE(model.gradient_reducer().flat_params().isfinite().all().item<bool>());
+    }
+    EXPECT_EQ(opt.skipped_steps(), 3);
+  }
 }
 
 // 16-bit training against the fp32 one-process run, step by step over 50 steps.
@@ -209,7 +255,7 @@ TEST(BadInput, ClearErrors) {
                       "\"ddp\": true");
   expect_config_error([] { Config::from_json_string("{\"shard_optimizer_state\": true}"); },
                       "shard_optimizer_state");
-  reinit("");
+  reinit("\"ddp\": true");
   std::vector<Layer> layers = make_mlp(1);
   auto params = values_of(named(layers));
   DistributedModel model(std::move(layers));

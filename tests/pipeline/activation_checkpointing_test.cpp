@@ -133,7 +133,7 @@ TEST(ActivationCheckpointing, RecomputedBlocksGiveTheSameGradients) {
 }
 
 TEST(ActivationCheckpointing, BadInputIsRefused) {
-  init(Config{});
+  init(Config::from_json_string(R"({"ddp": true})"));
   at::manual_seed(1);
   models::Model model = models::build_model(tiny_gpt(), tp::TpGroup{}, false);
   DistributedModel dmodel(std::move(model.layers));

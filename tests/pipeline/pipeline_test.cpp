@@ -30,7 +30,7 @@ void reinit(int pp, int microbatches, const std::string& pipeline) {
   if (is_initialized()) shutdown();
   init(Config::from_json_string("{\"pipeline_parallel_degree\": " + std::to_string(pp) +
                                 ", \"microbatches\": " + std::to_string(microbatches) +
-                                ", \"pipeline\": \"" + pipeline + "\", \"comm_timeout_s\": 60}"));
+                                ", \"pipeline\": \"" + pipeline + "\", \"ddp\": true, \"comm_timeout_s\": 60}"));
 }
 
 // max |a - b| <= tol * max |b| (+ a hair for all-zero tensors); reports the error otherwise.
@@ -170,7 +170,7 @@ void reinit_partition(const std::string& extra) {
   if (is_initialized()) shutdown();
   const int pp = comm::world_size() % 2 == 0 ? 2 : 1;
   init(Config::from_json_string("{\"pipeline_parallel_degree\": " + std::to_string(pp) +
-                                ", \"microbatches\": 2, \"comm_timeout_s\": 60" + extra + "}"));
+                                ", \"microbatches\": 2, \"ddp\": true, \"comm_timeout_s\": 60" + extra + "}"));
 }
 
 TEST(Pipeline, PartitionFileIsWrittenAndLoaded) {

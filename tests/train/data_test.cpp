@@ -62,6 +62,20 @@ void write_tiny_gpt2(const TempDir& dir) {
       << "#version: 0.2\nh e\nhe l\nhel l\nhell o\n\xC4\xA0 w\n\xC4\xA0w o\n";
 }
 
+// What smp-train prints of a byte-level sample: valid text unchanged; a character cut by the
+// sample's end, stray continuation bytes, overlong and surrogate encodings each become U+FFFD.
+TEST(ValidUtf8, KeepsValidTextAndReplacesEachBadByte) {
+  const std::string fffd = "\xEF\xBF\xBD";
+  const std::string good = "In the beginning \xC3\xA9t\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80";
+  EXPECT_EQ(train::valid_utf8(good), good);
+  EXPECT_EQ(train::valid_utf8("ab\xE2\x82"), "ab" + fffd + fffd);                    // cut at the end
+  EXPECT_EQ(train::valid_utf8("\x80x"), fffd + "x");                                   // stray continuation
+  EXPECT_EQ(train::valid_utf8("\xC0\xAF"), fffd + fffd);                               // overlong '/'
+  EXPECT_EQ(train::valid_utf8("\xED\xA0\x80"), fffd + fffd + fffd);                    // a surrogate
+  EXPECT_EQ(train::valid_utf8("\xF4\x90\x80\x80"), fffd + fffd + fffd + fffd);          // above U+10FFFF
+  EXPECT_EQ(train::valid_utf8(""), "");
+}
+
 TEST(Gpt2Tokenizer, MergesByRankAndSplitsLikeGpt2) {
   TempDir dir("smp_data_test");
   write_tiny_gpt2(dir);

@@ -19,6 +19,11 @@ class Tokenizer {
   virtual int eot() const = 0;  // the end-of-text token, between documents
 };
 
+// `bytes` as valid UTF-8 for printing: each byte that does not start or continue a well-formed
+// sequence (a character cut by byte-level tokens, a stray continuation byte, an overlong or
+// surrogate encoding) becomes U+FFFD; valid text comes back unchanged.
+std::string valid_utf8(const std::string& bytes);
+
 // Token b < 256 is byte b; 256 is end-of-text.
 class ByteTokenizer : public Tokenizer {
  public:

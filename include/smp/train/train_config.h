@@ -38,6 +38,7 @@ struct TrainingConfig {
   double beta1 = 0.9;
   double beta2 = 0.95;
   double grad_clip = 1.0;      // global-norm clipping; 0 disables
+  int64_t max_nonfinite_steps = 10;  // steps skipped in a row for inf/NaN gradients before stopping; 0 never
   std::string precision = "fp32";  // "fp32" | "bf16" | "fp16" (sets smp's bf16 / fp16 keys)
   uint64_t seed = 1234;
   int64_t val_every = 50;      // steps between validation losses; 0: only at the end
