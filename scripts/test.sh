@@ -9,5 +9,7 @@ export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM
 status=0
 ctest --test-dir build --output-on-failure --timeout 600 "$@" | tee build/last-test.log || status=$?
 echo
-echo "smp tests: $(grep -E 'tests passed' build/last-test.log || echo 'no summary (ctest failed to run)')"
+skipped=$(grep -cE '^[[:space:]]*[0-9]+ - .* \(Skipped\)$' build/last-test.log || true)
+echo "smp tests: $(grep -E 'tests passed' build/last-test.log || echo 'no summary (ctest failed to run)');" \
+     "$skipped skipped (listed above: they could not run here, they did not pass)"
 exit $status
