@@ -8,8 +8,10 @@ hand), runs the schedule, and reduces gradients over data-parallel replicas into
 parameters' ``.grad``. A parameter used by two units (a tied embedding and head) is given to
 the later unit as a copy, and the engine keeps both equal (their gradients are summed).
 
-Before the first step the model is whole on every rank; the first step captures and
-partitions it (the partition needs an example call).
+At wrap, modules marked by smp.tensor_parallelism become tensor-parallel and delayed
+placeholders become this rank's initialised shards (distribute.py). Until the first step every
+rank holds every pipeline stage; the first step captures and partitions the model (the
+partition needs an example call) and frees the other stages.
 """
 
 import contextlib
