@@ -2,6 +2,8 @@
 // docs/checkpoint_format.md).
 #include "smp/checkpoint/checkpoint.h"
 
+#include <unistd.h>
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
@@ -366,6 +368,72 @@ bool adopt_partition(const json& manifest, DistributedModel& model) {
   return true;
 }
 
+std::string probe_file(const std::string& path, const std::string& stamp, int rank) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "_rank_%05d", rank);
+  return path + "/.smp_shared_probe_" + stamp + name;
+}
+
+// Rank 0: removes the probes it sees; throws naming the ranks whose probe it does not see.
+void look_for_probes(const std::string& path, const std::string& stamp, int world_size) {
+  std::vector<int> unseen;
+  for (int r = 0; r < world_size; ++r) {
+    const std::string probe = probe_file(path, stamp, r);
+    if (files::exists(probe)) {
+      files::remove_tree(probe);
+    } else {
+      unseen.push_back(r);
+    }
+  }
+  if (unseen.empty()) return;
+  constexpr size_t kNamed = 16;  // a thousand node-local disks need not be listed one by one
+  std::string ranks;
+  for (size_t i = 0; i < std::min(unseen.size(), kNamed); ++i) {
+    ranks += (i == 0 ? "" : ", ") + std::to_string(unseen[i]);
+  }
+  if (unseen.size() > kNamed) ranks += " and " + std::to_string(unseen.size() - kNamed) + " more";
+  const std::string whose = unseen.size() > 1 ? "files of ranks " : "file of rank ";
+  throw CheckpointError("checkpoint folder " + path + " is not shared by all ranks: rank 0 does " +
+                        "not see the probe " + whose + ranks + " (" +
+                        probe_file(path, stamp, unseen.front()) + "); checkpoints need a file " +
+                        "system that every rank sees (a shared one such as NFS, FSx for Lustre " +
+                        "or Lustre), not a node's local disk");
+}
+
+// Every rank writes its shard into one folder that rank 0 then commits, so `path` must be one
+// file system every rank sees. Checked at the first save to each path in this process (the
+// ranks call save_checkpoint alike, so they agree on when): each rank leaves a probe file named
+// by its rank in `path`, rank 0 looks for all of them, and the probes go.
+void check_shared(const std::string& path, comm::Communicator& world) {
+  static std::mutex mutex;
+  static std::set<std::string> checked;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (checked.count(path) > 0) return;
+  }
+  // Names of this check alone, so a probe an earlier run left behind does not pass for one.
+  const std::string stamp = comm::on_rank0("save_checkpoint: checking " + path, [] {
+    const auto now = std::chrono::system_clock::now().time_since_epoch();
+    return std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(now).count()) + "_" +
+           std::to_string(::getpid());
+  }, world);
+  const std::string mine = probe_file(path, stamp, world.rank());
+  try {
+    comm::on_every_rank("save_checkpoint: writing a probe file into " + path, [&] {
+      files::make_dirs(path);
+      files::write_file_atomic(mine, "");
+    }, world);
+    comm::on_every_rank("save_checkpoint: checking that every rank shares " + path, [&] {
+      if (world.rank() == 0) look_for_probes(path, stamp, world.size());
+    }, world);
+  } catch (...) {
+    ::unlink(mine.c_str());  // where rank 0 did not see it (or did not look)
+    throw;
+  }
+  std::lock_guard<std::mutex> lock(mutex);
+  checked.insert(path);
+}
+
 }  // namespace
 
 void save_checkpoint(const std::string& path, const std::string& tag, bool partial,
@@ -382,6 +450,7 @@ void save_checkpoint(const std::string& path, const std::string& tag, bool parti
   if (!model.partitioned()) {
     throw ConfigError("save_checkpoint: the model is not partitioned yet; run a step (or partition()) first");
   }
+  check_shared(path, context.group(CommGroup::WORLD));
   const std::string final_dir = folder(path, tag, partial);
   const std::string tmp = final_dir + ".tmp";
   comm::on_every_rank("save_checkpoint: preparing " + tmp, [&] {

@@ -298,6 +298,7 @@ class Trainer {
   void setup_data();
   void setup_model();
   void resume();
+  void cut_metrics_to(int64_t steps_done) const;
   void train();
   StepResult train_step(int64_t s);
   void report_step(int64_t s, const StepResult& r);
@@ -441,7 +442,23 @@ void Trainer::resume() {
   }
   train_curve_ = curve_from_json(user.at("train_curve"));
   val_curve_ = curve_from_json(user.at("val_curve"));
+  cut_metrics_to(summary_.first_step);
   if (lead_) std::printf("resumed at step %lld\n", static_cast<long long>(summary_.first_step));
+}
+
+// metrics.jsonl back to the resumed step: a run that went on past its checkpoint (and crashed
+// or was stopped) logged the steps this run is about to log again. Rewritten whole and
+// atomically, so a crash meanwhile leaves the old file or the cut one.
+void Trainer::cut_metrics_to(int64_t steps_done) const {
+  const std::string path = config_.run_dir + "/metrics.jsonl";
+  const std::string what =
+      "checkpoint.resume: cutting " + path + " back to step " + std::to_string(steps_done);
+  on_every_rank(what, [&] {
+    if (!lead_ || !files::exists(path)) return;
+    const std::string text = files::read_file(path);
+    const std::string kept = metrics_up_to_step(text, steps_done);
+    if (kept != text) files::write_file_atomic(path, kept);
+  });
 }
 
 // ---- training ----
@@ -626,6 +643,28 @@ void Trainer::write_run_files(const std::vector<std::vector<pipeline::TraceEvent
 }
 
 }  // namespace
+
+std::string metrics_up_to_step(const std::string& text, int64_t step) {
+  std::string kept;
+  bool dropping = false;  // from the first line dropped on, lines without a step go too
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty()) continue;
+    const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    bool keep = false;
+    if (j.is_object() && j.contains("step")) {
+      keep = j["step"].is_number_integer() && j["step"].get<int64_t>() <= step;
+    } else if (j.is_object()) {
+      keep = !dropping;
+    }
+    if (keep) {
+      kept += line + "\n";
+    } else {
+      dropping = true;
+    }
+  }
+  return kept;
+}
 
 TrainSummary train(const TrainConfig& c) {
   c.validate(size());  // the batch arithmetic and the layout, before anything runs

@@ -1,7 +1,8 @@
 // save_checkpoint / resume_from_checkpoint on one layout at a time (1, 2 and 4 ranks): a
 // partial checkpoint restores every parameter and every optimizer state bit for bit; a full
 // one holds the whole tensors of the single-device model; corrupt and truncated files are
-// named; an unfinished save is skipped; old checkpoints are pruned; bad input is refused.
+// named; an unfinished save is skipped; old checkpoints are pruned; bad input is refused; a
+// folder not shared by every rank is refused at the first save.
 // (Resharding across layouts and killed saves: checkpoint_resume_test.sh, through smp-train.)
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -340,6 +341,35 @@ TEST(Checkpoint, SaveAndLoadUseSmpSuffixes) {
   EXPECT_TRUE(at::equal(load(dir + "/whole.safetensors", false).at("y"), at::arange(4)));
   const std::string message = error_of([&] { load(dir + "/absent"); });
   EXPECT_NE(message.find(dir + "/absent_"), std::string::npos) << message;
+  shutdown();
+}
+
+// Each rank saving into a folder of its own, as onto node-local disks: the first save fails on
+// every rank with a CheckpointError naming the ranks whose probe file rank 0 does not see, and
+// leaves no probe behind; a folder every rank shares passes, again leaving none.
+TEST(Checkpoint, FolderNotSharedByEveryRankIsRefused) {
+  if (comm::world_size() < 2) GTEST_SKIP() << "needs 2 or more ranks";
+  init(Config::from_json_string(layouts()[0]));
+  Trainee run(1);
+  const smp::testing::TempDir own("smp_checkpoint_own");  // this rank's alone
+  const std::string dir = own.file("checkpoints");
+  std::string message;
+  try {
+    save_checkpoint(dir, "a", true, *run.dmodel, nullptr);
+    ADD_FAILURE() << "rank " << rank() << ": no error for a folder of its own";
+  } catch (const CheckpointError& e) {
+    message = e.what();
+  }
+  std::string unseen = comm::world_size() > 2 ? "ranks 1" : "rank 1";
+  for (int r = 2; r < comm::world_size(); ++r) unseen += ", " + std::to_string(r);
+  for (const std::string& want : {std::string("is not shared by all ranks"), unseen + " (",
+                                  std::string("a file system that every rank sees")}) {
+    EXPECT_NE(message.find(want), std::string::npos) << "rank " << rank() << ": " << message;
+  }
+  EXPECT_EQ(files::list_dir(dir), std::vector<std::string>{}) << "probes left on rank " << rank();
+  const smp::testing::TempDir shared = shared_dir();
+  save_checkpoint(shared.path(), "a", true, *run.dmodel, nullptr);
+  EXPECT_EQ(shared.entries(), (std::vector<std::string>{"a_partial", "newest"}));
   shutdown();
 }
 

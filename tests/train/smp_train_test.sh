@@ -3,7 +3,8 @@
 # directory; bad input (missing data, a corrupt shard, a config error, a layout that does not
 # fit the ranks, a sequence longer than the model's positions) ends every rank quickly with a
 # clear message and a non-zero exit, leaving nothing half-written. A run fine-tunes from the
-# Hugging Face folder an earlier run saved (model.from_hf) and starts from its trained loss.
+# Hugging Face folder an earlier run saved (model.from_hf) and starts from its trained loss. A
+# run resumed from an earlier step into its own run directory logs each step once.
 #   smp_train_test.sh <smp-train> <mpiexec>
 source "$(dirname "${BASH_SOURCE[0]}")/../testing/preamble.sh"
 train=$1
@@ -74,6 +75,29 @@ if [ "$rc" -ne 0 ]; then echo "FAIL from_hf: exit $rc"; echo "$out"; failed=1; e
   if python3 -c "import sys; sys.exit(0 if $tuned < $fresh - 0.5 else 1)"; then
     ok "from_hf: starts at loss $tuned from the trained weights (a fresh model: $fresh)"
   else fail "from_hf: first loss $tuned, not well below a fresh model's $fresh"; fi
+fi
+
+# --- resumed into its own run directory: metrics.jsonl holds each step once ---------------
+# The first run goes on past its step-2 checkpoint (as one that crashed or was stopped later
+# would); resumed from step 2, its metrics.jsonl is cut back to step 2 before the run appends.
+config resumed '{"pipeline_parallel_degree": 2, "microbatches": 2}' ""
+sed -i 's/"smp": {/"checkpoint": {"every": 2}, "smp": {/' "$work/resumed.json"
+sed 's/"checkpoint": {"every": 2}/"checkpoint": {"every": 2, "resume": "step_2"}/' "$work/resumed.json" > "$work/resumed_again.json"
+run resumed 2
+[ "$rc" -eq 0 ] || { echo "FAIL resumed (first run): exit $rc"; echo "$out"; failed=1; }
+run resumed_again 2
+metrics_steps() {  # the steps of the training lines, then of the validation lines
+  python3 -c "import json,sys; lines=[json.loads(l) for l in open(sys.argv[1])]
+print([j['step'] for j in lines if 'loss' in j], [j['step'] for j in lines if 'val_loss' in j])" "$1"
+}
+if [ "$rc" -ne 0 ]; then echo "FAIL resumed: exit $rc"; echo "$out"; failed=1; else
+  grep -qF "resumed at step 2" <<< "$out" || fail "resumed: no \"resumed at step 2\" in the output"
+  steps=$(metrics_steps "$work/runs/resumed/metrics.jsonl")
+  if [ "$steps" = "[1, 2, 3, 4] [2, 4]" ]; then ok "resumed: metrics.jsonl steps $steps, each once"
+  else
+    fail "resumed: metrics.jsonl steps $steps, expected [1, 2, 3, 4] [2, 4]"
+    cat "$work/runs/resumed/metrics.jsonl"
+  fi
 fi
 
 # --- bad input ------------------------------------------------------------------------------

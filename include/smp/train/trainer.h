@@ -38,4 +38,11 @@ struct TrainSummary {
 // configurations and data, smp::Error otherwise.
 TrainSummary train(const TrainConfig& config);
 
+// The lines of metrics.jsonl's `text` that a run resumed at `step` keeps: every line whose
+// "step" is at most `step`, whatever its kind (training, validation), and the lines without a
+// step that come before the first line dropped. What the earlier run logged after its
+// checkpoint goes, so the resumed run's lines do not repeat those steps; so does a line that is
+// not a JSON object (one cut off by a crash). Each kept line ends with a newline.
+std::string metrics_up_to_step(const std::string& text, int64_t step);
+
 }  // namespace smp::train
