@@ -13,7 +13,8 @@
 #             smp user gets. SMP_BENCH_MPI_FLAGS (word-split, default none) adds flags, e.g.
 #             "--mca btl_vader_single_copy_mechanism none" (see bench/comm.sh);
 #             --allow-run-as-root is added when running as root.
-# and the functions below (need_exe, need_python, make_out_dir, alternate_rounds).
+# and the functions below (need_exe, need_python, make_out_dir, alternate_rounds, and for
+# scripts that set `script`, `out` and `limit`: fail, timed_run, keep).
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 build=${SMP_BUILD_DIR:-build}
@@ -52,4 +53,33 @@ alternate_rounds() {
     if ((r % 2)); then "$first" "$r"; "$second" "$r"; else "$second" "$r"; "$first" "$r"; fi
     echo "$script: round $r of $rounds done" >&2
   done
+}
+
+# fail <what> <log>: says which run failed (prefixed by $script), shows its log's end, exits.
+fail() { echo "$script: $1 failed; its output:" >&2; tail -30 "$2" >&2; exit 1; }
+
+# Around each run the machine's CPU time (/proc/stat) and the run's own (user + sys of its
+# processes) are taken: busy minus the run's own is what other jobs used meanwhile, kept as
+# `others` (their share of all the cores' time over the run).
+cpu_jiffies() {  # all CPUs' time so far, in jiffies: total (idle included) and busy
+  awk '/^cpu / { t = 0; for (i = 2; i <= 9; ++i) t += $i; print t, t - $5 - $6; exit }' /proc/stat
+}
+# timed_run <what> <log> command...: runs it under `timeout $limit`, output to the log; sets
+# others.
+timed_run() {
+  local what=$1 log=$2 t0 b0 t1 b1 u s tick
+  shift 2
+  tick=$(getconf CLK_TCK)
+  read -r t0 b0 < <(cpu_jiffies)
+  /usr/bin/time -f "%U %S" -o "$out/time" timeout "$limit" "$@" > "$log" 2>&1 || fail "$what" "$log"
+  read -r t1 b1 < <(cpu_jiffies)
+  read -r u s < "$out/time"
+  others=$(awk -v t="$((t1 - t0))" -v b="$((b1 - b0))" -v tick="$tick" -v u="$u" -v s="$s" \
+    'BEGIN { o = t > 0 ? (b - (u + s) * tick) / t : 0; printf "%.3f", (o < 0 ? 0 : o) }')
+}
+# keep <name> <round> <log> <what>: the run's result line, with others=, into $out/<name>.<round>.
+keep() {
+  local line
+  line=$(grep "^$1 " "$3") || fail "$4" "$3"
+  echo "$line others=$others" > "$out/$1.$2"
 }

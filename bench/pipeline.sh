@@ -86,10 +86,7 @@ make_out_dir
 # are taken; busy minus the run's own is what other jobs used meanwhile, added to the result
 # line as others_cpu=<their share of all the cores' time over the run>.
 tick=$(getconf CLK_TCK)
-# All CPUs' time so far, in jiffies: total (idle included) and busy.
-cpu_jiffies() {
-  awk '/^cpu / { t = 0; for (i = 2; i <= 9; ++i) t += $i; print t, t - $5 - $6; exit }' /proc/stat
-}
+# (cpu_jiffies: bench/common.sh)
 measured() {  # output-file command...: runs it (stdout to the file), prints the others' share
   local file=$1 t0 b0 t1 b1 e u s
   shift

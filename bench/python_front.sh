@@ -53,7 +53,8 @@ rounds=${SMP_BENCH_ROUNDS:-3}
 warmup=${SMP_BENCH_WARMUP:-3}
 steps=${SMP_BENCH_STEPS:-12}
 profile=${SMP_BENCH_PROFILE:-}
-limit=300  # seconds any one run may take
+script=python_front.sh
+limit=300  # seconds any one run may take (timed_run)
 make_out_dir
 if [ -n "$profile" ]; then mkdir -p "$profile"; profile=$(cd "$profile" && pwd); fi
 
@@ -83,32 +84,7 @@ stack_args=(--layers "$layers" --hidden "$hidden" --heads "$heads" --ffn "$ffn" 
             --seq "$seq" --batch "$batch" --microbatches "$microbatches" --warmup "$warmup"
             --steps "$steps")
 
-fail() { echo "python_front.sh: $1 failed; its output:" >&2; tail -30 "$2" >&2; exit 1; }
 profile_args() { prof=(); [ -z "$profile" ] || prof=(--profile "$profile/$1.$2.prof"); }
-# Around each run the machine's CPU time (/proc/stat) and the run's own (user + sys of its
-# processes) are taken: busy minus the run's own is what other jobs used meanwhile, shown as
-# others (their share of all the cores' time over the run), as bench/pipeline.sh does.
-tick=$(getconf CLK_TCK)
-cpu_jiffies() {  # all CPUs' time so far, in jiffies: total (idle included) and busy
-  awk '/^cpu / { t = 0; for (i = 2; i <= 9; ++i) t += $i; print t, t - $5 - $6; exit }' /proc/stat
-}
-# timed_run <what> <log> command...: runs it under `timeout`, output to the log; sets others.
-timed_run() {
-  local what=$1 log=$2 t0 b0 t1 b1 u s
-  shift 2
-  read -r t0 b0 < <(cpu_jiffies)
-  /usr/bin/time -f "%U %S" -o "$out/time" timeout "$limit" "$@" > "$log" 2>&1 || fail "$what" "$log"
-  read -r t1 b1 < <(cpu_jiffies)
-  read -r u s < "$out/time"
-  others=$(awk -v t="$((t1 - t0))" -v b="$((b1 - b0))" -v tick="$tick" -v u="$u" -v s="$s" \
-    'BEGIN { o = t > 0 ? (b - (u + s) * tick) / t : 0; printf "%.3f", (o < 0 ? 0 : o) }')
-}
-# keep <name> <round> <log> <what>: the run's result line, with others=, into $out/<name>.<round>.
-keep() {
-  local line
-  line=$(grep "^$1 " "$3") || fail "$4" "$3"
-  echo "$line others=$others" > "$out/$1.$2"
-}
 
 run_cpp() {  # round
   rm -rf "$out/run"

@@ -179,10 +179,15 @@ void DistributedOptimizer::Impl::prepare() {
   }
   // In every precision: an inf or NaN gradient would reach the update (clipping's coefficient
   // comparison is false for NaN), so the step is skipped instead.
-  bool bad = false;
-  for (const Run& run : runs) bad = bad || !grad_view(run).isfinite().all().item<bool>();
+  // One flag over every run, read once (no host sync per run).
+  at::Tensor bad = at::zeros({}, at::kBool);
+  for (const Run& run : runs) {
+    const at::Tensor g = grad_view(run);
+    if (bad.device() != g.device()) bad = bad.to(g.device());
+    bad.logical_or_(g.isfinite().all().logical_not());
+  }
   // Every rank skips together: an overflow anywhere is an overflow everywhere.
-  at::Tensor flag = at::full({1}, bad ? 1 : 0, at::kInt);
+  at::Tensor flag = bad.to(at::kCPU, at::kInt).reshape({1});
   model.context().group(CommGroup::WORLD).all_reduce(flag, comm::ReduceOp::kMax).wait();
   overflow = flag.item<int>() != 0;
 }

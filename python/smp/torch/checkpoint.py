@@ -19,6 +19,7 @@ import torch
 from smp._engine import _C
 
 from . import state as _state
+from .model import _whole_shape
 
 
 def _rank_path(f, partial):
@@ -143,11 +144,8 @@ def _engine_parameters(model):
     out = {}
     for engine, name in model._engine_names.items():
         p = params[name]
-        whole = list(model._freed.get(id(p), (p, p.shape))[1])  # (another stage's: emptied here)
-        if hasattr(p, "_smp_tp_shard"):
-            dim, size = p._smp_tp_shard
-            whole[dim] = size
-        out[engine] = (name, getattr(p, "_smp_hf_shape", None), whole)
+        whole = _whole_shape(p, model._freed.get(id(p), (p, p.shape))[1])  # (another stage's: emptied here)
+        out[engine] = (name, getattr(p, "_smp_hf_shape", None), list(whole))
     return out
 
 

@@ -455,10 +455,14 @@ def _whole(t):
     return whole.reshape(shape or whole.shape).clone()
 
 
-def _whole_shape(t):
-    """The shape a shard's whole tensor has in the engine (its split dim at the whole size)."""
+def _whole_shape(t, shape=None):
+    """The shape a tensor's whole tensor has in the engine: a shard's split dim at the whole
+    size. ``shape``: the tensor's own shape when ``t`` no longer has it (emptied, another stage's)."""
+    shape = tuple(t.shape if shape is None else shape)
+    if not hasattr(t, "_smp_tp_shard"):
+        return shape
     dim, size = t._smp_tp_shard
-    return t.shape[:dim] + (size,) + t.shape[dim + 1:]
+    return shape[:dim] + (size,) + shape[dim + 1:]
 
 
 def _own_shard(value, t):

@@ -74,6 +74,14 @@ def _refuse(module, key, value, why=""):
     if value:
         raise NotImplementedError(f"smp.nn.{module}: {key}={value!r} is not implemented{why}; allowed: False")
 
+def _enter(module, extra, **refused):
+    """What every module checks first: the prescaled flow, the refused switches (each False or
+    NotImplementedError), and the accepted no-effect keywords (warned once)."""
+    tp_ops.require_prescaled(module)
+    for key, value in refused.items():
+        _refuse(module, key, value)
+    _warn_no_effect(module, extra)
+
 
 def _check_common(module, *, hidden_size=None, num_attention_heads=None, attention_head_size=None,
                   intermediate_size=None, attention_dropout_prob=None, hidden_dropout_prob=None, activation=None,
@@ -134,10 +142,7 @@ class DistributedAttentionLayer(torch.nn.Module):
                  **extra):
         super().__init__()
         name = "DistributedAttentionLayer"
-        tp_ops.require_prescaled(name)
-        _refuse(name, "cross_attention", cross_attention)
-        _refuse(name, "use_alibi", use_alibi)
-        _warn_no_effect(name, extra)
+        _enter(name, extra, cross_attention=cross_attention, use_alibi=use_alibi)
         _check_common(name, hidden_size=hidden_size, num_attention_heads=num_attention_heads,
                       attention_head_size=attention_head_size, attention_dropout_prob=attention_dropout_prob,
                       hidden_dropout_prob=hidden_dropout_prob, layernorm_epsilon=layernorm_epsilon,
@@ -211,8 +216,7 @@ class DistributedTransformerOutputLayer(torch.nn.Module):
                  pre_layernorm=False, post_layernorm=True, _dropout_seed=None, **extra):
         super().__init__()
         name = "DistributedTransformerOutputLayer"
-        tp_ops.require_prescaled(name)
-        _warn_no_effect(name, extra)
+        _enter(name, extra)
         _check_common(name, hidden_size=hidden_size, intermediate_size=intermediate_size,
                       hidden_dropout_prob=hidden_dropout_prob, activation=activation,
                       layernorm_epsilon=layernorm_epsilon)
@@ -267,10 +271,7 @@ class DistributedTransformerLayer(torch.nn.Module):
                  alibi_bias_max=8, **extra):
         super().__init__()
         name = "DistributedTransformerLayer"
-        tp_ops.require_prescaled(name)
-        _refuse(name, "add_cross_attention", add_cross_attention)
-        _refuse(name, "use_alibi", use_alibi)
-        _warn_no_effect(name, extra)
+        _enter(name, extra, add_cross_attention=add_cross_attention, use_alibi=use_alibi)
         _check_common(name, hidden_size=hidden_size, num_attention_heads=num_attention_heads,
                       attention_head_size=attention_head_size, intermediate_size=intermediate_size,
                       attention_dropout_prob=attention_dropout_prob, hidden_dropout_prob=hidden_dropout_prob,
@@ -312,10 +313,7 @@ class DistributedTransformer(torch.nn.Module):
                     use_normal_initialization=use_normal_initialization, causal_mask_size=causal_mask_size,
                     add_cross_attention=add_cross_attention, pre_layernorm=pre_layernorm,
                     post_layernorm=post_layernorm, use_alibi=use_alibi, alibi_bias_max=alibi_bias_max, **extra)
-        tp_ops.require_prescaled(name)
-        _refuse(name, "add_cross_attention", add_cross_attention)
-        _refuse(name, "use_alibi", use_alibi)
-        _warn_no_effect(name, extra)
+        _enter(name, extra, add_cross_attention=add_cross_attention, use_alibi=use_alibi)
         self.num_layers = num_layers
         self.seq_layers = torch.nn.Sequential(*[DistributedTransformerLayer(**args) for _ in range(num_layers)])
         self.final_layernorm = _norm(hidden_size, layernorm_epsilon, pre_layernorm and post_layernorm)
@@ -404,9 +402,7 @@ class DistributedTransformerLMHead(torch.nn.Module):
                  alibi_bias_max=8, **extra):
         super().__init__()
         name = "DistributedTransformerLMHead"
-        tp_ops.require_prescaled(name)
-        _refuse(name, "add_cross_attention", add_cross_attention)
-        _refuse(name, "use_alibi", use_alibi)
+        _enter(name, {}, add_cross_attention=add_cross_attention, use_alibi=use_alibi)  # (extra: the stack's)
         for key, value in (("vocab_size", vocab_size), ("num_positions", num_positions)):
             _check(name, key, isinstance(value, int) and value >= 1, value, "an int >= 1")
         _check(name, "num_token_types", isinstance(num_token_types, int) and num_token_types >= 0, num_token_types,
