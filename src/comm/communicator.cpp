@@ -2,9 +2,7 @@
 //
 // Host tensors go to MPI's nonblocking calls; device tensors to NCCL (nccl.cpp). Tensors that
 // are not contiguous travel through a contiguous copy that is copied back on completion.
-// Point-to-point sends a small header (dtype, shape, sequence number) before the payload; the
-// payload's tag is derived from the per-peer sequence number, so several receives from one
-// peer may be in flight and each still gets its own payload.
+// Point to point lives in p2p.cpp.
 #include <climits>
 #include <exception>
 #include <sstream>
@@ -43,14 +41,6 @@ OpStats Counters::get(const std::string& op) const {
 }
 
 namespace detail {
-
-GroupState::~GroupState() {
-  nccl.reset();
-  if (mpi_initialized()) {
-    if (control != MPI_COMM_NULL) MPI_Comm_free(&control);
-    if (comm != MPI_COMM_NULL && comm != MPI_COMM_WORLD) MPI_Comm_free(&comm);
-  }
-}
 
 std::string GroupState::describe() const {
   std::ostringstream out;
@@ -139,11 +129,6 @@ using detail::check_mpi;
 using detail::GroupState;
 using detail::MpiWork;
 
-// Header of a point-to-point message: magic, dtype, ndim, sequence number, sizes.
-constexpr int kMaxDims = 16;
-constexpr int kHeaderLength = 4 + kMaxDims;
-constexpr int64_t kHeaderMagic = 0x736d7031;  // "smp1"
-
 int to_int_count(int64_t count, const std::string& op, const GroupState& group) {
   if (count > INT_MAX) {
     throw CommError("smp: " + op + " on " + group.describe() + ": " + std::to_string(count) +
@@ -189,87 +174,6 @@ std::shared_ptr<MpiWork> new_mpi_work(const std::shared_ptr<GroupState>& group, 
   return work;
 }
 
-// Two-phase receive: the header says what comes, then the payload is received into a tensor
-// made from it (or into the caller's tensor, after checking it matches).
-struct RecvWork : detail::WorkState {
-  int64_t header[kHeaderLength] = {};
-  MPI_Request header_request = MPI_REQUEST_NULL;
-  MPI_Request payload_request = MPI_REQUEST_NULL;
-  at::Tensor output;  // the caller's tensor for recv_into; undefined for recv
-  at::Tensor buffer;  // what the payload lands in
-  at::Device device = at::kCPU;
-  Work device_payload;  // NCCL payload for device tensors
-  bool have_header = false;
-
-  std::exception_ptr error;  // from posting the payload in advance(), rethrown by poll()
-
-  void advance() override {
-    if (have_header) return;
-    int flag = 0;
-    if (MPI_Test(&header_request, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS || !flag) return;
-    have_header = true;
-    try {
-      start_payload();
-    } catch (...) {
-      error = std::current_exception();
-    }
-  }
-
-  bool poll() override {
-    if (!have_header) {
-      int flag = 0;
-      check_mpi(MPI_Test(&header_request, &flag, MPI_STATUS_IGNORE), op, *group);
-      if (!flag) return false;
-      have_header = true;
-      start_payload();
-    }
-    if (error) std::rethrow_exception(error);
-    if (device.is_cuda()) {
-      if (!device_payload.is_completed()) return false;
-    } else {
-      int flag = 0;
-      check_mpi(MPI_Test(&payload_request, &flag, MPI_STATUS_IGNORE), op, *group);
-      if (!flag) return false;
-    }
-    if (output.defined() && !output.is_same(buffer)) output.copy_(buffer);
-    result = output.defined() ? output : buffer;
-    std::lock_guard<std::mutex> lock(group->mutex);
-    group->counters.by_op["recv"].bytes += static_cast<int64_t>(buffer.nbytes());
-    return true;
-  }
-
-  void start_payload() {
-    if (header[0] != kHeaderMagic) {
-      throw CommError("smp: " + label() + ": the message header is corrupt (magic " +
-                      std::to_string(header[0]) + "); was it sent with smp's send?");
-    }
-    const auto dtype = static_cast<at::ScalarType>(header[1]);
-    const std::vector<int64_t> sizes(header + 4, header + 4 + header[2]);
-    const int64_t seq = header[3];
-    if (output.defined()) {
-      if (output.scalar_type() != dtype || output.sizes() != at::IntArrayRef(sizes)) {
-        std::ostringstream out;
-        out << "smp: " << label() << ": expected " << c10::toString(output.scalar_type())
-            << output.sizes() << " but the peer sent " << c10::toString(dtype)
-            << at::IntArrayRef(sizes);
-        throw CommError(out.str());
-      }
-      buffer = contiguous_buffer(output);
-    } else {
-      buffer = at::empty(sizes, at::TensorOptions().dtype(dtype).device(device));
-    }
-    const int tag = Communicator::kMaxTag + static_cast<int>(seq % Communicator::kMaxTag);
-    if (device.is_cuda()) {
-      device_payload = detail::nccl_recv(group, buffer, peer);
-      return;
-    }
-    const int bytes = to_int_count(static_cast<int64_t>(buffer.nbytes()), op, *group);
-    check_mpi(MPI_Irecv(buffer.data_ptr(), bytes, MPI_BYTE, peer, tag, group->comm,
-                        &payload_request),
-              op, *group);
-  }
-};
-
 }  // namespace
 
 Communicator::Communicator(std::shared_ptr<detail::GroupState> state) : state_(std::move(state)) {}
@@ -289,7 +193,7 @@ void Communicator::reset_counters() {
 Work Communicator::all_reduce(at::Tensor& tensor, ReduceOp op) {
   require_avg_dtype(op, tensor, "all_reduce");
   const int64_t seq = state_->count("all_reduce", static_cast<int64_t>(tensor.nbytes()));
-  if (tensor.is_cuda()) return detail::nccl_all_reduce(state_, tensor, op, seq);
+  if (detail::on_device_path(tensor)) return detail::nccl_all_reduce(state_, tensor, op, seq);
   require_host(tensor, "all_reduce");
   auto work = new_mpi_work(state_, "all_reduce", seq);
   if (tensor.numel() == 0) return make_work(work);
@@ -320,7 +224,7 @@ Work Communicator::all_gather(at::Tensor& output, const at::Tensor& input) {
                     std::to_string(input.numel()) + ")");
   }
   const int64_t seq = state_->count("all_gather", static_cast<int64_t>(input.nbytes()));
-  if (input.is_cuda()) return detail::nccl_all_gather(state_, output, input, seq);
+  if (detail::on_device_path(input)) return detail::nccl_all_gather(state_, output, input, seq);
   require_host(input, "all_gather");
   auto work = new_mpi_work(state_, "all_gather", seq);
   work->result = output;
@@ -350,7 +254,7 @@ Work Communicator::reduce_scatter(at::Tensor& output, const at::Tensor& input, R
                     std::to_string(output.numel()) + ")");
   }
   const int64_t seq = state_->count("reduce_scatter", static_cast<int64_t>(input.nbytes()));
-  if (input.is_cuda()) return detail::nccl_reduce_scatter(state_, output, input, op, seq);
+  if (detail::on_device_path(input)) return detail::nccl_reduce_scatter(state_, output, input, op, seq);
   require_host(input, "reduce_scatter");
   auto work = new_mpi_work(state_, "reduce_scatter", seq);
   work->result = output;
@@ -379,7 +283,7 @@ Work Communicator::broadcast(at::Tensor& tensor, int root) {
                     " is not a rank of the group; allowed 0.." + std::to_string(state_->size - 1));
   }
   const int64_t seq = state_->count("broadcast", static_cast<int64_t>(tensor.nbytes()));
-  if (tensor.is_cuda()) return detail::nccl_broadcast(state_, tensor, root, seq);
+  if (detail::on_device_path(tensor)) return detail::nccl_broadcast(state_, tensor, root, seq);
   require_host(tensor, "broadcast");
   auto work = new_mpi_work(state_, "broadcast", seq);
   work->result = tensor;
@@ -402,94 +306,6 @@ Work Communicator::barrier() {
   work->requests.resize(1);
   check_mpi(MPI_Ibarrier(state_->comm, &work->requests[0]), "barrier", *state_);
   return make_work(work);
-}
-
-namespace {
-
-void check_peer_and_tag(const GroupState& group, const std::string& op, int peer, int tag) {
-  if (peer < 0 || peer >= group.size || peer == group.rank) {
-    throw CommError("smp: " + op + " on " + group.describe() + ": peer " + std::to_string(peer) +
-                    " is not another rank of the group; allowed 0.." +
-                    std::to_string(group.size - 1) + " except this rank (" +
-                    std::to_string(group.rank) + ")");
-  }
-  if (tag < 0 || tag >= Communicator::kMaxTag) {
-    throw CommError("smp: " + op + " on " + group.describe() + ": tag " + std::to_string(tag) +
-                    " is out of range; allowed 0.." + std::to_string(Communicator::kMaxTag - 1));
-  }
-}
-
-}  // namespace
-
-Work Communicator::send(const at::Tensor& tensor, int peer, int tag) {
-  check_peer_and_tag(*state_, "send", peer, tag);
-  if (tensor.dim() > kMaxDims) {
-    throw CommError("smp: send on " + state_->describe() + ": tensor has " +
-                    std::to_string(tensor.dim()) + " dims; at most " + std::to_string(kMaxDims));
-  }
-  state_->count("send", static_cast<int64_t>(tensor.nbytes()));
-  int64_t seq;
-  {
-    std::lock_guard<std::mutex> lock(state_->mutex);
-    seq = state_->send_seq[peer]++;
-  }
-  auto work = new_mpi_work(state_, "send", -1);
-  work->peer = peer;
-  auto header = std::make_shared<std::vector<int64_t>>(kHeaderLength, 0);
-  (*header)[0] = kHeaderMagic;
-  (*header)[1] = static_cast<int64_t>(tensor.scalar_type());
-  (*header)[2] = tensor.dim();
-  (*header)[3] = seq;
-  for (int64_t d = 0; d < tensor.dim(); ++d) (*header)[4 + d] = tensor.size(d);
-  at::Tensor payload = contiguous_buffer(tensor);
-  work->requests.resize(tensor.is_cuda() ? 1 : 2);
-  check_mpi(MPI_Isend(header->data(), kHeaderLength, MPI_INT64_T, peer, tag, state_->comm,
-                      &work->requests[0]),
-            "send", *state_);
-  work->on_complete = [header] {};  // keeps the header alive until sent
-  work->keep_alive = {payload};
-  work->result = tensor;
-  if (tensor.is_cuda()) {
-    Work device = detail::nccl_send(state_, payload, peer);
-    work->on_complete = [header, device]() mutable { device.wait(); };
-    return make_work(work);
-  }
-  const int payload_tag = kMaxTag + static_cast<int>(seq % kMaxTag);
-  check_mpi(MPI_Isend(payload.data_ptr(),
-                      to_int_count(static_cast<int64_t>(payload.nbytes()), "send", *state_),
-                      MPI_BYTE, peer, payload_tag, state_->comm, &work->requests[1]),
-            "send", *state_);
-  return make_work(work);
-}
-
-namespace {
-
-Work post_recv(const std::shared_ptr<GroupState>& group, at::Tensor output, int peer, int tag,
-               at::Device device) {
-  group->count("recv", 0);  // bytes are added when the header says how many
-  auto work = std::make_shared<RecvWork>();
-  work->group = group;
-  work->op = "recv";
-  work->peer = peer;
-  work->output = std::move(output);
-  work->device = device;
-  check_mpi(MPI_Irecv(work->header, kHeaderLength, MPI_INT64_T, peer, tag, group->comm,
-                      &work->header_request),
-            "recv", *group);
-  group->receives->add(work);
-  return Work(work);
-}
-
-}  // namespace
-
-Work Communicator::recv(int peer, int tag, at::Device device) {
-  check_peer_and_tag(*state_, "recv", peer, tag);
-  return post_recv(state_, at::Tensor(), peer, tag, device);
-}
-
-Work Communicator::recv_into(at::Tensor& output, int peer, int tag) {
-  check_peer_and_tag(*state_, "recv", peer, tag);
-  return post_recv(state_, output, peer, tag, output.device());
 }
 
 }  // namespace smp::comm

@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -16,8 +17,10 @@
 
 namespace smp::comm::detail {
 
-class NcclComm;  // nccl.cpp; null until a device tensor first crosses the group
+class NcclComm;      // nccl.cpp; null until a device tensor first crosses the group
+class EmulatedNccl;  // nccl_emulation.cpp; likewise, under SMP_EMULATE_NCCL=1
 struct WorkState;
+struct P2PState;  // p2p.cpp: what this rank knows of the messages from each peer
 
 // Receives whose second phase (posting the payload once the header says what comes) waits
 // for someone to poll them. Every wait advances all of them, in every group that shares this
@@ -37,7 +40,7 @@ class PendingReceives {
 
 // Everything one group owns. Shared by the Communicator and the Works it hands out, so a
 // Work can report on its group even while the Communicator is being destroyed.
-struct GroupState {
+struct GroupState : std::enable_shared_from_this<GroupState> {
   MPI_Comm comm = MPI_COMM_NULL;     // collectives, p2p headers and payloads
   MPI_Comm control = MPI_COMM_NULL;  // only the timeout diagnosis talks here
   std::string name;
@@ -50,8 +53,12 @@ struct GroupState {
   Counters counters;
   int64_t num_collectives = 0;     // sequence number of the next collective, for diagnosis
   std::vector<int64_t> send_seq;   // per peer: payload tags of this rank's sends
-  std::vector<int64_t> recv_seq;   // per peer: not used for matching, only for messages
   std::shared_ptr<NcclComm> nccl;  // shared_ptr: destructible where NcclComm is incomplete
+  // Point-to-point channels: (peer, this rank sends) -> a communicator of the two.
+  std::map<std::pair<int, bool>, std::shared_ptr<NcclComm>> nccl_channels;
+  std::shared_ptr<EmulatedNccl> emulated;
+  std::shared_ptr<P2PState> p2p;  // made on the first point-to-point call
+  std::string no_device_path;     // why device tensors cannot cross this group, if they cannot
   std::shared_ptr<PendingReceives> receives = std::make_shared<PendingReceives>();
 
   ~GroupState();
@@ -78,12 +85,16 @@ struct WorkState {
   int peer = -1;      // group rank of the peer for point to point
   bool done = false;
   at::Tensor result;
+  std::vector<at::Tensor> results;  // a received message's tensors
 
   virtual ~WorkState() = default;
   virtual bool poll() = 0;
   // Moves a multi-phase operation to its next phase if it can, without blocking or throwing
   // (errors are kept for poll). Used by PendingReceives.
   virtual void advance() {}
+  // For operations on a device stream: makes the caller's current stream wait for it and
+  // returns true (wait() then returns without blocking the host). Others return false.
+  virtual bool wait_on_stream() { return false; }
   std::string label() const;  // "all_reduce #12 on TP_GROUP (world ranks [0, 1])"
 };
 

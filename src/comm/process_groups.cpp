@@ -4,6 +4,7 @@
 #include <mpi.h>
 
 #include "internal.h"
+#include "nccl.h"
 #include "smp/core/error.h"
 #include "smp/comm/launch.h"
 
@@ -25,6 +26,8 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
 
   // One registry of pending receives for all groups: a wait in any group advances them all.
   receives_ = std::make_shared<detail::PendingReceives>();
+  std::vector<std::shared_ptr<detail::GroupState>> made;  // in the same order on every rank
+  std::shared_ptr<detail::GroupState> pipeline;           // the one with point-to-point traffic
   for (CommGroup kind : all_comm_groups()) {
     MPI_Comm comm;
     if (kind == CommGroup::WORLD) {
@@ -32,9 +35,10 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
     } else {
       MPI_Comm_split(MPI_COMM_WORLD, topology.group_index(kind, world_rank_), world_rank_, &comm);
     }
-    groups_[kind] = std::make_unique<Communicator>(
-        detail::make_group(comm, to_string(kind), topology.group(kind, world_rank_), timeout_s,
-                           receives_));
+    made.push_back(detail::make_group(comm, to_string(kind), topology.group(kind, world_rank_),
+                                      timeout_s, receives_));
+    groups_[kind] = std::make_unique<Communicator>(made.back());
+    if (kind == CommGroup::PP_GROUP) pipeline = made.back();
   }
   // Sharded data parallelism's groups, by the topology's colours.
   for (bool replicas : {false, true}) {
@@ -43,9 +47,14 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
                    world_rank_, &comm);
     std::vector<int> members = replicas ? topology.sdp_replica_group(world_rank_, sdp_degree)
                                         : topology.sdp_group(world_rank_, sdp_degree);
-    (replicas ? sdp_replicas_ : sdp_) = std::make_unique<Communicator>(detail::make_group(
-        comm, replicas ? "SDP_REPLICA_GROUP" : "SDP_GROUP", std::move(members), timeout_s, receives_));
+    made.push_back(detail::make_group(comm, replicas ? "SDP_REPLICA_GROUP" : "SDP_GROUP",
+                                      std::move(members), timeout_s, receives_));
+    (replicas ? sdp_replicas_ : sdp_) = std::make_unique<Communicator>(made.back());
   }
+  // Every device communicator now, not on first use: a lazy one would be made inside the first
+  // device call, which only some ranks reach together (a pipeline's later stages wait on the
+  // earlier ones), and its bootstrap would hang them all.
+  detail::start_device_path(made, pipeline, local_rank_, local_size_);
 }
 
 Communicator& ProcessGroups::get(CommGroup kind) const { return *groups_.at(kind); }

@@ -28,6 +28,7 @@ bool Work::is_completed() {
 
 void Work::wait() {
   if (is_completed()) return;
+  if (state_->wait_on_stream()) return;
   const auto start = Clock::now();
   const double timeout_s = state_->group->timeout_s;
   const bool diagnose = state_->peer < 0;  // collectives ask the group; p2p names its peer
@@ -53,6 +54,11 @@ void Work::wait() {
 const at::Tensor& Work::result() const {
   static const at::Tensor kEmpty;
   return state_ ? state_->result : kEmpty;
+}
+
+const std::vector<at::Tensor>& Work::results() const {
+  static const std::vector<at::Tensor> kNone;
+  return state_ ? state_->results : kNone;
 }
 
 void wait_all(std::initializer_list<Work*> works) {

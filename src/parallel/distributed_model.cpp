@@ -500,10 +500,12 @@ void DistributedModel::sum_tied_slots() {
     if (me != t.original_rank && me != t.copy_rank) continue;
     at::Tensor mine = reducer_->grad_slot(me == t.original_rank ? t.original : t.copy);
     const int peer = me == t.original_rank ? t.copy_rank : t.original_rank;
+    // Both send first: each direction has its own channel, so neither send waits on the other.
+    // The receive is for the gradient's own device (a CUDA gradient is received on the GPU).
     constexpr int kTag = 7;
-    comm::Work got = pipe.recv(peer, kTag);
-    pipe.send(mine.contiguous(), peer, kTag).wait();
-    got.wait();
+    comm::Work sent = pipe.send(mine.contiguous(), peer, kTag);
+    comm::Work got = pipe.recv(peer, kTag, mine.device());
+    comm::wait_all({&got, &sent});
     mine.add_(got.result());
   }
 }

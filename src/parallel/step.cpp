@@ -3,7 +3,6 @@
 #include "smp/step.h"
 
 #include "smp/core/error.h"
-#include "smp/pipeline/values_p2p.h"
 
 namespace smp {
 namespace {
@@ -17,13 +16,11 @@ std::vector<Values> share_returned(comm::Communicator& pipe, std::vector<Values>
                                    int num_microbatches, at::Device device) {
   const int last = pipe.size() - 1;
   if (pipe.size() == 1) return returned;
-  int64_t bytes = 0;
   if (pipe.rank() == last) {
     std::vector<comm::Work> sends;
     for (int peer = 0; peer < last; ++peer) {
       for (const Values& values : returned) {
-        auto works = pipeline::send_values(pipe, values, peer, kReturnTag, &bytes);
-        sends.insert(sends.end(), works.begin(), works.end());
+        sends.push_back(pipe.send(values, peer, kReturnTag));
       }
     }
     for (comm::Work& work : sends) work.wait();
@@ -31,7 +28,9 @@ std::vector<Values> share_returned(comm::Communicator& pipe, std::vector<Values>
   }
   std::vector<Values> out;
   for (int mb = 0; mb < num_microbatches; ++mb) {
-    out.push_back(pipeline::ValuesRecv(pipe, last, kReturnTag, device).wait(&bytes));
+    comm::Work got = pipe.recv(last, kReturnTag, device);
+    got.wait();
+    out.push_back(got.results());
   }
   return out;
 }

@@ -1,10 +1,10 @@
 // The executor: one rank's action list, run against its stages.
 //
-// Tuples of tensors travel as one small "manifest" message (which positions hold a tensor)
-// followed by one message per tensor, all on a tag made from (kind, stage, microbatch); the
-// Communicator's per-peer ordering keeps them in order. Each stage's autograd graph is its
-// own: received activations become fresh leaves that require grad, and the gradients that
-// reach those leaves are what the previous stage receives.
+// A tuple of tensors is one message, tagged with (kind, stage, microbatch); a send goes out at
+// its action, a receive is waited for at its action (its payload started as soon as its header
+// was read, see Communicator). Each stage's autograd graph is its own: received
+// activations become fresh leaves that require grad, and the gradients that reach those leaves
+// are what the previous stage receives.
 #include "smp/pipeline/executor.h"
 
 #include <chrono>
@@ -20,7 +20,6 @@
 
 #include "smp/core/error.h"
 #include "split_backward.h"
-#include "smp/pipeline/values_p2p.h"
 
 namespace smp::pipeline {
 
@@ -37,14 +36,17 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Key = std::pair<int, int>;  // (stage, microbatch)
 
-constexpr int kLookahead = 4;  // receives are posted this many actions ahead
-
 bool is_compute(ActionKind kind) {
   return kind == ActionKind::kForward || kind == ActionKind::kBackward ||
          kind == ActionKind::kBackwardInput || kind == ActionKind::kBackwardWeight;
 }
 bool is_recv(ActionKind kind) {
   return kind == ActionKind::kRecvActivation || kind == ActionKind::kRecvGrad;
+}
+int64_t nbytes(const Values& values) {
+  int64_t n = 0;
+  for (const at::Tensor& t : values) n += t.defined() ? static_cast<int64_t>(t.nbytes()) : 0;
+  return n;
 }
 
 // Activations for stage s travel tagged with s; gradients for stage s (from s + 1) likewise.
@@ -164,14 +166,13 @@ class Run {
   ExecutorResult go() {
     const auto& actions = schedule_.per_rank[pipe_.rank()];
     for (size_t i = 0; i < actions.size(); ++i) {
-      post_receives(actions, i);
       const double begin = now();
       int64_t bytes = 0;
       execute(actions[i], &bytes);
       const double end = now();
       if (is_compute(actions[i].kind)) result_.busy_s += end - begin;
       if (trace_) result_.trace.push_back({actions[i], begin, end, bytes});
-      for (auto& [key, recv] : pending_) recv->progress();
+      pipe_.progress();
     }
     for (comm::Work& work : sends_) work.wait();
     result_.wall_s = now();
@@ -197,20 +198,6 @@ class Run {
   int num_stages() const { return schedule_.num_stages; }
   bool local(int stage) const { return stages_.count(stage) > 0; }
 
-  // Posts the receives among the next kLookahead actions that are not posted yet.
-  void post_receives(const std::vector<Action>& actions, size_t from) {
-    for (size_t j = from; j < actions.size() && j < from + kLookahead; ++j) {
-      const Action& a = actions[j];
-      if (!is_recv(a.kind)) continue;
-      const bool grad = a.kind == ActionKind::kRecvGrad;
-      const Key key{a.stage * 2 + grad, a.microbatch};
-      if (pending_.count(key) || posted_.count(key)) continue;
-      pending_[key] = std::make_unique<ValuesRecv>(
-          pipe_, a.peer, tag_for(grad, a.stage, a.microbatch, num_stages()), device_);
-      posted_.insert(key);
-    }
-  }
-
   void execute(const Action& a, int64_t* bytes) {
     const Key key{a.stage, a.microbatch};
     if (data_.before_backward && is_compute(a.kind) && a.kind != ActionKind::kForward) {
@@ -221,28 +208,27 @@ class Run {
       case ActionKind::kBackward: return backward(key, /*input=*/true, /*weight=*/true);
       case ActionKind::kBackwardInput: return backward(key, true, false);
       case ActionKind::kBackwardWeight: return backward(key, false, true);
-      case ActionKind::kSendActivation: {
-        // The activation for stage s + 1, produced by stage s.
-        auto sent = send_values(pipe_, outbox_act_.at(key), a.peer,
-                                tag_for(false, a.stage + 1, a.microbatch, num_stages()), bytes);
+      case ActionKind::kSendActivation:  // the activation for stage s + 1, made by stage s
+        *bytes = nbytes(outbox_act_.at(key));
+        sends_.push_back(pipe_.send(outbox_act_.at(key), a.peer,
+                                    tag_for(false, a.stage + 1, a.microbatch, num_stages())));
         outbox_act_.erase(key);
-        sends_.insert(sends_.end(), sent.begin(), sent.end());
         return;
-      }
-      case ActionKind::kSendGrad: {
-        auto sent = send_values(pipe_, outbox_grad_.at(key), a.peer,
-                                tag_for(true, a.stage - 1, a.microbatch, num_stages()), bytes);
+      case ActionKind::kSendGrad:
+        *bytes = nbytes(outbox_grad_.at(key));
+        sends_.push_back(pipe_.send(outbox_grad_.at(key), a.peer,
+                                    tag_for(true, a.stage - 1, a.microbatch, num_stages())));
         outbox_grad_.erase(key);
-        sends_.insert(sends_.end(), sent.begin(), sent.end());
         return;
-      }
       case ActionKind::kRecvActivation:
       case ActionKind::kRecvGrad: {
         const bool grad = a.kind == ActionKind::kRecvGrad;
-        const Key slot{a.stage * 2 + grad, a.microbatch};
-        Values values = pending_.at(slot)->wait(bytes);
-        pending_.erase(slot);
-        (grad ? grads_in_ : acts_in_)[key] = std::move(values);
+        comm::Work work =
+            pipe_.recv(a.peer, tag_for(grad, a.stage, a.microbatch, num_stages()), device_);
+        work.wait();
+        Values values = work.results();
+        *bytes = nbytes(values);
+        (a.kind == ActionKind::kRecvGrad ? grads_in_ : acts_in_)[key] = std::move(values);
         return;
       }
     }
@@ -422,8 +408,6 @@ class Run {
   std::map<Key, Values> grads_in_;     // output gradients that arrived
   std::map<Key, Values> outbox_act_;   // forward outputs waiting for their send action
   std::map<Key, Values> outbox_grad_;  // input gradients waiting for their send action
-  std::map<Key, std::unique_ptr<ValuesRecv>> pending_;  // posted receives, by (2 stage + grad, mb)
-  std::set<Key> posted_;
   std::vector<comm::Work> sends_;
 };
 

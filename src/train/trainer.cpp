@@ -156,14 +156,21 @@ std::string duration(double seconds) {
   return buf;
 }
 
-// The device this rank trains on: the CPU, or GPU local_rank % GPUs.
+// The device this rank trains on: the CPU, or GPU local_rank (one GPU per rank, the device
+// smp::init already made current; see docs/architecture.md).
 at::Device training_device(const TrainingConfig& t) {
   if (t.device == "cpu") return at::kCPU;
   const int gpus = at::hasCUDA() ? static_cast<int>(at::detail::getCUDAHooks().deviceCount()) : 0;
   if (gpus == 0) {
     throw ConfigError("training.device \"cuda\": this machine has no CUDA device; allowed here: \"cpu\"");
   }
-  return {at::kCUDA, static_cast<c10::DeviceIndex>(local_rank() % gpus)};
+  if (local_size() > gpus) {
+    throw ConfigError("training.device \"cuda\": this node runs " + std::to_string(local_size()) +
+                      " ranks but has " + std::to_string(gpus) +
+                      " GPUs; one GPU per rank: start at most " + std::to_string(gpus) +
+                      " ranks per node, or use \"cpu\"");
+  }
+  return {at::kCUDA, static_cast<c10::DeviceIndex>(local_rank())};
 }
 
 std::unique_ptr<torch::optim::AdamW> make_adamw(const DistributedModel& dmodel,

@@ -1,4 +1,6 @@
-// Point-to-point with the shape/dtype handshake, and collectives over sub-groups.
+// Point-to-point with the shape/dtype handshake, and collectives over sub-groups. Under
+// SMP_EMULATE_NCCL=1 the floating-point tensors here follow NCCL's rules (payloads in issue
+// order per pair, sends that wait for their receive).
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -22,10 +24,9 @@ at::Tensor message_of(int r) {
 TEST(PointToPoint, RingWithUnknownShapes) {
   const int n = world().size();
   const int r = world().rank();
-  Work recv = world().recv((r + n - 1) % n, /*tag=*/3);  // posted before the send
-  Work send = world().send(message_of(r), (r + 1) % n, /*tag=*/3);
-  recv.wait();
-  send.wait();
+  Work send = world().send(message_of(r), (r + 1) % n, /*tag=*/3);  // every rank sends first
+  Work recv = world().recv((r + n - 1) % n, 3);
+  wait_all({&recv, &send});
   EXPECT_TRUE(at::equal(recv.result(), message_of((r + n - 1) % n)));
 }
 
@@ -67,18 +68,40 @@ TEST(PointToPoint, ManyInFlightFromOnePeerArriveInOrder) {
   for (auto& s : sends) s.wait();
 }
 
-TEST(PointToPoint, TagsKeepStreamsApartAndEmptyTensorsTravel) {
+// Received in another order than sent, same shapes: each receive still gets its own payload
+// (NCCL matches device payloads in the order sent; smp starts them in that order whatever the
+// receives' order). Empty and undefined tensors travel too.
+TEST(PointToPoint, ReceivesInAnotherOrderThanSentGetTheirOwnPayloads) {
   const int n = world().size();
   const int r = world().rank();
   const int next = (r + 1) % n;
   const int prev = (r + n - 1) % n;
-  Work a = world().send(at::ones({2}), next, 1);
-  Work b = world().send(at::empty({0, 5}), next, 2);
-  Work got_b = world().recv(prev, 2);
-  Work got_a = world().recv(prev, 1);
-  wait_all({&got_b, &got_a, &a, &b});
-  EXPECT_TRUE(at::equal(got_a.result(), at::ones({2})));
-  EXPECT_EQ(got_b.result().sizes(), at::IntArrayRef({0, 5}));
+  Work one = world().send(at::full({2, 3}, 1.0), next, 1);
+  Work three = world().send({at::full({2, 3}, 2.0), at::Tensor(), at::empty({0, 5})}, next, 2);
+  Work got_three = world().recv(prev, 2);
+  got_three.wait();  // before the first message's receive is even posted
+  Work got_one = world().recv(prev, 1);
+  wait_all({&got_one, &one, &three});
+  EXPECT_TRUE(at::equal(got_one.result(), at::full({2, 3}, 1.0)));
+  const std::vector<at::Tensor>& two = got_three.results();
+  ASSERT_EQ(two.size(), 3u);
+  EXPECT_TRUE(at::equal(two[0], at::full({2, 3}, 2.0)));
+  EXPECT_FALSE(two[1].defined());
+  EXPECT_EQ(two[2].sizes(), at::IntArrayRef({0, 5}));
+}
+
+// 32 MiB each way between pairs of ranks, both sending before receiving: with device tensors
+// (or under the emulation, whose sends wait for their receive) this ends only because each
+// direction has its own channel.
+TEST(PointToPoint, LargeExchangeBothSendingFirst) {
+  const int r = world().rank();
+  const int peer = r ^ 1;
+  if (peer >= world().size()) GTEST_SKIP() << "an odd rank out";
+  const at::Tensor mine = at::full({8, 1 << 20}, static_cast<float>(r));  // 32 MiB
+  Work sent = world().send(mine, peer, 11);  // on one stream, this send would block the
+  Work got = world().recv(peer, 11);         // receive queued after it, on both ranks
+  wait_all({&sent, &got});
+  EXPECT_TRUE(at::equal(got.result(), at::full({8, 1 << 20}, static_cast<float>(peer))));
 }
 
 TEST(PointToPoint, RecvIntoChecksShapeAndDtype) {
@@ -86,14 +109,15 @@ TEST(PointToPoint, RecvIntoChecksShapeAndDtype) {
   const int r = world().rank();
   const int next = (r + 1) % n;
   const int prev = (r + n - 1) % n;
-  at::Tensor into = at::zeros({4, 2}).t();  // non-contiguous destination
-  Work s = world().send(at::arange(8, at::kFloat).reshape({2, 4}), next, 5);
+  // Host tensors: integers stay on MPI under the emulation.
+  at::Tensor into = at::zeros({4, 2}, at::kInt).t();  // non-contiguous destination
+  Work s = world().send(at::arange(8, at::kInt).reshape({2, 4}), next, 5);
   Work got = world().recv_into(into, prev, 5);
   wait_all({&got, &s});
-  EXPECT_TRUE(at::equal(into, at::arange(8, at::kFloat).reshape({2, 4})));
+  EXPECT_TRUE(at::equal(into, at::arange(8, at::kInt).reshape({2, 4})));
 
-  at::Tensor wrong = at::zeros({3});
-  Work s2 = world().send(at::ones({2}), next, 6);
+  at::Tensor wrong = at::zeros({3}, at::kInt);
+  Work s2 = world().send(at::ones({2}, at::kInt), next, 6);
   Work bad = world().recv_into(wrong, prev, 6);
   try {
     bad.wait();

@@ -41,6 +41,19 @@ std::vector<std::vector<RecomputedRun>> recompute_plans(size_t num_layers) {
   return plans;
 }
 
+// x and y split into m microbatches, mean squared error scaled per microbatch so that the
+// microbatches' gradients add up to the whole batch's.
+StepData mse_step(const at::Tensor& x, const at::Tensor& y, int m) {
+  StepData data;
+  for (int mb = 0; mb < m; ++mb) {
+    data.inputs.push_back({x.chunk(m)[mb]});
+    data.targets.push_back({y.chunk(m)[mb]});
+  }
+  data.loss_fn = smp::testing::mse_loss;
+  data.loss_scale = 1.0 / m;
+  return data;
+}
+
 TEST(Executor, DeferredWeightGradientsMatchOneProcess) {
   const int p = comm::world_size();
   const int m = 4;
@@ -68,13 +81,7 @@ TEST(Executor, DeferredWeightGradientsMatchOneProcess) {
     mine.stage = stage;
     for (int i = part.begin(stage); i < part.end(stage); ++i) mine.layers.push_back(&layers[i]);
     mine.recomputed = plan;
-    StepData data;
-    for (int mb = 0; mb < m; ++mb) {
-      data.inputs.push_back({x.chunk(m)[mb]});
-      data.targets.push_back({y.chunk(m)[mb]});
-    }
-    data.loss_fn = smp::testing::mse_loss;
-    data.loss_scale = 1.0 / m;
+    StepData data = mse_step(x, y, m);
     int backwards_seen = 0;
     data.before_backward = [&](const Action&) { ++backwards_seen; };
     std::vector<long> uses;  // references to each parameter: the graphs hold more while alive
@@ -96,6 +103,71 @@ TEST(Executor, DeferredWeightGradientsMatchOneProcess) {
             << layers[i].name << "." << layers[i].parameter_names[j] << " max abs error " << err
             << " with " << plan.size() << " recomputed runs";
       }
+    }
+  }
+}
+
+// Activations of 32 MiB per microbatch, every schedule: the sizes at which device sends wait
+// for their receive (NCCL buffers only small messages), so, under SMP_EMULATE_NCCL=1, a
+// schedule whose sends and receives are issued in crossed order would hang here. Every layer
+// keeps the shape, so with virtual stages an activation and a gradient from the same peer have
+// the same shape: were they swapped the gradients would be wrong, not an error.
+TEST(Executor, ActivationsOf32MiBEveryScheduleMatchesOneProcess) {
+  const int p = comm::world_size();
+  if (p == 1) GTEST_SKIP() << "needs a pipeline";
+  if (is_initialized()) shutdown();
+  init(Config::from_json_string("{\"pipeline_parallel_degree\": " + std::to_string(p) + "}"));
+  const int m = 4;
+  const int64_t rows = 8, width = 1 << 20;  // 8 x 1 Mi floats: 32 MiB
+  // Layer i: x -> tanh(x * w_i + i / 10): same shape in and out.
+  auto make_layers = [&](int count) {
+    std::vector<Layer> layers;
+    torch::manual_seed(11);
+    for (int i = 0; i < count; ++i) {
+      Layer layer;
+      layer.name = "scale" + std::to_string(i);
+      layer.parameters = {(torch::rand({width}) + 0.5).requires_grad_(true)};
+      layer.parameter_names = {"weight"};
+      const at::Tensor w = layer.parameters[0];
+      layer.forward = [w, i](const Values& x) { return Values{torch::tanh(x[0] * w + i / 10.0)}; };
+      layers.push_back(layer);
+    }
+    return layers;
+  };
+  torch::manual_seed(12);
+  const at::Tensor x = torch::randn({m * rows, width});
+  const at::Tensor y = torch::randn({m * rows, width});
+  struct Variant {
+    ScheduleKind kind;
+    int v;
+    const char* name;
+  };
+  for (const Variant& variant : {Variant{ScheduleKind::kSimple, 1, "simple"},
+                                 Variant{ScheduleKind::kOneFOneB, 1, "1f1b"},
+                                 Variant{ScheduleKind::kInterleavedVirtual, 2, "interleaved v=2"},
+                                 Variant{ScheduleKind::kZeroBubble, 1, "zero_bubble"}}) {
+    const Schedule schedule = make_schedule({variant.kind, p, m, variant.v, 0});
+    const int stages = schedule.num_stages;
+    std::vector<Layer> reference = make_layers(stages);
+    smp::testing::mse_loss(smp::testing::run_all(reference, {x}), {y})[0].backward();
+    std::vector<Layer> layers = make_layers(stages);
+    std::vector<StageModule> mine;
+    for (int s = 0; s < stages; ++s) {
+      if (schedule.rank_of_stage(s) != pp_rank()) continue;
+      StageModule stage;
+      stage.stage = s;
+      stage.layers = {&layers[s]};
+      mine.push_back(stage);
+    }
+    StepData data = mse_step(x, y, m);
+    Executor(process_group(CommGroup::PP_GROUP), schedule, mine).run(data);
+    for (const StageModule& stage : mine) {
+      const at::Tensor& got = layers[stage.stage].parameters[0].grad();
+      const at::Tensor& want = reference[stage.stage].parameters[0].grad();
+      ASSERT_TRUE(got.defined()) << variant.name << " stage " << stage.stage;
+      const double err = (got - want).abs().max().item<double>();
+      EXPECT_LE(err, 1e-5 * want.abs().max().item<double>() + 1e-12)
+          << variant.name << " stage " << stage.stage << " max abs error " << err;
     }
   }
 }

@@ -64,18 +64,26 @@ class Communicator {
   Work barrier();
 
   // --- Point to point (only the two ranks call them) ----------------------------------------
-  // `peer` is a group rank; tags in [0, kMaxTag). Messages between two ranks with the same tag
-  // arrive in the order they were sent.
+  // `peer` is a group rank; tags in [0, kMaxTag). A message is one or more tensors (undefined
+  // ones allowed: they travel as a mark); its header says their shapes, dtypes and paths, so
+  // the receiver need not know them. Receives match messages by tag, in the order sent, as in
+  // MPI. Host tensors travel over MPI, device tensors over NCCL, each ordered pair of ranks on
+  // its own channel: a send never waits behind this rank's receives, so two ranks may both send
+  // before they receive, whatever the size.
   static constexpr int kMaxTag = 1 << 20;
-  // Sends shape and dtype first, so the receiver need not know them. Keeps `tensor` alive
-  // until done.
+  // Keeps the tensors alive until done.
+  Work send(const std::vector<at::Tensor>& tensors, int peer, int tag = 0);
   Work send(const at::Tensor& tensor, int peer, int tag = 0);
-  // Receives a tensor of whatever shape and dtype was sent, on the device given; result()
-  // holds it.
+  // Receives a message whatever its shapes and dtypes. result() is its first tensor, results()
+  // all of them. Host tensors arrive on the host, moved to `device` when it is a CUDA device;
+  // CUDA tensors arrive on this rank's GPU and need a CUDA `device` (smp::CommError otherwise).
   Work recv(int peer, int tag = 0, at::Device device = at::kCPU);
-  // Receives into `output`, which must have the sent shape and dtype (else smp::CommError
-  // naming both).
+  // Receives one tensor into `output`, which must have the sent shape and dtype (else
+  // smp::CommError naming both).
   Work recv_into(at::Tensor& output, int peer, int tag = 0);
+  // Reads the headers that are in and starts their payloads. Never blocks; for loops that
+  // compute between receives.
+  void progress();
 
   // --- Accounting ---------------------------------------------------------------------------
   const Counters& counters() const;

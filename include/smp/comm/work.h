@@ -7,6 +7,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -29,6 +30,8 @@ class Work {
   // The operation's output: the received tensor for recv, the output tensor otherwise.
   // Valid after wait().
   const at::Tensor& result() const;
+  // A received message's tensors (undefined where the sender sent none). Valid after wait().
+  const std::vector<at::Tensor>& results() const;
 
  private:
   std::shared_ptr<detail::WorkState> state_;
