@@ -198,13 +198,27 @@ void consolidate(const std::string& dir, json& manifest, const FullCheckpointFor
   manifest["weights"] = {{"file", "model.safetensors"}, {"translated", bool(format.to_file)}};
 }
 
-// Moves `tmp` onto `final_dir`, replacing an older checkpoint of the same tag.
+// Moves `tmp` onto `final_dir`. An older checkpoint of the same tag is swapped out in one atomic
+// step, so at every moment `final_dir` is a whole checkpoint, the old one or the new one; a
+// crash leaves at most the old one under `tmp` (a .tmp folder: resume skips it, the next save
+// removes it). Where the filesystem cannot swap, the old one is first moved to `final_dir.old`,
+// which resume loads if a crash leaves no `final_dir` (old_copy_of).
 void commit(const std::string& tmp, const std::string& final_dir) {
+  if (!files::exists(final_dir)) return files::rename_durable(tmp, final_dir);
+  if (files::exchange_durable(tmp, final_dir)) return files::remove_tree(tmp);
   const std::string old = final_dir + ".old";
   files::remove_tree(old);
-  if (files::exists(final_dir)) files::rename_durable(final_dir, old);
+  files::rename_durable(final_dir, old);
   files::rename_durable(tmp, final_dir);
   files::remove_tree(old);
+}
+
+// `dir`, or its `.old` copy when a save that could not swap (commit) stopped between its renames.
+std::string old_copy_of(const std::string& dir) {
+  if (!files::exists(dir + "/manifest.json") && files::exists(dir + ".old/manifest.json")) {
+    return dir + ".old";
+  }
+  return dir;
 }
 
 json read_manifest_at(const std::string& dir) {
@@ -250,7 +264,7 @@ void prune(const std::string& path, int keep) {
 std::string choose_folder(const std::string& path, const std::string& tag, bool partial, bool verbose) {
   if (!tag.empty()) {
     check_tag(tag);
-    const std::string dir = folder(path, tag, partial);
+    const std::string dir = old_copy_of(folder(path, tag, partial));
     if (!files::exists(dir + "/manifest.json")) {
       throw CheckpointError("resume_from_checkpoint: " + dir + " is not a complete checkpoint (no manifest.json" +
                   (files::exists(dir + ".tmp") ? "; " + dir + ".tmp is a save that did not finish)" : ")"));
@@ -269,7 +283,7 @@ std::string choose_folder(const std::string& path, const std::string& tag, bool 
   if (files::exists(path + "/newest")) {
     newest = files::read_file(path + "/newest");
     newest.erase(newest.find_last_not_of(" \n\r\t") + 1);
-    const std::string dir = folder(path, newest, partial);
+    const std::string dir = old_copy_of(folder(path, newest, partial));
     if (!newest.empty() && files::exists(dir + "/manifest.json")) return dir;
   }
   if (!files::is_dir(path)) throw CheckpointError("resume_from_checkpoint: no checkpoint folder " + path);

@@ -124,6 +124,15 @@ void rename_durable(const std::string& from, const std::string& to) {
   fsync_path(parent_dir(to));
 }
 
+bool exchange_durable(const std::string& a, const std::string& b) {
+  if (::renameat2(AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE) != 0) {
+    if (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP) return false;
+    fail("cannot exchange " + a + " with", b);
+  }
+  fsync_path(parent_dir(b));
+  return true;
+}
+
 void fsync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail("cannot open", path);

@@ -323,6 +323,48 @@ TEST(Checkpoint, UnfinishedSaveIsSkippedAndOldOnesArePruned) {
   shutdown();
 }
 
+// Saving a tag again swaps the new checkpoint in atomically: the tag's folder is whole at every
+// point, and what a crash can leave (the old one under .tmp; or, where the filesystem cannot
+// swap, no folder but its .old copy, between the two renames) resumes the last complete save.
+TEST(Checkpoint, ResavingATagIsCrashSafe) {
+  init(Config::from_json_string(layouts()[0]));
+  const smp::testing::TempDir tmp = shared_dir();
+  const std::string& dir = tmp.path();
+  Trainee run(1);
+  run.train(1);
+  save_checkpoint(dir, "s", true, *run.dmodel, run.optimizer.get(), {{"step", 1}});
+  run.train(1);
+  save_checkpoint(dir, "s", true, *run.dmodel, run.optimizer.get(), {{"step", 2}});
+  EXPECT_FALSE(files::exists(dir + "/s_partial.tmp"));
+  EXPECT_FALSE(files::exists(dir + "/s_partial.old"));
+  {
+    Trainee fresh(2);
+    EXPECT_EQ(resume_from_checkpoint(dir, *fresh.dmodel, fresh.optimizer.get())["step"], 2);
+  }
+  barrier();
+  if (rank() == 0) {  // a crash right after the swap: the older save is under .tmp
+    files::make_dirs(dir + "/s_partial.tmp");
+    files::write_file_atomic(dir + "/s_partial.tmp/manifest.json", "{}");
+  }
+  barrier();
+  {
+    Trainee fresh(2);
+    EXPECT_EQ(resume_from_checkpoint(dir, *fresh.dmodel, fresh.optimizer.get(), "s")["step"], 2);
+  }
+  barrier();
+  if (rank() == 0) {  // no swap: a crash between moving the old one aside and the new one in
+    files::remove_tree(dir + "/s_partial.tmp");
+    files::rename_durable(dir + "/s_partial", dir + "/s_partial.old");
+  }
+  barrier();
+  for (const std::string& tag : {std::string("s"), std::string()}) {
+    Trainee fresh(2);
+    EXPECT_EQ(resume_from_checkpoint(dir, *fresh.dmodel, fresh.optimizer.get(), tag)["step"], 2)
+        << "tag '" << tag << "'";
+  }
+  shutdown();
+}
+
 // smp::save / smp::load: each rank's own file under SMP's suffixes, or one whole file.
 TEST(Checkpoint, SaveAndLoadUseSmpSuffixes) {
   init(Config::from_json_string(layouts()[0]));

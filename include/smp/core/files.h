@@ -33,6 +33,10 @@ void remove_tree(const std::string& path);
 // rename(2), then fsync of the destination's directory so the rename itself is durable.
 void rename_durable(const std::string& from, const std::string& to);
 
+// Swaps `a` and `b` (both must exist) in one atomic step (renameat2's RENAME_EXCHANGE), then
+// fsyncs their directory. Returns false, changing nothing, where the filesystem cannot do it.
+bool exchange_durable(const std::string& a, const std::string& b);
+
 // fsync of a file or directory.
 void fsync_path(const std::string& path);
 
