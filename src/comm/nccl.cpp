@@ -226,6 +226,7 @@ ncclRedOp_t nccl_op(ReduceOp op) {
 // caller's current stream waits on the operation's event (c10d's model), and the watchdog
 // reports it if it never ends. is_completed() asks the event.
 struct NcclWork : WorkState {
+  int device = 0;               // the GPU it runs on
   cudaEvent_t event = nullptr;  // the watchdog's copy is destroyed by the watchdog
   cudaEvent_t done = nullptr;   // recorded with `event`, for the waiters
   std::vector<at::Tensor> keep_alive;
@@ -244,8 +245,8 @@ struct NcclWork : WorkState {
     return true;
   }
   bool wait_on_stream() override {
-    c10::cuda::CUDAGuard guard(group->nccl->device());
-    cudaStreamWaitEvent(c10::cuda::getCurrentCUDAStream().stream(), done, 0);
+    c10::cuda::CUDAGuard guard(device);
+    cudaStreamWaitEvent(c10::cuda::getCurrentCUDAStream(device).stream(), done, 0);
     finish();
     return true;
   }
@@ -279,6 +280,7 @@ Work run(const std::shared_ptr<GroupState>& group, NcclComm& nccl,
   cudaStreamWaitEvent(comm_stream, ready, 0);
   cudaEventDestroy(ready);  // safe: destruction waits for the recorded work to be captured
   auto work = std::make_shared<NcclWork>();
+  work->device = device;
   work->group = group;
   work->op = std::move(op);
   work->seq = seq;
