@@ -55,6 +55,15 @@ std::string GroupState::describe_peer(int peer) const {
          ")";
 }
 
+int to_int_count(int64_t count, const std::string& op, const GroupState& group) {
+  if (count > INT_MAX) {
+    throw CommError("smp: " + op + " on " + group.describe() + ": " + std::to_string(count) +
+                    " elements/bytes exceed MPI's limit of " + std::to_string(INT_MAX) +
+                    " per call; split the tensor");
+  }
+  return static_cast<int>(count);
+}
+
 int64_t GroupState::count(const std::string& op, int64_t bytes) {
   std::lock_guard<std::mutex> lock(mutex);
   OpStats& stats = counters.by_op[op];
@@ -126,17 +135,9 @@ std::shared_ptr<GroupState> make_group(MPI_Comm comm, std::string name,
 namespace {
 
 using detail::check_mpi;
+using detail::to_int_count;
 using detail::GroupState;
 using detail::MpiWork;
-
-int to_int_count(int64_t count, const std::string& op, const GroupState& group) {
-  if (count > INT_MAX) {
-    throw CommError("smp: " + op + " on " + group.describe() + ": " + std::to_string(count) +
-                    " elements/bytes exceed MPI's limit of " + std::to_string(INT_MAX) +
-                    " per call; split the tensor");
-  }
-  return static_cast<int>(count);
-}
 
 // A contiguous tensor to hand MPI, and whether results must be copied back into `t`.
 at::Tensor contiguous_buffer(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }

@@ -109,6 +109,9 @@ struct MpiWork : WorkState {
 // Throws smp::CommError naming the call, the group and MPI's own words when rc is an error.
 void check_mpi(int rc, const std::string& what, const GroupState& group);
 
+// `count` as MPI's int count; smp::CommError naming `op` and the group when it does not fit.
+int to_int_count(int64_t count, const std::string& op, const GroupState& group);
+
 // MPI's view of a dtype and a reduction; 16-bit floats use smp's own ops.
 MPI_Datatype mpi_datatype(at::ScalarType dtype);
 MPI_Op mpi_op(ReduceOp op, at::ScalarType dtype);

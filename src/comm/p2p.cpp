@@ -122,9 +122,8 @@ std::shared_ptr<Arrival> open(GroupState& group, int peer, const int64_t* h) {
     a->tensors.push_back(buffer);
     if (path == kHost) {
       a->host.emplace_back();
-      const int64_t bytes = static_cast<int64_t>(buffer.nbytes());
-      if (bytes > INT32_MAX) throw CommError("smp: recv on " + group.describe() + ": over 2 GiB");
-      check_mpi(MPI_Irecv(buffer.data_ptr(), static_cast<int>(bytes), MPI_BYTE, peer,
+      const int bytes = to_int_count(static_cast<int64_t>(buffer.nbytes()), "recv", group);
+      check_mpi(MPI_Irecv(buffer.data_ptr(), bytes, MPI_BYTE, peer,
                           payload_tag, group.comm, &a->host.back()),
                 "recv", group);
     } else {
@@ -315,10 +314,9 @@ std::shared_ptr<SendWork> post_send(const std::shared_ptr<GroupState>& group,
       work->device.push_back(nccl_send(group, payload, peer));
       continue;
     }
-    const int64_t n = static_cast<int64_t>(payload.nbytes());
-    if (n > INT32_MAX) throw CommError("smp: send on " + group->describe() + ": over 2 GiB");
+    const int n = to_int_count(static_cast<int64_t>(payload.nbytes()), "send", *group);
     work->requests.emplace_back();
-    check_mpi(MPI_Isend(payload.data_ptr(), static_cast<int>(n), MPI_BYTE, peer, payload_tag,
+    check_mpi(MPI_Isend(payload.data_ptr(), n, MPI_BYTE, peer, payload_tag,
                         group->comm, &work->requests.back()),
               "send", *group);
   }

@@ -40,9 +40,6 @@ bool is_compute(ActionKind kind) {
   return kind == ActionKind::kForward || kind == ActionKind::kBackward ||
          kind == ActionKind::kBackwardInput || kind == ActionKind::kBackwardWeight;
 }
-bool is_recv(ActionKind kind) {
-  return kind == ActionKind::kRecvActivation || kind == ActionKind::kRecvGrad;
-}
 int64_t nbytes(const Values& values) {
   int64_t n = 0;
   for (const at::Tensor& t : values) n += t.defined() ? static_cast<int64_t>(t.nbytes()) : 0;
