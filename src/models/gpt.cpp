@@ -22,8 +22,13 @@ using tp::Init;
 using tp::LinearOptions;
 
 struct Embed : torch::nn::Module {
-  Embed(const ModelConfig& c, const tp::TpGroup& group, std::shared_ptr<bool> training)
-      : dropout_p(c.dropout), training(std::move(training)), rng_(group) {
+  Embed(const ModelConfig& c, const tp::TpGroup& group, std::shared_ptr<bool> training,
+        std::shared_ptr<bool> gathers_batch)
+      : dropout_p(c.dropout),
+        training(std::move(training)),
+        gathers_batch(std::move(gathers_batch)),
+        group(group),
+        rng_(group) {
     tp::EmbeddingOptions options;
     options.init = Init::normal(c.init_std);
     wte = register_module("wte", std::make_shared<tp::VocabParallelEmbedding>(
@@ -35,7 +40,8 @@ struct Embed : torch::nn::Module {
   }
   tp::DropoutRng& rng() { return rng_; }
   Values forward(const Values& in) {
-    const at::Tensor& tokens = in.at(0);  // (B, S)
+    // (B, S), or the TP group's (tp B, S) in the non-prescaled flow
+    const at::Tensor tokens = *gathers_batch ? tp::gather_batch(in.at(0), group) : in.at(0);
     at::Tensor h = wte->forward(tokens);  // (B, S, H)
     if (wpe.defined()) h = h + wpe.narrow(0, 0, tokens.size(1));
     return {rng_.dropout(h, dropout_p, /*sharded=*/false, *training)};
@@ -44,6 +50,8 @@ struct Embed : torch::nn::Module {
   at::Tensor wpe;
   double dropout_p;
   std::shared_ptr<bool> training;
+  std::shared_ptr<bool> gathers_batch;  // the batch flow (Model::set_prescaled_batch)
+  tp::TpGroup group;
   tp::DropoutRng rng_;
 };
 
@@ -159,7 +167,7 @@ Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool sepa
   Model model;
   model.config = config;
   model.tp = group;
-  auto embed = std::make_shared<Embed>(config, group, model.training_);
+  auto embed = std::make_shared<Embed>(config, group, model.training_, model.gathers_batch_);
   auto built = [&](Layer layer) {
     model.layers.push_back(std::move(layer));
     if (on_layer) on_layer(model.layers.back());
@@ -181,9 +189,15 @@ Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool sepa
 }
 
 Values Model::loss(const Values& outputs, const Values& targets) const {
-  const at::Tensor per_token =
-      tp::vocab_parallel_cross_entropy(outputs.at(0), targets.at(0), config.vocab_size, tp);
-  return {per_token.mean()};
+  if (!*gathers_batch_) {
+    return {tp::vocab_parallel_cross_entropy(outputs.at(0), targets.at(0), config.vocab_size, tp)
+                .mean()};
+  }
+  // The logits are the group's batch: the labels too, then this rank's own tokens.
+  const at::Tensor group_labels = tp::gather_batch(targets.at(0), tp);
+  return {tp::split_batch(
+              tp::vocab_parallel_cross_entropy(outputs.at(0), group_labels, config.vocab_size, tp), tp)
+              .mean()};
 }
 
 at::Tensor Model::full_logits(const at::Tensor& local_logits) const {

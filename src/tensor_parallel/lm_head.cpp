@@ -73,7 +73,8 @@ DistributedTransformerLMHead::DistributedTransformerLMHead(
     const DistributedTransformerOptions& options)
     : tp::TpModule(options.group()),
       vocab_size_(options.vocab_size()),
-      add_lm_head_(options.add_lm_head()) {
+      add_lm_head_(options.add_lm_head()),
+      flow_(options.flow()) {
   embedding = register_module("embedding", std::make_shared<LMEmbedding>(options, options.to_tp()));
   transformer = register_module("transformer", std::make_shared<DistributedTransformer>(options));
 }
@@ -89,23 +90,27 @@ at::Tensor DistributedTransformerLMHead::logits(const at::Tensor& hidden,
 
 at::Tensor DistributedTransformerLMHead::loss(const at::Tensor& logits,
                                               const at::Tensor& labels) const {
-  const at::Tensor per_token =
-      tp::vocab_parallel_cross_entropy(logits, labels, vocab_size_, tp_group());
+  // The vocabulary-parallel loss needs the same rows on every rank: the group's batch; then
+  // this rank's own tokens.
+  const at::Tensor per_token = flow_.exit(tp::vocab_parallel_cross_entropy(
+      logits, flow_.enter(labels), vocab_size_, tp_group()));
   return per_token.sum() / (labels >= 0).sum().clamp_min(1).to(per_token.scalar_type());
 }
 
 Values DistributedTransformerLMHead::forward(const Values& in) {
   SMP_CHECK(!in.empty());
-  auto arg = [&](size_t i) { return i < in.size() ? in[i] : at::Tensor(); };
-  const Values embedded = embedding->forward(in[0], arg(1), arg(2), arg(3));
+  const Values group_batch = flow_.enter(Values{in.begin(), in.begin() + std::min<size_t>(in.size(), 4)});
+  auto arg = [&](size_t i) { return i < group_batch.size() ? group_batch[i] : at::Tensor(); };
+  const Values embedded = embedding->forward(arg(0), arg(1), arg(2), arg(3));
   const at::Tensor hidden = transformer->forward(embedded[0], embedded[1]);
   if (!add_lm_head_) {
-    return {transformer->sequence_parallel() ? tp::gather_from_sequence(hidden, tp_group())
-                                             : hidden};
+    return {flow_.exit(transformer->sequence_parallel()
+                           ? tp::gather_from_sequence(hidden, tp_group())
+                           : hidden)};
   }
   const at::Tensor out = logits(hidden, embedding->word_embeddings->weight);
-  if (!arg(4).defined()) return {out};
-  return {loss(out, arg(4))};
+  if (in.size() < 5 || !in[4].defined()) return {flow_.exit(out)};
+  return {loss(out, in[4])};  // this rank's labels
 }
 
 }  // namespace smp::nn

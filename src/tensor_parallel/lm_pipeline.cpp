@@ -30,8 +30,10 @@ std::vector<Layer> DistributedTransformerLMHead::pipeline_layers(
   std::vector<Layer> out;
   auto self = std::static_pointer_cast<DistributedTransformerLMHead>(shared_from_this());
   auto emb = embedding;
-  out.push_back(module_layer("embedding", emb, [emb](const Values& in) {
-    return emb->forward(in[0], in.size() > 1 ? in[1] : at::Tensor(), {}, {});
+  out.push_back(module_layer("embedding", emb, [emb, self](const Values& in) {
+    const Values group_batch = self->flow().enter(in);
+    return emb->forward(group_batch[0], group_batch.size() > 1 ? group_batch[1] : at::Tensor(),
+                        {}, {});
   }));
   for (size_t i = 0; i < transformer->layers.size(); ++i) {
     auto layer = transformer->layers[i];
@@ -56,9 +58,9 @@ std::vector<Layer> DistributedTransformerLMHead::pipeline_layers(
           return {self->logits(h, w)};
         }
         // Without a head: the hidden states, whole (SMP's output).
-        return {self->transformer->sequence_parallel()
-                    ? tp::gather_from_sequence(h, self->tp_group())
-                    : h};
+        return {self->flow().exit(self->transformer->sequence_parallel()
+                                      ? tp::gather_from_sequence(h, self->tp_group())
+                                      : h)};
       });
   if (!copy && add_lm_head_) {  // listing the tied tensor keeps both layers in one stage
     last.parameters.push_back(word);

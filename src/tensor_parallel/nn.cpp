@@ -19,6 +19,46 @@ bool default_sequence_parallel() {
          smp::tp_size() > 1;
 }
 
+bool default_prescaled_batch() {
+  return !smp::is_initialized() || smp::config().prescaled_batch;
+}
+
+// ---- BatchFlow -------------------------------------------------------------------------------
+
+BatchFlow::BatchFlow(std::optional<bool> prescaled_batch, bool skip_scatter_and_merge,
+                     tp::TpGroup group)
+    : gathers_(group.size() > 1 && !prescaled_batch.value_or(default_prescaled_batch()) &&
+               !skip_scatter_and_merge),
+      group_(group) {}
+
+at::Tensor BatchFlow::enter(const at::Tensor& x) const {
+  return gathers_ && x.defined() ? tp::gather_batch(x, group_) : x;
+}
+
+Values BatchFlow::enter(const Values& in) const {
+  if (!gathers_ || in.empty() || !in[0].defined()) return in;
+  const int64_t batch = in[0].size(0);
+  Values out;
+  for (const at::Tensor& t : in) {
+    out.push_back(t.defined() && t.dim() > 0 && t.size(0) == batch ? enter(t) : t);
+  }
+  return out;
+}
+
+at::Tensor BatchFlow::exit(const at::Tensor& y) const {
+  return gathers_ && y.defined() ? tp::split_batch(y, group_) : y;
+}
+
+Values BatchFlow::exit(const Values& out) const {
+  if (!gathers_ || out.empty() || !out[0].defined()) return out;
+  const int64_t batch = out[0].size(0);
+  Values mine;
+  for (const at::Tensor& t : out) {
+    mine.push_back(t.defined() && t.dim() > 0 && t.size(0) == batch ? exit(t) : t);
+  }
+  return mine;
+}
+
 namespace {
 void not_implemented(bool given, const std::string& key, const std::string& allowed) {
   if (given) {
@@ -42,13 +82,20 @@ DistributedLinear::DistributedLinear(int64_t in_features, int64_t out_features,
                                      const DistributedLinearOptions& options)
     : tp::ColumnParallelLinear(in_features, out_features,
                                options.tp_group().value_or(default_tp_group()),
-                               gathered(options.bias())) {}
+                               gathered(options.bias())),
+      flow_(options.prescaled_batch(), options.skip_scatter_and_merge(), tp_group()) {}
+
+at::Tensor DistributedLinear::forward(const at::Tensor& x) {
+  return flow_.exit(tp::ColumnParallelLinear::forward(flow_.enter(x)));
+}
 
 // ---- DistributedEmbedding --------------------------------------------------------------------
 
 DistributedEmbedding::DistributedEmbedding(int64_t num_embeddings, int64_t embedding_dim,
                                            const DistributedEmbeddingOptions& options)
-    : tp::TpModule(options.tp_group().value_or(default_tp_group())), options_(options) {
+    : tp::TpModule(options.tp_group().value_or(default_tp_group())),
+      options_(options),
+      flow_(options.prescaled_batch(), options.skip_scatter_and_merge(), tp_group()) {
   not_implemented(options.max_norm().has_value(), "max_norm", "unset");
   not_implemented(options.sparse(), "sparse", "false");
   tp::check_divisible("embedding_dim", embedding_dim, tp_group().size());
@@ -65,15 +112,20 @@ DistributedEmbedding::DistributedEmbedding(int64_t num_embeddings, int64_t embed
 }
 
 at::Tensor DistributedEmbedding::forward(const at::Tensor& ids) {
-  const at::Tensor rows = at::embedding(weight, ids, options_.padding_idx().value_or(-1),
+  const at::Tensor rows = at::embedding(weight, flow_.enter(ids),
+                                        options_.padding_idx().value_or(-1),
                                         options_.scale_grad_by_freq(), false);
-  return options_.skip_allgather() ? rows : tp::gather_from_tp(rows, tp_group());
+  return flow_.exit(options_.skip_allgather() ? rows : tp::gather_from_tp(rows, tp_group()));
 }
 
 // ---- options ---------------------------------------------------------------------------------
 
 tp::TpGroup DistributedTransformerOptions::group() const {
   return tp_group().value_or(default_tp_group());
+}
+
+BatchFlow DistributedTransformerOptions::flow() const {
+  return BatchFlow(prescaled_batch(), skip_scatter_and_merge(), group());
 }
 
 tp::TransformerOptions DistributedTransformerOptions::to_tp() const {
@@ -102,27 +154,29 @@ tp::TransformerOptions DistributedTransformerOptions::to_tp() const {
 
 DistributedTransformerLayer::DistributedTransformerLayer(
     const DistributedTransformerOptions& options)
-    : tp::ParallelTransformerLayer(options.to_tp(), options.group()) {}
+    : tp::ParallelTransformerLayer(options.to_tp(), options.group()), flow_(options.flow()) {}
 
 namespace {
-// The whole sequence in and out around a native forward that may be sequence-parallel.
-Values whole_sequence(const Values& in, bool sp, const tp::TpGroup& g,
-                      const std::function<at::Tensor(const at::Tensor&, const at::Tensor&)>& f) {
+// SMP's forward around a native one: the batch flow's boundary, and whole sequences in and out
+// of a native forward that may be sequence-parallel. The mask comes back as it came in.
+Values smp_forward(const Values& in, const BatchFlow& flow, bool sp, const tp::TpGroup& g,
+                   const std::function<at::Tensor(const at::Tensor&, const at::Tensor&)>& f) {
   SMP_CHECK(!in.empty());
   const at::Tensor mask = in.size() > 1 ? in[1] : at::Tensor();
-  at::Tensor x = sp ? tp::scatter_to_sequence(in[0], g) : in[0];
-  x = f(x, mask);
-  return {sp ? tp::gather_from_sequence(x, g) : x, mask};
+  const Values group_batch = flow.enter({in[0], mask});
+  at::Tensor x = sp ? tp::scatter_to_sequence(group_batch[0], g) : group_batch[0];
+  x = f(x, group_batch[1]);
+  return {flow.exit(sp ? tp::gather_from_sequence(x, g) : x), mask};
 }
 }  // namespace
 
 Values DistributedTransformerLayer::forward(const Values& in) {
-  return whole_sequence(in, options().sequence_parallel, tp_group(),
-                        [this](const at::Tensor& x, const at::Tensor& m) { return forward(x, m); });
+  return smp_forward(in, flow_, options().sequence_parallel, tp_group(),
+                     [this](const at::Tensor& x, const at::Tensor& m) { return forward(x, m); });
 }
 
 DistributedTransformer::DistributedTransformer(const DistributedTransformerOptions& options)
-    : tp::TpModule(options.group()), options_(options.to_tp()) {
+    : tp::TpModule(options.group()), options_(options.to_tp()), flow_(options.flow()) {
   auto seq = register_module("seq_layers", std::make_shared<torch::nn::Module>());
   for (int64_t i = 0; i < options.num_layers(); ++i) {
     layers.push_back(seq->register_module(std::to_string(i),
@@ -148,8 +202,8 @@ at::Tensor DistributedTransformer::forward(const at::Tensor& x, const at::Tensor
 }
 
 Values DistributedTransformer::forward(const Values& in) {
-  return whole_sequence(in, options_.sequence_parallel, tp_group(),
-                        [this](const at::Tensor& x, const at::Tensor& m) { return forward(x, m); });
+  return smp_forward(in, flow_, options_.sequence_parallel, tp_group(),
+                     [this](const at::Tensor& x, const at::Tensor& m) { return forward(x, m); });
 }
 
 }  // namespace smp::nn

@@ -92,25 +92,29 @@ TpGroup saved_group(AutogradContext* ctx) {
   return TpGroup(reinterpret_cast<comm::Communicator*>(ctx->saved_data["comm"].toInt()));
 }
 
-// Forward runs `fwd`, backward runs `bwd` on the incoming gradient.
+// Forward runs `fwd`, backward runs `bwd` on the incoming gradient and scales the result.
 struct Mapping : torch::autograd::Function<Mapping> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, TpGroup group, int64_t dim,
-                            Op fwd, Op bwd) {
+                            Op fwd, Op bwd, double bwd_scale) {
     save_group(ctx, group);
     ctx->saved_data["dim"] = dim;
     ctx->saved_data["bwd"] = static_cast<int64_t>(bwd);
+    ctx->saved_data["scale"] = bwd_scale;
     return run(fwd, x, dim, group);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto bwd = static_cast<Op>(ctx->saved_data["bwd"].toInt());
-    const at::Tensor g = run(bwd, grads[0], ctx->saved_data["dim"].toInt(), saved_group(ctx));
-    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    at::Tensor g = run(bwd, grads[0], ctx->saved_data["dim"].toInt(), saved_group(ctx));
+    const double scale = ctx->saved_data["scale"].toDouble();
+    if (scale != 1.0) g = g * scale;
+    return {g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor mapping(const at::Tensor& x, const TpGroup& group, int64_t dim, Op fwd, Op bwd) {
+at::Tensor mapping(const at::Tensor& x, const TpGroup& group, int64_t dim, Op fwd, Op bwd,
+                   double bwd_scale = 1.0) {
   if (group.size() == 1) return x;
-  return Mapping::apply(x, group, at::maybe_wrap_dim(dim, x.dim()), fwd, bwd);
+  return Mapping::apply(x, group, at::maybe_wrap_dim(dim, x.dim()), fwd, bwd, bwd_scale);
 }
 
 // Identity forward; backward sums all gradients over the group in one all-reduce. Shapes
@@ -183,6 +187,13 @@ at::Tensor scatter_to_sequence(const at::Tensor& x, const TpGroup& g, int64_t di
 }
 at::Tensor gather_from_sequence(const at::Tensor& x, const TpGroup& g, int64_t dim) {
   return mapping(x, g, dim, Op::kAllGather, Op::kSlice);
+}
+
+at::Tensor gather_batch(const at::Tensor& x, const TpGroup& g) {
+  return mapping(x, g, 0, Op::kAllGather, Op::kSlice, g.size());
+}
+at::Tensor split_batch(const at::Tensor& x, const TpGroup& g) {
+  return mapping(x, g, 0, Op::kSlice, Op::kAllGather, 1.0 / g.size());
 }
 
 std::vector<at::Tensor> sync_replicated_grads(const std::vector<at::Tensor>& params,

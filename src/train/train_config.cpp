@@ -219,19 +219,29 @@ TrainConfig TrainConfig::from_json_string(const std::string& text) {
 }
 
 void TrainConfig::validate(int world_size) const {
-  const int replicas = smp.rdp_degree(world_size);  // throws when the layout does not fit
+  // Ranks with different samples: the data-parallel replicas, and in SMP's non-prescaled flow
+  // each rank of a TP group too.
+  const int rdp = smp.rdp_degree(world_size);  // throws when the layout does not fit
+  const bool own_samples = !smp.prescaled_batch && smp.tensor_parallel_degree > 1;
+  const int replicas = own_samples ? rdp * smp.tensor_parallel_degree : rdp;
+  const std::string who =
+      own_samples ? "data-parallel ranks (" + std::to_string(replicas) + " on " +
+                        std::to_string(world_size) + " ranks: rdp " + std::to_string(rdp) + " x tp " +
+                        std::to_string(smp.tensor_parallel_degree) + ", smp.prescaled_batch false)"
+                  : "data-parallel replicas (" + std::to_string(replicas) + " on " +
+                        std::to_string(world_size) + " ranks)";
   const int64_t batch = training.global_batch;
   if (batch % replicas != 0) {
     throw ConfigError("run config training.global_batch: got " + std::to_string(batch) +
-                      "; allowed: a multiple of the data-parallel replicas (" +
-                      std::to_string(replicas) + " on " + std::to_string(world_size) + " ranks)");
+                      "; allowed: a multiple of the " + who);
   }
   const int64_t per_replica = batch / replicas;
   const int64_t microbatches = smp.microbatches;
   if (per_replica % microbatches != 0) {
     throw ConfigError("run config training.global_batch: got " + std::to_string(batch) + ", " +
-                      std::to_string(per_replica) + " per data-parallel replica, which smp.microbatches (" +
-                      std::to_string(microbatches) + ") does not divide; allowed: a multiple of " +
+                      std::to_string(per_replica) + " per rank of the " + who +
+                      ", which smp.microbatches (" + std::to_string(microbatches) +
+                      ") does not divide; allowed: a multiple of " +
                       std::to_string(replicas * microbatches) + " (replicas x microbatches)");
   }
   if (!init_from_hf.empty() && smp.delayed_parameter_initialization) {

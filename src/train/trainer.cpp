@@ -133,9 +133,11 @@ double memory_mb(const at::Device& device) {
 }
 
 // Mean of a scalar over the data-parallel replicas (equal over TP and PP ranks already).
+// Over DP_GROUP: each rank's value is its own samples' (the same on the ranks of a TP group in
+// the prescaled flow).
 double replica_mean(double value) {
   at::Tensor t = at::full({1}, value, at::kDouble);
-  process_group(CommGroup::RDP_GROUP).all_reduce(t, comm::ReduceOp::kAvg).wait();
+  process_group(CommGroup::DP_GROUP).all_reduce(t, comm::ReduceOp::kAvg).wait();
   return t.item<double>();
 }
 
@@ -225,6 +227,13 @@ void print_startup(const TrainConfig& c, const std::vector<std::string>& layer_n
               pp_size(), tp_size(), rdp_size(), sharding.c_str(), c.training.precision.c_str());
   std::printf("data: %zu train and %zu val shards; unigram entropy %.4f nats\n",
               data["train"].size(), data["val"].size(), entropy);
+  if (tp_size() > 1 && cfg.prescaled_batch) {
+    std::printf("batch flow: prescaled: the %d ranks of a TP group share their batches (by rdp_rank "
+                "of %d)\n", tp_size(), rdp_size());
+  } else if (tp_size() > 1) {
+    std::printf("batch flow: not prescaled (SMP's default): each rank samples its own batch (by "
+                "dp_rank of %d); the model gathers its TP group's %d batches\n", dp_size(), tp_size());
+  }
   std::printf("rank  pp  tp  rdp   layers, parameters and memory estimate (weights+grads+Adam)\n");
   for (const auto& r : rows) std::printf("%s\n", r.c_str());
   std::fflush(stdout);
@@ -322,7 +331,13 @@ class Trainer {
   const CheckpointConfig& checkpoint_;
   const bool lead_;                  // rank 0: prints and writes
   const at::Device device_;          // checked before anything is written
-  const int64_t batch_;              // sequences per data-parallel replica in one step
+  // SMP's batch flow: prescaled, the ranks of a TP group share their samples (sampled by
+  // rdp_rank / rdp_size); not prescaled, each rank has its own (dp_rank / dp_size) and the
+  // model gathers the TP group's batch (models::Model::set_prescaled_batch).
+  const bool prescaled_;
+  const int64_t batch_;              // sequences per rank in one step
+  int data_replicas() const { return prescaled_ ? rdp_size() : dp_size(); }
+  int data_replica() const { return prescaled_ ? rdp_rank() : dp_rank(); }
   const std::string resume_tag_;     // "" for the newest checkpoint
   std::unique_ptr<Tokenizer> tokenizer_;
   json data_;                        // {"train": [shard paths], "val": [shard paths]}
@@ -347,7 +362,8 @@ Trainer::Trainer(const TrainConfig& c)
       checkpoint_(c.checkpoint),
       lead_(rank() == 0),
       device_(training_device(c.training)),
-      batch_(c.training.global_batch / rdp_size()),
+      prescaled_(c.smp.prescaled_batch || tp_size() == 1),
+      batch_(c.training.global_batch / data_replicas()),
       resume_tag_(c.checkpoint.resume == "newest" ? "" : c.checkpoint.resume) {}
 
 TrainSummary Trainer::run() {
@@ -387,9 +403,9 @@ void Trainer::setup_data() {
   }
   data_ = prepare_run(config_, *tokenizer_);
   train_data_.emplace(data_["train"].get<std::vector<std::string>>(), t.seq_len, batch_, t.seed,
-                      rdp_rank(), rdp_size());
+                      data_replica(), data_replicas());
   val_data_.emplace(data_["val"].get<std::vector<std::string>>(), t.seq_len, batch_, t.seed + 1,
-                    rdp_rank(), rdp_size());
+                    data_replica(), data_replicas());
   std::vector<const TokenShard*> shards;
   for (const auto& s : train_data_->shards()) shards.push_back(s.get());
   entropy_ = lead_ ? unigram_entropy(shards, tokenizer_->vocab_size()) : 0;
@@ -409,6 +425,7 @@ void Trainer::setup_model() {
   model_.emplace(models::build_model(config_.model, tp::TpGroup(process_group(CommGroup::TP_GROUP)),
                                      /*separate_tied_head=*/pp_size() > 1, on_layer));
   if (!config_.init_from_hf.empty()) models::load_hf(config_.init_from_hf, *model_);  // fine-tuning
+  model_->set_prescaled_batch(prescaled_);
   if (delayed) {
     delayed->to(device_);
   } else {
@@ -515,6 +532,7 @@ void Trainer::report_step(int64_t s, const StepResult& r) {
   const TrainingConfig& t = training_;
   const double memory = world_max(memory_mb(device_));
   summary_.train_losses.push_back(r.loss);
+  summary_.grad_norms.push_back(r.norm);
   train_curve_.emplace_back(s + 1, r.loss);
   const double rate = t.global_batch * t.seq_len / r.step_s;
   const double mfu = model_flops_utilisation(config_, rate);
@@ -588,6 +606,7 @@ void Trainer::log_metrics(const json& line) {
 void Trainer::sample() {
   const TrainingConfig& t = training_;
   model_->set_training(false);
+  model_->set_prescaled_batch(true);  // every rank holds the same prompt
   std::vector<int> tokens = tokenizer_->encode(t.prompt);
   if (tokens.empty()) tokens.push_back(tokenizer_->eot());
   prompt_tokens_ = tokens.size();

@@ -1,5 +1,6 @@
 // SMP's smp::nn modules against plain references for tp = the world size (1, 2, 4), under
-// optimize "speed" (replicated LayerNorm) and "memory" (sequence parallelism); init
+// optimize "speed" (replicated LayerNorm) and "memory" (sequence parallelism), in the
+// prescaled batch flow and the non-prescaled one (TP ranks with different samples); init
 // independent of tp; the vocabulary padding log line; bad input naming both numbers.
 #include "smp/tensor_parallel/nn.h"
 
@@ -12,9 +13,10 @@ namespace {
 
 constexpr int64_t kB = 2, kS = 8, kH = 16, kVocab = 49;  // 49: padded under tp 2 and 4
 
-void start(const std::string& optimize) {
+void start(const std::string& optimize, bool prescaled = true) {
   reinit("\"tensor_parallel_degree\": " + std::to_string(comm::world_size()) +
-         ", \"optimize\": \"" + optimize + "\"");
+         ", \"optimize\": \"" + optimize + "\", \"prescaled_batch\": " +
+         (prescaled ? "true" : "false"));
 }
 
 at::Tensor hidden_input() {
@@ -135,6 +137,95 @@ TEST(TpNn, DistributedTransformerLMHeadLossAndGradients) {
           return ref_lm_loss(p, x, keep, labels, 2, ref_of(true, true));
         },
         ids, g);
+  }
+}
+
+// SMP's default flow: rank r holds samples [r B, (r + 1) B) of the reference's batch; every
+// module gathers the group's batch and returns rank r its own rows (Layout::kBatch).
+TEST(TpNn, NonPrescaledFlowMatchesOneProcessOnTheGroupsBatch) {
+  constexpr double kTol = 2e-5;
+  for (const std::string optimize : {"speed", "memory"}) {
+    start(optimize, /*prescaled=*/false);
+    const TpGroup g = tp_group();
+    const int64_t t = g.size();
+    at::manual_seed(21);
+    const at::Tensor x = at::randn({kB * t, kS, kH});  // the group's batch
+    const LayerCheck rows = {"", kTol, Layout::kBatch, Layout::kBatch};
+    auto named = [&](const std::string& what) {
+      LayerCheck c = rows;
+      c.what = what + " " + optimize + ", not prescaled";
+      return c;
+    };
+    auto [linear, linear_full] = build_pair<nn::DistributedLinear>(1, g, [](TpGroup group) {
+      return std::make_shared<nn::DistributedLinear>(kH, 8,
+                                                     nn::DistributedLinearOptions().tp_group(group));
+    });
+    check_against_reference(
+        named("DistributedLinear"), *linear, *linear_full,
+        [&](const at::Tensor& in) { return linear->forward(in); },
+        [](const Params& p, const at::Tensor& in) {
+          return ref_linear(in, p.at("weight"), p.at("bias"));
+        },
+        x, g);
+    const at::Tensor ids = at::randint(0, 10, {kB * t, kS}, at::kLong);
+    auto [emb, emb_full] = build_pair<nn::DistributedEmbedding>(2, g, [&](TpGroup group) {
+      return std::make_shared<nn::DistributedEmbedding>(
+          10, 8, nn::DistributedEmbeddingOptions().tp_group(group));
+    });
+    check_against_reference(
+        named("DistributedEmbedding"), *emb, *emb_full,
+        [&](const at::Tensor& in) { return emb->forward(in); },
+        [](const Params& p, const at::Tensor& in) { return at::embedding(p.at("weight"), in); },
+        ids, g);
+    auto [stack, stack_full] = build_pair<nn::DistributedTransformer>(4, g, [&](TpGroup group) {
+      return std::make_shared<nn::DistributedTransformer>(small(true, true).tp_group(group));
+    });
+    check_against_reference(
+        named("DistributedTransformer"), *stack, *stack_full,
+        [&](const at::Tensor& in) { return stack->forward(Values{in})[0]; },
+        [&](const Params& p, const at::Tensor& in) {
+          at::Tensor h = in;
+          for (int i = 0; i < 2; ++i)
+            h = ref_layer(p, "seq_layers." + std::to_string(i) + ".", h, {}, ref_of(true, true));
+          return ref_norm(p, "final_layernorm", h, 1e-5);
+        },
+        x, g);
+    // skip_scatter_and_merge: the input is the group's batch already, the output stays so.
+    auto [inner, inner_full] = build_pair<nn::DistributedTransformerLayer>(3, g, [&](TpGroup group) {
+      return std::make_shared<nn::DistributedTransformerLayer>(
+          small(false, true).tp_group(group).skip_scatter_and_merge(true));
+    });
+    check_against_reference(
+        {"DistributedTransformerLayer " + optimize + ", skip_scatter_and_merge", kTol}, *inner,
+        *inner_full, [&](const at::Tensor& in) { return inner->forward(Values{in})[0]; },
+        [&](const Params& p, const at::Tensor& in) {
+          return ref_layer(p, "", in, {}, ref_of(false, true));
+        },
+        x, g);
+
+    // The LM head's loss is this rank's own samples' mean; its gradients are those of the
+    // group's mean loss, the reference's on the whole batch.
+    SCOPED_TRACE("DistributedTransformerLMHead " + optimize + ", not prescaled");
+    const at::Tensor tokens = at::randint(0, kVocab, {kB * t, kS}, at::kLong);
+    const at::Tensor labels = at::randint(0, kVocab, {kB * t, kS}, at::kLong);
+    const at::Tensor keep = at::ones({kB * t, kS});
+    auto [lm, full] = build_pair<nn::DistributedTransformerLMHead>(8, g, [&](TpGroup group) {
+      return std::make_shared<nn::DistributedTransformerLMHead>(small(true, true).tp_group(group));
+    });
+    Params ref = leaves_of(*full);
+    ref_lm_loss(ref, tokens, keep, labels, 2, ref_of(true, true)).backward();
+    auto mine = [&](const at::Tensor& whole) { return tp::own_slice(whole, 0, g); };
+    const at::Tensor own_ref = ref_lm_loss(ref, mine(tokens), mine(keep), mine(labels), 2,
+                                           ref_of(true, true));
+    const at::Tensor loss = lm->forward({mine(tokens), mine(keep), {}, {}, mine(labels)})[0];
+    EXPECT_TRUE(close(loss, own_ref, kTol)) << "this rank's loss";
+    loss.backward();
+    const auto dims = tp::tp_shard_dims(*lm);
+    for (const auto& p : lm->named_parameters()) {
+      const at::Tensor want =
+          expected_shard(ref.at(p.key()).grad(), dims.at(p.key()), p.value(), g);
+      EXPECT_TRUE(close(p.value().grad(), want, kTol)) << "grad of " << p.key();
+    }
   }
 }
 

@@ -47,6 +47,7 @@ std::vector<Case> cases(const TpGroup& g) {
   auto big = [t](int r) { return value({2, 2 * t, 3}, r); };   // 12 t floats
   auto narrow = [](int r) { return value({2, 3, 2}, r); };     // the same, split along the
   auto wide = [t](int r) { return value({2, 3, 2 * t}, r); };  // last dim
+  auto bigbatch = [t](int r) { return value({2 * t, 2, 3}, r); };  // the group's batch
   auto same = [](const std::function<at::Tensor(int)>& f) { return [f](int) { return f(0); }; };
   const int64_t big_bytes = 48 * t;
   return {
@@ -71,6 +72,11 @@ std::vector<Case> cases(const TpGroup& g) {
       {"gather_from_sequence", [](auto& x, auto& g) { return tp::gather_from_sequence(x, g); },
        small, same(big), [=] { return cat(small, 1); }, [=] { return mine(big(0), 1); },
        ops("all_gather", 48), none},
+      // SMP's non-prescaled flow: along the batch dim, the backward scaled by tp and 1 / tp.
+      {"gather_batch", tp::gather_batch, small, bigbatch, [=] { return cat(small, 0); },
+       [=] { return mine(bigbatch(g.rank()), 0) * t; }, ops("all_gather", 48), none},
+      {"split_batch", tp::split_batch, bigbatch, small, [=] { return mine(bigbatch(g.rank()), 0); },
+       [=] { return cat(small, 0) / t; }, none, ops("all_gather", 48)},
   };
 }
 

@@ -59,13 +59,15 @@ inline ::testing::AssertionResult counted(const comm::Counters& got,
   return ::testing::AssertionFailure() << diff.str();
 }
 
-enum class Layout { kReplicated, kLastDim, kSequence };
+// kBatch: each rank holds its own samples (dim 0), SMP's non-prescaled batch flow.
+enum class Layout { kReplicated, kLastDim, kSequence, kBatch };
 
 // This rank's part of a whole tensor; `stack` > 1 splits each of `stack` blocks of the last dim.
 inline at::Tensor local(const at::Tensor& whole, Layout layout, const TpGroup& g,
                         int64_t stack = 1) {
   if (layout == Layout::kReplicated) return whole;
   if (layout == Layout::kSequence) return tp::own_slice(whole, 1, g);
+  if (layout == Layout::kBatch) return tp::own_slice(whole, 0, g);
   if (stack == 1) return tp::own_slice(whole, -1, g);
   std::vector<int64_t> sizes = whole.sizes().vec();
   sizes.back() /= stack;
@@ -119,9 +121,12 @@ struct LayerCheck {
   int64_t out_stack = 1;
 };
 
-// Checks `parallel` against the plain reference on the whole input x (same on every rank):
-// every shard equals the slice of the full parameter (torch::equal), then forward output,
-// input gradient and every parameter gradient under a fixed random upstream gradient.
+// Checks `parallel` against the plain reference on the whole input x (same on every rank, or
+// each rank its own samples with Layout::kBatch): every shard equals the slice of the full
+// parameter (torch::equal), then forward output, input gradient and every parameter gradient
+// under a fixed random upstream gradient. With kBatch inputs the ranks' objectives add up to
+// the reference's, and a parameter's gradient is their mean (tp::gather_batch): the
+// reference's / tp.
 inline void check_against_reference(
     const LayerCheck& c, torch::nn::Module& parallel, const torch::nn::Module& full,
     const std::function<at::Tensor(const at::Tensor&)>& run_parallel,
@@ -154,7 +159,8 @@ inline void check_against_reference(
   }
   for (const auto& p : parallel.named_parameters()) {
     ASSERT_TRUE(p.value().grad().defined()) << "no grad for " << p.key();
-    const at::Tensor want = expected_shard(ref.at(p.key()).grad(), dims.at(p.key()), p.value(), g);
+    at::Tensor want = expected_shard(ref.at(p.key()).grad(), dims.at(p.key()), p.value(), g);
+    if (c.in == Layout::kBatch) want = want / g.size();
     EXPECT_TRUE(close(p.value().grad(), want, c.tol)) << "grad of " << p.key();
   }
 }

@@ -1,7 +1,8 @@
 // The strongest test of the whole system: a tiny GPT trained 20 steps (fp32, deterministic)
-// under every parallel layout gives the same loss curve as one process, within 1e-4 relative
-// (pp2 x tp2 and sharded data parallelism dp4_sdp4 also with activation checkpointing).
-// The one-process curve is a golden file, tests/train/golden/tiny_gpt_losses.json; it is
+// under every parallel layout gives the same loss and gradient-norm curves as one process,
+// within 1e-4 relative (pp2 x tp2 and sharded data parallelism dp4_sdp4 also with activation
+// checkpointing; tensor parallelism in SMP's prescaled and non-prescaled batch flows).
+// The one-process curves are a golden file, tests/train/golden/tiny_gpt_losses.json; it is
 // rewritten only on purpose: SMP_REGENERATE_GOLDEN=1 with one rank.
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 #include <fstream>
 #include <memory>
 #include <random>
+#include <tuple>
 
 #include <ATen/Context.h>
 #include <nlohmann/json.hpp>
@@ -76,33 +78,46 @@ TrainConfig tiny_config(const std::string& smp_json, const std::string& name,
   return c;
 }
 
-std::vector<double> train_layout(const std::string& smp_json, const std::string& name,
-                                 const std::string& training = "",
-                                 const std::string& checkpoint = "{}") {
+// A run's curves: the loss and the gradient norm before clipping, per step.
+struct Curves {
+  std::vector<double> losses, norms;
+};
+
+Curves train_layout(const std::string& smp_json, const std::string& name,
+                    const std::string& training = "", const std::string& checkpoint = "{}") {
   const TrainConfig c = tiny_config(smp_json, name, training, checkpoint);
   init(c.smp);
-  const std::vector<double> losses = train(c).train_losses;
+  const TrainSummary summary = train(c);
   shutdown();
-  return losses;
+  return {summary.train_losses, summary.grad_norms};
 }
 
-// Each loss within `tolerance` relative of the reference's (the golden curve when none is given);
-// a run that resumed part-way is compared on its own steps, the last ones.
-void expect_matches_golden(const std::vector<double>& losses, const std::string& layout,
-                           double tolerance = 1e-4, std::vector<double> reference = {}) {
-  if (reference.empty()) {
+// Each step's loss and gradient norm within `tolerance` relative of the reference's (the golden
+// curves when none is given); a run that resumed part-way is compared on its own steps, the
+// last ones. A gradient off by a constant factor shows in the norm from the first step, where
+// Adam's loss curve would hide it.
+void expect_matches_golden(const Curves& got, const std::string& layout, double tolerance = 1e-4,
+                           Curves reference = {}) {
+  if (reference.losses.empty()) {
     std::ifstream in(kGolden);
     ASSERT_TRUE(in.good()) << "no golden file " << kGolden
                            << "; make it with SMP_REGENERATE_GOLDEN=1 on one rank";
-    reference = nlohmann::json::parse(in)["losses"].get<std::vector<double>>();
+    const nlohmann::json golden = nlohmann::json::parse(in);
+    reference = {golden["losses"].get<std::vector<double>>(),
+                 golden["grad_norms"].get<std::vector<double>>()};
   }
-  ASSERT_LE(losses.size(), reference.size()) << layout;
-  ASSERT_FALSE(losses.empty()) << layout;
-  const size_t first = reference.size() - losses.size();
-  for (size_t i = 0; i < losses.size(); ++i) {
-    const double want = reference[first + i];
-    EXPECT_LE(std::fabs(losses[i] - want), tolerance * std::fabs(want))
-        << layout << ": step " << first + i + 1 << " loss " << losses[i] << " vs " << want;
+  for (const auto& [what, values, want_values] :
+       {std::tuple{"loss", &got.losses, &reference.losses},
+        std::tuple{"gradient norm", &got.norms, &reference.norms}}) {
+    ASSERT_LE(values->size(), want_values->size()) << layout;
+    ASSERT_FALSE(values->empty()) << layout;
+    const size_t first = want_values->size() - values->size();
+    for (size_t i = 0; i < values->size(); ++i) {
+      const double want = (*want_values)[first + i];
+      EXPECT_LE(std::fabs((*values)[i] - want), tolerance * std::fabs(want))
+          << layout << ": step " << first + i + 1 << " " << what << " " << (*values)[i] << " vs "
+          << want;
+    }
   }
 }
 
@@ -127,7 +142,7 @@ TEST(LossParity, GpuCheckpointResumesOnGpuAndCpu) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device here";
   const std::string dir = work_dir() + "/cuda_checkpoints";
   const std::string cuda = R"(, "device": "cuda")";
-  const std::vector<double> full =
+  const Curves full =
       train_layout("{}", "cuda_saving", cuda, R"({"every": 10, "keep": 0, "dir": ")" + dir + R"("})");
   const std::string resume = R"({"resume": "step_10", "dir": ")" + dir + R"("})";
   expect_matches_golden(train_layout("{}", "cuda_resumed", cuda, resume), "resumed on the GPU",
@@ -142,7 +157,11 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
   if (world == 1) layouts = {{"{}", "one_rank"}};
   if (world == 2) {
     layouts = {{R"({"pipeline_parallel_degree": 2, "microbatches": 2})", "pp2"},
+               // SMP's default flow (prescaled_batch false): the two ranks, one TP group, train
+               // on different samples; and the prescaled flow, the same samples on both
                {R"({"tensor_parallel_degree": 2, "ddp": true})", "tp2"},
+               {R"({"tensor_parallel_degree": 2, "ddp": true, "prescaled_batch": true})",
+                "tp2_prescaled"},
                {R"({"ddp": true})", "dp2"},
                {R"({"pipeline_parallel_degree": 2, "microbatches": 2, "pipeline": "zero_bubble"})",
                 "pp2_zero_bubble"},
@@ -155,6 +174,11 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
     layouts = {{R"({"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true,
                    "microbatches": 2})", "pp2_tp2"},
                {R"({"pipeline_parallel_degree": 2, "ddp": true, "microbatches": 2})", "pp2_dp2"},
+               {R"({"tensor_parallel_degree": 4, "ddp": true})", "tp4"},
+               {R"({"tensor_parallel_degree": 4, "ddp": true, "prescaled_batch": true,
+                   "optimize": "speed"})", "tp4_prescaled_speed"},
+               {R"({"pipeline_parallel_degree": 2, "tensor_parallel_degree": 2, "ddp": true,
+                   "microbatches": 2, "prescaled_batch": true})", "pp2_tp2_prescaled"},
                {R"({"pipeline_parallel_degree": 2, "ddp": true, "microbatches": 2,
                    "shard_optimizer_state": true})", "pp2_dp2_zero1_tied_head"},
                {R"({"tensor_parallel_degree": 2, "ddp": true, "shard_optimizer_state": true})",
@@ -171,14 +195,15 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
   }
   work_dir();
   for (const auto& [smp_json, name] : layouts) {
-    const std::vector<double> losses = train_layout(smp_json, name);
+    const Curves curves = train_layout(smp_json, name);
     const char* regenerate = std::getenv("SMP_REGENERATE_GOLDEN");
     if (world == 1 && regenerate && std::string(regenerate) == "1") {
       std::ofstream(kGolden) << nlohmann::json{{"what", "tiny GPT, 20 steps, fp32, one process"},
-                                               {"losses", losses}}.dump(2) << "\n";
+                                               {"losses", curves.losses},
+                                               {"grad_norms", curves.norms}}.dump(2) << "\n";
       GTEST_SKIP() << "golden file rewritten: " << kGolden;
     }
-    expect_matches_golden(losses, name);
+    expect_matches_golden(curves, name);
   }
   if (world == 4) {  // with the blocks recomputed in backward (activation checkpointing)
     expect_matches_golden(

@@ -105,6 +105,22 @@ TEST(TrainConfigValidate, GlobalBatchDividesByTheReplicas) {
   expect_contains(validate_error(config(2), 8), {"training.global_batch", "got 2"});
 }
 
+// SMP's non-prescaled flow (prescaled_batch false, its default): every rank of a TP group
+// samples its own batch, so the global batch divides by rdp x tp.
+TEST(TrainConfigValidate, NonPrescaledBatchDividesByEveryDataParallelRank) {
+  const auto config = [](int global_batch, bool prescaled) {
+    return R"({"data": {"text": "t"}, "training": {"global_batch": )" + std::to_string(global_batch) +
+           R"(}, "smp": {"ddp": true, "tensor_parallel_degree": 2, "prescaled_batch": )" +
+           (prescaled ? "true" : "false") + "}}";
+  };
+  EXPECT_EQ(validate_error(config(8, false), 4), "");
+  EXPECT_EQ(validate_error(config(6, true), 4), "");
+  expect_contains(validate_error(config(6, false), 4),
+                  {"training.global_batch", "got 6",
+                   "a multiple of the data-parallel ranks (4 on 4 ranks: rdp 2 x tp 2, "
+                   "smp.prescaled_batch false)"});
+}
+
 TEST(TrainConfigValidate, EachReplicasBatchDividesByTheMicrobatches) {
   // 2 replicas on 2 ranks, 4 microbatches: the global batch must be a multiple of 8.
   const auto config = [](int global_batch) {
@@ -114,7 +130,7 @@ TEST(TrainConfigValidate, EachReplicasBatchDividesByTheMicrobatches) {
   EXPECT_EQ(validate_error(config(8), 2), "");
   EXPECT_EQ(validate_error(config(24), 2), "");
   expect_contains(validate_error(config(12), 2),
-                  {"training.global_batch", "got 12", "6 per data-parallel replica",
+                  {"training.global_batch", "got 12", "6 per rank of the data-parallel replicas",
                    "smp.microbatches (4)", "a multiple of 8 (replicas x microbatches)"});
   // One replica: the batch itself must divide by the microbatches.
   expect_contains(validate_error(config(6), 1), {"got 6", "smp.microbatches (4)", "a multiple of 4"});

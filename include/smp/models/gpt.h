@@ -36,6 +36,13 @@ struct Model {
   // rank's vocabulary columns. loss(outputs, {labels (B, S)}) = {mean cross-entropy}, computed
   // without gathering the vocabulary.
   Values loss(const Values& outputs, const Values& targets) const;
+  // SMP's batch flow (smp/tensor_parallel/nn.h). Prescaled (the default here), every rank of
+  // the TP group holds the same tokens. Not prescaled (tp > 1), the ranks hold different
+  // samples: the embedding gathers the group's tokens (tp * B rows flow through the blocks and
+  // the head) and loss() takes this rank's labels and returns its own samples' mean, with the
+  // gradients of the group's mean (tp::gather_batch / tp::split_batch). Generating from one
+  // prompt, every rank holds the same tokens: set it back to prescaled.
+  void set_prescaled_batch(bool prescaled) const { *gathers_batch_ = !prescaled && tp.size() > 1; }
   // Gathers the vocabulary: (B, S, V) logits, padding dropped. Collective over the TP group.
   at::Tensor full_logits(const at::Tensor& local_logits) const;
   // GPT-2's tied head: with `separate_tied_head` the head holds its own copy of the token
@@ -44,6 +51,7 @@ struct Model {
   // Dropout on/off for every layer (shared with the layers).
   void set_training(bool training) const { *training_ = training; }
   std::shared_ptr<bool> training_ = std::make_shared<bool>(true);
+  std::shared_ptr<bool> gathers_batch_ = std::make_shared<bool>(false);
 };
 
 // Builds the model on `group`'s shards. `separate_tied_head`: give a tied head its own copy of

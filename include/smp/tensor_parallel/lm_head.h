@@ -42,17 +42,23 @@ class DistributedTransformerLMHead : public tp::TpModule {
   // SMP's forward((input_ids, attention_mask, token_type_ids, position_ids, labels)); all but
   // the ids may be undefined or absent. Labels: the target at each position (no shift), < 0 to
   // ignore. Returns {mean loss over labelled tokens} with labels, else {logits of this rank's
-  // vocabulary slice (B, S, V_pad / tp)} (or {hidden (B, S, H)} without add_lm_head).
+  // vocabulary slice (B, S, V_pad / tp)} (or {hidden (B, S, H)} without add_lm_head); in the
+  // non-prescaled batch flow (nn.h) the loss and the outputs are this rank's own samples'.
   Values forward(const Values& in);
 
   // Hidden states in the native layout (after the final norm) -> this rank's logits.
   at::Tensor logits(const at::Tensor& hidden, const at::Tensor& head_weight) const;
-  // Mean vocab-parallel cross-entropy over labels >= 0.
+  // Mean vocab-parallel cross-entropy over labels >= 0. In the non-prescaled batch flow the
+  // logits are the group's batch and the labels this rank's own: the mean over this rank's
+  // own labelled tokens.
   at::Tensor loss(const at::Tensor& logits, const at::Tensor& labels) const;
+  const BatchFlow& flow() const { return flow_; }
 
   // The model as pipeline layers (see the top of this file). Inputs of "embedding": {ids} or
   // {ids, attention_mask}; output of "lm_head": {logits} (without add_lm_head: {hidden}, the
-  // final norm applied). Call once.
+  // final norm applied). In the non-prescaled flow "embedding" gathers the group's batch,
+  // which the logits stay (loss() takes them with this rank's labels); hidden states come
+  // back as this rank's own. Call once.
   std::vector<Layer> pipeline_layers(bool separate_head_weight);
   // For DistributedModelOptions::tied_copies: {"lm_head.weight": "embedding.word_embeddings.weight"}
   // once pipeline_layers(true) made a separate head weight; empty otherwise.
@@ -66,6 +72,7 @@ class DistributedTransformerLMHead : public tp::TpModule {
  private:
   int64_t vocab_size_;
   bool add_lm_head_;
+  BatchFlow flow_;
 };
 
 }  // namespace smp::nn

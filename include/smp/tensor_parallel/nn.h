@@ -16,6 +16,15 @@
 // `sequence_parallel` follows config "optimize": "memory" (SMP's default) distributes
 // LayerNorm and dropout along the sequence, "speed" keeps them replicated. Build modules after
 // smp::init and drop them before smp::shutdown; every call is collective over the TP group.
+//
+// The batch flow (SMP's prescaled_batch, unset: the config's): prescaled, every rank of the TP
+// group holds the same batch and modules take and return it whole. Not prescaled (SMP's
+// default), the ranks hold different samples: each module gathers the group's batch at its
+// entry (every input whose dim 0 is the batch), runs its shard on it, and returns this rank's
+// own samples (tp::gather_batch / tp::split_batch, whose gradient scaling keeps every
+// parameter's gradient that of the global mean loss). `skip_scatter_and_merge` (SMP's
+// _skip_scatter_and_merge) skips both: the input is the group's batch already and the output
+// stays so, for modules inside a module that gathered.
 #pragma once
 
 #include <torch/arg.h>
@@ -35,18 +44,44 @@ namespace smp::nn {
 // smp's TP group (TpGroup{} before smp::init) and the sequence-parallel default.
 tp::TpGroup default_tp_group();
 bool default_sequence_parallel();
+bool default_prescaled_batch();  // config "prescaled_batch"; true before smp::init
+
+// A module's boundary in the batch flow above: with `gathers` (tp > 1, not prescaled, not
+// skipped) enter() gathers the group's batch and exit() keeps this rank's samples; otherwise
+// both are the identity.
+class BatchFlow {
+ public:
+  BatchFlow(std::optional<bool> prescaled_batch, bool skip_scatter_and_merge, tp::TpGroup group);
+  bool gathers() const { return gathers_; }
+  at::Tensor enter(const at::Tensor& x) const;
+  // Every defined tensor whose dim 0 equals the first's (a mask that broadcasts over the batch
+  // stays as it is).
+  Values enter(const Values& in) const;
+  at::Tensor exit(const at::Tensor& y) const;
+  Values exit(const Values& out) const;
+
+ private:
+  bool gathers_;
+  tp::TpGroup group_;
+};
 
 struct DistributedLinearOptions {
   TORCH_ARG(bool, bias) = true;
   TORCH_ARG(std::optional<tp::TpGroup>, tp_group);
+  TORCH_ARG(std::optional<bool>, prescaled_batch);  // the batch flow (see the top)
+  TORCH_ARG(bool, skip_scatter_and_merge) = false;
 };
 
 // torch.nn.Linear split along out_features (column-parallel, output gathered): input and
-// output are whole. out_features must divide by tp.
+// output are whole along the features. out_features must divide by tp.
 class DistributedLinear : public tp::ColumnParallelLinear {
  public:
   DistributedLinear(int64_t in_features, int64_t out_features,
                     const DistributedLinearOptions& options = {});
+  at::Tensor forward(const at::Tensor& x);
+
+ private:
+  BatchFlow flow_;
 };
 
 struct DistributedEmbeddingOptions {
@@ -58,8 +93,9 @@ struct DistributedEmbeddingOptions {
   TORCH_ARG(at::Tensor, weight);    // SMP's _weight: the full initial weight
   TORCH_ARG(double, initializer_range) = 0.02;
   TORCH_ARG(bool, skip_allgather) = false;          // output stays split along embedding_dim
-  TORCH_ARG(bool, skip_scatter_and_merge) = false;  // accepted; smp's batches are prescaled
+  TORCH_ARG(bool, skip_scatter_and_merge) = false;  // the batch flow (see the top)
   TORCH_ARG(std::optional<tp::TpGroup>, tp_group);
+  TORCH_ARG(std::optional<bool>, prescaled_batch);
 };
 
 // torch.nn.Embedding split along embedding_dim (SMP's DistributedEmbedding): every rank holds
@@ -73,6 +109,7 @@ class DistributedEmbedding : public tp::TpModule {
 
  private:
   DistributedEmbeddingOptions options_;
+  BatchFlow flow_;
 };
 
 // SMP's keyword arguments of DistributedTransformerLayer, DistributedTransformer and
@@ -102,10 +139,13 @@ struct DistributedTransformerOptions {
   // smp extensions.
   TORCH_ARG(std::optional<bool>, sequence_parallel);
   TORCH_ARG(std::optional<tp::TpGroup>, tp_group);
+  TORCH_ARG(std::optional<bool>, prescaled_batch);  // the batch flow (see the top)
+  TORCH_ARG(bool, skip_scatter_and_merge) = false;
 
  public:
   tp::TransformerOptions to_tp() const;  // validates; resolves the defaults above
   tp::TpGroup group() const;
+  BatchFlow flow() const;
 };
 using DistributedTransformerLayerOptions = DistributedTransformerOptions;
 
@@ -113,10 +153,13 @@ class DistributedTransformerLayer : public tp::ParallelTransformerLayer {
  public:
   explicit DistributedTransformerLayer(const DistributedTransformerOptions& options = {});
   // SMP's forward((hidden (N, S, H), mask (N, 1, 1, S) additive)) -> (hidden, mask), whole
-  // sequences in and out. The native forward(x, mask) takes (N, S/tp, H) under sequence
-  // parallelism.
+  // sequences in and out, in the batch flow. The native forward(x, mask) takes (N, S/tp, H)
+  // under sequence parallelism, always the group's batch.
   Values forward(const Values& in);
   using tp::ParallelTransformerLayer::forward;
+
+ private:
+  BatchFlow flow_;
 };
 
 // A stack of layers (seq_layers.<i>); with pre_layernorm and post_layernorm both set, a final
@@ -125,7 +168,8 @@ class DistributedTransformer : public tp::TpModule {
  public:
   explicit DistributedTransformer(const DistributedTransformerOptions& options = {});
   Values forward(const Values& in);  // as DistributedTransformerLayer's
-  // The native layout: (B, S/tp, H) under sequence parallelism. Includes the final norm.
+  // The native layout: (B, S/tp, H) under sequence parallelism, the group's batch. Includes the
+  // final norm.
   at::Tensor forward(const at::Tensor& x, const at::Tensor& mask);
   at::Tensor final_norm(const at::Tensor& x);  // identity without a final LayerNorm
   bool sequence_parallel() const { return options_.sequence_parallel; }
@@ -135,6 +179,7 @@ class DistributedTransformer : public tp::TpModule {
 
  private:
   tp::TransformerOptions options_;
+  BatchFlow flow_;
 };
 
 }  // namespace smp::nn

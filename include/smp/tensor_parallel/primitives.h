@@ -9,6 +9,8 @@
 //   reduce_scatter_sequence             (along the sequence dim: sequence parallelism)
 //   scatter_to_sequence /               own slice / all-gather      all-gather / own slice
 //   gather_from_sequence
+//   gather_batch / split_batch          all-gather / own slice      tp x own slice / all-gather / tp
+//     (along the batch dim 0: SMP's non-prescaled flow)
 //   sync_replicated_grads               identity                    one all-reduce of all grads
 //
 // Every call is collective over the group (all its ranks call it, in the same order, and so do
@@ -48,6 +50,18 @@ at::Tensor reduce_scatter_sequence(const at::Tensor& x, const TpGroup& group, in
 at::Tensor scatter_to_sequence(const at::Tensor& x, const TpGroup& group, int64_t dim = 1);
 // Leaves sequence parallelism to replicated activations.
 at::Tensor gather_from_sequence(const at::Tensor& x, const TpGroup& group, int64_t dim = 1);
+
+// SMP's non-prescaled batch flow (prescaled_batch false: the ranks of a TP group hold different
+// samples). A distributed module gathers the group's batch at its entry, (B, ...) ->
+// (tp * B, ...) in rank order, and returns each rank its own samples at its exit. Inside, every
+// rank computes on the group's batch, so the region's parameters get the gradient of the MEAN
+// of the group's losses: split_batch's backward divides the gathered gradient by tp and
+// gather_batch's multiplies this rank's slice by tp, so the gradient leaving the region is
+// exactly this rank's own samples'. Data-parallel averaging (TP-sharded parameters over
+// RDP_GROUP, the others over DP_GROUP) then gives every parameter the gradient of the global
+// mean loss, as one process on the whole global batch.
+at::Tensor gather_batch(const at::Tensor& x, const TpGroup& group);
+at::Tensor split_batch(const at::Tensor& x, const TpGroup& group);
 
 // For parameters replicated across the group but used on sharded activations (LayerNorm and
 // biases under sequence parallelism): returns aliases to use in forward; once all their

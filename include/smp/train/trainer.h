@@ -24,6 +24,8 @@ namespace smp::train {
 struct TrainSummary {
   int64_t first_step = 0;            // steps done before this run (resumed from a checkpoint)
   std::vector<double> train_losses;  // per step of this run, averaged over data-parallel replicas
+  std::vector<double> grad_norms;    // per step of this run: the global norm before clipping
+                                     // (0 when training.grad_clip is 0)
   double final_val_loss = 0;
   double unigram_entropy = 0;        // of the training tokens, in nats
   double tokens_per_s = 0;           // training steps after the first, validation excluded
