@@ -3,12 +3,70 @@
 
 #include <mpi.h>
 
+#include <chrono>
+#include <thread>
+
 #include "internal.h"
 #include "nccl.h"
 #include "smp/core/error.h"
+#include "smp/comm/agree.h"
 #include "smp/comm/launch.h"
 
 namespace smp::comm {
+namespace {
+
+// The world's first collective of an init, within timeout_s: a rank that never arrives
+// (crashed before smp::init, or still stuck in earlier work) is reported, not waited on.
+MPI_Comm dup_world_within(double timeout_s) {
+  MPI_Comm comm = MPI_COMM_NULL;
+  MPI_Request request = MPI_REQUEST_NULL;
+  if (MPI_Comm_idup(MPI_COMM_WORLD, &comm, &request) != MPI_SUCCESS) {
+    throw CommError("smp::init: MPI_Comm_idup of the world failed");
+  }
+  const auto start = std::chrono::steady_clock::now();
+  for (int done = 0; !done;) {
+    if (MPI_Test(&request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+      throw CommError("smp::init: MPI_Comm_idup of the world failed");
+    }
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!done && waited > timeout_s) {
+      throw TimeoutError("smp::init on world rank " + std::to_string(comm::world_rank()) +
+                         ": not every one of the " + std::to_string(comm::world_size()) +
+                         " ranks arrived within comm_timeout_s (" + std::to_string(timeout_s) +
+                         " s): a rank crashed before smp::init or is still busy in earlier "
+                         "work; abort the job.");
+    }
+    if (!done) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return comm;
+}
+
+// What every rank's init must agree on before the groups are split: the layout, and how many
+// inits this process ran (a rank that skipped a shutdown and init cycle pairs its collectives
+// with the wrong init of the others: groups of the wrong size, or a hang).
+std::string init_fingerprint(const Topology& topology, int sdp_degree) {
+  static int inits = 0;
+  return "init #" + std::to_string(++inits) + " of " + std::to_string(topology.world_size()) +
+         " ranks, pp " + std::to_string(topology.pp_size()) + " tp " +
+         std::to_string(topology.tp_size()) + " rdp " + std::to_string(topology.rdp_size()) +
+         ", placement " + topology.placement() + ", sdp " + std::to_string(sdp_degree);
+}
+
+void check_agreement(const std::string& mine, Communicator& world) {
+  const std::vector<std::string> all = allgather_objects(mine, world);
+  std::string differ;
+  for (size_t r = 1; r < all.size(); ++r) {
+    if (all[r] != all[0]) differ += "; rank " + std::to_string(r) + " has " + all[r];
+  }
+  if (!differ.empty()) {
+    throw ConfigError("smp::init: the ranks disagree: rank 0 has " + all[0] + differ +
+                      "; every rank must call smp::init with the same config, as often as the "
+                      "others");
+  }
+}
+
+}  // namespace
 
 ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp_degree)
     : topology_(topology), timeout_s_(timeout_s) {
@@ -18,6 +76,20 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
                       " ranks but MPI started " + std::to_string(comm::world_size()));
   }
   world_rank_ = comm::world_rank();  // (the member world_rank() would hide it)
+  // Every rank is here, in the same init with the same layout, before any blocking split (on
+  // a communicator of its own, so WORLD's operations are numbered from the user's first).
+  const std::vector<int> everyone = topology.group(CommGroup::WORLD, world_rank_);
+  {
+    Communicator agreeing(
+        detail::make_group(dup_world_within(timeout_s), "WORLD", everyone, timeout_s));
+    check_agreement(init_fingerprint(topology, sdp_degree), agreeing);
+  }
+  receives_ = std::make_shared<detail::PendingReceives>();
+  std::vector<std::shared_ptr<detail::GroupState>> made;  // in the same order on every rank
+  made.push_back(detail::make_group(dup_world_within(timeout_s), to_string(CommGroup::WORLD),
+                                    everyone, timeout_s, receives_));
+  groups_[CommGroup::WORLD] = std::make_unique<Communicator>(made.back());
+
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank_, MPI_INFO_NULL, &node);
   MPI_Comm_rank(node, &local_rank_);
@@ -25,16 +97,11 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
   MPI_Comm_free(&node);
 
   // One registry of pending receives for all groups: a wait in any group advances them all.
-  receives_ = std::make_shared<detail::PendingReceives>();
-  std::vector<std::shared_ptr<detail::GroupState>> made;  // in the same order on every rank
-  std::shared_ptr<detail::GroupState> pipeline;           // the one with point-to-point traffic
+  std::shared_ptr<detail::GroupState> pipeline;  // the one with point-to-point traffic
   for (CommGroup kind : all_comm_groups()) {
+    if (kind == CommGroup::WORLD) continue;
     MPI_Comm comm;
-    if (kind == CommGroup::WORLD) {
-      MPI_Comm_dup(MPI_COMM_WORLD, &comm);
-    } else {
-      MPI_Comm_split(MPI_COMM_WORLD, topology.group_index(kind, world_rank_), world_rank_, &comm);
-    }
+    MPI_Comm_split(MPI_COMM_WORLD, topology.group_index(kind, world_rank_), world_rank_, &comm);
     made.push_back(detail::make_group(comm, to_string(kind), topology.group(kind, world_rank_),
                                       timeout_s, receives_));
     groups_[kind] = std::make_unique<Communicator>(made.back());

@@ -3,6 +3,10 @@
 //   kill      rank 1 SIGKILLs itself before an all_reduce over WORLD
 //   hang      rank 1 sleeps instead of joining the all_reduce
 //   p2p-hang  rank 1 sleeps; rank 0 waits to receive from it; the others wait in a barrier
+//   init-hang rank 1 never calls smp::init; the others wait in theirs
+//   init-disagree  rank 1 inits with pipeline_parallel_degree 3, the others with 1
+//   shutdown-after-failure  rank 1 dies; the others' all_reduce fails and they call
+//             smp::shutdown(), which must not hang (its barrier is bounded too)
 // Survivors must print the timeout message and abort the job, as a real main does.
 #include <unistd.h>
 
@@ -20,9 +24,30 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string mode = argv[1];
+  const std::string config = std::string("{\"ddp\": true, \"comm_timeout_s\": ") + argv[2];
   try {
-    smp::init(smp::Config::from_json_string(std::string("{\"ddp\": true, \"comm_timeout_s\": ") + argv[2] + "}"));
+    if (mode == "init-hang" || mode == "init-disagree") {
+      smp::comm::init_mpi();
+      if (smp::comm::world_rank() == 1 && mode == "init-hang") sleep(3600);
+      const bool odd = smp::comm::world_rank() == 1;
+      smp::init(smp::Config::from_json_string(config + (odd ? ", \"pipeline_parallel_degree\": 3}" : "}")));
+      std::fprintf(stderr, "[rank %d] init returned\n", smp::rank());
+      return 3;
+    }
+    smp::init(smp::Config::from_json_string(config + "}"));
     smp::barrier();
+    if (mode == "shutdown-after-failure") {
+      if (smp::rank() == 1) std::raise(SIGKILL);
+      try {
+        at::Tensor t = at::ones({4});
+        smp::process_group(smp::CommGroup::WORLD).all_reduce(t).wait();
+      } catch (const smp::Error& e) {
+        std::fprintf(stderr, "[rank %d] %s\n", smp::rank(), e.what());
+      }
+      smp::shutdown();  // throws (its barrier times out) rather than hanging
+      std::fprintf(stderr, "[rank %d] shutdown returned\n", smp::comm::world_rank());
+      return 3;
+    }
     if (smp::rank() == 1) {
       if (mode == "kill") std::raise(SIGKILL);
       sleep(3600);

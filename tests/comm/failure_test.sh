@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# A rank that dies (SIGKILL) or hangs: every other rank must exit non-zero within the
-# configured timeout, with a message naming the operation, the group and the peer, and no
-# process of the job may be left behind.
+# A rank that dies (SIGKILL), hangs, never reaches smp::init or inits another layout: every
+# other rank must exit non-zero within the configured timeout, with a message naming the
+# operation, the group and the peer, and no process of the job may be left behind.
 #   failure_test.sh <failure_probe> <mpiexec>
 source "$(dirname "${BASH_SOURCE[0]}")/../testing/preamble.sh"
 probe=$1
@@ -44,4 +44,10 @@ run_case kill "timed out after" "all_reduce #1 on WORLD (world ranks [0, 1, 2])"
 run_case hang "timed out after" "all_reduce #1 on WORLD" "no word from rank 1 (world rank 1)"
 run_case p2p-hang "recv on WORLD (world ranks [0, 1, 2]) with peer rank 1 (world rank 1) timed out" \
                   "barrier #1 on WORLD"
+# smp::init's first collective is bounded too, and the ranks check they agree before splitting.
+run_case init-hang "smp::init on world rank 0: not every one of the 3 ranks arrived within comm_timeout_s"
+run_case init-disagree "smp::init: the ranks disagree: rank 0 has init #1 of 3 ranks, pp 1 tp 1" \
+                       "rank 1 has init #1 of 3 ranks, pp 3 tp 1"
+# After a failure, smp::shutdown's barrier fails within the timeout instead of hanging.
+run_case shutdown-after-failure "all_reduce #1 on WORLD" "barrier #2 on WORLD (world ranks [0, 1, 2])"
 finish
