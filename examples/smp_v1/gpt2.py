@@ -25,28 +25,31 @@ schedule) the way that script makes them:
   with ``partial=False`` at the end with ``--model-dir``.
 
 - the model built under ``smp.model_creation(tensor_parallelism=smp.tp_size() > 1, dtype=...)``
-  (SMP's script's call): under tensor parallelism (``tensor_parallel_degree`` > 1, with
-  ``prescaled_batch: true``) smp.DistributedModel splits its attention by heads, its MLP by
-  features and its embedding and head by vocabulary; ``model.state_dict()`` and the full
-  checkpoint keep Hugging Face's names and shapes.
+  (SMP's script's call): under tensor parallelism (``tensor_parallel_degree`` > 1)
+  smp.DistributedModel splits its attention by heads, its MLP by features and its embedding
+  and head by vocabulary; ``model.state_dict()`` and the full checkpoint keep Hugging Face's
+  names and shapes.
 
 With ``--smp-nn`` the model is ``smp.nn.DistributedTransformerLMHead`` instead (GPT-2's sizes
 and layout, see ``build_smp_nn_model``), called as SMP's GPT-2 example called its smp.nn model,
 ``model((input_ids, attention_mask, None, None, labels))[0]`` with next-token labels built by
-the script; this path runs under tensor parallelism (``tensor_parallel_degree`` > 1, with
-``prescaled_batch: true`` as SMP's smp.nn flow has it: TP peers get the same batch).
+the script; this path runs under tensor parallelism (``tensor_parallel_degree`` > 1).
 
 Not here because smp does not have them yet: fp16/bf16.
 
-The data are synthetic token ids (seeded), sharded over ``smp.dp_rank()`` / ``smp.dp_size()``
-(over ``smp.rdp_rank()`` / ``smp.rdp_size()`` when the config has ``prescaled_batch``,
-so the ranks of a TP group see the same batch); ``--batch-size`` is per (reduced-)data-parallel
-replica.
+The data are synthetic token ids (seeded), sharded as SMP's scripts shard them: over
+``smp.dp_rank()`` / ``smp.dp_size()`` (SMP's default flow, ``prescaled_batch`` false: the ranks
+of a TP group take different samples, and each tensor-parallel block gathers the group's batch
+and gives each rank its own samples back), or over ``smp.rdp_rank()`` / ``smp.rdp_size()`` when
+the config has ``prescaled_batch: true`` (the ranks of a TP group see the same batch);
+``--batch-size`` is per (reduced-)data-parallel replica.
 
   SM_HP_MP_PARAMETERS='{"partitions": 2, "microbatches": 2, "ddp": true}' \\
     mpirun -np 4 python examples/smp_v1/gpt2.py --pipeline-parallel-degree 2 --steps 20
   SM_HP_MP_PARAMETERS='{"tensor_parallel_degree": 2, "prescaled_batch": true, "microbatches": 2, "ddp": true}' \\
     mpirun -np 2 python examples/smp_v1/gpt2.py --smp-nn --steps 20
+  SM_HP_MP_PARAMETERS='{"tensor_parallel_degree": 2, "microbatches": 2, "ddp": true}' \\
+    mpirun -np 2 python examples/smp_v1/gpt2.py --steps 20
   SM_HP_MP_PARAMETERS='{"tensor_parallel_degree": 2, "partitions": 2, "prescaled_batch": true, "microbatches": 2, "ddp": true}' \\
     mpirun -np 4 python examples/smp_v1/gpt2.py --steps 20
 """
@@ -324,7 +327,7 @@ def main():
         "pipeline_parallel_degree": args.pipeline_parallel_degree,
         "tensor_parallel_degree": args.tensor_parallel_degree,
         "microbatches": args.microbatches,
-        "prescaled_batch": args.prescaled_batch > 0 or args.tensor_parallel_degree > 1,
+        "prescaled_batch": args.prescaled_batch > 0,
         "auto_partition": not args.manual_partition,
     }
     if args.manual_partition:

@@ -6,6 +6,11 @@ model trained in this process without smp (built from the same seed):
   relative; --steps steps of SGD with momentum: losses to 1e-4 (not Adam: an attention key
   bias's gradient is zero up to rounding, which Adam would scale into full-size steps of
   either sign);
+- layout tp2split: prescaled_batch false (SMP's default flow), so the two ranks of the TP group
+  take different halves of the batch (by dp_rank); each transformer block gathers the group's
+  batch and splits it back. The reference still trains on the whole batch: the losses are
+  averaged over the data-parallel group, the logits are this rank's half of the reference's,
+  the gradients (averaged by the engine) are the reference's;
 - the state dict: Hugging Face's names and shapes, equal to the reference's weights, and a
   round trip through load_state_dict bit for bit;
 - a full checkpoint (smp.save_checkpoint(partial=False)): transformers' from_pretrained loads it
@@ -30,6 +35,7 @@ LAYOUTS = {
     "tp2": {"tensor_parallel_degree": 2},
     "pp2": {"pipeline_parallel_degree": 2},
     "tp2pp2": {"tensor_parallel_degree": 2, "pipeline_parallel_degree": 2},
+    "tp2split": {"tensor_parallel_degree": 2, "prescaled_batch": False},
 }
 MICROBATCHES = 2
 
@@ -82,6 +88,12 @@ def train_step(model, input_ids, attention_mask, labels, token_type_ids=None):
     return out.loss, out.logits
 
 
+def _blocks(module):
+    """The transformer blocks (the ModuleList of the base model)."""
+    base = module.base_model
+    return base.encoder.layer if hasattr(base, "encoder") else getattr(base, "h", None) or base.layers
+
+
 def family(name, a, c, folder):
     torch.manual_seed(0)
     ref = hf_families.make(name)
@@ -91,13 +103,22 @@ def family(name, a, c, folder):
     model = smp.DistributedModel(module)
     opt = smp.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    split = not smp.state.cfg.prescaled_batch  # this rank's part of the batch, by dp_rank
+    per = hf_families.BATCH // smp.dp_size() if split else hf_families.BATCH
+    mine = slice(smp.dp_rank() * per, (smp.dp_rank() + 1) * per) if split else slice(None)
+    if split and not all(type(b).__name__.startswith("BatchRegion") for b in _blocks(model.get_module())):
+        c.failures.append(f"{name}: its transformer blocks are not batch regions (sharded.batch_region)")
     for step in range(a.steps):
         kw = hf_families.batch(name, step)
-        loss, logits = train_step(model, **kw)
+        loss, logits = train_step(model, **{k: v[mine] for k, v in kw.items()})
         ref_loss, ref_logits = reference_step(ref, ref_opt, kw)
-        c.close(f"{name} step {step} loss", loss.reduce_mean(), ref_loss, 1e-4)
+        loss = loss.reduce_mean()
+        if split:  # this rank's samples' mean, averaged over the replicas
+            dist.all_reduce(loss, group=smp.get_dp_process_group())
+            loss = loss / smp.dp_size()
+        c.close(f"{name} step {step} loss", loss, ref_loss, 1e-4)
         if step == 0:
-            c.close(f"{name} logits", logits.concat(), ref_logits, 1e-5)
+            c.close(f"{name} logits", logits.concat(), ref_logits[mine], 1e-5)
             grads = dict(ref.named_parameters())
             held = 0
             for n, p in model.local_named_parameters():
@@ -137,7 +158,7 @@ def family(name, a, c, folder):
         kw = hf_families.batch(name, 99)
         with torch.no_grad():
             c.close(f"{name} from_pretrained logits", loaded(**kw).logits, ref.eval()(**kw).logits, 1e-4)
-    print(f"rank {smp.rank()} {name} {a.layout}: loss {loss.reduce_mean().item():.5f} vs {ref_loss.item():.5f}",
+    print(f"rank {smp.rank()} {name} {a.layout}: loss {loss.item():.5f} vs {ref_loss.item():.5f}",
           flush=True)
     smp.state.model, smp.state.optimizer = None, None  # the next family is another script's model
 
@@ -149,7 +170,7 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     a = p.parse_args()
     torch.set_num_threads(1)
-    smp.init({**LAYOUTS[a.layout], "microbatches": MICROBATCHES, "ddp": True, "prescaled_batch": True})
+    smp.init({"microbatches": MICROBATCHES, "ddp": True, "prescaled_batch": True, **LAYOUTS[a.layout]})
     c = Checker()
     with tempfile.TemporaryDirectory() as tmp:
         if smp.rank() == 0:

@@ -16,6 +16,10 @@ parallelism 2 (2 ranks) and tp2 x pp2 (4 ranks), prescaled_batch, against the sa
 --smp-nn in one process: per-step losses to 1e-4; its partial checkpoint (TP shards) round-trips
 under tp2 x pp2, and the full model gathered from the shards equals the one-process one to 1e-4.
 
+SMP's default flow (prescaled_batch false) under tp2: the script samples by dp_rank, so the two
+TP ranks take different halves of the global batch; both models (Hugging Face's GPT-2 and
+--smp-nn) give the one-process run's losses to 1e-4.
+
 Runs are shared between tests (each launched once per session); the whole file takes a few
 minutes on two cores.
 """
@@ -36,6 +40,7 @@ EXAMPLES = os.path.join(ROOT, "examples", "smp_v1")
 ONE_PROCESS = {"partitions": 1, "microbatches": 2, "ddp": True}
 PP2DP2 = {"partitions": 2, "microbatches": 2, "ddp": True, "pipeline": "interleaved"}
 TP2 = {"tensor_parallel_degree": 2, "ddp": True, "prescaled_batch": True, "microbatches": 2}
+TP2_SPLIT = {"tensor_parallel_degree": 2, "ddp": True, "microbatches": 2}  # SMP's default: prescaled_batch false
 TP2PP2 = dict(TP2, partitions=2)
 
 N, M = 3, 3  # steps before the checkpoint, steps after it
@@ -121,6 +126,11 @@ class Runs:
             log = launch(4, "gpt2.py", TP2PP2, nn + ["--steps", N + M, "--save-dir", self.dir("gpt2nn_ckpt"),
                                                      "--checkpoint-freq", 1, "--resume",
                                                      "--model-dir", self.dir(name)])
+        elif name == "gpt2_tp2split":  # prescaled_batch false: dp 2 (the TP ranks), half the batch each
+            log = launch(2, "gpt2.py", TP2_SPLIT, gpt + ["--steps", N + M])
+        elif name == "gpt2nn_tp2split":
+            log = launch(2, "gpt2.py", TP2_SPLIT, ["--smp-nn", "--batch-size", GPT_BATCH, "--out", out,
+                                                   "--steps", N + M])
         elif name == "gpt2nn_tp2_N":  # the word embedding and the head's tied copy on one rank
             log = launch(2, "gpt2.py", TP2, nn + ["--steps", N, "--save-dir", self.dir("gpt2nn_tp2_ckpt"),
                                                   "--checkpoint-freq", N])
@@ -284,3 +294,17 @@ def test_gpt2_smp_nn_tp2_resume(runs):
     got = runs.get("gpt2nn_tp2_resumed")
     assert got["start_step"] == N and "Resumed from" in got["log"]
     assert_losses(got["losses"], one["losses"][N:], 1e-5, "gpt2 --smp-nn tp2 resumed vs uninterrupted")
+
+
+# --------------------------------------------------------------------------- SMP's default batch flow under TP
+
+
+@pytest.mark.parametrize("model,one_process", [("gpt2_tp2split", "gpt2_1proc"), ("gpt2nn_tp2split", "gpt2nn_1proc")])
+def test_gpt2_tp2_without_prescaled_batch_matches_one_process(runs, model, one_process):
+    """prescaled_batch false: the script samples by dp_rank / dp_size (dp 2: the TP ranks take
+    different halves of the global batch), the tensor-parallel blocks gather the TP group's
+    batch; the losses are the one-process run's on the whole batch."""
+    one = runs.get(one_process)
+    got = runs.get(model)
+    assert "2 ranks, pp 1, tp 2, dp 2 (rdp 1)" in got["log"]
+    assert_losses(got["losses"], one["losses"], 1e-4, f"{model} (prescaled_batch false) vs one process")

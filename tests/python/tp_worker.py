@@ -4,8 +4,8 @@
                   gathered whole weights; the whole weights against the same module built with
                   tp=1 from the same seed (house rule: a shard is the slice of the tp=1 tensor);
                   torch.export of each module, whose exported graph's forward and backward equal
-                  the module's; the prescaled_batch and not-implemented refusals. Exits non-zero
-                  on a mismatch.
+                  the module's; the not-implemented refusals. Exits non-zero on a mismatch.
+                  (prescaled_batch false, SMP's default flow: batch_worker.py.)
   --check train   a user-written LM made of smp.nn modules trained 20 steps through
                   smp.DistributedModel + DistributedOptimizer(Adam) under --layout; writes the
                   per-step losses and the first step's gradients (gathered whole) to --out for
@@ -365,10 +365,11 @@ def check_refusals(c, layer_args):
         raises("heads not divisible", ValueError,
                lambda: smp.nn.DistributedTransformerLayer(**dict(layer_args, num_attention_heads=3)),
                ["num_attention_heads", "tensor_parallel_degree"])
-        smp.state.cfg["prescaled_batch"] = False
+        smp.state.cfg["prescaled_batch"] = False  # SMP's default flow: built (batch_worker.py tests it)
         try:
-            raises("prescaled_batch false", ValueError, lambda: smp.nn.DistributedLinear(4, 4),
-                   ["prescaled_batch", "DistributedLinear"])
+            smp.nn.DistributedLinear(4, 4)
+            raises("_skip_allgather without _skip_scatter_and_merge, not prescaled", ValueError,
+                   lambda: smp.nn.DistributedEmbedding(8, 4, _skip_allgather=True), ["_skip_scatter_and_merge"])
         finally:
             smp.state.cfg["prescaled_batch"] = True
 

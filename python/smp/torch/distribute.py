@@ -10,6 +10,14 @@ A module whose head counts or features do not divide by tp is left replicated, w
 rebound. Marked modules that own weight matrices with no translation on themselves or above
 them are named in one warning: they stay replicated (correct, just not split).
 
+Without ``prescaled_batch`` (SMP's default) the ranks of a TP group hold different samples:
+each family's transformer block (a Plan with ``region=True``) becomes a batch region that
+gathers the group's batch at entry and splits it at exit, and so does a translated module with
+both column and row children outside any block (GPT-2's attention marked on its own); the
+vocabulary embeddings and heads outside blocks do it themselves (nn/sharded.py). The rest of
+the model runs data-parallel on each rank's own samples. With ``prescaled_batch`` no module
+becomes a region.
+
 ``materialize(root, device)``: placeholders of delayed initialisation (meta tensors; with TP,
 already this rank's shapes) become real tensors, initialised as the model initialises itself:
 Hugging Face's ``_init_weights`` for a PreTrainedModel's modules, else ``reset_parameters``;
@@ -23,7 +31,7 @@ import torch
 from .model_creation import registration_for
 from .nn import tp_ops
 from .nn.huggingface import plan_for
-from .nn.sharded import is_conv1d, shard_module
+from .nn.sharded import batch_region, is_conv1d, shard_module
 
 __all__ = ["distribute", "materialize"]
 
@@ -32,10 +40,9 @@ def distribute(root):
     """The tensor-parallel form of ``root`` (the same object, or its registered replacement)."""
     if tp_ops.tp_size() == 1:
         return root
-    if any(isinstance(m.__dict__.get("_smp_tp"), dict) for m in root.modules()):
-        tp_ops.require_prescaled("tensor_parallelism", prefix="smp.")
     memo, untranslated = {}, {}
-    root = _visit(root, "", False, memo, untranslated)
+    # prescaled_batch: every rank of a TP group holds the same batch, so no block is a batch region
+    root = _visit(root, "", False, memo, untranslated, not tp_ops.merges_batch())
     for m in root.modules():  # tied parameters: every holder gets the one shard
         for name, p in list(m._parameters.items()):
             if p is not None and id(p) in memo:
@@ -47,21 +54,28 @@ def distribute(root):
     return root
 
 
-def _visit(module, path, under, memo, untranslated):
+def _visit(module, path, under, memo, untranslated, region):
+    """`under`: a translated module above; `region`: a batch region above (nn/sharded.py), or no
+    region needed (prescaled_batch)."""
     config = module.__dict__.get("_smp_tp")
     if isinstance(config, dict):
         registered = registration_for(module)
         if registered is not None:
             return _registered(module, path, registered, config)
         plan = plan_for(module)
-        if plan is not None:
-            under = _translate(module, path, plan, config, memo) or under
+        if plan is not None and plan.region and not region:
+            batch_region(module)
+            region = True
+        if plan is not None and (plan.column or plan.row or plan.vocab or plan.head or not plan.region):
+            translated = _translate(module, path, plan, config, memo, region)
+            region = region or (translated and bool(plan.column) and bool(plan.row))  # made a region there
+            under = translated or under
         elif not under and any(p.dim() >= 2 and not hasattr(p, "_smp_tp_shard")
                                for p in module._parameters.values() if p is not None):
             untranslated.setdefault(type(module).__name__, []).append(path or type(module).__name__)
     for name, child in list(module._modules.items()):
         if child is not None:
-            new = _visit(child, f"{path}.{name}" if path else name, under, memo, untranslated)
+            new = _visit(child, f"{path}.{name}" if path else name, under, memo, untranslated, region)
             if new is not child:
                 module._modules[name] = new
     return module
@@ -73,8 +87,9 @@ def _get(module, path):
     return module
 
 
-def _translate(module, path, plan, config, memo):
-    """Applies `plan` to `module`'s children; False (and a warning) when it does not divide."""
+def _translate(module, path, plan, config, memo, region):
+    """Applies `plan` to `module`'s children; False (and a warning) when it does not divide. A
+    module with column and row children outside a batch region becomes one itself."""
     tp = tp_ops.tp_size()
     where = f"'{path}' ({type(module).__name__})" if path else type(module).__name__
     bad = [f"{a} = {_get(module, a)}" for a in plan.heads if _get(module, a) % tp]
@@ -96,6 +111,9 @@ def _translate(module, path, plan, config, memo):
     forms = [(n, "column", False) for n in plan.column] + [(n, "row", False) for n in plan.row]
     if config.get("distribute_embedding", True):
         forms += [(n, "vocab", False) for n in plan.vocab] + [(n, "column", True) for n in plan.head]
+    if not region and plan.column and plan.row:
+        batch_region(module)
+        region = True
     for name, form, gather in forms:
         module._modules[name] = shard_module(getattr(module, name), form, memo, stack=stacked.get(name, 1),
                                              gather=gather)

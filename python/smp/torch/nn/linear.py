@@ -4,8 +4,12 @@ the vocab-parallel embedding the transformer modules are built from.
 Sizes are global (whole); each module splits itself over the TP group (smp.tp_size()). Every
 parameter is drawn WHOLE from torch's global generator, as the tp=1 module draws it, and each
 rank keeps its slice, marked ``_smp_tp_shard = (dim, whole size)``; replicated parameters carry
-no marker. Input and output are whole activations, the same on every rank of the TP group
-(SMP's prescaled_batch flow).
+no marker. Input and output are whole activations. With ``prescaled_batch`` they are the same on
+every rank of the TP group; without it (SMP's default) each rank holds its own samples, and
+DistributedLinear and DistributedEmbedding gather the group's batch at entry and return each
+rank its own samples (tp_ops.gather_batch / split_batch), unless made with
+``_skip_scatter_and_merge``. The column-/row-parallel pieces below never do: the module that
+holds them does it once at its boundary.
 """
 
 import math
@@ -25,13 +29,14 @@ class DistributedLinear(torch.nn.Module):
     """SMP's DistributedLinear: ``torch.nn.Linear(in_features, out_features)`` split along
     out_features (column-parallel, output all-gathered): input and output are whole and equal
     nn.Linear's. Initialised as nn.Linear (the same draws from the global seed). ``bias`` is
-    an smp extension (SMP's has always a bias)."""
+    an smp extension (SMP's has always a bias). Not prescaled: an input of 2 dims or more is
+    gathered over the TP group along dim 0 and the output split back (module docstring)."""
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features, out_features, bias=True, _skip_scatter_and_merge=False):
         super().__init__()
-        tp_ops.require_prescaled("DistributedLinear")
         tp_ops.check_divisible("DistributedLinear: out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
+        self.skip_scatter_and_merge = bool(_skip_scatter_and_merge)
         w = torch.empty(out_features, in_features)
         torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear.reset_parameters, exactly
         self.weight = shard_parameter(w, 0)
@@ -42,7 +47,11 @@ class DistributedLinear(torch.nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x):
-        return gather_from_tp(F.linear(copy_to_tp(x), self.weight, self.bias))
+        merge = x.dim() >= 2 and tp_ops.merges_batch(self.skip_scatter_and_merge)
+        if merge:
+            x = tp_ops.gather_batch(x)
+        y = gather_from_tp(F.linear(copy_to_tp(x), self.weight, self.bias))
+        return tp_ops.split_batch(y) if merge else y
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, tp={tp_ops.tp_size()}"
@@ -53,13 +62,16 @@ class DistributedEmbedding(torch.nn.Module):
     holds all rows and embedding_dim / tp columns); the output is all-gathered to (..., dim)
     unless ``_skip_allgather`` (then (..., dim / tp), this rank's columns). Initialised
     N(0, initializer_range) with the padding row zeroed, or from ``_weight`` (the whole
-    initial weight)."""
+    initial weight). Not prescaled: ids (of 1 dim or more) are gathered over the TP group along
+    dim 0 and the output split back, unless ``_skip_scatter_and_merge``; ``_skip_allgather``
+    then needs ``_skip_scatter_and_merge`` too (a rank's columns of its own samples alone: the
+    other columns of those samples are on no rank, and split_batch's backward needs every rank
+    to hold the same columns)."""
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0,
                  scale_grad_by_freq=False, sparse=False, _weight=None, initializer_range=0.02,
                  _skip_allgather=False, _skip_scatter_and_merge=False):
         super().__init__()
-        tp_ops.require_prescaled("DistributedEmbedding")
         if max_norm is not None:
             raise NotImplementedError("smp.nn.DistributedEmbedding: max_norm is not implemented (a row's norm spans "
                                       "every TP rank's columns); allowed: None")
@@ -76,7 +88,11 @@ class DistributedEmbedding(torch.nn.Module):
         self.norm_type = norm_type  # only matters with max_norm, which is refused
         self.scale_grad_by_freq = bool(scale_grad_by_freq)
         self.skip_allgather = bool(_skip_allgather)
-        self.skip_scatter_and_merge = bool(_skip_scatter_and_merge)  # prescaled: nothing to scatter or merge
+        self.skip_scatter_and_merge = bool(_skip_scatter_and_merge)
+        if self.skip_allgather and tp_ops.merges_batch(self.skip_scatter_and_merge):
+            raise ValueError("smp.nn.DistributedEmbedding: _skip_allgather=True needs _skip_scatter_and_merge=True "
+                             "when prescaled_batch is false (a rank would hold its own samples' slice of the columns "
+                             "only); pass both and feed the TP group's batch, or set \"prescaled_batch\": true")
         if _weight is not None:
             if tuple(_weight.shape) != (num_embeddings, embedding_dim):
                 raise ValueError(f"smp.nn.DistributedEmbedding: _weight has shape {tuple(_weight.shape)}; "
@@ -89,8 +105,12 @@ class DistributedEmbedding(torch.nn.Module):
         self.weight = shard_parameter(full, 1)
 
     def forward(self, ids):
+        merge = ids.dim() >= 1 and tp_ops.merges_batch(self.skip_scatter_and_merge)
+        if merge:
+            ids = tp_ops.gather_batch(ids)
         rows = F.embedding(ids, self.weight, self.padding_idx, None, 2.0, self.scale_grad_by_freq, False)
-        return rows if self.skip_allgather else gather_from_tp(rows)
+        rows = rows if self.skip_allgather else gather_from_tp(rows)
+        return tp_ops.split_batch(rows) if merge else rows
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}, tp={tp_ops.tp_size()}"

@@ -19,6 +19,24 @@ full checkpoints give back.
 
 A parameter shared by several modules (a tied embedding and head) is sharded once: ``memo``
 maps the original's id to (original, shard), and both modules hold the same shard.
+
+Without ``prescaled_batch`` (SMP's default: the ranks of a TP group hold different samples),
+each rank must run a sharded weight on the whole TP group's batch (tp_ops.gather_batch at the
+entry of a region, tp_ops.split_batch at its exit). Where that happens:
+
+- ``batch_region(module)`` (a Plan with ``region=True``: a transformer block) makes the block
+  one region: its forward gathers every batch-shaped argument (a tensor of 2 dims or more whose
+  dim 0 is the hidden states' batch: hidden states, masks, position ids and rotary tables with
+  a batch dim; a dim 0 of 1 with a larger batch is a broadcast and stays) and splits every
+  batch-shaped output (dim 0 the group's batch, 2 dims or more). While it runs, nothing inside
+  gathers again (tp_ops.batch_region_running: column and row forms, smp.nn modules a
+  tp_register put there): the activations between a column and a row form are split by heads
+  or features, and the code of the block between them (attention) must see the same samples
+  on every rank.
+- A vocab form or a gathered (head) form outside a region is a region of its own: its input and
+  output are whole over features, and it is a function of each row of dim 0 alone.
+- A column or row form outside any region cannot be run so (its output or input is this
+  rank's features of this rank's samples only) and raises at its first forward.
 """
 
 import torch
@@ -27,7 +45,7 @@ import torch.nn.functional as F
 from . import tp_ops
 from .tp_ops import copy_to_tp, gather_from_tp, reduce_from_tp
 
-__all__ = ["shard_module", "vocab_lookup", "is_conv1d"]
+__all__ = ["shard_module", "batch_region", "vocab_lookup", "is_conv1d"]
 
 _FORMS = ("column", "row", "vocab")
 
@@ -53,6 +71,18 @@ class _Sharded:
     """The forward of the tensor-parallel forms (mixed in before the module's own class)."""
 
     def forward(self, x):
+        if not tp_ops.merges_batch():  # (prescaled, or inside a batch region)
+            return self._smp_forward(x)
+        if self._smp_form != "vocab" and not self._smp_gather:
+            raise RuntimeError(
+                f"smp.tensor_parallelism: a {self._smp_form}-parallel {type(self).__mro__[2].__name__} outside a "
+                "batch region: with prescaled_batch false its enclosing block must gather the TP group's batch "
+                "(a Plan with region=True in smp/torch/nn/huggingface) or the config needs \"prescaled_batch\": true")
+        if x.dim() < (1 if self._smp_form == "vocab" else 2):
+            return self._smp_forward(x)
+        return tp_ops.split_batch(self._smp_forward(tp_ops.gather_batch(x)))
+
+    def _smp_forward(self, x):
         form = self._smp_form
         if form == "vocab":
             return vocab_lookup(x, self.weight, self.padding_idx)
@@ -77,6 +107,54 @@ class _Sharded:
 
 
 _CLASSES = {}
+
+
+class _BatchRegion:
+    """The forward of a block made a batch region (mixed in before the block's own class)."""
+
+    def forward(self, *args, **kwargs):
+        if not tp_ops.merges_batch():
+            return super().forward(*args, **kwargs)
+        first = args[0] if args else kwargs.get("hidden_states")
+        if not isinstance(first, torch.Tensor) or first.dim() < 2:
+            raise TypeError(f"smp.tensor_parallelism: {type(self).__mro__[2].__name__} is a batch region and takes "
+                            "its hidden states (batch first) as its first argument or as hidden_states")
+        b = first.shape[0]
+        args = _map_tensors(args, lambda t: tp_ops.gather_batch_shaped(t, b, min_dim=2))
+        kwargs = _map_tensors(kwargs, lambda t: tp_ops.gather_batch_shaped(t, b, min_dim=2))
+        with tp_ops.batch_region_running():
+            out = super().forward(*args, **kwargs)
+        group = b * tp_ops.tp_size()
+        return _map_tensors(out, lambda t: tp_ops.split_batch(t) if t.dim() >= 2 and t.shape[0] == group else t)
+
+
+def _map_tensors(obj, fn):
+    """fn applied to every tensor in obj (tuples, lists and dicts, nested); anything else as is."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple):
+        items = [_map_tensors(o, fn) for o in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)  # (a namedtuple's own type)
+    if isinstance(obj, list):
+        return [_map_tensors(o, fn) for o in obj]
+    if type(obj) is dict:
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
+_REGIONS = {}
+
+
+def batch_region(module):
+    """Makes ``module`` (in place: its class becomes a subclass of its own) gather the TP group's
+    batch at entry and split it at exit when prescaled_batch is false (the module docstring)."""
+    cls = type(module)
+    if issubclass(cls, _BatchRegion):
+        return module
+    if cls not in _REGIONS:
+        _REGIONS[cls] = type(f"BatchRegion{cls.__name__}", (_BatchRegion, cls), {"__module__": __name__})
+    module.__class__ = _REGIONS[cls]
+    return module
 
 
 def _sharded_class(cls):

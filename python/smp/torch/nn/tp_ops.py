@@ -13,9 +13,23 @@ collective over the TP group, in the same order on each of its ranks.
   tp_scatter             own slice of the last dim     all-gather            scatter_to_tp
   tp_max                 elementwise max over ranks    none (not differentiable)
   dropout_mask           a keep-mask scaled by 1/(1-p) none (not differentiable)
+  gather_batch           all-gather along dim 0        own slice of dim 0, times tp
+  split_batch            own slice of dim 0            all-gather along dim 0, over tp
 
 The Python wrappers below (copy_to_tp, ...) skip the op entirely when tp_size() == 1 (the ops
 themselves are identities then too), so a tp=1 model's graph is plain PyTorch.
+
+gather_batch / split_batch are SMP's non-prescaled batch flow (config ``prescaled_batch`` false,
+SMP's default): the ranks of a TP group hold different samples, and each distributed module
+gathers the group's batch at entry ((B, ...) -> (tp * B, ...), group-rank order) and gives each
+rank its own samples back at exit. The scales make every parameter's gradient the one of the
+global mean loss: inside the region each rank computes on the group's batch, so split_batch's
+backward (the group's output gradients over tp) gives the region's parameters the gradient of
+the MEAN of the TP ranks' losses, and gather_batch's backward (times tp) hands the part outside
+the region exactly its own samples' input gradient. The engine then averages sharded
+parameters over RDP_GROUP and replicated ones over DP_GROUP (which holds the TP ranks), so each
+parameter gets the gradient of the mean over the whole global batch, as one process on it
+would. smp's C++ engine uses the same two ops and scales.
 
 Also here: tp-independent initialisation (every rank draws the WHOLE tensor from torch's global
 generator, as the tp=1 module would, and keeps its slice), the shard marker the engine reads
@@ -23,6 +37,7 @@ generator, as the tp=1 module would, and keeps its slice), the shard marker the 
 and the vocab-parallel cross-entropy.
 """
 
+import contextlib
 import math
 
 import torch
@@ -31,7 +46,8 @@ from torch import Tensor
 from smp._engine import _C
 
 __all__ = ["tp_size", "tp_rank", "copy_to_tp", "reduce_from_tp", "gather_from_tp", "scatter_to_tp",
-           "max_over_tp", "shard_parameter", "DropoutStreams", "vocab_parallel_cross_entropy"]
+           "max_over_tp", "gather_batch", "split_batch", "merges_batch", "gather_batch_shaped", "shard_parameter",
+           "DropoutStreams", "vocab_parallel_cross_entropy"]
 
 
 # --- the group --------------------------------------------------------------------------------
@@ -52,15 +68,30 @@ def check_divisible(what, value, tp=None):
         raise ValueError(f"smp.nn: {what} ({value}) is not divisible by tensor_parallel_degree ({tp})")
 
 
-def require_prescaled(module_name, prefix="smp.nn."):
-    """The Python front's TP takes SMP's prescaled flow only (each TP rank fed the same batch)."""
+_running_regions = [0]  # batch regions (nn/sharded.py) whose forward is running: they gathered already
+
+
+@contextlib.contextmanager
+def batch_region_running():
+    """Inside: the input is already the TP group's batch, so merges_batch() is False."""
+    _running_regions[0] += 1
+    try:
+        yield
+    finally:
+        _running_regions[0] -= 1
+
+
+def merges_batch(skip=False):
+    """Whether a distributed module gathers its TP group's batch at entry and splits it at exit:
+    tp > 1 and the config's ``prescaled_batch`` false (SMP's default flow: the ranks of a TP group
+    hold different samples), unless the module was made with ``_skip_scatter_and_merge`` (its
+    input is already the group's batch and its output stays so) or runs inside a batch region
+    that gathered already (batch_region_running). Read at each forward."""
+    if skip or tp_size() == 1 or _running_regions[0]:
+        return False
     from ..state import state  # noqa: PLC0415 (smp.torch imports this package first)
 
-    if tp_size() > 1 and not state.cfg["prescaled_batch"]:
-        raise ValueError(
-            f"{prefix}{module_name}: tensor_parallel_degree {tp_size()} needs \"prescaled_batch\": true in the "
-            "config for the Python front (every rank of a TP group fed the same batch, sliced by rdp_rank); "
-            "SMP's non-prescaled flow (TP ranks with different samples) is not built")
+    return not state.cfg["prescaled_batch"]
 
 
 # --- the collectives (no autograd) ------------------------------------------------------------
@@ -95,6 +126,21 @@ def _own_slice_last(x):
         return x.clone()
     n = x.size(-1) // tp
     return x.narrow(-1, tp_rank() * n, n).clone(memory_format=torch.contiguous_format)  # one copy
+
+
+def _gathered_batch(x):
+    """Every rank's x concatenated along dim 0 (group-rank order)."""
+    if tp_size() == 1:
+        return x.clone()
+    return _stacked(x).flatten(0, 1)
+
+
+def _own_slice_batch(x):
+    tp = tp_size()
+    if tp == 1:
+        return x.clone()
+    n = x.size(0) // tp
+    return x.narrow(0, tp_rank() * n, n).clone(memory_format=torch.contiguous_format)
 
 
 # --- the ops ----------------------------------------------------------------------------------
@@ -163,6 +209,33 @@ def _(x):
     return torch.empty_like(x)
 
 
+@torch.library.custom_op("smp::gather_batch", mutates_args=())
+def _gather_batch(x: Tensor) -> Tensor:
+    return _gathered_batch(x)
+
+
+@_gather_batch.register_fake
+def _(x):
+    return x.new_empty((x.shape[0] * tp_size(), *x.shape[1:]))
+
+
+_gather_batch.register_autograd(lambda ctx, grad: _own_slice_batch(grad).mul_(tp_size()))
+
+
+@torch.library.custom_op("smp::split_batch", mutates_args=())
+def _split_batch(x: Tensor) -> Tensor:
+    check_divisible("dim 0 of split_batch's input (the TP group's batch)", x.size(0))
+    return _own_slice_batch(x)
+
+
+@_split_batch.register_fake
+def _(x):
+    return x.new_empty((x.shape[0] // tp_size(), *x.shape[1:]))
+
+
+_split_batch.register_autograd(lambda ctx, grad: _gathered_batch(grad).div_(tp_size()))
+
+
 def copy_to_tp(x):
     """Enters a region whose ranks each use the whole x (column-parallel input)."""
     return x if tp_size() == 1 else torch.ops.smp.tp_copy(x)
@@ -187,6 +260,28 @@ def max_over_tp(x):
     """Elementwise max over the group, not differentiable (x is detached)."""
     x = x.detach()
     return x if tp_size() == 1 else torch.ops.smp.tp_max(x)
+
+
+def gather_batch(x):
+    """The TP group's batch: every rank's x concatenated along dim 0, in group-rank order
+    ((B, ...) -> (tp * B, ...)); the backward hands back this rank's slice times tp (see the
+    module docstring). Every rank's x must have the same shape."""
+    return x if tp_size() == 1 else torch.ops.smp.gather_batch(x)
+
+
+def split_batch(x):
+    """This rank's samples of the TP group's batch: its slice of dim 0 ((tp * B, ...) -> (B, ...));
+    the backward all-gathers the gradient along dim 0 and divides it by tp."""
+    return x if tp_size() == 1 else torch.ops.smp.split_batch(x)
+
+
+def gather_batch_shaped(t, batch, min_dim=1):
+    """gather_batch(t) where t is batch-shaped (a tensor of at least ``min_dim`` dims whose dim 0
+    is ``batch``), else t unchanged: None, non-tensors, and broadcast tensors (dim 0 of 1 with a
+    batch larger than 1, say a (1, 1, S, S) mask) apply to every sample as they are."""
+    if isinstance(t, Tensor) and t.dim() >= max(1, min_dim) and t.size(0) == batch:
+        return gather_batch(t)
+    return t
 
 
 # --- parameters -------------------------------------------------------------------------------

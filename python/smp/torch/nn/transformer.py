@@ -21,9 +21,14 @@ arguments and defaults, the math and conventions of smp's C++ smp::nn (Megatron'
 - Dropout: Megatron's rule (tp_ops.DropoutStreams): attention probabilities from the sharded
   stream, hidden and embedding dropout from the replicated one.
 
-Activations are whole on every rank of the TP group (SMP's prescaled_batch flow). smp's C++
-sequence parallelism (config "optimize": "memory") is not used here: LayerNorm, dropout and
-residuals run replicated, as "speed" does; the results are the same.
+Activations are whole (hidden, not split) on every rank of the TP group. With
+``prescaled_batch`` every rank of the group holds the same batch. Without it (SMP's default)
+each rank holds its own samples: every public module here gathers the group's batch at entry
+(hidden states, ids, labels, masks with a batch dim: tp_ops.gather_batch) and returns each rank
+its own samples at exit (tp_ops.split_batch), unless made with ``_skip_scatter_and_merge=True``;
+composite modules do it once at their boundary and build their inner modules with the skip.
+smp's C++ sequence parallelism (config "optimize": "memory") is not used here: LayerNorm,
+dropout and residuals run replicated, as "speed" does; the results are the same.
 """
 
 import math
@@ -75,9 +80,8 @@ def _refuse(module, key, value, why=""):
         raise NotImplementedError(f"smp.nn.{module}: {key}={value!r} is not implemented{why}; allowed: False")
 
 def _enter(module, extra, **refused):
-    """What every module checks first: the prescaled flow, the refused switches (each False or
-    NotImplementedError), and the accepted no-effect keywords (warned once)."""
-    tp_ops.require_prescaled(module)
+    """What every module checks first: the refused switches (each False or NotImplementedError),
+    and the accepted no-effect keywords (warned once)."""
     for key, value in refused.items():
         _refuse(module, key, value)
     _warn_no_effect(module, extra)
@@ -120,6 +124,16 @@ def _residual(x, f, norm, pre, post):
     return x + f(x)
 
 
+def _gather_hidden(x, mask, skip):
+    """At a module's entry: (x, mask, merged). Not prescaled (tp_ops.merges_batch), x becomes the
+    TP group's batch, and so does a mask with a batch dim ((N, 1, 1, S) or (N, 1, S, S); one of
+    dim 0 of 1 broadcasts over the group's batch as it is)."""
+    if not tp_ops.merges_batch(skip):
+        return x, mask, False
+    b = x.shape[0]
+    return tp_ops.gather_batch(x), tp_ops.gather_batch_shaped(mask, b, min_dim=4), True
+
+
 def _split_inputs(inputs, module):
     """(hidden, mask) or (hidden,) or hidden -> hidden, mask (None when absent)."""
     if isinstance(inputs, torch.Tensor):
@@ -139,9 +153,10 @@ class DistributedAttentionLayer(torch.nn.Module):
                  hidden_dropout_prob=0.1, layernorm_epsilon=1e-5, initializer_range=0.02,
                  use_normal_initialization=False, cross_attention=False, causal_mask_size=None,
                  pre_layernorm=False, post_layernorm=True, use_alibi=False, alibi_bias_max=8, _dropout_seed=None,
-                 **extra):
+                 _skip_scatter_and_merge=False, **extra):
         super().__init__()
         name = "DistributedAttentionLayer"
+        self.skip_scatter_and_merge = bool(_skip_scatter_and_merge)
         _enter(name, extra, cross_attention=cross_attention, use_alibi=use_alibi)
         _check_common(name, hidden_size=hidden_size, num_attention_heads=num_attention_heads,
                       attention_head_size=attention_head_size, attention_dropout_prob=attention_dropout_prob,
@@ -162,7 +177,9 @@ class DistributedAttentionLayer(torch.nn.Module):
     def forward(self, inputs):
         x, mask = _split_inputs(inputs, "DistributedAttentionLayer")
         mask = None if mask is None else mask.detach()  # never trained
-        return _residual(x, lambda t: self._attend(t, mask), self.layernorm, self.pre_layernorm, self.post_layernorm)
+        x, mask, merged = _gather_hidden(x, mask, self.skip_scatter_and_merge)
+        out = _residual(x, lambda t: self._attend(t, mask), self.layernorm, self.pre_layernorm, self.post_layernorm)
+        return tp_ops.split_batch(out) if merged else out
 
     def _attend(self, x, mask):
         b, s = x.shape[0], x.shape[1]
@@ -213,9 +230,11 @@ class DistributedTransformerOutputLayer(torch.nn.Module):
 
     def __init__(self, hidden_size=1024, intermediate_size=4096, hidden_dropout_prob=0.1, activation="gelu",
                  layernorm_epsilon=1e-5, initializer_range=0.02, use_normal_initialization=False,
-                 pre_layernorm=False, post_layernorm=True, _dropout_seed=None, **extra):
+                 pre_layernorm=False, post_layernorm=True, _dropout_seed=None, _skip_scatter_and_merge=False,
+                 **extra):
         super().__init__()
         name = "DistributedTransformerOutputLayer"
+        self.skip_scatter_and_merge = bool(_skip_scatter_and_merge)
         _enter(name, extra)
         _check_common(name, hidden_size=hidden_size, intermediate_size=intermediate_size,
                       hidden_dropout_prob=hidden_dropout_prob, activation=activation,
@@ -233,7 +252,9 @@ class DistributedTransformerOutputLayer(torch.nn.Module):
     def forward(self, x):
         if isinstance(x, (tuple, list)):
             x = x[0]
-        return _residual(x, self._feed, self.layernorm, self.pre_layernorm, self.post_layernorm)
+        x, _, merged = _gather_hidden(x, None, self.skip_scatter_and_merge)
+        out = _residual(x, self._feed, self.layernorm, self.pre_layernorm, self.post_layernorm)
+        return tp_ops.split_batch(out) if merged else out
 
     def _feed(self, x):
         h = self.dense_h_to_4h(x)  # (..., I / tp), or gate and up halves
@@ -262,15 +283,16 @@ _LAYER_ARGS = dict(num_attention_heads=32, attention_head_size=32, hidden_size=1
 class DistributedTransformerLayer(torch.nn.Module):
     """SMP's DistributedTransformerLayer: ``attention`` (DistributedAttentionLayer) then
     ``output`` (DistributedTransformerOutputLayer). ``forward((hidden (N, S, H), mask (N, 1, 1,
-    S) additive or None))`` returns ``(hidden, mask)``."""
+    S) additive or None))`` returns ``(hidden, mask)`` (the mask given)."""
 
     def __init__(self, num_attention_heads=32, attention_head_size=32, hidden_size=1024, intermediate_size=4096,
                  attention_dropout_prob=0.1, hidden_dropout_prob=0.1, activation="gelu", layernorm_epsilon=1e-5,
                  initializer_range=0.02, use_normal_initialization=False, causal_mask_size=None,
                  add_cross_attention=False, pre_layernorm=False, post_layernorm=True, use_alibi=False,
-                 alibi_bias_max=8, **extra):
+                 alibi_bias_max=8, _skip_scatter_and_merge=False, **extra):
         super().__init__()
         name = "DistributedTransformerLayer"
+        self.skip_scatter_and_merge = bool(_skip_scatter_and_merge)
         _enter(name, extra, add_cross_attention=add_cross_attention, use_alibi=use_alibi)
         _check_common(name, hidden_size=hidden_size, num_attention_heads=num_attention_heads,
                       attention_head_size=attention_head_size, intermediate_size=intermediate_size,
@@ -280,7 +302,7 @@ class DistributedTransformerLayer(torch.nn.Module):
         common = dict(hidden_size=hidden_size, hidden_dropout_prob=hidden_dropout_prob,
                       layernorm_epsilon=layernorm_epsilon, initializer_range=initializer_range,
                       use_normal_initialization=use_normal_initialization, pre_layernorm=pre_layernorm,
-                      post_layernorm=post_layernorm, _dropout_seed=seed)
+                      post_layernorm=post_layernorm, _dropout_seed=seed, _skip_scatter_and_merge=True)
         self.attention = DistributedAttentionLayer(
             num_attention_heads=num_attention_heads, attention_head_size=attention_head_size,
             attention_dropout_prob=attention_dropout_prob, causal_mask_size=causal_mask_size, **common)
@@ -288,8 +310,10 @@ class DistributedTransformerLayer(torch.nn.Module):
                                                         **common)
 
     def forward(self, inputs):
-        x, mask = _split_inputs(inputs, "DistributedTransformerLayer")
-        return self.output(self.attention((x, mask))), mask
+        x, given = _split_inputs(inputs, "DistributedTransformerLayer")
+        x, mask, merged = _gather_hidden(x, given, self.skip_scatter_and_merge)
+        out = self.output(self.attention((x, mask)))
+        return (tp_ops.split_batch(out) if merged else out), given
 
 
 class DistributedTransformer(torch.nn.Module):
@@ -302,9 +326,10 @@ class DistributedTransformer(torch.nn.Module):
                  intermediate_size=4096, attention_dropout_prob=0.1, hidden_dropout_prob=0.1, activation="gelu",
                  layernorm_epsilon=1e-5, initializer_range=0.02, use_normal_initialization=False,
                  causal_mask_size=None, add_cross_attention=False, pre_layernorm=False, post_layernorm=True,
-                 use_alibi=False, alibi_bias_max=8, **extra):
+                 use_alibi=False, alibi_bias_max=8, _skip_scatter_and_merge=False, **extra):
         super().__init__()
         name = "DistributedTransformer"
+        self.skip_scatter_and_merge = bool(_skip_scatter_and_merge)
         _check(name, "num_layers", isinstance(num_layers, int) and num_layers >= 0, num_layers, "an int >= 0")
         args = dict(num_attention_heads=num_attention_heads, attention_head_size=attention_head_size,
                     hidden_size=hidden_size, intermediate_size=intermediate_size,
@@ -312,18 +337,20 @@ class DistributedTransformer(torch.nn.Module):
                     activation=activation, layernorm_epsilon=layernorm_epsilon, initializer_range=initializer_range,
                     use_normal_initialization=use_normal_initialization, causal_mask_size=causal_mask_size,
                     add_cross_attention=add_cross_attention, pre_layernorm=pre_layernorm,
-                    post_layernorm=post_layernorm, use_alibi=use_alibi, alibi_bias_max=alibi_bias_max, **extra)
+                    post_layernorm=post_layernorm, use_alibi=use_alibi, alibi_bias_max=alibi_bias_max,
+                    _skip_scatter_and_merge=True, **extra)
         _enter(name, extra, add_cross_attention=add_cross_attention, use_alibi=use_alibi)
         self.num_layers = num_layers
         self.seq_layers = torch.nn.Sequential(*[DistributedTransformerLayer(**args) for _ in range(num_layers)])
         self.final_layernorm = _norm(hidden_size, layernorm_epsilon, pre_layernorm and post_layernorm)
 
     def forward(self, inputs):
-        x, mask = _split_inputs(inputs, "DistributedTransformer")
+        x, given = _split_inputs(inputs, "DistributedTransformer")
+        x, mask, merged = _gather_hidden(x, given, self.skip_scatter_and_merge)
         x, mask = self.seq_layers((x, mask)) if self.num_layers else (x, mask)
         if self.final_layernorm is not None:
             x = self.final_layernorm(x)
-        return x, mask
+        return (tp_ops.split_batch(x) if merged else x), given
 
 
 class _LMEmbedding(torch.nn.Module):
@@ -368,17 +395,28 @@ class _LMEmbedding(torch.nn.Module):
 class _TiedLMHead(torch.nn.Module):
     """Logits of this rank's vocabulary slice against the word embedding (given, tied), and the
     mean vocab-parallel cross-entropy over labels >= 0. No parameters of its own: its own
-    module, so the head is a pipeline unit of its own."""
+    module, so the head is a pipeline unit of its own. ``split``: hidden and labels are the TP
+    group's batch (the non-prescaled flow); the per-token losses are split back to this rank's
+    samples (tp_ops.split_batch) before the mean, so the loss is this rank's own samples' and its
+    gradient keeps split_batch's convention. Without labels the logits are gathered over the
+    vocabulary first (this rank's samples' whole logits): split_batch's backward all-gathers
+    the gradient over the group, which is right only for a tensor every rank holds the same
+    columns of, and a rank's vocabulary slice of its own samples alone would be of no use (the
+    other slices of those samples are on no rank)."""
 
     def __init__(self, vocab_size):
         super().__init__()
         self.vocab_size = vocab_size
 
-    def forward(self, hidden, weight, labels=None):
+    def forward(self, hidden, weight, labels=None, split=False):
         logits = F.linear(copy_to_tp(hidden), weight)  # (N, S, V_pad / tp)
         if labels is None:
-            return logits
+            if not split:
+                return logits
+            return tp_ops.split_batch(tp_ops.gather_from_tp(logits).narrow(-1, 0, self.vocab_size))
         per_token = tp_ops.vocab_parallel_cross_entropy(logits, labels, self.vocab_size)
+        if split:
+            per_token, labels = tp_ops.split_batch(per_token), tp_ops.split_batch(labels)
         return per_token.sum() / (labels >= 0).sum().clamp_min(1).to(per_token.dtype)
 
 
@@ -390,18 +428,26 @@ class DistributedTransformerLMHead(torch.nn.Module):
     ids may be None or left off; attention_mask (N, S) of 1 (keep) / 0 (drop); labels are the
     target at each position (no shift), < 0 to ignore. Returns, as smp's C++ module does, a
     tuple of one tensor: ``(loss,)`` (the mean cross-entropy over labelled tokens, the same on
-    every rank) with labels, else ``(logits,)``: this rank's vocabulary slice (N, S, V_pad / tp)
-    (rank r holds columns [r * V_pad/tp, (r+1) * V_pad/tp); V_pad is vocab_size rounded up to a
-    multiple of tp); without add_lm_head ``(hidden,)`` (N, S, H), after the final norm."""
+    every rank of the TP group with prescaled_batch, else over this rank's own samples) with
+    labels, else ``(logits,)``: with prescaled_batch this rank's vocabulary slice (N, S,
+    V_pad / tp) (rank r holds columns [r * V_pad/tp, (r+1) * V_pad/tp); V_pad is vocab_size
+    rounded up to a multiple of tp), else this rank's samples' whole logits (N, S, vocab_size);
+    without add_lm_head ``(hidden,)`` (N, S, H), after the final norm.
+
+    Not prescaled, the batch-shaped inputs (ids, and attention_mask, token_type_ids,
+    position_ids and labels where their dim 0 is the batch) are gathered over the TP group once
+    here; the embedding, the transformer (made with _skip_scatter_and_merge) and the head run on
+    the group's batch, and the output is split back to this rank's samples."""
 
     def __init__(self, num_layers=12, num_attention_heads=32, attention_head_size=32, hidden_size=1024,
                  intermediate_size=4096, attention_dropout_prob=0.1, hidden_dropout_prob=0.1, activation="gelu",
                  layernorm_epsilon=1e-5, initializer_range=0.02, use_normal_initialization=False,
                  causal_mask_size=None, add_cross_attention=False, pre_layernorm=False, post_layernorm=True,
                  vocab_size=30522, num_positions=1024, num_token_types=0, add_lm_head=True, use_alibi=False,
-                 alibi_bias_max=8, **extra):
+                 alibi_bias_max=8, _skip_scatter_and_merge=False, **extra):
         super().__init__()
         name = "DistributedTransformerLMHead"
+        self.skip_scatter_and_merge = bool(_skip_scatter_and_merge)
         _enter(name, {}, add_cross_attention=add_cross_attention, use_alibi=use_alibi)  # (extra: the stack's)
         for key, value in (("vocab_size", vocab_size), ("num_positions", num_positions)):
             _check(name, key, isinstance(value, int) and value >= 1, value, "an int >= 1")
@@ -418,7 +464,7 @@ class DistributedTransformerLMHead(torch.nn.Module):
             attention_dropout_prob=attention_dropout_prob, hidden_dropout_prob=hidden_dropout_prob,
             activation=activation, layernorm_epsilon=layernorm_epsilon, initializer_range=initializer_range,
             use_normal_initialization=use_normal_initialization, causal_mask_size=causal_mask_size,
-            pre_layernorm=pre_layernorm, post_layernorm=post_layernorm, **extra)
+            pre_layernorm=pre_layernorm, post_layernorm=post_layernorm, _skip_scatter_and_merge=True, **extra)
         self.lm_head = _TiedLMHead(vocab_size) if self.add_lm_head else None
 
     def forward(self, inputs):
@@ -428,8 +474,15 @@ class DistributedTransformerLMHead(torch.nn.Module):
             raise TypeError("smp.nn.DistributedTransformerLMHead: forward takes (input_ids, attention_mask, "
                             "token_type_ids, position_ids, labels)")
         ids, attention_mask, token_type_ids, position_ids, labels = (tuple(inputs) + (None,) * 5)[:5]
+        merged = tp_ops.merges_batch(self.skip_scatter_and_merge)
+        if merged:
+            b = ids.shape[0]
+            ids = tp_ops.gather_batch(ids)
+            attention_mask, token_type_ids, position_ids, labels = (
+                tp_ops.gather_batch_shaped(t, b, min_dim=2) for t in (attention_mask, token_type_ids, position_ids,
+                                                                      labels))
         h, mask = self.embedding(ids, attention_mask, token_type_ids, position_ids)
         h, _ = self.transformer((h, mask))
         if not self.add_lm_head:
-            return (h,)
-        return (self.lm_head(h, self.embedding.word_embeddings.weight, labels),)
+            return (tp_ops.split_batch(h) if merged else h,)
+        return (self.lm_head(h, self.embedding.word_embeddings.weight, labels, split=merged),)

@@ -12,7 +12,11 @@ c_attn is held in another shape (see sharded.py), given back in Hugging Face's b
 
 A class is found through the module's MRO (BertSdpaSelfAttention is a BertSelfAttention).
 ``Plan()`` marks a class whose parameters stay replicated on purpose (a pooler, a small
-classifier), so no warning names it.
+classifier), so no warning names it. ``Plan(region=True)`` marks each family's transformer block:
+without ``prescaled_batch`` (the ranks of a TP group hold different samples) the block gathers
+the group's batch at entry and splits it at exit (sharded.batch_region), so its attention and
+MLP, split by heads and features, run on the same samples on every rank; the embeddings and
+heads (whole outputs) do it on their own.
 
 The module files beside this one (gpt2, gptj, gptneo, gptneox, llama, bert, roberta) carry
 SMP's state-dict translation functions for scripts that import them.
@@ -34,6 +38,7 @@ class Plan:
     stacked: tuple = ()  # (child, k): k projections side by side along the output (q | k | v)
     local: tuple = ()  # attributes divided by tp: the module reads them as its own head count / width
     heads: tuple = ()  # attribute paths of head counts that must divide by tp (else: left replicated)
+    region: bool = False  # a transformer block: gathers the TP group's batch when prescaled_batch is false
 
 
 _ATTENTION = dict(column=("q_proj", "k_proj", "v_proj"))
@@ -45,6 +50,7 @@ _BERT = {
     "Output": Plan(row=("dense",)),
     "Embeddings": Plan(vocab=("word_embeddings",)),
     "Pooler": Plan(),
+    "Layer": Plan(region=True),
 }
 
 PLANS = {
@@ -54,28 +60,33 @@ PLANS = {
     "GPT2MLP": Plan(column=("c_fc",), row=("c_proj",)),
     "GPT2Model": Plan(vocab=("wte",)),
     "GPT2LMHeadModel": Plan(head=("lm_head",)),
+    "GPT2Block": Plan(region=True),
     # GPT-Neo
     "GPTNeoSelfAttention": Plan(**_ATTENTION, row=("out_proj",), local=("num_heads",), heads=("num_heads",)),
     "GPTNeoMLP": Plan(column=("c_fc",), row=("c_proj",)),
     "GPTNeoModel": Plan(vocab=("wte",)),
     "GPTNeoForCausalLM": Plan(head=("lm_head",)),
+    "GPTNeoBlock": Plan(region=True),
     # GPT-J
     "GPTJAttention": Plan(**_ATTENTION, row=("out_proj",), local=("num_attention_heads",),
                           heads=("num_attention_heads",)),
     "GPTJMLP": Plan(column=("fc_in",), row=("fc_out",)),
     "GPTJModel": Plan(vocab=("wte",)),
     "GPTJForCausalLM": Plan(head=("lm_head",)),
+    "GPTJBlock": Plan(region=True),
     # GPT-NeoX: query_key_value is laid out head by head (q, k, v of head 0, then head 1, ...)
     "GPTNeoXAttention": Plan(column=("query_key_value",), row=("dense",), heads=("config.num_attention_heads",)),
     "GPTNeoXMLP": Plan(column=("dense_h_to_4h",), row=("dense_4h_to_h",)),
     "GPTNeoXModel": Plan(vocab=("embed_in",)),
     "GPTNeoXForCausalLM": Plan(head=("embed_out",)),
+    "GPTNeoXLayer": Plan(region=True),
     # LLaMA (grouped-query attention: the key/value heads divide too)
     "LlamaAttention": Plan(**_ATTENTION, row=("o_proj",),
                            heads=("config.num_attention_heads", "config.num_key_value_heads")),
     "LlamaMLP": Plan(column=("gate_proj", "up_proj"), row=("down_proj",)),
     "LlamaModel": Plan(vocab=("embed_tokens",)),
     "LlamaForCausalLM": Plan(head=("lm_head",)),
+    "LlamaDecoderLayer": Plan(region=True),
     # BERT and RoBERTa
     **{f"Bert{k}": v for k, v in _BERT.items()},
     "BertLMPredictionHead": Plan(head=("decoder",)),
