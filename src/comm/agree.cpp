@@ -16,11 +16,16 @@ std::string tensor_bytes(const at::Tensor& t) {
   return std::string(static_cast<const char*>(t.data_ptr()), t.numel());
 }
 
-std::vector<std::string> allgather_objects(const std::string& obj, Communicator& group) {
+namespace {
+
+// Every member's byte string; the first wait (for the slowest member to arrive) bounded by
+// `arrival_timeout_s`.
+std::vector<std::string> allgather_within(const std::string& obj, Communicator& group,
+                                          double arrival_timeout_s) {
   // Sizes first, then every object padded to the largest.
   at::Tensor size = at::full({1}, static_cast<int64_t>(obj.size()), at::kLong);
   at::Tensor sizes = at::empty({group.size()}, at::kLong);
-  group.all_gather(sizes, size).wait();
+  group.all_gather(sizes, size).wait(arrival_timeout_s);
   const int64_t longest = sizes.max().item<int64_t>();
   at::Tensor mine = at::zeros({longest}, at::kByte);
   if (!obj.empty()) mine.narrow(0, 0, static_cast<int64_t>(obj.size())).copy_(bytes_tensor(obj));
@@ -31,6 +36,23 @@ std::vector<std::string> allgather_objects(const std::string& obj, Communicator&
     out.push_back(tensor_bytes(all.narrow(0, r * longest, sizes[r].item<int64_t>())));
   }
   return out;
+}
+
+// A wait on members busy in the phase `what`: bounded by phase_timeout_s, and a timeout says so.
+template <class F>
+auto after_phase(const std::string& what, Communicator& group, F&& wait) {
+  try {
+    return wait(group.phase_timeout_s());
+  } catch (const TimeoutError& e) {
+    throw TimeoutError(what + ": a member did not finish this phase within phase_timeout_s (" +
+                       std::to_string(group.phase_timeout_s()) + " s): " + e.what());
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> allgather_objects(const std::string& obj, Communicator& group) {
+  return allgather_within(obj, group, group.timeout_s());
 }
 
 std::string on_rank0(const std::string& what, const std::function<std::string()>& work,
@@ -44,9 +66,10 @@ std::string on_rank0(const std::string& what, const std::function<std::string()>
       message = std::string("-") + e.what();
     }
   }
-  // Rank 0's message to everyone: its length, then its bytes.
+  // Rank 0's message to everyone: its length (waiting for rank 0's work), then its bytes.
   at::Tensor length = at::full({1}, static_cast<int64_t>(message.size()), at::kLong);
-  group.broadcast(length, 0).wait();
+  Work sent = group.broadcast(length, 0);
+  after_phase(what, group, [&](double timeout_s) { sent.wait(timeout_s); });
   at::Tensor bytes = group.rank() == 0 ? bytes_tensor(message) : at::empty({length.item<int64_t>()}, at::kByte);
   if (bytes.numel() > 0) group.broadcast(bytes, 0).wait();
   message = tensor_bytes(bytes);
@@ -69,7 +92,9 @@ void on_every_rank(const std::string& what, const std::function<void()>& work, C
   } catch (const std::exception& e) {
     error = std::string("E") + e.what();
   }
-  const std::vector<std::string> all = allgather_objects(error, group);
+  const std::vector<std::string> all = after_phase(what, group, [&](double timeout_s) {
+    return allgather_within(error, group, timeout_s);
+  });
   for (size_t r = 0; r < all.size(); ++r) {
     if (all[r].empty()) continue;
     const std::string message = what + " failed on rank " + std::to_string(r) + ": " + all[r].substr(1);

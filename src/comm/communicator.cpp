@@ -185,6 +185,7 @@ int Communicator::rank() const { return state_->rank; }
 int Communicator::size() const { return state_->size; }
 const std::vector<int>& Communicator::world_ranks() const { return state_->world_ranks; }
 double Communicator::timeout_s() const { return state_->timeout_s; }
+double Communicator::phase_timeout_s() const { return state_->phase_timeout_s; }
 const Counters& Communicator::counters() const { return state_->counters; }
 void Communicator::reset_counters() {
   std::lock_guard<std::mutex> lock(state_->mutex);

@@ -48,6 +48,7 @@ struct GroupState : std::enable_shared_from_this<GroupState> {
   int rank = 0;
   int size = 1;
   double timeout_s = 60.0;
+  double phase_timeout_s = 3600.0;  // set by ProcessGroups
 
   std::mutex mutex;  // guards what follows: calls may come from several threads
   Counters counters;

@@ -10,7 +10,8 @@ ParallelContext::ParallelContext(const Config& config) : config_(config) {
   const Topology topology(comm::world_size(), config_.pipeline_parallel_degree,
                           config_.tensor_parallel_degree, config_.placement_letters());
   groups_ = std::make_unique<comm::ProcessGroups>(topology, config_.comm_timeout_s,
-                                                  config_.sharded_data_parallel_degree);
+                                                  config_.sharded_data_parallel_degree,
+                                                  config_.phase_timeout_s);
 }
 
 }  // namespace smp

@@ -68,7 +68,8 @@ void check_agreement(const std::string& mine, Communicator& world) {
 
 }  // namespace
 
-ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp_degree)
+ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp_degree,
+                             double phase_timeout_s)
     : topology_(topology), timeout_s_(timeout_s) {
   if (!mpi_initialized()) throw CommError("smp: ProcessGroups needs MPI; call smp::init first");
   if (topology.world_size() != comm::world_size()) {
@@ -118,6 +119,7 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
                                       std::move(members), timeout_s, receives_));
     (replicas ? sdp_replicas_ : sdp_) = std::make_unique<Communicator>(made.back());
   }
+  for (const auto& group : made) group->phase_timeout_s = phase_timeout_s;
   // Every device communicator now, not on first use: a lazy one would be made inside the first
   // device call, which only some ranks reach together (a pipeline's later stages wait on the
   // earlier ones), and its bootstrap would hang them all.

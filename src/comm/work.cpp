@@ -27,10 +27,13 @@ bool Work::is_completed() {
 }
 
 void Work::wait() {
+  if (state_) wait(state_->group->timeout_s);
+}
+
+void Work::wait(double timeout_s) {
   if (is_completed()) return;
   if (state_->wait_on_stream()) return;
   const auto start = Clock::now();
-  const double timeout_s = state_->group->timeout_s;
   const bool diagnose = state_->peer < 0;  // collectives ask the group; p2p names its peer
   const auto timeout = std::chrono::duration<double>(
       diagnose ? timeout_s - detail::diagnosis_grace_s(timeout_s) : timeout_s);

@@ -55,7 +55,8 @@ const std::set<std::string> kTensorFlowOnly = {"contiguous", "horovod"};
 
 // A JSON value as it appears in messages, cut short when long.
 std::string show(const json& value) {
-  std::string text = value.dump();
+  // Bytes that are not UTF-8 (a --mp_parameters value) show as U+FFFD instead of throwing.
+  std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
   if (text.size() > 80) text = text.substr(0, 77) + "...";
   return text;
 }
@@ -112,6 +113,11 @@ double parse_number(const std::string& key, const json& value, const std::string
 
 std::string parse_string(const std::string& key, const json& value, const std::string& allowed) {
   if (!value.is_string()) fail(key, value, allowed);
+  try {
+    (void)value.dump();  // a --mp_parameters value can hold any bytes; to_json() must dump
+  } catch (const json::type_error&) {
+    fail(key, value, allowed + ", in UTF-8");
+  }
   return value.get<std::string>();
 }
 
@@ -296,6 +302,7 @@ const std::vector<KeySpec>& key_specs() {
       bool_key("contiguous", &Config::contiguous),
       bool_key("horovod", &Config::horovod),
       number_key("comm_timeout_s", &Config::comm_timeout_s, 0.0, kInf, true),
+      number_key("phase_timeout_s", &Config::phase_timeout_s, 0.0, kInf, true),
   };
   return specs;
 }

@@ -109,7 +109,11 @@ Values DistributedTransformerLMHead::forward(const Values& in) {
                            : hidden)};
   }
   const at::Tensor out = logits(hidden, embedding->word_embeddings->weight);
-  if (in.size() < 5 || !in[4].defined()) return {flow_.exit(out)};
+  if (in.size() < 5 || !in[4].defined()) {
+    if (!flow_.gathers()) return {out};
+    // This rank's samples need every vocabulary slice: gathered, then its own rows.
+    return {flow_.exit(tp::gather_from_tp(out, tp_group()).narrow(-1, 0, vocab_size_))};
+  }
   return {loss(out, in[4])};  // this rank's labels
 }
 

@@ -108,6 +108,11 @@ DistributedEmbedding::DistributedEmbedding(int64_t num_embeddings, int64_t embed
                       std::to_string(num_embeddings) + ", " + std::to_string(embedding_dim) + "]");
   }
   if (options.padding_idx() && !options.weight().defined()) full[*options.padding_idx()].zero_();
+  if (flow_.gathers() && options.skip_allgather()) {
+    throw ConfigError("skip_allgather: got true in the non-prescaled batch flow, where this rank's "
+                      "own samples would keep only its own columns; allowed with "
+                      "prescaled_batch true, or with skip_scatter_and_merge true");
+  }
   weight = register_sharded("weight", full, 1);
 }
 

@@ -7,6 +7,9 @@
 //   init-disagree  rank 1 inits with pipeline_parallel_degree 3, the others with 1
 //   shutdown-after-failure  rank 1 dies; the others' all_reduce fails and they call
 //             smp::shutdown(), which must not hang (its barrier is bounded too)
+//   phases    phase_timeout_s 6: rank 0 works 4 s alone (on_rank0), longer than the 3 s
+//             comm_timeout_s, which must pass; then rank 2 never finishes its part of an
+//             on_every_rank phase, which must end the others after phase_timeout_s
 // Survivors must print the timeout message and abort the job, as a real main does.
 #include <unistd.h>
 
@@ -32,6 +35,18 @@ int main(int argc, char** argv) {
       const bool odd = smp::comm::world_rank() == 1;
       smp::init(smp::Config::from_json_string(config + (odd ? ", \"pipeline_parallel_degree\": 3}" : "}")));
       std::fprintf(stderr, "[rank %d] init returned\n", smp::rank());
+      return 3;
+    }
+    if (mode == "phases") {
+      smp::init(smp::Config::from_json_string(config + ", \"phase_timeout_s\": 6}"));
+      smp::on_rank0("preparing the run (4 s)", [] {
+        sleep(4);
+        return std::string();
+      });
+      std::fprintf(stderr, "[rank %d] the 4 s phase passed\n", smp::rank());
+      smp::on_every_rank("writing the checkpoint", [] {
+        if (smp::rank() == 2) sleep(3600);
+      });
       return 3;
     }
     smp::init(smp::Config::from_json_string(config + "}"));

@@ -326,6 +326,7 @@ TEST(ConfigTest, RejectsBadValuesNamingKeyValueAndAllowed) {
       {{{"horovod", "no"}}, {"\"horovod\"", "got \"no\"", kBool}},
       {{{"horovod", true}, {"ddp", true}}, {"\"ddp\"", "\"horovod\"", "got true and true", "at most one of them"}},
       {{{"comm_timeout_s", 0}}, {"\"comm_timeout_s\"", "got 0", "a number > 0"}},
+      {{{"phase_timeout_s", 0}}, {"\"phase_timeout_s\"", "got 0", "a number > 0"}},
       {{{"comm_timeout_s", -5}}, {"\"comm_timeout_s\"", "got -5", "a number > 0"}},
       {{{"comm_timeout_s", "60"}}, {"\"comm_timeout_s\"", "got \"60\"", "a number > 0"}},
   };
@@ -588,7 +589,7 @@ TEST(ConfigTest, WarnsForUnimplementedAndTensorFlowKeys) {
 TEST(ConfigTest, ToJsonHasEveryKeyWithEffectiveValues) {
   const Config c = Config::from_json({{"partitions", 4}, {"optimize", "speed"}, {"pipeline", "simple"}});
   const json out = c.to_json();
-  EXPECT_EQ(out.size(), 36u);
+  EXPECT_EQ(out.size(), 37u);
   EXPECT_FALSE(out.contains("partitions"));
   EXPECT_EQ(out.at("pipeline_parallel_degree"), 4);
   EXPECT_EQ(out.at("active_microbatches"), 6);
@@ -598,6 +599,7 @@ TEST(ConfigTest, ToJsonHasEveryKeyWithEffectiveValues) {
   EXPECT_EQ(out.at("ddp_dist_backend"), "auto");
   EXPECT_TRUE(out.at("ddp_port").is_null());
   EXPECT_EQ(out.at("comm_timeout_s"), 60.0);
+  EXPECT_EQ(out.at("phase_timeout_s"), 3600.0);
 }
 
 TEST(ConfigTest, RoundTripsThroughJson) {

@@ -172,6 +172,10 @@ TEST(TpNn, NonPrescaledFlowMatchesOneProcessOnTheGroupsBatch) {
       return std::make_shared<nn::DistributedEmbedding>(
           10, 8, nn::DistributedEmbeddingOptions().tp_group(group));
     });
+    if (t > 1) {  // its own rows of its own columns would be no use to anyone
+      EXPECT_THROW(nn::DistributedEmbedding(10, 8, nn::DistributedEmbeddingOptions().skip_allgather(true)),
+                   ConfigError);
+    }
     check_against_reference(
         named("DistributedEmbedding"), *emb, *emb_full,
         [&](const at::Tensor& in) { return emb->forward(in); },
@@ -219,6 +223,12 @@ TEST(TpNn, NonPrescaledFlowMatchesOneProcessOnTheGroupsBatch) {
                                            ref_of(true, true));
     const at::Tensor loss = lm->forward({mine(tokens), mine(keep), {}, {}, mine(labels)})[0];
     EXPECT_TRUE(close(loss, own_ref, kTol)) << "this rank's loss";
+    {  // without labels: this rank's samples' logits over the whole vocabulary
+      at::NoGradGuard no_grad;
+      EXPECT_TRUE(close(lm->forward({mine(tokens), mine(keep)})[0],
+                        full->forward({mine(tokens), mine(keep)})[0], kTol))
+          << "this rank's logits";
+    }
     loss.backward();
     const auto dims = tp::tp_shard_dims(*lm);
     for (const auto& p : lm->named_parameters()) {

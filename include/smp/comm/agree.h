@@ -1,6 +1,9 @@
 // Helpers that take a group and make its ranks agree: on a result one rank computed, on
 // whether a piece of work failed anywhere, on every rank's object. Each is collective over the
-// communicator given (every member calls it, in the same order) and blocks.
+// communicator given (every member calls it, in the same order) and blocks. on_rank0 and
+// on_every_rank wait for the work of a known long phase (preparing data, partitioning,
+// checkpoint writers): that wait is bounded by the group's phase_timeout_s, not its
+// comm_timeout_s, and a timeout names the phase (`what`).
 #pragma once
 
 #include <functional>

@@ -50,7 +50,8 @@ class Communicator {
   int rank() const;  // this rank's index in the group
   int size() const;
   const std::vector<int>& world_ranks() const;
-  double timeout_s() const;
+  double timeout_s() const;        // comm_timeout_s: every wait on communication
+  double phase_timeout_s() const;  // phase_timeout_s: waits on a long phase (agree.h)
 
   // --- Collectives (every group member calls them, in the same order) ------------------
   // In place; any shape, any size (0 included). kAvg needs a floating dtype.

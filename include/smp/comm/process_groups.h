@@ -21,8 +21,10 @@ class ProcessGroups {
  public:
   // Collective over MPI_COMM_WORLD. MPI must be initialised (init_mpi) and the topology's
   // world size must equal MPI's. Every group is made here, sharded data parallelism's sharding
-  // and replica groups for `sdp_degree` (Topology::sdp_group) included.
-  ProcessGroups(const Topology& topology, double timeout_s, int sdp_degree = 1);
+  // and replica groups for `sdp_degree` (Topology::sdp_group) included. `timeout_s` bounds every
+  // wait on communication, `phase_timeout_s` the waits on a long phase (agree.h).
+  ProcessGroups(const Topology& topology, double timeout_s, int sdp_degree = 1,
+                double phase_timeout_s = 3600.0);
 
   Communicator& get(CommGroup kind) const;
   // Sharded data parallelism's groups: SDP_GROUP (this rank's sharding group) and, with

@@ -25,6 +25,9 @@ class Work {
   // Blocks until done. Yields the core while waiting (ranks may share cores).
   // Throws smp::TimeoutError / smp::CommError. Calling it again after success is a no-op.
   void wait();
+  // The same, bounded by `timeout_s` instead of the communicator's comm_timeout_s: for a wait
+  // on peers busy in a known long phase (agree.h).
+  void wait(double timeout_s);
   // Advances the operation once and reports whether it is done. Never blocks.
   bool is_completed();
   // The operation's output: the received tensor for recv, the output tensor otherwise.

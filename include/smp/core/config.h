@@ -6,7 +6,7 @@
 //   - pipeline_parallel_degree (alias "partitions") defaults to 1; SMP requires it.
 //   - auto_partition=false does not require default_partition (it defaults to 0).
 //   - bf16 is allowed without sharded data parallelism.
-// smp extension keys (not in SMP): comm_timeout_s.
+// smp extension keys (not in SMP): comm_timeout_s, phase_timeout_s.
 //
 // Every problem throws smp::ConfigError whose message names the key, the value given (as
 // JSON) and what is allowed. Nothing here blocks, talks to other ranks or keeps global state;
@@ -100,6 +100,9 @@ struct Config {
   // ---- smp extensions ----
   // Seconds any communication wait may take before the ranks abort with a message. > 0.
   double comm_timeout_s = 60.0;
+  // Seconds the other ranks wait for a known long phase that some ranks run alone (rank 0
+  // preparing the data or partitioning, the checkpoint writers) before aborting. > 0.
+  double phase_timeout_s = 3600.0;
 
   // Canonical names of the keys that were given explicitly ("partitions" is recorded as
   // "pipeline_parallel_degree"). Derived defaults and not_implemented_warnings() use it.

@@ -92,7 +92,8 @@ struct DistributedEmbeddingOptions {
   TORCH_ARG(bool, sparse) = false;  // not implemented: must stay false
   TORCH_ARG(at::Tensor, weight);    // SMP's _weight: the full initial weight
   TORCH_ARG(double, initializer_range) = 0.02;
-  TORCH_ARG(bool, skip_allgather) = false;          // output stays split along embedding_dim
+  TORCH_ARG(bool, skip_allgather) = false;  // output stays split along embedding_dim (not in
+                                            // the non-prescaled flow unless skipping it)
   TORCH_ARG(bool, skip_scatter_and_merge) = false;  // the batch flow (see the top)
   TORCH_ARG(std::optional<tp::TpGroup>, tp_group);
   TORCH_ARG(std::optional<bool>, prescaled_batch);
