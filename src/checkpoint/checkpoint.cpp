@@ -229,10 +229,15 @@ json read_manifest_at(const std::string& dir) {
   } catch (const json::exception& e) {
     throw CheckpointError("checkpoint manifest " + file + " is not valid JSON: " + e.what());
   }
-  if (m.value("format", "") != kFormat || !m.contains("version") || m["version"].get<int>() > kVersion) {
-    throw CheckpointError("checkpoint manifest " + file + ": format " + m.value("format", "?") + " version " +
-                (m.contains("version") ? m["version"].dump() : "?") + "; this smp reads " + kFormat +
-                " versions up to " + std::to_string(kVersion));
+  // Any JSON may be on disk: look before reading a field (json's own errors name neither the file nor the field).
+  const json format = m.is_object() && m.contains("format") ? m["format"] : json("?");
+  const json version = m.is_object() && m.contains("version") ? m["version"] : json("?");
+  if (format != kFormat || !version.is_number_integer() || version.get<int64_t>() < 1 ||
+      version.get<int64_t>() > kVersion) {
+    throw CheckpointError("checkpoint manifest " + file + ": " +
+                          (m.is_object() ? "format " + format.dump() + " version " + version.dump()
+                                         : std::string("a JSON ") + m.type_name() + ", not an object") +
+                          "; this smp reads " + kFormat + " versions 1 to " + std::to_string(kVersion));
   }
   return m;
 }

@@ -4,6 +4,7 @@
 
 #include "smp/checkpoint/checkpoint.h"
 #include "smp/checkpoint/safetensors.h"
+#include "smp/core/error.h"
 #include "smp/runtime.h"
 
 namespace smp {
@@ -29,7 +30,12 @@ std::map<std::string, at::Tensor> load(const std::string& path, bool partial, js
   if (extra != nullptr) {
     const auto metadata = checkpoint::read_safetensors_header(file).metadata;
     const auto it = metadata.find("smp.json");
-    *extra = it == metadata.end() ? json(nullptr) : json::parse(it->second);
+    try {
+      *extra = it == metadata.end() ? json(nullptr) : json::parse(it->second);
+    } catch (const json::exception& e) {
+      throw CheckpointError("smp.load: '" + file + "': metadata \"smp.json\" is not JSON (smp.save writes it): " +
+                            e.what());
+    }
   }
   return checkpoint::load_safetensors(file);
 }

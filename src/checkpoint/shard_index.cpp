@@ -58,18 +58,71 @@ json to_json(const Piece& p) {
   return j;
 }
 
+namespace {
+
+// A JSON integer that fits int64, else a CheckpointError naming the field and the value.
+int64_t integer(const json& v, const char* field) {
+  if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))) {
+    throw CheckpointError(std::string("\"") + field + "\" holds " + v.dump() + "; allowed: integers");
+  }
+  return v.get<int64_t>();
+}
+
+// A shape or offsets: a list of integers >= 0.
+Shape dims(const json& v, const char* field) {
+  if (!v.is_array()) {
+    throw CheckpointError(std::string("\"") + field + "\" is " + v.dump() + "; allowed: a list of integers >= 0");
+  }
+  Shape out;
+  for (const json& d : v) {
+    out.push_back(integer(d, field));
+    if (out.back() < 0) {
+      throw CheckpointError(std::string("\"") + field + "\" is " + v.dump() + "; allowed: a list of integers >= 0");
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 Piece piece_from_json(const json& j) {
   Piece p;
   p.file = j.at("file").get<std::string>();
   p.name = j.at("name").get<std::string>();
-  p.offsets = j.at("offsets").get<Shape>();
-  p.shape = j.at("shape").get<Shape>();
-  p.crc32 = j.at("crc32").get<uint32_t>();
+  p.offsets = dims(j.at("offsets"), "offsets");
+  p.shape = dims(j.at("shape"), "shape");
+  const int64_t crc = integer(j.at("crc32"), "crc32");
+  if (crc < 0 || crc > int64_t{UINT32_MAX}) {
+    throw CheckpointError("piece " + p.name + ": \"crc32\" is " + std::to_string(crc) + "; allowed: 0 to 4294967295");
+  }
+  p.crc32 = static_cast<uint32_t>(crc);
+  // A file of the checkpoint's own folder (a file-less piece is only ever one held in memory).
+  if (p.file.empty() || p.file == "." || p.file == ".." || p.file.find('/') != std::string::npos) {
+    throw CheckpointError("piece " + p.name + ": \"file\" is \"" + p.file +
+                          "\"; allowed: the name of a file in the checkpoint folder");
+  }
   if (j.contains("flat")) {
-    p.flat_start = j["flat"].at(0).get<int64_t>();
-    p.flat_numel = j["flat"].at(1).get<int64_t>();
+    const json& flat = j["flat"];
+    if (!flat.is_array() || flat.size() != 2 || integer(flat[0], "flat") < 0 || integer(flat[1], "flat") < 0) {
+      throw CheckpointError("piece " + p.name + ": \"flat\" is " + flat.dump() + "; allowed: [start >= 0, numel >= 0]");
+    }
+    p.flat_start = flat[0].get<int64_t>();
+    p.flat_numel = flat[1].get<int64_t>();
   }
   if (p.offsets.size() != p.shape.size()) throw CheckpointError("piece " + p.name + ": offsets and shape differ in rank");
+  int64_t volume = 1;
+  for (size_t d = 0; d < p.shape.size(); ++d) {
+    int64_t end = 0;
+    if (__builtin_add_overflow(p.offsets[d], p.shape[d], &end) || __builtin_mul_overflow(volume, p.shape[d], &volume)) {
+      throw CheckpointError("piece " + p.name + ": " + describe(p.offsets, p.shape) +
+                            " reach past 2^63 elements; allowed: a rectangle of a tensor");
+    }
+  }
+  if (!p.whole_rectangle() && (p.flat_numel > volume || p.flat_start > volume - p.flat_numel)) {
+    throw CheckpointError("piece " + p.name + ": \"flat\" [" + std::to_string(p.flat_start) + ", " +
+                          std::to_string(p.flat_numel) + "] is not within its " + std::to_string(volume) +
+                          " elements (" + describe(p.offsets, p.shape) + ")");
+  }
   return p;
 }
 
@@ -82,8 +135,25 @@ uint32_t crc32_of(const at::Tensor& t) {
 ShardIndex::ShardIndex(std::string dir, const json& tensors) : dir_(std::move(dir)) {
   for (const auto& [key, value] : tensors.items()) {
     TensorEntry entry;
-    entry.shape = value.at("shape").get<Shape>();
-    for (const json& p : value.at("pieces")) entry.pieces.push_back(piece_from_json(p));
+    std::string problem;
+    try {
+      entry.shape = dims(value.at("shape"), "shape");
+      for (const json& p : value.at("pieces")) {
+        entry.pieces.push_back(piece_from_json(p));
+        if (entry.pieces.back().shape.size() != entry.shape.size()) problem = "a piece's rank is not the tensor's";
+      }
+    } catch (const json::exception& e) {
+      problem = e.what();
+    } catch (const CheckpointError& e) {
+      problem = e.what();
+    }
+    if (!problem.empty()) {  // names the tensor, shows its entry and what an entry is
+      std::string got = value.dump(-1, ' ', false, json::error_handler_t::replace);
+      if (got.size() > 200) got = got.substr(0, 197) + "...";
+      throw CheckpointError("checkpoint " + dir_ + ": manifest entry of tensor '" + key + "': " + problem +
+                            "; got " + got + "; allowed: {\"shape\": [dims], \"pieces\": [{\"file\", \"name\", " +
+                            "\"offsets\", \"shape\", \"crc32\"[, \"flat\": [start, numel]]}, ...]}");
+    }
     entries_[key] = std::move(entry);
   }
 }
@@ -171,7 +241,14 @@ void ShardIndex::read_region(const std::string& key, const Shape& offsets, at::T
         covered += overlap.volume();
         continue;
       }
-      data = read_piece(*pieces[0]).view(r.len);
+      data = read_piece(*pieces[0]);
+      if (data.numel() != r.volume()) {
+        throw CheckpointError("checkpoint " + dir_ + ": tensor '" + key + "': piece '" + pieces[0]->name + "' in " +
+                              pieces[0]->file + " holds " + std::to_string(data.numel()) +
+                              " elements; its rectangle (" + describe(r.lo, r.len) + ") has " +
+                              std::to_string(r.volume()));
+      }
+      data = data.view(r.len);
     } else {
       at::Tensor flat = at::empty({r.volume()}, at::TensorOptions().dtype(dtype));
       int64_t filled = 0;

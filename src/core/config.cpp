@@ -442,7 +442,7 @@ Config Config::from_json_string(const std::string& text) {
   json params;
   try {
     params = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
     throw ConfigError(std::string("invalid config JSON: ") + e.what());
   }
   return from_json(params);

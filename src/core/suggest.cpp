@@ -32,6 +32,10 @@ std::string nearest_name(const std::string& key, const std::vector<std::string>&
   std::string best;
   std::size_t best_distance = limit + 1;
   for (const std::string& name : names) {
+    // The distance is at least the difference in length: a long key (a megabyte of garbage in
+    // a config) then costs nothing instead of a key-sized table per name.
+    const std::size_t gap = key.size() > name.size() ? key.size() - name.size() : name.size() - key.size();
+    if (gap >= best_distance) continue;
     const std::size_t distance = edit_distance(key, name);
     if (distance < best_distance) {
       best = name;

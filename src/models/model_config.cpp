@@ -90,6 +90,7 @@ ModelConfig named_model(const std::string& name) {
 
 ModelConfig model_config_from_json(const nlohmann::json& json) {
   if (!json.is_object()) bad("model", json, "an object such as {\"name\": \"gpt2-124m\"}");
+  if (json.contains("name") && !json.at("name").is_string()) bad("name", json.at("name"), "a model name string");
   ModelConfig c = named_model(json.value("name", std::string("gpt2-124m")));
   const std::map<std::string, int64_t*> ints = {
       {"vocab_size", &c.vocab_size}, {"max_seq_len", &c.max_seq_len},

@@ -174,7 +174,7 @@ TrainConfig TrainConfig::from_json_string(const std::string& text) {
   json root;
   try {
     root = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number past double
     throw ConfigError(std::string("run config: invalid JSON: ") + e.what());
   }
   TrainConfig c;
