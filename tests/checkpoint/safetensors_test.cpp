@@ -50,7 +50,7 @@ std::string make_file(std::string header, const std::string& data) {
 bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
   at::Tensor ca = a.contiguous(), cb = b.contiguous();
   return ca.scalar_type() == cb.scalar_type() && ca.sizes() == cb.sizes() &&
-         std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0;
+         (ca.nbytes() == 0 || std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0);
 }
 
 // Runs `fn`, expecting smp::Error whose message names `path` and contains `what`.
