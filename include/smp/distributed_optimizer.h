@@ -93,6 +93,9 @@ class DistributedOptimizer {
   bool overflow() const;
   // Steps skipped for inf or NaN gradients without fp16, since construction.
   int64_t skipped_steps() const;
+  // Collective. The master gradients' global L2 norm, counted as clip_master_grads counts it,
+  // without changing them (for logging when not clipping); -1 on an fp16 overflow.
+  double master_grad_norm();
   // Collective. Scales the master gradients so their global L2 norm, over every pipeline
   // stage, tensor shard and (sharded) data-parallel slice, with TP-replicated parameters
   // counted once, is at most max_norm (torch's clip_grad_norm_ rule). Returns the norm before

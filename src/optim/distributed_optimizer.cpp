@@ -105,9 +105,8 @@ void DistributedOptimizer::skip_nonfinite(Impl& im) {
   }
 }
 
-double DistributedOptimizer::clip_master_grads(double max_norm) {
+double DistributedOptimizer::master_grad_norm() {
   Impl& im = ready();
-  im.clipped_for = im.reducer->steps_finished();
   if (im.overflow) return -1;
   double sum_sq = 0;
   for (const Run& run : im.runs) {
@@ -118,7 +117,14 @@ double DistributedOptimizer::clip_master_grads(double max_norm) {
   // Each element once: the runs counted in the norm, summed over the ranks holding the rest.
   at::Tensor total = at::full({1}, sum_sq, at::kDouble);
   im.reducer->store().sum_norm(total);
-  const double norm = std::sqrt(total.item<double>());
+  return std::sqrt(total.item<double>());
+}
+
+double DistributedOptimizer::clip_master_grads(double max_norm) {
+  Impl& im = ready();
+  im.clipped_for = im.reducer->steps_finished();
+  const double norm = master_grad_norm();
+  if (norm < 0) return norm;
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1) {
     for (const Run& run : im.runs) im.grad_view(run).mul_(coef);

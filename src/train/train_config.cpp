@@ -83,9 +83,15 @@ Setters training_setters(TrainingConfig& t) {
       {"lr", real_into("training.lr", &t.lr, 0, 10)},
       {"min_lr", real_into("training.min_lr", &t.min_lr, 0, 10)},
       {"warmup_steps", int_into("training.warmup_steps", &t.warmup_steps, 0)},
+      {"optimizer",
+       [&t](const json& v) {
+         if (!v.is_string() || (v != "adamw" && v != "sgd")) bad("training.optimizer", v, "\"adamw\", \"sgd\"");
+         t.optimizer = v.get<std::string>();
+       }},
       {"weight_decay", real_into("training.weight_decay", &t.weight_decay, 0, 10)},
       {"beta1", real_into("training.beta1", &t.beta1, 0, 0.999999)},
       {"beta2", real_into("training.beta2", &t.beta2, 0, 0.999999)},
+      {"momentum", real_into("training.momentum", &t.momentum, 0, 0.999999)},
       {"grad_clip", real_into("training.grad_clip", &t.grad_clip, 0, 1e9)},
       {"max_nonfinite_steps", int_into("training.max_nonfinite_steps", &t.max_nonfinite_steps, 0)},
       {"precision",

@@ -24,6 +24,7 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <nlohmann/json.hpp>
 #include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
 #if __has_include(<c10/cuda/CUDACachingAllocator.h>)
 #include <c10/cuda/CUDACachingAllocator.h>
 #define SMP_TRAIN_CUDA_STATS 1
@@ -175,27 +176,36 @@ at::Device training_device(const TrainingConfig& t) {
   return {at::kCUDA, static_cast<c10::DeviceIndex>(local_rank())};
 }
 
-std::unique_ptr<torch::optim::AdamW> make_adamw(const DistributedModel& dmodel,
-                                                const TrainingConfig& t) {
-  // Weight decay on matrices only; biases, norms and positions are left alone.
+// training.optimizer over two groups: weight decay on matrices only; biases, norms and
+// positions are left alone.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const DistributedModel& dmodel,
+                                                        const TrainingConfig& t) {
   std::vector<at::Tensor> decay, no_decay;
   for (const auto& p : dmodel.local_parameter_info()) {
     const bool positions = p.name.size() >= 3 && p.name.compare(p.name.size() - 3, 3, "wpe") == 0;
     (p.tensor.dim() >= 2 && !positions ? decay : no_decay).push_back(p.tensor);
   }
-  auto options = torch::optim::AdamWOptions(t.lr).betas({t.beta1, t.beta2}).weight_decay(t.weight_decay);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(options));
-  auto no_decay_options = std::make_unique<torch::optim::AdamWOptions>(options);
-  no_decay_options->weight_decay(0.0);
-  groups.emplace_back(no_decay, std::move(no_decay_options));
+  auto two_groups = [&](auto options) {
+    using Options = decltype(options);
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(decay, std::make_unique<Options>(options));
+    auto no_decay_options = std::make_unique<Options>(options);
+    no_decay_options->weight_decay(0.0);
+    groups.emplace_back(no_decay, std::move(no_decay_options));
+    return std::pair{std::move(groups), options};
+  };
+  if (t.optimizer == "sgd") {
+    auto [groups, options] =
+        two_groups(torch::optim::SGDOptions(t.lr).momentum(t.momentum).weight_decay(t.weight_decay));
+    return std::make_unique<torch::optim::SGD>(std::move(groups), options);
+  }
+  auto [groups, options] = two_groups(
+      torch::optim::AdamWOptions(t.lr).betas({t.beta1, t.beta2}).weight_decay(t.weight_decay));
   return std::make_unique<torch::optim::AdamW>(std::move(groups), options);
 }
 
 void set_lr(torch::optim::Optimizer& optimizer, double lr) {
-  for (auto& group : optimizer.param_groups()) {
-    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-  }
+  for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
 }
 
 void print_startup(const TrainConfig& c, const std::vector<std::string>& layer_names,
@@ -381,7 +391,7 @@ void Trainer::setup() {
   setup_model();
   DistributedOptimizerOptions options;
   options.max_nonfinite_steps = training_.max_nonfinite_steps;
-  optimizer_ = std::make_unique<DistributedOptimizer>(*dmodel_, make_adamw(*dmodel_, training_), options);
+  optimizer_ = std::make_unique<DistributedOptimizer>(*dmodel_, make_optimizer(*dmodel_, training_), options);
   loss_fn_ = [this](const Values& out, const Values& y) { return model_->loss(out, y); };
   resume();
   if (lead_) {
@@ -517,7 +527,8 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
   StepOptions options;
   options.trace = s + 1 == training_.steps;
   const auto out = step(*dmodel_, {x.to(device_)}, {y.to(device_)}, loss_fn_, options);
-  r.norm = training_.grad_clip > 0 ? optimizer_->clip_master_grads(training_.grad_clip) : 0;
+  r.norm = training_.grad_clip > 0 ? optimizer_->clip_master_grads(training_.grad_clip)
+                                    : optimizer_->master_grad_norm();
   optimizer_->step();
   optimizer_->zero_grad();
   r.loss = replica_mean(out[0].reduce_mean().item<double>());

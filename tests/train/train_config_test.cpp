@@ -36,6 +36,7 @@ TEST(TrainConfig, ReadsEverySectionWithDefaults) {
   EXPECT_EQ(c.training.steps, 300);
   EXPECT_EQ(c.smp.pipeline_parallel_degree, 2);
   EXPECT_TRUE(c.smp.bf16) << "precision bf16 sets SMP's bf16";
+  EXPECT_EQ(c.training.optimizer, "adamw");
   EXPECT_EQ(c.run_dir, "runs/x");
 }
 
@@ -47,6 +48,10 @@ TEST(TrainConfig, BadInputNamesTheKeyAndWhatIsAllowed) {
                       {"training.lr", "\"fast\""});
   expect_config_error(R"({"data": {"text": "t"}, "training": {"precision": "fp8"}})",
                       {"training.precision", "\"fp8\"", "\"bf16\""});
+  expect_config_error(R"({"data": {"text": "t"}, "training": {"optimizer": "adam"}})",
+                      {"training.optimizer", "\"adam\"", "\"adamw\", \"sgd\""});
+  expect_config_error(R"({"data": {"text": "t"}, "training": {"momentum": 1}})",
+                      {"training.momentum", "1"});
   expect_config_error(R"({"data": {"text": "t"}, "training": {"activation_checkpointing": "all"}})",
                       {"training.activation_checkpointing", "\"all\"", "\"group_<N>\""});
   expect_config_error(R"({"data": {"text": "t"}, "training": {"activation_checkpointing": true}})",

@@ -34,10 +34,12 @@ struct TrainingConfig {
   double lr = 3e-3;
   double min_lr = 3e-4;        // cosine decay ends here
   int64_t warmup_steps = 10;   // linear warm-up from 0
-  double weight_decay = 0.1;   // AdamW, on matrices only (not biases, norms)
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  double grad_clip = 1.0;      // global-norm clipping; 0 disables
+  std::string optimizer = "adamw";  // "adamw" | "sgd"
+  double weight_decay = 0.1;   // on matrices only (not biases, norms): AdamW's decoupled, SGD's L2
+  double beta1 = 0.9;          // AdamW
+  double beta2 = 0.95;         // AdamW
+  double momentum = 0;         // SGD
+  double grad_clip = 1.0;      // global-norm clipping; 0 disables (the norm is still logged)
   int64_t max_nonfinite_steps = 10;  // steps skipped in a row for inf/NaN gradients before stopping; 0 never
   std::string precision = "fp32";  // "fp32" | "bf16" | "fp16" (sets smp's bf16 / fp16 keys)
   uint64_t seed = 1234;
