@@ -119,7 +119,8 @@ std::shared_ptr<GroupState> make_group(MPI_Comm comm, std::string name,
                         " MPI ranks but the topology lists " +
                         std::to_string(group->world_ranks.size()));
   }
-  check_mpi(MPI_Comm_dup(comm, &group->control), "MPI_Comm_dup", *group);
+  group->control = dup_within(comm, "MPI_Comm_idup for " + group->name + "'s control channel",
+                              timeout_s);
   MPI_Comm_set_errhandler(group->control, MPI_ERRORS_RETURN);
   group->send_seq.assign(group->size, 0);
   // Payload tags live above the user's tags: [kMaxTag, 2 * kMaxTag).

@@ -71,6 +71,14 @@ struct GroupState : std::enable_shared_from_this<GroupState> {
   int64_t count(const std::string& op, int64_t bytes);
 };
 
+// Communicators made within timeout_s (bounded_mpi.cpp): past it, a TimeoutError naming
+// `what` (e.g. "MPI_Comm_split for TP_GROUP"). The copy is polled (MPI_Comm_idup); a split
+// (`split_call` makes it: MPI_Comm_split or MPI_Comm_split_type), which MPI cannot do without
+// blocking, runs on a thread of its own; the callable must own what it reads.
+MPI_Comm dup_within(MPI_Comm comm, const std::string& what, double timeout_s);
+MPI_Comm split_within(const std::string& what, double timeout_s,
+                      std::function<int(MPI_Comm*)> split_call);
+
 // Takes ownership of `comm`. `name` is what errors print ("TP_GROUP"); `world_ranks[i]` is
 // the world rank of group rank i. Every wait is bounded by `timeout_s`.
 // Groups made with the same `receives` advance each other's pending receives while waiting.

@@ -20,6 +20,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
+#include <limits>
 #include <map>
 #include <thread>
 #include <cstdio>
@@ -159,19 +160,8 @@ class EmulatedNccl {
   // Collective over the group, like ncclCommInitRank: unbounded when `bounded` is false (a
   // blocking init), else within the group's timeout (a non-blocking init polled).
   EmulatedNccl(GroupState& group, bool bounded) : label_(group.describe()) {
-    MPI_Request request;
-    check_mpi(MPI_Comm_idup(group.comm, &comm_, &request), "emulated NCCL init", group);
-    const auto start = std::chrono::steady_clock::now();
-    for (int done = 0; !done;) {
-      check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "emulated NCCL init", group);
-      const double waited =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (!done && bounded && waited > group.timeout_s) {
-        throw TimeoutError("smp: NCCL init (emulated) on " + group.describe() + " timed out after " +
-                           std::to_string(waited) + " s: some member never made it; abort the job.");
-      }
-      if (!done) std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
+    comm_ = dup_within(group.comm, "NCCL init (emulated) on " + label_,
+                       bounded ? group.timeout_s : std::numeric_limits<double>::infinity());
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
     collectives_ = std::make_unique<Stream>(comm_, label_);
   }

@@ -3,9 +3,6 @@
 
 #include <mpi.h>
 
-#include <chrono>
-#include <thread>
-
 #include "internal.h"
 #include "nccl.h"
 #include "smp/core/error.h"
@@ -14,33 +11,6 @@
 
 namespace smp::comm {
 namespace {
-
-// The world's first collective of an init, within timeout_s: a rank that never arrives
-// (crashed before smp::init, or still stuck in earlier work) is reported, not waited on.
-MPI_Comm dup_world_within(double timeout_s) {
-  MPI_Comm comm = MPI_COMM_NULL;
-  MPI_Request request = MPI_REQUEST_NULL;
-  if (MPI_Comm_idup(MPI_COMM_WORLD, &comm, &request) != MPI_SUCCESS) {
-    throw CommError("smp::init: MPI_Comm_idup of the world failed");
-  }
-  const auto start = std::chrono::steady_clock::now();
-  for (int done = 0; !done;) {
-    if (MPI_Test(&request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
-      throw CommError("smp::init: MPI_Comm_idup of the world failed");
-    }
-    const double waited =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (!done && waited > timeout_s) {
-      throw TimeoutError("smp::init on world rank " + std::to_string(comm::world_rank()) +
-                         ": not every one of the " + std::to_string(comm::world_size()) +
-                         " ranks arrived within comm_timeout_s (" + std::to_string(timeout_s) +
-                         " s): a rank crashed before smp::init or is still busy in earlier "
-                         "work; abort the job.");
-    }
-    if (!done) std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
-  return comm;
-}
 
 // What every rank's init must agree on before the groups are split: the layout, and how many
 // inits this process ran (a rank that skipped a shutdown and init cycle pairs its collectives
@@ -66,6 +36,12 @@ void check_agreement(const std::string& mine, Communicator& world) {
   }
 }
 
+MPI_Comm split_world(const std::string& what, int color, int key, double timeout_s) {
+  return detail::split_within(what, timeout_s, [color, key](MPI_Comm* out) {
+    return MPI_Comm_split(MPI_COMM_WORLD, color, key, out);
+  });
+}
+
 }  // namespace
 
 ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp_degree,
@@ -77,22 +53,31 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
                       " ranks but MPI started " + std::to_string(comm::world_size()));
   }
   world_rank_ = comm::world_rank();  // (the member world_rank() would hide it)
-  // Every rank is here, in the same init with the same layout, before any blocking split (on
-  // a communicator of its own, so WORLD's operations are numbered from the user's first).
+  // Every rank is here, in the same init with the same layout, before any split (on a
+  // communicator of its own, so WORLD's operations are numbered from the user's first). The
+  // world's first collective of an init is bounded: a rank that never arrives (crashed before
+  // smp::init, or still busy in earlier work) is reported, not waited on; so is every
+  // communicator made after it.
   const std::vector<int> everyone = topology.group(CommGroup::WORLD, world_rank_);
   {
-    Communicator agreeing(
-        detail::make_group(dup_world_within(timeout_s), "WORLD", everyone, timeout_s));
+    Communicator agreeing(detail::make_group(
+        detail::dup_within(MPI_COMM_WORLD, "MPI_Comm_idup of the world (every rank's arrival)",
+                           timeout_s),
+        "WORLD", everyone, timeout_s));
     check_agreement(init_fingerprint(topology, sdp_degree), agreeing);
   }
   receives_ = std::make_shared<detail::PendingReceives>();
   std::vector<std::shared_ptr<detail::GroupState>> made;  // in the same order on every rank
-  made.push_back(detail::make_group(dup_world_within(timeout_s), to_string(CommGroup::WORLD),
-                                    everyone, timeout_s, receives_));
+  made.push_back(detail::make_group(
+      detail::dup_within(MPI_COMM_WORLD, "MPI_Comm_idup for WORLD", timeout_s),
+      to_string(CommGroup::WORLD), everyone, timeout_s, receives_));
   groups_[CommGroup::WORLD] = std::make_unique<Communicator>(made.back());
 
-  MPI_Comm node;
-  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank_, MPI_INFO_NULL, &node);
+  const int me = world_rank_;
+  MPI_Comm node = detail::split_within(
+      "MPI_Comm_split_type for the node's ranks", timeout_s, [me](MPI_Comm* out) {
+        return MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, me, MPI_INFO_NULL, out);
+      });
   MPI_Comm_rank(node, &local_rank_);
   MPI_Comm_size(node, &local_size_);
   MPI_Comm_free(&node);
@@ -101,22 +86,21 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
   std::shared_ptr<detail::GroupState> pipeline;  // the one with point-to-point traffic
   for (CommGroup kind : all_comm_groups()) {
     if (kind == CommGroup::WORLD) continue;
-    MPI_Comm comm;
-    MPI_Comm_split(MPI_COMM_WORLD, topology.group_index(kind, world_rank_), world_rank_, &comm);
-    made.push_back(detail::make_group(comm, to_string(kind), topology.group(kind, world_rank_),
-                                      timeout_s, receives_));
+    MPI_Comm comm = split_world("MPI_Comm_split for " + std::string(to_string(kind)),
+                                topology.group_index(kind, me), me, timeout_s);
+    made.push_back(detail::make_group(comm, to_string(kind), topology.group(kind, me), timeout_s,
+                                      receives_));
     groups_[kind] = std::make_unique<Communicator>(made.back());
     if (kind == CommGroup::PP_GROUP) pipeline = made.back();
   }
   // Sharded data parallelism's groups, by the topology's colours.
   for (bool replicas : {false, true}) {
-    MPI_Comm comm;
-    MPI_Comm_split(MPI_COMM_WORLD, topology.sdp_group_color(world_rank_, sdp_degree, replicas),
-                   world_rank_, &comm);
+    const std::string name = replicas ? "SDP_REPLICA_GROUP" : "SDP_GROUP";
+    MPI_Comm comm = split_world("MPI_Comm_split for " + name,
+                                topology.sdp_group_color(me, sdp_degree, replicas), me, timeout_s);
     std::vector<int> members = replicas ? topology.sdp_replica_group(world_rank_, sdp_degree)
                                         : topology.sdp_group(world_rank_, sdp_degree);
-    made.push_back(detail::make_group(comm, replicas ? "SDP_REPLICA_GROUP" : "SDP_GROUP",
-                                      std::move(members), timeout_s, receives_));
+    made.push_back(detail::make_group(comm, name, std::move(members), timeout_s, receives_));
     (replicas ? sdp_replicas_ : sdp_) = std::make_unique<Communicator>(made.back());
   }
   for (const auto& group : made) group->phase_timeout_s = phase_timeout_s;

@@ -52,6 +52,17 @@ void DelayedSlices::take(int layer, const std::vector<at::Tensor>& params,
   for (const at::Tensor& p : params) free_storage(p);
 }
 
+void DelayedSlices::take(const Layer& layer) {
+  std::vector<at::Tensor> own;
+  std::vector<bool> sharded;
+  for (size_t j = 0; j < layer.parameters.size(); ++j) {
+    if (!seen_.insert(layer.parameters[j].unsafeGetTensorImpl()).second) continue;
+    own.push_back(layer.parameters[j]);
+    sharded.push_back(j < layer.tp_shards.size() && layer.tp_shards[j].sharded());
+  }
+  take(layers_taken_++, own, sharded);
+}
+
 at::Tensor DelayedSlices::slice(int layer, ReduceGroup group) const {
   auto it = slices_.find({layer, static_cast<int>(group)});
   return it == slices_.end() ? at::Tensor() : it->second;

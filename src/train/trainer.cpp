@@ -15,7 +15,6 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <set>
 #include <sstream>
 #include <tuple>
 
@@ -278,22 +277,6 @@ double model_flops_utilisation(const TrainConfig& c, double tokens_per_s) {
              : 0;
 }
 
-// SMP's delayed_parameter_initialization (with sharded data parallelism): each layer is sliced
-// as soon as it is built, so no rank ever holds the whole model. The hook for build_model.
-std::function<void(Layer&)> delayed_slicing(std::shared_ptr<dp::DelayedSlices> delayed) {
-  return [delayed, seen = std::make_shared<std::set<const void*>>(),
-          index = std::make_shared<int>(0)](Layer& layer) {
-    std::vector<at::Tensor> own;
-    std::vector<bool> sharded;
-    for (size_t j = 0; j < layer.parameters.size(); ++j) {
-      if (!seen->insert(layer.parameters[j].unsafeGetTensorImpl()).second) continue;
-      own.push_back(layer.parameters[j]);
-      sharded.push_back(j < layer.tp_shards.size() && layer.tp_shards[j].sharded());
-    }
-    delayed->take((*index)++, own, sharded);
-  };
-}
-
 // Every pipeline rank's trace of the last step, in pipeline-rank order, on rank 0 (empty
 // elsewhere). Collective over the pipeline group.
 std::vector<std::vector<pipeline::TraceEvent>> gather_traces(const DistributedModel& dmodel) {
@@ -430,7 +413,7 @@ void Trainer::setup_model() {
   if (config().delayed_parameter_initialization) {
     const int s = config().sharded_data_parallel_degree;
     delayed = std::make_shared<dp::DelayedSlices>(s, rdp_rank() % s);
-    on_layer = delayed_slicing(delayed);
+    on_layer = [delayed](Layer& layer) { delayed->take(layer); };
   }
   model_.emplace(models::build_model(config_.model, tp::TpGroup(process_group(CommGroup::TP_GROUP)),
                                      /*separate_tied_head=*/pp_size() > 1, on_layer));

@@ -5,6 +5,8 @@
 //   p2p-hang  rank 1 sleeps; rank 0 waits to receive from it; the others wait in a barrier
 //   init-hang rank 1 never calls smp::init; the others wait in theirs
 //   init-disagree  rank 1 inits with pipeline_parallel_degree 3, the others with 1
+//   stall:<call>  rank 1 stalls forever in smp::init's call named <call> (SMP_TEST_STALL): the
+//             others' same call must time out, naming it
 //   shutdown-after-failure  rank 1 dies; the others' all_reduce fails and they call
 //             smp::shutdown(), which must not hang (its barrier is bounded too)
 //   phases    phase_timeout_s 6: rank 0 works 4 s alone (on_rank0), longer than the 3 s
@@ -29,6 +31,12 @@ int main(int argc, char** argv) {
   const std::string mode = argv[1];
   const std::string config = std::string("{\"ddp\": true, \"comm_timeout_s\": ") + argv[2];
   try {
+    if (mode.rfind("stall:", 0) == 0) {
+      setenv("SMP_TEST_STALL", ("1:" + mode.substr(6)).c_str(), 1);
+      smp::init(smp::Config::from_json_string(config + "}"));
+      std::fprintf(stderr, "[rank %d] init returned\n", smp::rank());
+      return 3;
+    }
     if (mode == "init-hang" || mode == "init-disagree") {
       smp::comm::init_mpi();
       if (smp::comm::world_rank() == 1 && mode == "init-hang") sleep(3600);

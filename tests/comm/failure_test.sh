@@ -45,9 +45,17 @@ run_case hang "timed out after" "all_reduce #1 on WORLD" "no word from rank 1 (w
 run_case p2p-hang "recv on WORLD (world ranks [0, 1, 2]) with peer rank 1 (world rank 1) timed out" \
                   "barrier #1 on WORLD"
 # smp::init's first collective is bounded too, and the ranks check they agree before splitting.
-run_case init-hang "smp::init on world rank 0: not every one of the 3 ranks arrived within comm_timeout_s"
+run_case init-hang "smp::init on world rank 0: MPI_Comm_idup of the world (every rank's arrival) did not complete within comm_timeout_s"
 run_case init-disagree "smp::init: the ranks disagree: rank 0 has init #1 of 3 ranks, pp 1 tp 1" \
                        "rank 1 has init #1 of 3 ranks, pp 3 tp 1"
+# So is every communicator smp::init makes after the agreement (a split of MPI_COMM_WORLD
+# cannot be polled: it waits on a thread of its own), and the emulated NCCL bootstrap.
+for call in "MPI_Comm_split_type for the node's ranks" "MPI_Comm_split for TP_GROUP" \
+            "MPI_Comm_split for SDP_REPLICA_GROUP" "MPI_Comm_idup for DP_GROUP's control channel"; do
+  run_case "stall:$call" "smp::init on world rank 0: $call did not complete within comm_timeout_s"
+done
+SMP_EMULATE_NCCL=1 run_case "stall:NCCL init (emulated) on DP_GROUP" \
+  "smp::init on world rank 0: NCCL init (emulated) on DP_GROUP (world ranks [0, 1, 2]) did not complete"
 # After a failure, smp::shutdown's barrier fails within the timeout instead of hanging.
 run_case shutdown-after-failure "all_reduce #1 on WORLD" "barrier #2 on WORLD (world ranks [0, 1, 2])"
 # A long phase some ranks run alone is bounded by phase_timeout_s (6 s here), not comm_timeout_s.

@@ -28,11 +28,13 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <utility>
 #include <vector>
 
 #include "smp/comm/communicator.h"
 #include "smp/data_parallel/flat_layout.h"
+#include "smp/layer/layer.h"
 
 namespace smp::dp {
 
@@ -49,6 +51,9 @@ class DelayedSlices {
   // is a tensor-parallel shard. Keeps this rank's slice of each bucket they make and frees their
   // storage (the tensors keep their shapes).
   void take(int layer, const std::vector<at::Tensor>& params, const std::vector<bool>& tp_sharded);
+  // The same for the next layer built (models::build_model's on_layer hook): layers numbered in
+  // the order they come, each one's own parameters and TP shards read from it.
+  void take(const Layer& layer);
   // The slice of the bucket (layer, group), or undefined.
   at::Tensor slice(int layer, ReduceGroup group) const;
   // Moves every slice to `device`.
@@ -58,6 +63,8 @@ class DelayedSlices {
   int s_;
   int rank_;
   std::map<std::pair<int, int>, at::Tensor> slices_;
+  std::set<const void*> seen_;  // the parameters of the layers taken so far
+  int layers_taken_ = 0;
 };
 
 // The communicators sharded data parallelism uses.
