@@ -120,11 +120,21 @@ class VocabParallelEmbedding : public TpModule {
 };
 
 // Cross-entropy over a vocabulary split across the group: logits (..., V_pad/tp) are this
-// rank's columns [rank*V_pad/tp, ...); columns >= vocab_size (padding) never count. Returns the
-// per-token loss (...), the same on every rank; labels < 0 (-100, say) give 0. Forward is two
-// all-reduces of one value per token (max, then sum-exp and target logit together); backward
-// communicates nothing. A label >= vocab_size throws smp::ConfigError naming both.
+// rank's columns [rank*V_pad/tp, ...); columns >= vocab_size (padding) never count and get a
+// zero gradient. Returns the per-token loss with the labels' shape (fp32; fp64 for fp64
+// logits), the same on every rank; labels < 0 (-100, say) give 0. Forward is two all-reduces
+// of one value per token (max, then sum-exp and target logit together); backward communicates
+// nothing. The tokens go through in chunks of `chunk_tokens` (0: as many as keep a chunk's fp32
+// scratch near 64 MB), reading the logits in their own dtype (bf16/fp16/fp32) and accumulating
+// in fp32: no full-size fp32 tensor is made; forward saves only the logits (no copy) and one
+// log-sum-exp per token; backward recomputes chunk by chunk into the one logits-sized gradient
+// (in the logits' dtype).
+// A label >= vocab_size throws smp::ConfigError naming both, for labels on the CPU only:
+// labels on a device are not checked here (that would sync every microbatch): check them on
+// the host before copying (such a label is then no rank's class: its loss is the log-sum-exp).
+// labels must hold one label a token (ConfigError otherwise).
 at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tensor& labels,
-                                        int64_t vocab_size, const TpGroup& group);
+                                        int64_t vocab_size, const TpGroup& group,
+                                        int64_t chunk_tokens = 0);
 
 }  // namespace smp::tp
