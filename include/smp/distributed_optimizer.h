@@ -101,6 +101,11 @@ class DistributedOptimizer {
   // counted once, is at most max_norm (torch's clip_grad_norm_ rule). Returns the norm before
   // clipping, or -1 on an fp16 overflow (SMP/Apex).
   double clip_master_grads(double max_norm);
+  // master_grad_norm and clip_master_grads without waiting for the device: the norm as a
+  // one-element fp64 tensor on the gradients' device (clipping's coefficient never leaves it),
+  // to be fetched later, e.g. together with the loss.
+  at::Tensor master_grad_norm_tensor();
+  at::Tensor clip_master_grads_tensor(double max_norm);
   // The wrapped optimizer: its param_groups' options are read every step (LR schedulers).
   torch::optim::Optimizer& optimizer();
   double loss_scale() const;

@@ -16,10 +16,6 @@ namespace smp {
 
 using optim::Run;
 
-namespace {
-constexpr int64_t kUpdateChunk = 1 << 18;  // elements: 1 MiB per fp32 tensor
-}  // namespace
-
 DistributedOptimizer::DistributedOptimizer(DistributedModel& model,
                                            std::unique_ptr<torch::optim::Optimizer> optimizer,
                                            DistributedOptimizerOptions options)
@@ -70,18 +66,10 @@ void DistributedOptimizer::step() {
   }
   im.nonfinite_in_a_row = 0;
   for (auto& count : im.steps) ++count;
-  // Element-wise updates in cache-sized pieces: each piece goes through all of the update's
-  // operations while it is in cache (3-4x faster here than whole runs); the results are those
-  // of whole runs.
-  for (const Run& run : im.runs) {
-    for (int64_t off = 0; off < run.numel; off += kUpdateChunk) {
-      Run piece = run;
-      piece.flat += off;
-      piece.local += off;
-      piece.numel = std::min(kUpdateChunk, run.numel - off);
-      im.update(piece);
-    }
-  }
+  // One fused multi-tensor update per parameter group (PyTorch's _fused_adamw_ and kin, on the
+  // CPU as on CUDA: on the CPU 3x faster than the same operations run by run in cache-sized
+  // pieces; on a GPU a handful of kernels instead of thousands).
+  for (size_t g = 0; g < im.steps.size(); ++g) im.update_group(static_cast<int>(g));
   std::fill(im.momentum_started.begin(), im.momentum_started.end(), 1);
   im.write_back();
   im.scaler.update(false);
@@ -105,31 +93,39 @@ void DistributedOptimizer::skip_nonfinite(Impl& im) {
   }
 }
 
-double DistributedOptimizer::master_grad_norm() {
+at::Tensor DistributedOptimizer::master_grad_norm_tensor() {
   Impl& im = ready();
-  if (im.overflow) return -1;
-  double sum_sq = 0;
+  if (im.overflow) return at::full({1}, -1.0, at::kDouble);
+  // One sum of squares over every run counted in the norm, on the gradients' device, in fp64
+  // from fp32 per-run norms; then summed over the ranks holding the rest (each element once).
+  std::vector<at::Tensor> counted;
   for (const Run& run : im.runs) {
-    if (!run.in_norm) continue;
-    const at::Tensor g = im.grad_view(run);
-    sum_sq += g.dot(g).item<double>();
+    if (run.in_norm) counted.push_back(im.grad_view(run));
   }
-  // Each element once: the runs counted in the norm, summed over the ranks holding the rest.
-  at::Tensor total = at::full({1}, sum_sq, at::kDouble);
-  im.reducer->store().sum_norm(total);
-  return std::sqrt(total.item<double>());
+  at::Tensor sum_sq = counted.empty()
+                          ? at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(im.device))
+                          : at::stack(at::_foreach_norm(counted, 2)).to(at::kDouble).square().sum().reshape({1});
+  im.reducer->store().sum_norm(sum_sq);
+  return sum_sq.sqrt_();
 }
 
-double DistributedOptimizer::clip_master_grads(double max_norm) {
+at::Tensor DistributedOptimizer::clip_master_grads_tensor(double max_norm) {
   Impl& im = ready();
   im.clipped_for = im.reducer->steps_finished();
-  const double norm = master_grad_norm();
-  if (norm < 0) return norm;
-  const double coef = max_norm / (norm + 1e-6);
-  if (coef < 1) {
-    for (const Run& run : im.runs) im.grad_view(run).mul_(coef);
-  }
+  at::Tensor norm = master_grad_norm_tensor();
+  if (im.overflow) return norm;
+  // The coefficient stays on the device: no host round trip (x * 1.0 leaves x as it was).
+  const at::Tensor coef = (max_norm / (norm + 1e-6)).clamp_max_(1.0).to(at::kFloat);
+  std::vector<at::Tensor> grads;
+  for (const Run& run : im.runs) grads.push_back(im.grad_view(run));
+  if (!grads.empty()) at::_foreach_mul_(grads, coef.squeeze());
   return norm;
+}
+
+double DistributedOptimizer::master_grad_norm() { return master_grad_norm_tensor().item<double>(); }
+
+double DistributedOptimizer::clip_master_grads(double max_norm) {
+  return clip_master_grads_tensor(max_norm).item<double>();
 }
 
 }  // namespace smp

@@ -8,7 +8,6 @@
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
-#include "updates.h"
 
 namespace smp::optim {
 
@@ -128,8 +127,7 @@ void DistributedOptimizer::Impl::initialize() {
   }
   // State, masters and step counts.
   const at::ScalarType dtype = mixed ? at::kFloat : reducer->param_dtype();
-  const at::Device device = reducer->params().empty() ? at::Device(at::kCPU)
-                                                      : reducer->params()[0].tensor.device();
+  device = reducer->params().empty() ? at::Device(at::kCPU) : reducer->params()[0].tensor.device();
   const auto opts = at::TensorOptions().dtype(dtype).device(device);
   for (const std::string& name : state_names())
     state[name] = at::zeros({layout.local_numel()}, opts);
@@ -141,6 +139,7 @@ void DistributedOptimizer::Impl::initialize() {
     }
   }
   steps.assign(groups.size(), 0);
+  step_counts.assign(groups.size(), at::Tensor());
   momentum_started.assign(groups.size(), 0);
   initialized = true;
   apply_pending_loads();
@@ -192,25 +191,46 @@ void DistributedOptimizer::Impl::prepare() {
   overflow = flag.item<int>() != 0;
 }
 
-void DistributedOptimizer::Impl::update(const Run& run) {
-  at::Tensor param = param_view(run);
-  const at::Tensor grad = grad_view(run);
-  const auto& options = inner->param_groups().at(run.group).options();
+void DistributedOptimizer::Impl::update_group(int group) {
+  std::vector<at::Tensor> params, grads, m, v, vmax;
+  for (const Run& run : runs) {
+    if (run.group != group) continue;
+    params.push_back(param_view(run));
+    grads.push_back(grad_view(run));
+    if (kind == Kind::kSgd) {
+      m.push_back(state_view("momentum_buffer", run));
+    } else {
+      m.push_back(state_view("exp_avg", run));
+      v.push_back(state_view("exp_avg_sq", run));
+      vmax.push_back(state_view("max_exp_avg_sq", run));
+    }
+  }
+  if (params.empty()) return;
+  const auto& options = inner->param_groups().at(group).options();
   if (kind == Kind::kSgd) {
-    at::Tensor buf = state_view("momentum_buffer", run);
-    optim::sgd_update(param, grad, buf, !momentum_started[run.group],
-                      static_cast<const torch::optim::SGDOptions&>(options));
+    const auto& o = static_cast<const torch::optim::SGDOptions&>(options);
+    at::_fused_sgd_(params, grads, o.momentum() != 0 ? at::TensorList(m) : at::TensorList(),
+                    o.weight_decay(), o.momentum(), o.lr(), o.dampening(), o.nesterov(),
+                    /*maximize=*/false, /*is_first_step=*/!momentum_started[group]);
     return;
   }
-  at::Tensor m = state_view("exp_avg", run);
-  at::Tensor v = state_view("exp_avg_sq", run);
-  at::Tensor vmax = state_view("max_exp_avg_sq", run);
+  // The step count as the kernels read it: one tensor per parameter (here the group's, shared).
+  at::Tensor& count = step_counts[group];
+  if (!count.defined()) count = at::zeros({}, params[0].options().dtype(at::kFloat));
+  count.fill_(static_cast<double>(steps[group]));
+  const std::vector<at::Tensor> counts(params.size(), count);
+  auto fused = [&](const auto& o, auto kernel) {
+    const bool amsgrad = o.amsgrad();
+    kernel(params, grads, m, v, amsgrad ? at::TensorList(vmax) : at::TensorList(), counts, o.lr(),
+           std::get<0>(o.betas()), std::get<1>(o.betas()), o.weight_decay(), o.eps(), amsgrad,
+           /*maximize=*/false, std::nullopt, std::nullopt);
+  };
   if (kind == Kind::kAdam) {
-    optim::adam_update(param, grad, m, v, vmax, steps[run.group],
-                       static_cast<const torch::optim::AdamOptions&>(options));
+    fused(static_cast<const torch::optim::AdamOptions&>(options),
+          [](auto&&... a) { at::_fused_adam_(a...); });
   } else {
-    optim::adamw_update(param, grad, m, v, vmax, steps[run.group],
-                        static_cast<const torch::optim::AdamWOptions&>(options));
+    fused(static_cast<const torch::optim::AdamWOptions&>(options),
+          [](auto&&... a) { at::_fused_adamw_(a...); });
   }
 }
 

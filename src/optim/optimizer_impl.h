@@ -42,8 +42,10 @@ struct DistributedOptimizer::Impl {
   void initialize();
   // Once per finished smp::step: fp32 gradients, unscaled; the overflow check (collective).
   void prepare();
-  // The optimizer's update of one run (or piece of one), with its group's current options.
-  void update(const optim::Run& run);
+  // The optimizer's update of every run of a parameter group, with the group's current options,
+  // by PyTorch's fused kernels (_fused_adamw_, _fused_adam_, _fused_sgd_: what torch.optim's
+  // fused=True runs).
+  void update_group(int group);
   // Masters back into the parameters; all-gathers sharded buckets (collective).
   void write_back();
   // State dicts (state_dict.cpp).
@@ -69,6 +71,7 @@ struct DistributedOptimizer::Impl {
   std::unique_ptr<torch::optim::Optimizer> inner;
   DistributedOptimizerOptions options;
   optim::Kind kind;
+  at::Device device = at::kCPU;  // the parameters' (set by initialize)
   optim::LossScaler scaler;
   bool fp16 = false;
   bool mixed = false;  // fp16 or bf16: fp32 masters
@@ -87,6 +90,7 @@ struct DistributedOptimizer::Impl {
   at::Tensor master;                        // fp32, local layout (mixed only)
   at::Tensor grads32;                       // fp32, local layout (mixed only)
   std::vector<int64_t> steps;               // per group
+  std::vector<at::Tensor> step_counts;      // per group: steps[g] as the fused kernels read it
   std::vector<char> momentum_started;       // per group (SGD)
   std::optional<OptimizerStateDict> pending_local;
   std::optional<OptimizerStateDict> pending_full;

@@ -510,11 +510,16 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
   StepOptions options;
   options.trace = s + 1 == training_.steps;
   const auto out = step(*dmodel_, {x.to(device_)}, {y.to(device_)}, loss_fn_, options);
-  r.norm = training_.grad_clip > 0 ? optimizer_->clip_master_grads(training_.grad_clip)
-                                    : optimizer_->master_grad_norm();
+  const at::Tensor norm = training_.grad_clip > 0
+                             ? optimizer_->clip_master_grads_tensor(training_.grad_clip)
+                             : optimizer_->master_grad_norm_tensor();
   optimizer_->step();
   optimizer_->zero_grad();
-  r.loss = replica_mean(out[0].reduce_mean().item<double>());
+  // The loss and the norm leave the device together: one wait for it.
+  const at::Tensor loss = out[0].reduce_mean().to(norm.device(), at::kDouble).reshape({1});
+  const at::Tensor fetched = at::cat({loss, norm}).cpu();
+  r.loss = replica_mean(fetched[0].item<double>());
+  r.norm = fetched[1].item<double>();
   r.step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
   r.elapsed_s = std::chrono::duration<double>(Clock::now() - start_).count();
   if (s > summary_.first_step) step_seconds_ += r.step_s;

@@ -55,8 +55,12 @@ TEST(Optimizer, EqualsTorchOptimOptionForOption) {
     for (const auto& [name, make] : cases) {
       const auto ref = reference_run(make, 5);
       SmpRun run = smp_run(make, 5);
-      // One rank unsharded: the same operations on the same numbers.
-      const double tol = comm::world_size() == 1 ? 1e-7 : 1e-6;
+      // smp runs PyTorch's fused kernels (torch.optim's fused=True), which order a few
+      // operations differently from torch::optim's: 1-2 float ulps (2e-8 on values near 0.15)
+      // after 5 steps on one rank. On two, the data-parallel average rounds the gradients too,
+      // and Adam's 1 / (sqrt(v) + eps) amplifies that where sqrt(v) is near eps (1e-6 in "adamw
+      // amsgrad eps"): 1.0e-6 measured. A wrong option or state would be off by far more.
+      const double tol = comm::world_size() == 1 ? 1e-6 : 3e-6;
       expect_params_close(*run.model, ref, tol, name + (*layout ? " zero1" : ""));
     }
   }
