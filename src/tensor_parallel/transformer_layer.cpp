@@ -15,7 +15,10 @@ NormParams::NormParams(int64_t hidden, bool rms) {
 at::Tensor apply_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                       double eps) {
   if (bias.defined()) return at::layer_norm(x, {x.size(-1)}, weight, bias, eps);
-  return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * weight;
+  // RMSNorm as Hugging Face's LlamaRMSNorm: the statistics in fp32 whatever the activations'
+  // dtype (bf16's 8 mantissa bits would round the mean of squares), the result in theirs.
+  const at::Tensor h = x.to(at::kFloat);
+  return weight * (h * at::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps)).to(x.scalar_type());
 }
 
 ParallelTransformerLayer::ParallelTransformerLayer(const TransformerOptions& options, TpGroup group)

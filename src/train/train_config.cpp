@@ -114,6 +114,11 @@ Setters training_setters(TrainingConfig& t) {
          t.device = v.get<std::string>();
        }},
       {"peak_tflops", real_into("training.peak_tflops", &t.peak_tflops, 0, 1e6)},
+      {"tf32",
+       [&t](const json& v) {
+         if (!v.is_boolean()) bad("training.tf32", v, "true, false");
+         t.tf32 = v.get<bool>();
+       }},
       {"activation_checkpointing",
        [&t](const json& v) {
          const std::string key = "training.activation_checkpointing";

@@ -89,7 +89,7 @@ json config_json(const TrainConfig& c) {
                         {"precision", t.precision}, {"seed", t.seed}, {"val_every", t.val_every},
                         {"val_batches", t.val_batches}, {"prompt", t.prompt},
                         {"sample_tokens", t.sample_tokens}, {"temperature", t.temperature},
-                        {"device", t.device}, {"peak_tflops", t.peak_tflops},
+                        {"device", t.device}, {"tf32", t.tf32}, {"peak_tflops", t.peak_tflops},
                         {"activation_checkpointing", t.activation_checkpointing}}},
           {"checkpoint", {{"dir", k.dir}, {"every", k.every}, {"keep", k.keep},
                           {"full_at_end", k.full_at_end}, {"resume", k.resume}}},
@@ -310,6 +310,7 @@ class Trainer {
   void cut_metrics_to(int64_t steps_done) const;
   void train();
   StepResult train_step(int64_t s);
+  at::Tensor to_device(const at::Tensor& batch) const;
   void report_step(int64_t s, const StepResult& r);
   double validate();
   void report_validation(int64_t steps_done, double loss);
@@ -370,6 +371,10 @@ TrainSummary Trainer::run() {
 // ---- setup ----
 
 void Trainer::setup() {
+  if (device_.is_cuda()) {  // TF32 only where asked: PyTorch's default is full fp32
+    at::globalContext().setAllowTF32CuBLAS(training_.tf32);
+    at::globalContext().setAllowTF32CuDNN(training_.tf32);
+  }
   setup_data();
   setup_model();
   DistributedOptimizerOptions options;
@@ -500,6 +505,13 @@ void Trainer::train() {
   summary_.mfu = model_flops_utilisation(config_, summary_.tokens_per_s);
 }
 
+// A batch onto the device: on CUDA from pinned memory without waiting (the copy queues
+// behind the previous step's work on the stream).
+at::Tensor Trainer::to_device(const at::Tensor& batch) const {
+  if (!device_.is_cuda()) return batch.to(device_);
+  return batch.pin_memory().to(device_, /*non_blocking=*/true);
+}
+
 // One optimizer step (0-based `s`); the last one is traced for the timeline.
 Trainer::StepResult Trainer::train_step(int64_t s) {
   const auto step_start = Clock::now();
@@ -509,7 +521,7 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
   auto [x, y] = train_data_->next();
   StepOptions options;
   options.trace = s + 1 == training_.steps;
-  const auto out = step(*dmodel_, {x.to(device_)}, {y.to(device_)}, loss_fn_, options);
+  const auto out = step(*dmodel_, {to_device(x)}, {to_device(y)}, loss_fn_, options);
   const at::Tensor norm = training_.grad_clip > 0
                              ? optimizer_->clip_master_grads_tensor(training_.grad_clip)
                              : optimizer_->master_grad_norm_tensor();
@@ -561,7 +573,7 @@ double Trainer::validate() {
     auto [x, y] = val_data_->next();
     StepOptions eval;
     eval.train = false;
-    sum += step(*dmodel_, {x.to(device_)}, {y.to(device_)}, loss_fn_, eval)[0].reduce_mean().item<double>();
+    sum += step(*dmodel_, {to_device(x)}, {to_device(y)}, loss_fn_, eval)[0].reduce_mean().item<double>();
   }
   model_->set_training(true);
   return replica_mean(sum / training_.val_batches);

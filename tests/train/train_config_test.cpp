@@ -50,6 +50,8 @@ TEST(TrainConfig, BadInputNamesTheKeyAndWhatIsAllowed) {
                       {"training.precision", "\"fp8\"", "\"bf16\""});
   expect_config_error(R"({"data": {"text": "t"}, "training": {"optimizer": "adam"}})",
                       {"training.optimizer", "\"adam\"", "\"adamw\", \"sgd\""});
+  expect_config_error(R"({"data": {"text": "t"}, "training": {"tf32": "yes"}})",
+                      {"training.tf32", "\"yes\"", "true, false"});
   expect_config_error(R"({"data": {"text": "t"}, "training": {"momentum": 1}})",
                       {"training.momentum", "1"});
   expect_config_error(R"({"data": {"text": "t"}, "training": {"activation_checkpointing": "all"}})",

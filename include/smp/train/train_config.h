@@ -46,6 +46,7 @@ struct TrainingConfig {
   int64_t val_every = 50;      // steps between validation losses; 0: only at the end
   int64_t val_batches = 4;
   std::string device = "cpu";  // "cpu" | "cuda" (GPU local_rank % GPUs on each rank)
+  bool tf32 = false;           // fp32 matmuls and convolutions on CUDA in TF32 (PyTorch's off)
   double peak_tflops = 0;      // the device's peak (e.g. 989 for an H100's dense bf16): MFU; 0: n/a
   // Activation checkpointing of the transformer blocks (DistributedModel::
   // set_activation_checkpointing("block")): "none", or its strategy "each", "contiguous",
