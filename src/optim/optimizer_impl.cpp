@@ -167,26 +167,24 @@ at::Tensor DistributedOptimizer::Impl::state_view(const std::string& name, const
 void DistributedOptimizer::Impl::prepare() {
   if (prepared_for == reducer->steps_finished()) return;
   prepared_for = reducer->steps_finished();
-  if (mixed) {
-    for (const Run& run : runs) {
-      grads32.narrow(0, run.local, run.numel).copy_(reducer->store().grads(run.flat, run.local, run.numel));
-    }
+  std::vector<at::Tensor> grads;
+  for (const Run& run : runs) grads.push_back(grad_view(run));
+  if (mixed && !grads.empty()) {
+    std::vector<at::Tensor> reduced;
+    for (const Run& run : runs) reduced.push_back(reducer->store().grads(run.flat, run.local, run.numel));
+    at::_foreach_copy_(grads, reduced);
   }
-  const double scale = model.loss_scale();  // what smp::step multiplied the loss by
-  if (scale != 1.0) {
-    for (const Run& run : runs) grad_view(run).mul_(1.0 / scale);
-  }
-  // In every precision: an inf or NaN gradient would reach the update (clipping's coefficient
-  // comparison is false for NaN), so the step is skipped instead.
-  // One flag over every run, read once (no host sync per run).
-  at::Tensor bad = at::zeros({}, at::kBool);
-  for (const Run& run : runs) {
-    const at::Tensor g = grad_view(run);
-    if (bad.device() != g.device()) bad = bad.to(g.device());
-    bad.logical_or_(g.isfinite().all().logical_not());
+  // Unscaled by what smp::step multiplied the loss by, and checked for inf or NaN, in one pass
+  // (AMP's fused check): in every precision an inf or NaN gradient would reach the update
+  // (clipping's coefficient comparison is false for NaN), so the step is skipped instead.
+  const auto on_device = at::TensorOptions().dtype(at::kFloat).device(device);
+  at::Tensor found_inf = at::zeros({1}, on_device);
+  if (!grads.empty()) {
+    at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf,
+                                                    at::full({1}, 1.0 / model.loss_scale(), on_device));
   }
   // Every rank skips together: an overflow anywhere is an overflow everywhere.
-  at::Tensor flag = bad.to(at::kCPU, at::kInt).reshape({1});
+  at::Tensor flag = found_inf.to(at::kCPU, at::kInt);
   model.context().group(CommGroup::WORLD).all_reduce(flag, comm::ReduceOp::kMax).wait();
   overflow = flag.item<int>() != 0;
 }
