@@ -116,7 +116,7 @@ json prepare_run(const TrainConfig& c, const Tokenizer& tokenizer) {
   }));
 }
 
-// The memory this rank trains in: on the CPU its resident set; on a GPU the peak that the
+// The memory this rank trains in: on the CPU its peak resident set; on a GPU the peak that the
 // caching allocator has reserved on the device (what nvidia-smi shows, less the CUDA context).
 double memory_mb(const at::Device& device) {
 #ifdef SMP_TRAIN_CUDA_STATS
@@ -126,10 +126,25 @@ double memory_mb(const at::Device& device) {
     return static_cast<double>(stats.reserved_bytes[aggregate].peak) / (1 << 20);
   }
 #endif
-  std::ifstream statm("/proc/self/statm");
-  long pages = 0, resident = 0;
-  statm >> pages >> resident;
-  return resident * static_cast<double>(::sysconf(_SC_PAGESIZE)) / (1 << 20);
+  // The process's peak resident set (VmHWM), since reset_peak_memory.
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024;  // kB
+  return 0;
+}
+
+// Training's peak starts here, not with the setup before it: CUDA's peak statistics, and on the
+// host Linux's peak resident set (writing "5" to clear_refs; where that is not allowed, the
+// peak since the process started).
+void reset_peak_memory(const at::Device& device) {
+#ifdef SMP_TRAIN_CUDA_STATS
+  if (device.is_cuda()) {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+    return;
+  }
+#endif
+  (void)device;
+  std::ofstream("/proc/self/clear_refs") << "5";
 }
 
 // Mean of a scalar over the data-parallel replicas (equal over TP and PP ranks already).
@@ -491,6 +506,7 @@ void Trainer::train() {
   const TrainingConfig& t = training_;
   const CheckpointConfig& ck = checkpoint_;
   start_ = Clock::now();
+  reset_peak_memory(device_);
   for (int64_t s = summary_.first_step; s < t.steps; ++s) {
     report_step(s, train_step(s));
     const bool last = s + 1 == t.steps;

@@ -31,6 +31,8 @@ FLOORS = {
                "optim", "checkpoint"],
     "train": ["core", "comm", "layer", "tensor_parallel", "pipeline", "data_parallel", "parallel",
               "optim", "checkpoint", "models"],
+    # The planner: pure; it runs the pipeline's schedules and reads the models' named sizes.
+    "plan": ["core", "pipeline", "models"],
 }
 # SMP's face at the top of include/smp/: the floor each belongs to.
 TOP_LEVEL = {
