@@ -304,10 +304,14 @@ double all_reduce_s(const ClusterSpec& c, double bytes, int size, int per_node) 
     t += 2 * (k - 1) / k * bytes / (c.intra_node.bandwidth_gb_s * 1e9) +
          2 * (k - 1) * c.intra_node.latency_us * 1e-6;
   }
-  if (nodes > 1) {  // each of the node's members reduces its 1/k across the nodes, in parallel
-    const double n = nodes;
-    t += 2 * (n - 1) / n * bytes / per_node / (c.inter_node.bandwidth_gb_s * 1e9) +
-         2 * (n - 1) * c.inter_node.latency_us * 1e-6;
+  if (nodes > 1) {  // each of the node's members reduces its 1/k across the nodes, in parallel:
+    // a ring (bandwidth-optimal, 2(n - 1) latencies) or a pipelined double binary tree (as
+    // NCCL picks for many nodes: 2 log2(n) latencies), whichever is faster
+    const double n = nodes, share = bytes / per_node / (c.inter_node.bandwidth_gb_s * 1e9);
+    const double alpha = c.inter_node.latency_us * 1e-6;
+    const double ring = 2 * (n - 1) / n * share + 2 * (n - 1) * alpha;
+    const double tree = 2 * share + 2 * std::ceil(std::log2(n)) * alpha;
+    t += std::min(ring, tree);
   }
   return t;
 }

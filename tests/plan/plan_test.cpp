@@ -124,6 +124,8 @@ TEST(Collectives, RingWithinANodeThenAcrossNodes) {
   EXPECT_NEAR(all_reduce_s(c, bytes, 16, 8), expected, 1e-12);
   EXPECT_NEAR(all_gather_s(c, bytes, 16, 8), expected / 2, 1e-12);
   EXPECT_NEAR(flat_all_gather_s(c, bytes, 16, 8), 15.0 / 16 * bytes / 10e9 + 15 * 5e-6, 1e-12);
+  // 1024 nodes of one: a small message takes the tree (2 log2 n latencies, not 2 (n - 1)).
+  EXPECT_NEAR(all_reduce_s(c, 8, 1024, 1), 2 * 8 / 10e9 + 20 * 5e-6, 1e-12);
 }
 
 TEST(CostModel, PipelineTimeIsTheSimulatedScheduleOfTheStageCosts) {

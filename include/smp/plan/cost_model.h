@@ -116,7 +116,8 @@ Estimate estimate(const ModelSpec& model, const ClusterSpec& cluster, const Soft
 
 // Collective times (seconds) over a group of `size` devices of which `per_node` share a node:
 // hierarchical (a ring within each node, the node's members each taking their share across
-// the nodes), or one flat ring whose slowest hop is the inter-node link when it spans nodes.
+// the nodes by ring or tree, whichever is faster), or one flat ring whose slowest hop is the
+// inter-node link when it spans nodes.
 double all_reduce_s(const ClusterSpec& cluster, double bytes, int size, int per_node);
 double all_gather_s(const ClusterSpec& cluster, double bytes, int size, int per_node);
 double flat_all_gather_s(const ClusterSpec& cluster, double bytes, int size, int per_node);
