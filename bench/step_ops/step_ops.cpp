@@ -35,14 +35,16 @@
 //     (zero_grad is apart); per group = that / the optimizer's parameter groups (2).
 //
 // Loss memory: the model's loss function (Model::loss, what smp-train's loss_fn calls) alone,
-// forward and backward, on leaf bf16 logits of shape (loss_tokens / seq, seq, V) with random
-// labels. A c10::MemoryReportingInfoBase pushed as the thread's PROFILER_STATE debug info sees
-// every CPU allocation and free made meanwhile (c10's ProfiledCPUMemoryReporter); the logits
-// and labels exist before it is pushed. peak extra = the highest sum of the bytes allocated
-// minus freed since the push, during forward + backward, which includes the logits' gradient
-// (bf16, the logits' size, kept in logits.grad). loss_extra_over_logits = peak extra / bytes
-// of the bf16 logits. Also printed: the peak during forward alone, and what is still held
-// after backward (the gradient and what the graph kept).
+// forward and backward, on bf16 logits of shape (loss_tokens / seq, seq, V) made as the
+// model's head makes them (a GEMM of bf16 hidden states that want a gradient, and a weight
+// whose gradient is left out) with random labels. A c10::MemoryReportingInfoBase pushed as
+// the thread's PROFILER_STATE debug info sees every CPU allocation and free made meanwhile
+// (c10's ProfiledCPUMemoryReporter). peak extra = the highest sum of the bytes allocated minus
+// freed since the push, less the logits themselves, during forward + backward: the loss's
+// scratch, the logits' gradient where it is a tensor of its own, the hidden states' gradient
+// (the logits' size x hidden / V). loss_extra_over_logits = peak extra / bytes of the bf16
+// logits. Also printed: the peak during forward alone (less the logits), and what is still
+// held after backward.
 //
 // Prints a few lines per model (the last: "STEP_OPS model=<name> ..."), then
 //   RESULT step_ops syncs_per_step=<n> optimizer_ops_per_step=<n> aten_ops_per_step=<n>
@@ -207,20 +209,24 @@ struct LossMemory {
 
 LossMemory loss_memory(const smp::models::Model& model, int64_t tokens, int64_t seq) {
   const int64_t v = model.config.vocab_size;  // the head's columns at tp = 1 (no padding)
-  at::Tensor logits =
-      at::randn({tokens / seq, seq, v}, at::kFloat).to(at::kBFloat16).requires_grad_(true);
+  // As in the model: the head's GEMM makes the logits from the hidden states (which want a
+  // gradient) and a weight (which, here, does not: its gradient is not the loss's memory).
+  const int64_t hidden = model.config.hidden;
+  const at::Tensor h = at::randn({tokens / seq, seq, hidden}, at::kFloat).to(at::kBFloat16).requires_grad_(true);
+  const at::Tensor w = at::randn({v, hidden}, at::kFloat).mul_(0.02).to(at::kBFloat16);
   const at::Tensor labels = at::randint(0, v, {tokens / seq, seq}, at::kLong);
   LossMemory m;
   m.vocab = v;
-  m.logits_bytes = logits.numel() * static_cast<int64_t>(logits.element_size());
+  m.logits_bytes = tokens * v * static_cast<int64_t>(c10::elementSize(at::kBFloat16));
   auto reporter = std::make_shared<PeakBytes>();
   {
     c10::DebugInfoGuard guard(c10::DebugInfoKind::PROFILER_STATE, reporter);
-    at::Tensor loss = model.loss({logits}, {labels})[0];
-    m.forward_peak = reporter->peak;
+    at::Tensor logits = at::linear(h, w);
+    at::Tensor loss = model.loss({std::move(logits)}, {labels})[0];
+    m.forward_peak = reporter->peak - m.logits_bytes;
     loss.backward();
     loss.reset();
-    m.peak = reporter->peak;
+    m.peak = reporter->peak - m.logits_bytes;  // beyond the logits themselves
     m.held_after = reporter->current;
   }
   return m;
@@ -382,7 +388,7 @@ void print_model(const ModelFigures& f, int64_t batch, int64_t seq, int64_t loss
   const LossMemory& m = f.memory;
   const double mb = 1 << 20;
   std::printf("\n  loss on bf16 logits (%lld, %lld): logits %.1f MiB; peak extra %.1f MiB = %.2fx "
-              "(forward alone %.2fx; held after backward %.2fx, the gradient being 1.00x)\n",
+              "(forward alone %.2fx; held after backward %.2fx)\n",
               static_cast<long long>(loss_tokens), static_cast<long long>(m.vocab),
               m.logits_bytes / mb, m.peak / mb, f.loss_ratio(),
               static_cast<double>(m.forward_peak) / m.logits_bytes,

@@ -188,15 +188,20 @@ Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool sepa
   return model;
 }
 
+// The logits are the loss's alone (the pipeline drops them once the loss is made): its
+// backward writes their gradient over them.
 Values Model::loss(const Values& outputs, const Values& targets) const {
   if (!*gathers_batch_) {
-    return {tp::vocab_parallel_cross_entropy(outputs.at(0), targets.at(0), config.vocab_size, tp)
+    return {tp::vocab_parallel_cross_entropy(outputs.at(0), targets.at(0), config.vocab_size, tp,
+                                             0, /*logits_consumed=*/true)
                 .mean()};
   }
   // The logits are the group's batch: the labels too, then this rank's own tokens.
   const at::Tensor group_labels = tp::gather_batch(targets.at(0), tp);
-  return {tp::split_batch(
-              tp::vocab_parallel_cross_entropy(outputs.at(0), group_labels, config.vocab_size, tp), tp)
+  return {tp::split_batch(tp::vocab_parallel_cross_entropy(outputs.at(0), group_labels,
+                                                           config.vocab_size, tp, 0,
+                                                           /*logits_consumed=*/true),
+                          tp)
               .mean()};
 }
 

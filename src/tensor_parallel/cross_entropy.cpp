@@ -5,8 +5,9 @@
 // Memory: the tokens go through in chunks, each read in the logits' own dtype (bf16, fp16,
 // fp32) and upcast chunk by chunk into an fp32 (fp64 for fp64 logits) scratch buffer; no
 // full-size fp32 tensor is ever made. Forward keeps the logits themselves (no copy) and one
-// log-sum-exp per token; backward recomputes exp(x - lse) per chunk straight into the one
-// logits-sized gradient.
+// log-sum-exp per token; backward recomputes exp(x - lse) per chunk straight into the
+// gradient: the logits' own storage when the caller says they are consumed, else one
+// logits-sized tensor.
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -45,7 +46,7 @@ struct VocabParallelCrossEntropy : torch::autograd::Function<VocabParallelCrossE
   // logits: (..., n) this rank's columns [rank * n, (rank + 1) * n); labels: as many as tokens.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits,
                             const at::Tensor& labels, int64_t vocab_size, TpGroup group,
-                            int64_t chunk_tokens) {
+                            int64_t chunk_tokens, bool consumed) {
     const int64_t n = logits.size(-1), start = group.rank() * n;
     // Columns >= vocab_size are padding: never a class, never in the sum.
     const int64_t valid = std::clamp<int64_t>(vocab_size - start, 0, n);
@@ -93,6 +94,7 @@ struct VocabParallelCrossEntropy : torch::autograd::Function<VocabParallelCrossE
     ctx->save_for_backward({logits, log_sum_exp.add_(max), index, mine, ignored});
     ctx->saved_data["valid"] = valid;
     ctx->saved_data["rows"] = rows;
+    ctx->saved_data["consumed"] = consumed;
     return loss.view(labels.sizes());
   }
 
@@ -114,8 +116,9 @@ struct VocabParallelCrossEntropy : torch::autograd::Function<VocabParallelCrossE
     const at::Tensor upstream = grads[0].reshape(-1).to(acc).masked_fill(ignored, 0.0);
     const at::Tensor minus_one_hot = mine.to(acc).neg_().unsqueeze(1);
     // d loss / d logits = (softmax - one_hot(label)) * upstream; 0 for ignored tokens and in
-    // the padding columns.
-    at::Tensor grad = at::empty_like(logits, at::MemoryFormat::Contiguous);
+    // the padding columns. Written over the logits when the caller consumed them.
+    const bool reuse = ctx->saved_data["consumed"].toBool() && logits.is_contiguous();
+    at::Tensor grad = reuse ? logits : at::empty_like(logits, at::MemoryFormat::Contiguous);
     at::Tensor gx = grad.view({-1, n});
     if (valid < n) gx.narrow(1, valid, n - valid).zero_();
     for (int64_t r0 = 0; r0 < tokens && valid > 0; r0 += rows) {
@@ -136,7 +139,7 @@ struct VocabParallelCrossEntropy : torch::autograd::Function<VocabParallelCrossE
       p.mul_(upstream.narrow(0, r0, m).unsqueeze(1));
       if (!in_place) out.copy_(p);
     }
-    return {grad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -144,7 +147,7 @@ struct VocabParallelCrossEntropy : torch::autograd::Function<VocabParallelCrossE
 
 at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tensor& labels,
                                         int64_t vocab_size, const TpGroup& group,
-                                        int64_t chunk_tokens) {
+                                        int64_t chunk_tokens, bool logits_consumed) {
   // Host labels only: a device tensor's max would be a sync every microbatch.
   if (labels.numel() > 0 && labels.is_cpu()) {
     const int64_t top = labels.max().item<int64_t>();
@@ -168,7 +171,8 @@ at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tens
     throw ConfigError("chunk_tokens: got " + std::to_string(chunk_tokens) +
                       "; allowed: > 0, or 0 for the default");
   }
-  return VocabParallelCrossEntropy::apply(logits, labels, vocab_size, group, chunk_tokens);
+  return VocabParallelCrossEntropy::apply(logits, labels, vocab_size, group, chunk_tokens,
+                                          logits_consumed);
 }
 
 }  // namespace smp::tp

@@ -228,5 +228,42 @@ TEST(TpCrossEntropy, PeakMemoryIsTheGradientPlusAChunk) {
   }
 }
 
+// Logits that only the loss holds (made by a head's GEMM, which keeps its inputs): with
+// logits_consumed the gradient is written over them. The same gradients reach the hidden
+// states as without it; the peak holds no logits-sized gradient (a chunk's scratch and the
+// hidden states' gradient only); a second backward fails on the version counter, not silently.
+TEST(TpCrossEntropy, ConsumedLogitsTakeTheirGradientInPlace) {
+  start();
+  const TpGroup g = tp_group();
+  constexpr int64_t kVocab = 50257, kB = 2, kT = 512, kH = 64;
+  const int64_t n = tp::round_up(kVocab, g.size()) / g.size();
+  at::manual_seed(12);
+  const at::Tensor labels = at::randint(0, kVocab, {kB, kT}, at::kLong);
+  const at::Tensor w = at::randn({n, kH}).to(at::kBFloat16);
+  const at::Tensor hidden = at::randn({kB, kT, kH}).to(at::kBFloat16);
+  at::Tensor expected;
+  {
+    const at::Tensor h = hidden.clone().requires_grad_(true);
+    tp::vocab_parallel_cross_entropy(at::linear(h, w), labels, kVocab, g).mean().backward();
+    expected = h.grad();
+  }
+  const at::Tensor h = hidden.clone().requires_grad_(true);
+  const int64_t logits_bytes = kB * kT * n * 2;
+  int64_t peak = 0;
+  {
+    MeasureCpuPeak measure;
+    at::Tensor loss = tp::vocab_parallel_cross_entropy(at::linear(h, w), labels, kVocab, g, 0,
+                                                       /*logits_consumed=*/true)
+                          .mean();
+    loss.backward({}, /*retain_graph=*/true);
+    peak = measure.peak() - logits_bytes;  // beyond the logits themselves
+    EXPECT_THROW(loss.backward(), c10::Error);
+  }
+  EXPECT_TRUE(at::equal(h.grad(), expected));
+  const int64_t rows = std::min<int64_t>(kB * kT, (int64_t{64} << 20) / (n * 4));
+  EXPECT_LE(peak, rows * n * 4 + kB * kT * kH * 2 + (int64_t{4} << 20))
+      << "peak extra over the logits: " << static_cast<double>(peak) / logits_bytes << " x";
+}
+
 }  // namespace
 }  // namespace smp::testing

@@ -128,13 +128,16 @@ class VocabParallelEmbedding : public TpModule {
 // scratch near 64 MB), reading the logits in their own dtype (bf16/fp16/fp32) and accumulating
 // in fp32: no full-size fp32 tensor is made; forward saves only the logits (no copy) and one
 // log-sum-exp per token; backward recomputes chunk by chunk into the one logits-sized gradient
-// (in the logits' dtype).
+// (in the logits' dtype). With `logits_consumed` the caller promises that nothing reads the
+// logits after this loss's backward (a head's GEMM keeps its inputs, not its output): the
+// gradient is then written over the logits, and no logits-sized tensor is made at all (a
+// second backward through the graph fails on autograd's version counter).
 // A label >= vocab_size throws smp::ConfigError naming both, for labels on the CPU only:
 // labels on a device are not checked here (that would sync every microbatch): check them on
 // the host before copying (such a label is then no rank's class: its loss is the log-sum-exp).
 // labels must hold one label a token (ConfigError otherwise).
 at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tensor& labels,
                                         int64_t vocab_size, const TpGroup& group,
-                                        int64_t chunk_tokens = 0);
+                                        int64_t chunk_tokens = 0, bool logits_consumed = false);
 
 }  // namespace smp::tp
