@@ -57,6 +57,11 @@ struct DistributedModelOptions {
   // each layer was built (DelayedSlices::take), whose parameters then hold no storage. The
   // model's layers must have been built in order, each handed over right after it was built.
   std::shared_ptr<dp::DelayedSlices> delayed_slices;
+  // Where this rank's stages run. Set: the model may be built anywhere (the host); profiling
+  // runs each layer there in turn, and once partitioned only this rank's own stages move there
+  // (their parameters, keeping the tensors' identity, as Module::to does), so no rank ever holds
+  // the whole model on its device. Unset: the parameters stay where they are.
+  std::optional<at::Device> device;
 };
 
 // SMP's set_activation_checkpointing options (its checkpoint_sequential strategies).

@@ -261,12 +261,16 @@ int pp_rank_of(const std::string& name, const std::vector<Layer>& layers, const 
 }  // namespace
 
 void DistributedModel::keep_own_stages() {
-  // A rank keeps only its own stages' layers.
+  // A rank keeps only its own stages' layers, and moves those to its device.
   const std::vector<int> mine = local_stages();
   for (size_t i = 0; i < layers_.size(); ++i) {
     const int stage = partition_->stage_of_layer[i];
     if (std::find(mine.begin(), mine.end(), stage) == mine.end()) {
       layers_[i] = Layer{layers_[i].name, nullptr, {}, {}, {}, nullptr};
+    } else if (options_.device) {
+      for (at::Tensor& p : layers_[i].parameters) {
+        if (p.device() != *options_.device) p.set_data(p.data().to(*options_.device));
+      }
     }
   }
   // Data parallelism: flat parameter and gradient buffers, hooks, the initial broadcast.

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include <ATen/ATen.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/csrc/autograd/autograd.h>
 
 namespace smp::pipeline {
@@ -24,9 +25,48 @@ int64_t bytes_of(const Values& values) {
   return bytes;
 }
 
+// The device the trial runs on: the first defined input's (the host when there is none).
+at::Device device_of(const Values& inputs) {
+  for (const at::Tensor& t : inputs)
+    if (t.defined()) return t.device();
+  return at::kCPU;
+}
+
+// Waits for the device's queued work (a no-op on the host).
+void synchronize(const at::Device& device) {
+  if (device.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(device.index());
+}
+
+// Moves a layer's parameters to the profiling device for its runs (keeping the tensors'
+// identity, as Module::to does) and back when it goes out of scope.
+class OnDevice {
+ public:
+  OnDevice(const Layer& layer, const at::Device& device) {
+    for (const at::Tensor& p : layer.parameters) {
+      if (p.device() == device) continue;
+      at::Tensor param = p;  // shares the TensorImpl: set_data moves the layer's own tensor
+      moved_.emplace_back(param, p.data());
+      param.set_data(p.data().to(device));
+    }
+  }
+  ~OnDevice() {  // the gradients the runs left on the device go (profile_layers restores them)
+    for (auto& [param, original] : moved_) {
+      param.mutable_grad() = at::Tensor();
+      param.set_data(original);
+    }
+  }
+  OnDevice(const OnDevice&) = delete;
+  OnDevice& operator=(const OnDevice&) = delete;
+
+ private:
+  std::vector<std::pair<at::Tensor, at::Tensor>> moved_;
+};
+
 // Forward, then backward from random output gradients; returns (outputs, seconds).
 std::pair<Values, double> run_once(const Layer& layer, const Values& inputs) {
   const Values leaves = detach_as_leaves(inputs);
+  const at::Device device = device_of(inputs);
+  synchronize(device);
   const auto start = Clock::now();
   Values outputs = layer.forward(leaves);
   Values roots;
@@ -38,6 +78,7 @@ std::pair<Values, double> run_once(const Layer& layer, const Values& inputs) {
     }
   }
   if (!roots.empty()) torch::autograd::backward(roots, grads);
+  synchronize(device);
   return {outputs, seconds_since(start)};
 }
 
@@ -70,10 +111,14 @@ std::vector<int> share_groups(const std::vector<Layer>& layers) {
 
 std::vector<LayerCost> profile_layers(const std::vector<Layer>& layers, const Values& trial_inputs,
                                       int repeats) {
-  // Gradients as they were before profiling, restored at the end.
+  // Gradients as they were before profiling, set aside (backward would add into them in
+  // place) and put back at the end.
   std::vector<std::pair<at::Tensor, at::Tensor>> saved_grads;
   for (const Layer& layer : layers) {
-    for (const at::Tensor& p : layer.parameters) saved_grads.emplace_back(p, p.grad());
+    for (const at::Tensor& p : layer.parameters) {
+      saved_grads.emplace_back(p, p.grad());
+      at::Tensor(p).mutable_grad() = at::Tensor();
+    }
   }
   const std::vector<int> groups = share_groups(layers);
   std::vector<LayerCost> costs;
@@ -88,6 +133,7 @@ std::vector<LayerCost> profile_layers(const std::vector<Layer>& layers, const Va
     }
     double best = 0;
     Values outputs;
+    const OnDevice on_device(layers[i], device_of(x));
     for (int r = 0; r < std::max(1, repeats); ++r) {
       auto [out, seconds] = run_once(layers[i], x);
       best = r == 0 ? seconds : std::min(best, seconds);

@@ -439,18 +439,14 @@ void Trainer::setup_model() {
                                      /*separate_tied_head=*/pp_size() > 1, on_layer));
   if (!config_.init_from_hf.empty()) models::load_hf(config_.init_from_hf, *model_);  // fine-tuning
   model_->set_prescaled_batch(prescaled_);
+  DistributedModelOptions options;
   if (delayed) {
     delayed->to(device_);
   } else {
-    for (auto& layer : model_->layers) {  // built on the CPU from the seed, then moved (as Module::to)
-      for (auto& p : layer.parameters) {
-        if (p.device() != device_) p.set_data(p.to(device_));
-      }
-    }
+    options.device = device_;  // built on the CPU from the seed; only this rank's stages move
   }
   std::vector<std::string> layer_names;
   for (const auto& layer : model_->layers) layer_names.push_back(layer.name);
-  DistributedModelOptions options;
   options.tied_copies = model_->tied_copies;
   options.delayed_slices = delayed;
   dmodel_ = std::make_unique<DistributedModel>(std::move(model_->layers), options);  // own stages

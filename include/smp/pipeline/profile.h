@@ -12,6 +12,10 @@ namespace smp::pipeline {
 // backward are timed (best of `repeats`), its output bytes and parameter bytes counted, and
 // layers listing one parameter tensor put in one share group. Parameter gradients are left as
 // they were. Not collective.
+// `device` (the trial inputs' device): a layer whose parameters live elsewhere (a model built
+// on the host) has them moved there for its own runs and back after, so only one layer at a
+// time occupies the device. On a CUDA device each run is timed between two device
+// synchronisations: the kernels' time, not their launches'.
 std::vector<LayerCost> profile_layers(const std::vector<Layer>& layers, const Values& trial_inputs,
                                       int repeats = 2);
 
