@@ -95,4 +95,34 @@ at::Tensor DropoutRng::dropout(const at::Tensor& x, double p, bool sharded, bool
   return x * keep * (1.0 / (1.0 - p));
 }
 
+at::Tensor DropoutRng::with_stream(bool sharded, const at::Device& device,
+                                   const std::function<at::Tensor()>& draw) {
+  static std::mutex swapping;  // one swap of a default generator at a time
+  std::lock_guard<std::mutex> one_at_a_time(swapping);
+  at::Generator& gen = stream(sharded, device);
+  auto& base = const_cast<at::Generator&>(at::globalContext().defaultGenerator(device));
+  // The generators' own mutexes are taken around each state copy only: the kernel takes the
+  // default generator's itself.
+  const auto state_of = [](at::Generator& g) {
+    std::lock_guard<std::mutex> lock(g.mutex());
+    return g.get_state();
+  };
+  const auto set_state = [](at::Generator& g, const at::Tensor& state) {
+    std::lock_guard<std::mutex> lock(g.mutex());
+    g.set_state(state);
+  };
+  const at::Tensor before = state_of(base);
+  set_state(base, state_of(gen));
+  at::Tensor out;
+  try {
+    out = draw();
+  } catch (...) {
+    set_state(base, before);
+    throw;
+  }
+  set_state(gen, state_of(base));
+  set_state(base, before);
+  return out;
+}
+
 }  // namespace smp::tp

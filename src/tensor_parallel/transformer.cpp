@@ -125,9 +125,21 @@ at::Tensor ParallelAttention::core(const at::Tensor& q, const at::Tensor& k, con
         bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt;
     return at::scaled_dot_product_attention(q, k, v, attn_mask, 0.0, false, scale);
   }
-  // With dropout: the math path, so the mask comes from this rank's (sharded) stream.
-  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * scale;
+  if (q.is_cuda()) {
+    // With dropout on a GPU: SDPA's fused kernels, drawing their mask from this rank's
+    // (sharded) stream standing in for the device's default generator.
+    const bool plain_causal = causal && !mask.defined();
+    const at::Tensor bias = plain_causal ? at::Tensor() : attention_bias(mask, s, causal, q.options());
+    const std::optional<at::Tensor> attn_mask =
+        bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt;
+    return rng.with_stream(/*sharded=*/true, q.device(), [&] {
+      return at::scaled_dot_product_attention(q, k, v, attn_mask, p, plain_causal, scale);
+    });
+  }
+  // With dropout on the host: the math path (what SDPA would take there too), the mask drawn
+  // from this rank's (sharded) stream.
   const at::Tensor bias = attention_bias(mask, s, causal, q.options());
+  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * scale;
   if (bias.defined()) scores = scores + bias;
   const at::Tensor probs = rng.dropout(at::softmax(scores, -1), p, /*sharded=*/true, true);
   return at::matmul(probs, v);

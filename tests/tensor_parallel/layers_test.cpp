@@ -1,6 +1,7 @@
 // Megatron-style parallel layers against their plain references, for tp = the world size
 // (1, 2, 4): each shard is the slice of the tp=1 parameter, and forward output, input grad and
 // every weight grad match (check_against_reference), with and without sequence parallelism.
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
 #include "smp/tensor_parallel/transformer.h"
@@ -375,6 +376,31 @@ TEST(TpLayers, DropoutFollowsTheRngRule) {
   for (int r = 1; r < g.size(); ++r) EXPECT_TRUE(at::equal(all[r], all[0])) << "rank " << r;
   layer->eval();
   EXPECT_FALSE(at::allclose(y, layer->forward(input(16), {}))) << "dropout did nothing";
+}
+
+// A kernel that draws from the default generator only (SDPA's dropout on a GPU) draws from the
+// module's stream through with_stream: each call advances the stream, the default generator is
+// left as it was, and the stream's saved state replays the same mask (activation
+// checkpointing's recompute). Shown here with at::dropout on the host.
+TEST(TpLayers, WithStreamLendsTheStreamToTheDefaultGenerator) {
+  start();
+  const TpGroup g = tp_group();
+  at::manual_seed(5);
+  tp::DropoutRng rng(g);
+  const at::Tensor ones = at::ones({512});
+  const auto draw = [&] { return at::dropout(ones, 0.5, /*train=*/true); };
+  const at::Tensor default_before = at::detail::getDefaultCPUGenerator().get_state();
+  const auto saved = rng.state();
+  const at::Tensor first = rng.with_stream(/*sharded=*/true, at::kCPU, draw);
+  const at::Tensor second = rng.with_stream(/*sharded=*/true, at::kCPU, draw);
+  EXPECT_TRUE(at::equal(at::detail::getDefaultCPUGenerator().get_state(), default_before));
+  EXPECT_FALSE(at::equal(first, second)) << "the stream did not advance";
+  EXPECT_FALSE(at::equal(first, draw())) << "the default generator drew the stream's numbers";
+  rng.load_state(saved);
+  EXPECT_TRUE(at::equal(rng.with_stream(/*sharded=*/true, at::kCPU, draw), first));
+  // The sharded stream differs on every rank of the group.
+  const at::Tensor all = tp::all_gather_along(first, 0, g).view({g.size(), -1});
+  for (int r = 1; r < g.size(); ++r) EXPECT_FALSE(at::equal(all[r], all[0])) << "rank " << r;
 }
 
 }  // namespace

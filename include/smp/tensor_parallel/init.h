@@ -21,6 +21,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -51,6 +52,14 @@ class DropoutRng {
   // x with elements zeroed with probability p and the rest scaled by 1/(1-p), using the
   // sharded or the replicated stream. Identity when p == 0 or !train.
   at::Tensor dropout(const at::Tensor& x, double p, bool sharded, bool train);
+  // Runs `draw` (a kernel that draws from the device's default generator only, as
+  // scaled_dot_product_attention's dropout does) with that generator standing in for this
+  // module's stream: the stream's state goes in, the advanced state comes back into the stream,
+  // and the default generator is left as it was. Draws from the default generator on other
+  // threads meanwhile would take the stream's numbers: such kernels are serialised here, and
+  // smp's own dropouts draw from their streams, not the default generator.
+  at::Tensor with_stream(bool sharded, const at::Device& device,
+                         const std::function<at::Tensor()>& draw);
   uint64_t seed() const { return seed_; }
   uint64_t sharded_seed() const;
   // The streams drawn from so far, "<r|s><device>" -> generator state (for checkpoints and
