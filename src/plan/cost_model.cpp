@@ -229,7 +229,6 @@ Software software_preset(const std::string& name) {
     s.flash_attention = false, s.overlap_dp = false, s.balanced_partition = false;
     s.dropout = true, s.zero_bubble = false, s.sdp_with_pipeline = false;
     s.sequence_parallel = s.selective_recompute = name == "megatron-2022";
-    s.offload = false;
     s.sdp_overlap = name == "deepspeed-2021" ? 0.5 : 0;  // fitted to Narayanan 2021 Table 2
     s.sdp_gathers_per_block = name == "deepspeed-2021" ? 6 : 1;
     return s;

@@ -95,13 +95,13 @@ std::vector<Candidate> search(const ModelSpec& model, const ClusterSpec& cluster
 std::string table(const std::vector<Candidate>& candidates, size_t rows) {
   std::ostringstream o;
   char line[256];
-  std::snprintf(line, sizeof line, "%-4s %-40s %10s %12s %6s %9s %7s %9s %s\n", "rank", "layout",
+  std::snprintf(line, sizeof line, "%-4s %-46s %10s %12s %6s %9s %7s %9s %s\n", "rank", "layout",
                 "step_s", "tokens/s", "MFU", "mem_GB", "bubble", "comm_s", "fits");
   o << line;
   for (size_t i = 0; i < std::min(rows, candidates.size()); ++i) {
     const Estimate& e = candidates[i].estimate;
     const double comm = e.tp_comm_s + e.pp_comm_s + e.dp_exposed_s + e.sdp_exposed_s;
-    std::snprintf(line, sizeof line, "%-4zu %-40s %10.4g %12.4g %5.1f%% %9.2f %6.1f%% %9.3g %s\n",
+    std::snprintf(line, sizeof line, "%-4zu %-46s %10.4g %12.4g %5.1f%% %9.2f %6.1f%% %9.3g %s\n",
                   i + 1, candidates[i].layout.to_string().c_str(), e.step_s, e.tokens_per_s,
                   100 * e.mfu, e.memory_gb, 100 * e.bubble, comm, e.fits ? "yes" : "no");
     o << line;

@@ -59,7 +59,7 @@ struct Software {
   bool sdp_with_pipeline = false;  // sharded DP combines with pp > 1 (SMP: no)
   bool zero_bubble = true;         // the split-backward schedule is available
   bool selective_recompute = false;  // recomputing only the attention core is available
-  bool offload = true;             // activation offloading is available
+  bool offload = false;            // activation offloading is available (smp: not yet, issue 19)
   int grad_bytes_16bit = 2;        // gradient bytes per element (buffer and wire) under bf16/fp16
 };
 // "smp", "megatron-2021" (Narayanan et al.), "megatron-2022" (Korthikanti et al.: sequence
