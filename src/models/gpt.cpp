@@ -118,11 +118,10 @@ struct Head : torch::nn::Module, ShardedModule {
     if (tied_weight.defined()) {
       weight = register_parameter("weight", tied_weight);
     } else {
-      const int64_t padded = tp::round_up(c.vocab_size, group.size());
+      LinearOptions options{false, Init::normal(c.init_std)};
+      options.pad_vocab = true;  // (V_pad, H): drawn for the V real rows, zero padding rows
       lm_head = register_module("lm_head", std::make_shared<ColumnParallelLinear>(
-                                               c.hidden, padded, group,
-                                               LinearOptions{false, Init::normal(c.init_std)}));
-      lm_head->set_whole_size("weight", c.vocab_size);  // padding rows are no vocabulary
+                                               c.hidden, c.vocab_size, group, options));
     }
   }
   ShardSpec tp_shard(const std::string& name) const override {

@@ -17,9 +17,10 @@ void check_divisible(const std::string& what, int64_t value, int tp) {
                     "); allowed: a multiple of " + std::to_string(tp));
 }
 
-int64_t round_up(int64_t value, int64_t multiple) {
-  SMP_CHECK(multiple >= 1);
-  return (value + multiple - 1) / multiple * multiple;
+int64_t padded_vocab_size(int64_t vocab_size, int tp) {
+  SMP_CHECK(tp >= 1 && vocab_size >= 0);
+  const int64_t multiple = kVocabMultiple * tp;
+  return (vocab_size + multiple - 1) / multiple * multiple;
 }
 
 }  // namespace smp::tp

@@ -3,10 +3,9 @@
 
 #include <ATen/ATen.h>
 
-#include <cstdio>
+#include <vector>
 
 #include "smp/core/error.h"
-#include "smp/comm/launch.h"
 #include "smp/tensor_parallel/primitives.h"
 
 namespace smp::tp {
@@ -18,20 +17,26 @@ ShardSpec TpModule::tp_shard(const std::string& name) const {
   return it == shards_.end() ? ShardSpec{} : it->second;
 }
 
-void TpModule::set_whole_size(const std::string& name, int64_t size) {
-  auto it = shards_.find(name);
-  SMP_CHECK(it != shards_.end() && it->second.sharded() && size <= it->second.size);
-  it->second.size = size;
-}
-
 at::Tensor TpModule::register_sharded(const std::string& name, const at::Tensor& full,
-                                      int64_t dim) {
-  if (dim >= 0) shards_[name] = {dim, full.size(dim)};
-  return register_parameter(name, shard_of(full, dim, group_));
+                                      int64_t dim, int64_t padded) {
+  if (dim < 0) return register_parameter(name, shard_of(full, dim, group_));
+  shards_[name] = {dim, full.size(dim)};
+  at::Tensor whole = full;
+  if (padded > full.size(dim)) {  // zero rows past the end of `dim` (pads list the last dim first)
+    std::vector<int64_t> pad(2 * (full.dim() - dim), 0);
+    pad.back() = padded - full.size(dim);
+    whole = at::constant_pad_nd(full, pad);
+  }
+  return register_parameter(name, shard_of(whole, dim, group_));
 }
 
-at::Tensor TpModule::register_shard(const std::string& name, const at::Tensor& shard, int64_t dim) {
-  if (dim >= 0) shards_[name] = {dim, shard.size(dim) * group_.size()};
+at::Tensor TpModule::register_shard(const std::string& name, const at::Tensor& shard, int64_t dim,
+                                    int64_t whole) {
+  if (dim >= 0) {
+    const int64_t rows = shard.size(dim) * group_.size();
+    SMP_CHECK(whole <= rows);
+    shards_[name] = {dim, whole > 0 ? whole : rows};
+  }
   return register_parameter(name, shard);
 }
 
@@ -58,9 +63,9 @@ std::map<std::string, int64_t> tp_shard_dims(const torch::nn::Module& root) {
 
 ColumnParallelLinear::ColumnParallelLinear(int64_t in_features, int64_t out_features, TpGroup group,
                                            LinearOptions options)
-    : TpModule(group), in_features_(in_features), options_(options) {
-  check_divisible("out_features", out_features, group.size());
-  SMP_CHECK(options.stack >= 1);
+    : TpModule(group), in_features_(in_features), out_features_(out_features), options_(options) {
+  if (!options.pad_vocab) check_divisible("out_features", out_features, group.size());
+  SMP_CHECK(options.stack >= 1 && !(options.pad_vocab && options.stack > 1));
   if (options.stack > 1 && options.gather_output) {
     throw ConfigError("gather_output: got true with stack " + std::to_string(options.stack) +
                       "; allowed: false (stacked projections stay split)");
@@ -74,9 +79,10 @@ ColumnParallelLinear::ColumnParallelLinear(int64_t in_features, int64_t out_feat
     w_shape.insert(w_shape.begin(), options.stack);
     b_shape.insert(b_shape.begin(), options.stack);
   }
-  weight = register_sharded("weight", init_weight(w_shape, in_features, options.init), dim);
+  const int64_t padded = options.pad_vocab ? padded_vocab_size(out_features, group.size()) : 0;
+  weight = register_sharded("weight", init_weight(w_shape, in_features, options.init), dim, padded);
   if (options.bias) {
-    bias = register_sharded("bias", init_bias(b_shape, in_features, options.init), dim);
+    bias = register_sharded("bias", init_bias(b_shape, in_features, options.init), dim, padded);
   }
 }
 
@@ -89,7 +95,9 @@ at::Tensor ColumnParallelLinear::forward(const at::Tensor& x) {
   const at::Tensor w = options_.stack > 1 ? weight.reshape({-1, in_features_}) : weight;
   const at::Tensor b = bias.defined() && options_.stack > 1 ? bias.reshape(-1) : bias;
   at::Tensor y = at::linear(input, w, b);
-  return options_.gather_output ? gather_from_tp(y, g) : y;
+  if (!options_.gather_output) return y;
+  const at::Tensor whole = gather_from_tp(y, g);
+  return whole.size(-1) == out_features_ ? whole : whole.narrow(-1, 0, out_features_);
 }
 
 // ---- RowParallelLinear -----------------------------------------------------------------------
@@ -123,23 +131,10 @@ VocabParallelEmbedding::VocabParallelEmbedding(int64_t num_embeddings, int64_t e
                                                TpGroup group, EmbeddingOptions options)
     : TpModule(group),
       vocab_size_(num_embeddings),
-      padded_(round_up(num_embeddings, group.size())),
+      padded_(tp::padded_vocab_size(num_embeddings, group.size())),
       options_(options) {
-  at::Tensor full = init_weight({num_embeddings, embedding_dim}, embedding_dim, options.init);
-  if (padded_ != vocab_size_) {
-    full = at::cat({full, at::zeros({padded_ - vocab_size_, embedding_dim}, full.options())});
-    const bool first = comm::mpi_initialized() ? comm::world_rank() == 0 : group.rank() == 0;
-    if (first) {
-      std::printf(
-          "smp: vocab_size %lld padded to %lld, a multiple of tensor_parallel_degree %d "
-          "(%lld zero rows, never predicted)\n",
-          static_cast<long long>(vocab_size_), static_cast<long long>(padded_), group.size(),
-          static_cast<long long>(padded_ - vocab_size_));
-      std::fflush(stdout);
-    }
-  }
-  weight = register_sharded("weight", full, 0);
-  set_whole_size("weight", vocab_size_);
+  weight = register_sharded(
+      "weight", init_weight({num_embeddings, embedding_dim}, embedding_dim, options.init), 0, padded_);
 }
 
 int64_t VocabParallelEmbedding::vocab_start() const {

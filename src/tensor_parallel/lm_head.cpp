@@ -4,6 +4,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <limits>
+
 #include "smp/core/error.h"
 #include "smp/tensor_parallel/primitives.h"
 
@@ -110,9 +113,16 @@ Values DistributedTransformerLMHead::forward(const Values& in) {
   }
   const at::Tensor out = logits(hidden, embedding->word_embeddings->weight);
   if (in.size() < 5 || !in[4].defined()) {
-    if (!flow_.gathers()) return {out};
-    // This rank's samples need every vocabulary slice: gathered, then its own rows.
-    return {flow_.exit(tp::gather_from_tp(out, tp_group()).narrow(-1, 0, vocab_size_))};
+    if (flow_.gathers()) {
+      // This rank's samples need every vocabulary slice: gathered, then its own rows.
+      return {flow_.exit(tp::gather_from_tp(out, tp_group()).narrow(-1, 0, vocab_size_))};
+    }
+    if (tp_group().size() == 1) return {out.narrow(-1, 0, vocab_size_)};  // the whole vocabulary
+    // This rank's slice, its padding columns -inf: no argmax or sample over it picks one.
+    const int64_t n = out.size(-1), real = std::clamp<int64_t>(vocab_size_ - tp_group().rank() * n, 0, n);
+    if (real == n) return {out};
+    const at::Tensor column = at::arange(n, at::TensorOptions().dtype(at::kLong).device(out.device()));
+    return {out.masked_fill(column >= real, -std::numeric_limits<double>::infinity())};
   }
   return {loss(out, in[4])};  // this rank's labels
 }

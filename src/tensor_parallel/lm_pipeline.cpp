@@ -17,8 +17,7 @@ class HeadModule : public tp::TpModule {
       : tp::TpModule(group) {
     if (norm) register_module("final_layernorm", norm);
     if (separate_weight.defined()) {
-      register_shard("weight", separate_weight, 0);
-      set_whole_size("weight", vocab_size);
+      register_shard("weight", separate_weight, 0, vocab_size);
     }
   }
 };

@@ -150,7 +150,7 @@ TEST(TpCrossEntropy, HalfPrecisionLogitsAccumulateInFp32) {
   start();
   const TpGroup g = tp_group();
   constexpr int64_t kB = 2, kT = 9, kVocab = 1001;
-  const int64_t padded = tp::round_up(kVocab, 4);  // 1004: padding at every tp
+  const int64_t padded = tp::padded_vocab_size(kVocab, 4);  // 1024: padding at every tp
   for (const at::ScalarType type : {at::kBFloat16, at::kHalf}) {
     SCOPED_TRACE(std::string(c10::toString(type)) + " tp=" + std::to_string(g.size()));
     const double resolution = type == at::kBFloat16 ? 1.0 / 256 : 1.0 / 2048;
@@ -195,7 +195,7 @@ TEST(TpCrossEntropy, PeakMemoryIsTheGradientPlusAChunk) {
   start();
   const TpGroup g = tp_group();
   constexpr int64_t kVocab = 50257, kB = 2, kT = 1024;
-  const int64_t n = tp::round_up(kVocab, g.size()) / g.size();
+  const int64_t n = tp::padded_vocab_size(kVocab, g.size()) / g.size();
   at::manual_seed(11);
   const at::Tensor labels = at::randint(0, kVocab, {kB, kT}, at::kLong);
   const at::Tensor logits = at::randn({kB, kT, n}).mul_(3).to(at::kBFloat16).requires_grad_(true);

@@ -4,6 +4,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "smp/tensor_parallel/transformer.h"
 #include "tp_testing.h"
 
@@ -28,7 +30,7 @@ TEST(TpLayers, ColumnParallelLinear) {
     tp::LinearOptions options;
     Layout in, out;
   };
-  std::vector<Variant> variants(4);
+  std::vector<Variant> variants(5);
   variants[0] = {"plain", {}, Layout::kReplicated, Layout::kLastDim};
   variants[1] = {"gather_output", {}, Layout::kReplicated, Layout::kReplicated};
   variants[1].options.gather_output = true;
@@ -36,6 +38,10 @@ TEST(TpLayers, ColumnParallelLinear) {
   variants[2].options.sequence_parallel = true;
   variants[3] = {"stacked qkv", {}, Layout::kReplicated, Layout::kLastDim};
   variants[3].options.stack = 3;
+  // An LM head: 8 outputs padded to 64 tp, the padding rows zero, their grads 0 (the reference
+  // is padded to 64), the gathered output unpadded.
+  variants[4] = {"vocab head", {}, Layout::kReplicated, Layout::kReplicated};
+  variants[4].options.pad_vocab = variants[4].options.gather_output = true;
   for (const Variant& v : variants) {
     auto [par, full] = build_pair<tp::ColumnParallelLinear>(1, g, [&](TpGroup group) {
       return std::make_shared<tp::ColumnParallelLinear>(6, 8, group, v.options);
@@ -45,7 +51,8 @@ TEST(TpLayers, ColumnParallelLinear) {
         check, *par, *full, [&](const at::Tensor& x) { return par->forward(x); },
         [&](const Params& p, const at::Tensor& x) {
           const int64_t stack = v.options.stack;
-          return ref_linear(x, p.at("weight").reshape({stack * 8, 6}), p.at("bias").reshape(-1));
+          return ref_linear(x, p.at("weight").reshape({-1, 6}), p.at("bias").reshape(-1))
+              .narrow(-1, 0, stack * 8);
         },
         input(6), g);
   }
@@ -75,6 +82,21 @@ TEST(TpLayers, RowParallelLinear) {
   }
 }
 
+// Pure: a multiple of 64 tp (tensor-core tiles), never less than the vocabulary.
+TEST(TpLayers, PaddedVocabSize) {
+  struct Case {
+    int64_t vocab;
+    int tp;
+    int64_t padded;
+  };
+  for (const Case& c : {Case{50257, 1, 50304}, Case{50257, 2, 50304}, Case{50257, 4, 50432},
+                        Case{50257, 8, 50688}, Case{257, 1, 320}, Case{257, 2, 384},
+                        Case{257, 4, 512}, Case{64, 1, 64}, Case{64, 2, 128}, Case{1, 1, 64},
+                        Case{32000, 8, 32256}, Case{128256, 8, 128512}, Case{0, 3, 0}}) {
+    EXPECT_EQ(tp::padded_vocab_size(c.vocab, c.tp), c.padded) << c.vocab << " at tp " << c.tp;
+  }
+}
+
 TEST(TpLayers, VocabParallelEmbeddingPadsTheVocabulary) {
   start();
   constexpr double kTol = 0;  // a lookup and a sum with zeros: exact
@@ -85,7 +107,10 @@ TEST(TpLayers, VocabParallelEmbeddingPadsTheVocabulary) {
     auto [par, full] = build_pair<tp::VocabParallelEmbedding>(3, g, [&](TpGroup group) {
       return std::make_shared<tp::VocabParallelEmbedding>(10, 6, group, o);
     });
-    EXPECT_EQ(par->padded_vocab_size(), tp::round_up(10, g.size()));
+    EXPECT_EQ(par->padded_vocab_size(), 64 * g.size());
+    const int64_t real = std::clamp<int64_t>(10 - par->vocab_start(), 0, 64);
+    EXPECT_EQ(par->weight.size(0), 64);
+    EXPECT_TRUE(at::equal(par->weight.narrow(0, real, 64 - real), at::zeros({64 - real, 6})));
     at::manual_seed(6);
     const at::Tensor ids = at::randint(0, 10, {kB, kS}, at::kLong);
     LayerCheck check{sp ? "embedding, sequence parallel" : "embedding", kTol, Layout::kReplicated,
@@ -103,7 +128,7 @@ TEST(TpLayers, VocabParallelCrossEntropy) {
   start();
   constexpr double kTol = 1e-5;  // fp32 log-sum-exp assembled from per-rank partial sums
   const TpGroup g = tp_group();
-  const int64_t vocab = 10, padded = tp::round_up(vocab, g.size());
+  const int64_t vocab = 10, padded = tp::padded_vocab_size(vocab, g.size());
   at::manual_seed(7);
   at::Tensor labels = at::randint(0, vocab, {kB, kS}, at::kLong);
   labels[0][1] = -100;                                        // ignored

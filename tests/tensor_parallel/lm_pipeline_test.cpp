@@ -94,7 +94,7 @@ void check_layout(int pp, int tp, const std::string& optimize, bool automatic = 
     return {lm->loss(out[0], targets[0])};
   };
   for (int it = 0; it < 3; ++it) {
-    const at::Tensor ref_loss = ref_lm_loss(ref, ids, keep, labels, 2, ref_of_lm());
+    const at::Tensor ref_loss = ref_lm_loss(ref, ids, keep, labels, kVocab, 2, ref_of_lm());
     ref_loss.backward();
     const std::vector<StepOutput> out = step(model, {ids, keep}, {labels}, loss_fn);
     EXPECT_TRUE(close(out.at(0).reduce_mean(), ref_loss.detach(), kTol)) << "loss, step " << it;

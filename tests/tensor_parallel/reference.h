@@ -123,9 +123,11 @@ inline at::Tensor ref_layer(const Params& p, const std::string& at_, const at::T
 // DistributedTransformerLMHead: embeddings, layers, final norm (pre and post), tied head, mean
 // cross-entropy.
 inline at::Tensor ref_lm_loss(const Params& p, const at::Tensor& ids, const at::Tensor& keep,
-                              const at::Tensor& labels, int num_layers, const RefLayer& o) {
+                              const at::Tensor& labels, int64_t vocab, int num_layers,
+                              const RefLayer& o) {
   const int64_t b = ids.size(0), s = ids.size(1);
-  const at::Tensor& word = p.at("embedding.word_embeddings.weight");
+  // The vocabulary's rows (the module's weight is padded): the padding is no class.
+  const at::Tensor word = p.at("embedding.word_embeddings.weight").narrow(0, 0, vocab);
   at::Tensor h = word.index_select(0, ids.reshape(-1)).view({b, s, -1}) +
                  p.at("embedding.position_embeddings").narrow(0, 0, s);
   const at::Tensor mask = (1.0 - keep.to(at::kFloat)).view({b, 1, 1, s}) * -10000.0;

@@ -27,7 +27,7 @@ using Values = std::vector<at::Tensor>;
 // How a parameter is split over the tensor-parallel group. Sharded (dim >= 0): TP rank r holds
 // rows [r * n, (r + 1) * n) of dim `dim` of the whole tensor, n being its local size there; the
 // whole tensor has `size` rows, and rows past it on the last ranks are padding (a vocabulary
-// padded to a multiple of tp) that belongs to no whole tensor. Replicated (dim < 0): every rank
+// padded to tp::padded_vocab_size) that belongs to no whole tensor. Replicated (dim < 0): every rank
 // holds the whole tensor.
 struct ShardSpec {
   int64_t dim = -1;

@@ -33,7 +33,17 @@ class TpGroup {
 // unless value % tp == 0.
 void check_divisible(const std::string& what, int64_t value, int tp);
 
-// The smallest multiple of `multiple` that is >= value (Megatron's vocabulary padding).
-int64_t round_up(int64_t value, int64_t multiple);
+// A vocabulary split over the group is padded with zero rows to a multiple of
+// kVocabMultiple * tp, so that each rank's slice of the embedding, and the head's GEMM output
+// dim, is a multiple of 64: tensor-core GEMM tiles are, and a ragged last tile runs at a
+// fraction of the speed (GPT-2's 50257 -> 50304 at tp 1). Megatron's
+// --make-vocab-size-divisible-by does the same (128 there). It is a constant, not a setting:
+// the padding changes nothing a user sees (initialisation, losses, predictions, checkpoints
+// and Hugging Face files are those of the unpadded vocabulary), only up to 64 tp - 1 zero rows
+// of memory.
+constexpr int64_t kVocabMultiple = 64;
+
+// The padded size: the smallest multiple of kVocabMultiple * tp that is >= vocab_size.
+int64_t padded_vocab_size(int64_t vocab_size, int tp);
 
 }  // namespace smp::tp

@@ -31,15 +31,17 @@ class TpModule : public torch::nn::Module, public ShardedModule {
   // The dim of the full parameter `name` (this module's own) that is split over the group;
   // -1 when every rank holds all of it.
   int64_t tp_shard_dim(const std::string& name) const { return tp_shard(name).dim; }
-  // Rows of the whole parameter along its split dim, when fewer than tp times the shard's
-  // (the rest is padding: a vocabulary padded to a multiple of tp).
-  void set_whole_size(const std::string& name, int64_t size);
 
  protected:
   // Registers this rank's slice of `full` along `dim` (-1: replicated) as parameter `name`.
-  at::Tensor register_sharded(const std::string& name, const at::Tensor& full, int64_t dim);
-  // Registers `shard` itself, a slice along `dim` of some full tensor.
-  at::Tensor register_shard(const std::string& name, const at::Tensor& shard, int64_t dim);
+  // With `padded` > full.size(dim), `full` is first extended with zero rows along `dim` to
+  // `padded` (a vocabulary's padding: padded_vocab_size); the whole tensor stays `full`.
+  at::Tensor register_sharded(const std::string& name, const at::Tensor& full, int64_t dim,
+                              int64_t padded = 0);
+  // Registers `shard` itself, a slice along `dim` of some full tensor of `whole` rows there
+  // (0: shard rows times tp; fewer: the rest is padding).
+  at::Tensor register_shard(const std::string& name, const at::Tensor& shard, int64_t dim,
+                            int64_t whole = 0);
 
  private:
   TpGroup group_;
@@ -61,6 +63,10 @@ struct LinearOptions {
   // SwiGLU's gate and up); the weight is (stack, out, in), split along out (dim 1).
   int64_t stack = 1;
   bool gather_output = false;     // column: all-gather the output's last dim
+  // Column: out_features is a vocabulary (an LM head): padded with zero rows to
+  // padded_vocab_size(out_features, tp), so it need not divide by tp; the whole weight (and a
+  // gathered output) keeps out_features rows. Not with stack > 1.
+  bool pad_vocab = false;
   bool input_is_parallel = true;  // row: the input is already split along its last dim
   bool skip_bias_add = false;     // row: forward leaves the bias to the caller (bias())
 };
@@ -76,7 +82,7 @@ class ColumnParallelLinear : public TpModule {
   at::Tensor weight, bias;  // (out/tp, in) or (stack, out/tp, in); (out/tp) or (stack, out/tp)
 
  private:
-  int64_t in_features_;
+  int64_t in_features_, out_features_;
   LinearOptions options_;
 };
 
@@ -100,9 +106,9 @@ struct EmbeddingOptions {
   bool sequence_parallel = false;  // output reduce-scattered along dim 1 instead of all-reduced
 };
 
-// Embedding with the vocabulary split across the group (rows [r*V/tp, (r+1)*V/tp) on rank r).
-// A vocabulary that does not divide by tp is padded with zero rows to the next multiple (as
-// Megatron does), which the start-up log says once.
+// Embedding with the vocabulary split across the group (rows [r*V_pad/tp, (r+1)*V_pad/tp) on
+// rank r), V_pad = padded_vocab_size(V, tp) (group.h): the weight is drawn for the V real rows
+// (as at any tp), then extended with zero rows, which no id looks up and whose gradient stays 0.
 class VocabParallelEmbedding : public TpModule {
  public:
   VocabParallelEmbedding(int64_t num_embeddings, int64_t embedding_dim, TpGroup group,
@@ -110,9 +116,9 @@ class VocabParallelEmbedding : public TpModule {
   // ids: (B, S) int64 -> (B, S, H) (or (B, S/tp, H) with sequence parallelism).
   at::Tensor forward(const at::Tensor& ids);
   int64_t vocab_size() const { return vocab_size_; }     // as given
-  int64_t padded_vocab_size() const { return padded_; }  // a multiple of tp
+  int64_t padded_vocab_size() const { return padded_; }  // padded_vocab_size(V, tp)
   int64_t vocab_start() const;                           // this rank's first row
-  at::Tensor weight;                                     // (padded / tp, H)
+  at::Tensor weight;                                     // (V_pad / tp, H)
 
  private:
   int64_t vocab_size_, padded_;

@@ -42,9 +42,11 @@ class DistributedTransformerLMHead : public tp::TpModule {
   // SMP's forward((input_ids, attention_mask, token_type_ids, position_ids, labels)); all but
   // the ids may be undefined or absent. Labels: the target at each position (no shift), < 0 to
   // ignore. Returns {mean loss over labelled tokens} with labels, else {logits of this rank's
-  // vocabulary slice (B, S, V_pad / tp)} (or {hidden (B, S, H)} without add_lm_head); in the
-  // non-prescaled batch flow (nn.h) the loss and the outputs are this rank's own samples', the
-  // logits then over the whole vocabulary (B, S, V): no other rank holds those samples.
+  // vocabulary slice (B, S, V_pad / tp)}, its padding columns (>= V) -inf so that nothing
+  // predicts them, and at tp 1 the whole vocabulary (B, S, V) (or {hidden (B, S, H)} without
+  // add_lm_head); in the non-prescaled batch flow (nn.h) the loss and the outputs are this
+  // rank's own samples', the logits then over the whole vocabulary (B, S, V): no other rank
+  // holds those samples.
   Values forward(const Values& in);
 
   // Hidden states in the native layout (after the final norm) -> this rank's logits.

@@ -47,7 +47,7 @@ from smp._engine import _C
 
 __all__ = ["tp_size", "tp_rank", "copy_to_tp", "reduce_from_tp", "gather_from_tp", "scatter_to_tp",
            "max_over_tp", "gather_batch", "split_batch", "merges_batch", "gather_batch_shaped", "shard_parameter",
-           "DropoutStreams", "vocab_parallel_cross_entropy"]
+           "DropoutStreams", "mask_vocab_padding", "vocab_parallel_cross_entropy"]
 
 
 # --- the group --------------------------------------------------------------------------------
@@ -375,6 +375,16 @@ class DropoutStreams(torch.nn.Module):
 # --- vocab-parallel cross-entropy -------------------------------------------------------------
 
 
+def mask_vocab_padding(logits, vocab_size):
+    """This rank's vocabulary slice of logits (..., n), its padding columns (>= vocab_size)
+    set to -inf: never a class, never an argmax or a sample."""
+    n = logits.size(-1)
+    start = tp_rank() * n
+    if start + n <= vocab_size:
+        return logits
+    return logits.masked_fill(torch.arange(n, device=logits.device) >= vocab_size - start, float("-inf"))
+
+
 def vocab_parallel_cross_entropy(logits, labels, vocab_size):
     """Per-token cross-entropy over a vocabulary split across the TP group: ``logits`` (..., n)
     are this rank's columns [rank * n, (rank + 1) * n); columns >= vocab_size (padding) never
@@ -382,10 +392,7 @@ def vocab_parallel_cross_entropy(logits, labels, vocab_size):
     all-reduce of two values per token; backward communicates nothing."""
     n = logits.size(-1)
     start = tp_rank() * n
-    x = logits.float()
-    if start + n > vocab_size:  # padding columns: never a class
-        pad = torch.arange(n, device=x.device) >= (vocab_size - start)
-        x = x.masked_fill(pad, float("-inf"))
+    x = mask_vocab_padding(logits.float(), vocab_size)
     shifted = x - max_over_tp(x.amax(-1)).unsqueeze(-1)
     ignored = labels < 0
     local = labels - start

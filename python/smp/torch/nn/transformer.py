@@ -412,7 +412,7 @@ class _TiedLMHead(torch.nn.Module):
         logits = F.linear(copy_to_tp(hidden), weight)  # (N, S, V_pad / tp)
         if labels is None:
             if not split:
-                return logits
+                return tp_ops.mask_vocab_padding(logits, self.vocab_size)
             return tp_ops.split_batch(tp_ops.gather_from_tp(logits).narrow(-1, 0, self.vocab_size))
         per_token = tp_ops.vocab_parallel_cross_entropy(logits, labels, self.vocab_size)
         if split:
