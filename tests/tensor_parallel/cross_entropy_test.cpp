@@ -236,7 +236,7 @@ TEST(TpCrossEntropy, ConsumedLogitsTakeTheirGradientInPlace) {
   start();
   const TpGroup g = tp_group();
   constexpr int64_t kVocab = 50257, kB = 2, kT = 512, kH = 64;
-  const int64_t n = tp::round_up(kVocab, g.size()) / g.size();
+  const int64_t n = tp::padded_vocab_size(kVocab, g.size()) / g.size();
   at::manual_seed(12);
   const at::Tensor labels = at::randint(0, kVocab, {kB, kT}, at::kLong);
   const at::Tensor w = at::randn({n, kH}).to(at::kBFloat16);
