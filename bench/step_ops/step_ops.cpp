@@ -222,7 +222,7 @@ LossMemory loss_memory(const smp::models::Model& model, int64_t tokens, int64_t 
   {
     c10::DebugInfoGuard guard(c10::DebugInfoKind::PROFILER_STATE, reporter);
     at::Tensor logits = at::linear(h, w);
-    at::Tensor loss = model.loss({std::move(logits)}, {labels})[0];
+    at::Tensor loss = model.loss({std::move(logits)}, {labels}, /*logits_consumed=*/true)[0];
     m.forward_peak = reporter->peak - m.logits_bytes;
     loss.backward();
     loss.reset();
@@ -304,7 +304,9 @@ ModelFigures run_model(const std::string& name, int64_t batch, int64_t seq, int6
   opt_options.max_nonfinite_steps = t.max_nonfinite_steps;
   DistributedOptimizer optimizer(dmodel, make_optimizer(dmodel, t), opt_options);
   f.groups = optimizer.optimizer().param_groups().size();
-  const LossFn loss_fn = [&model](const Values& out, const Values& y) { return model.loss(out, y); };
+  const LossFn loss_fn = [&model](const Values& out, const Values& y) {
+    return model.loss(out, y, /*logits_consumed=*/true);  // as smp-train's
+  };
 
   const at::Device device = at::kCPU;
   for (int64_t s = 0; s < 2; ++s) {

@@ -187,19 +187,16 @@ Model build_model(const ModelConfig& config, const tp::TpGroup& group, bool sepa
   return model;
 }
 
-// The logits are the loss's alone (the pipeline drops them once the loss is made): its
-// backward writes their gradient over them.
-Values Model::loss(const Values& outputs, const Values& targets) const {
+Values Model::loss(const Values& outputs, const Values& targets, bool logits_consumed) const {
   if (!*gathers_batch_) {
     return {tp::vocab_parallel_cross_entropy(outputs.at(0), targets.at(0), config.vocab_size, tp,
-                                             0, /*logits_consumed=*/true)
+                                             0, logits_consumed)
                 .mean()};
   }
   // The logits are the group's batch: the labels too, then this rank's own tokens.
   const at::Tensor group_labels = tp::gather_batch(targets.at(0), tp);
   return {tp::split_batch(tp::vocab_parallel_cross_entropy(outputs.at(0), group_labels,
-                                                           config.vocab_size, tp, 0,
-                                                           /*logits_consumed=*/true),
+                                                           config.vocab_size, tp, 0, logits_consumed),
                           tp)
               .mean()};
 }

@@ -395,7 +395,8 @@ void Trainer::setup() {
   DistributedOptimizerOptions options;
   options.max_nonfinite_steps = training_.max_nonfinite_steps;
   optimizer_ = std::make_unique<DistributedOptimizer>(*dmodel_, make_optimizer(*dmodel_, training_), options);
-  loss_fn_ = [this](const Values& out, const Values& y) { return model_->loss(out, y); };
+  // The pipeline drops the logits once the loss is made: their gradient goes over them.
+  loss_fn_ = [this](const Values& out, const Values& y) { return model_->loss(out, y, /*logits_consumed=*/true); };
   resume();
   if (lead_) {
     metrics_.open(config_.run_dir + "/metrics.jsonl",

@@ -34,8 +34,10 @@ struct Model {
   std::vector<Layer> layers;
   // Per token: inputs {tokens (B, S)} -> the head's outputs {logits (B, S, V_pad / tp)}, this
   // rank's vocabulary columns. loss(outputs, {labels (B, S)}) = {mean cross-entropy}, computed
-  // without gathering the vocabulary.
-  Values loss(const Values& outputs, const Values& targets) const;
+  // without gathering the vocabulary. `logits_consumed`: the caller keeps no use of the logits
+  // (nor of a view of them) past the loss's backward, which then writes their gradient over
+  // them (a pipeline's loss function: smp-train's).
+  Values loss(const Values& outputs, const Values& targets, bool logits_consumed = false) const;
   // SMP's batch flow (smp/tensor_parallel/nn.h). Prescaled (the default here), every rank of
   // the TP group holds the same tokens. Not prescaled (tp > 1), the ranks hold different
   // samples: the embedding gathers the group's tokens (tp * B rows flow through the blocks and
