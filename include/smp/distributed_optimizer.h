@@ -1,7 +1,8 @@
 // smp::DistributedOptimizer: SMP's DistributedOptimizer. Wraps a torch::optim optimizer and
 // runs its update on flat buffers: every data-parallel rank holds the whole state, or, with
 // "shard_optimizer_state": true (ZeRO-1), only the slice of each gradient bucket it owns; it
-// updates that slice and the parameters are all-gathered. fp16/bf16 keep fp32 master weights.
+// updates that slice and the parameters are all-gathered. fp16/bf16 keep fp32 master weights
+// and read the reducer's fp32 gradients (GradientReducer::grad_dtype).
 //
 //   std::vector<Layer> layers = make_model();
 //   std::vector<at::Tensor> params = ...every layer's parameters...;
@@ -86,8 +87,9 @@ class DistributedOptimizer {
   // data parallelism it first clips at the config's sdp_gradient_clipping (SMP), unless
   // clip_master_grads was called for these gradients.
   void step();
-  // Zeroes the gradients in place (torch's zero_grad(set_to_none = false)): each .grad stays a
-  // view into the flat gradient buffer, so backward accumulates there directly. Not collective.
+  // Zeroes the gradients in place (torch's zero_grad(set_to_none = false)): each fp32 .grad
+  // stays a view into the flat gradient buffer, so backward accumulates there directly (a
+  // 16-bit .grad is dropped: the reducer adds each one into its fp32 slot). Not collective.
   void zero_grad();
   // Whether the last step() (or clip_master_grads) found an inf/nan gradient on any rank.
   bool overflow() const;

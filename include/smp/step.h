@@ -12,11 +12,13 @@
 // Every tensor of inputs and targets is split into config().microbatches along its batch axis
 // (StepOptions::split indexes inputs first, then targets). Stage 0 gets the inputs; the loss
 // function gets the last stage's outputs and the targets. Backward runs inside the step;
-// gradients accumulate in the parameters' .grad (averaged over microbatches by default) and,
-// with ddp, are averaged over data-parallel replicas inside the step (overlapped with the last
-// microbatch's backward), as SMP's DistributedModel does; optimizer steps and clipping happen
-// outside (smp::DistributedOptimizer). What the
-// loss function returns reaches every rank of the pipeline as StepOutputs, one per value.
+// gradients accumulate in the data-parallel gradient buffers (averaged over microbatches by
+// default; fp32 .grads are views of them, while under fp16/bf16 each microbatch's 16-bit .grad
+// is added into the fp32 buffers and released) and, with ddp, are averaged over data-parallel
+// replicas inside the step (overlapped with the last microbatch's backward), as SMP's
+// DistributedModel does; optimizer steps and clipping happen outside
+// (smp::DistributedOptimizer). What the loss function returns reaches every rank of the
+// pipeline as StepOutputs, one per value.
 #pragma once
 
 #include <functional>

@@ -65,8 +65,13 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// fp32 gradients for 16-bit parameters (accumulated and reduced in fp32), else the parameters'.
+at::ScalarType gradient_dtype(at::ScalarType param_dtype) {
+  return param_dtype == at::kHalf || param_dtype == at::kBFloat16 ? at::kFloat : param_dtype;
+}
+
 FlatLayout make_layout(const ParallelContext& context, const std::vector<ReducedParam>& params,
-                       const ReducerOptions& options, at::ScalarType dtype, bool sharded) {
+                       const ReducerOptions& options, at::ScalarType grad_dtype, bool sharded) {
   std::vector<LayoutParam> sizes;
   for (const ReducedParam& p : params) {
     sizes.push_back({p.tensor.numel(), p.tp_sharded ? ReduceGroup::kRdp : ReduceGroup::kDp, p.layer});
@@ -74,7 +79,7 @@ FlatLayout make_layout(const ParallelContext& context, const std::vector<Reduced
   LayoutOptions lo;
   lo.bucket_cap_bytes =
       std::max<int64_t>(1, static_cast<int64_t>(options.bucket_cap_mb * (1 << 20)));
-  lo.element_size = static_cast<int64_t>(c10::elementSize(dtype));
+  lo.element_size = static_cast<int64_t>(c10::elementSize(grad_dtype));
   lo.shard = sharded;
   lo.dp_size = context.dp_size();
   lo.rdp_size = context.rdp_size();
@@ -111,10 +116,12 @@ GradientReducer::GradientReducer(const ParallelContext& context, std::vector<Red
                       "layer already sharded and needs \"sharded_data_parallel_degree\" > 1");
   }
   dtype_ = choose_dtype(cfg, params_);
+  grad_dtype_ = gradient_dtype(dtype_);
   accumulations_.assign(params_.size(), 1);
   sharded_ = cfg.shard_optimizer_state || sdp;
   communicates_ = cfg.ddp && context.dp_size() > 1;
-  layout_ = make_layout(context, params_, options, dtype_, sharded_);
+  overlaps_ = communicates_ && options_.overlapping;
+  layout_ = make_layout(context, params_, options, grad_dtype_, sharded_);
   if (sdp) {
     std::vector<at::Tensor> tensors;
     for (const ReducedParam& p : params_) tensors.push_back(p.tensor);
@@ -128,7 +135,8 @@ GradientReducer::GradientReducer(const ParallelContext& context, std::vector<Red
     groups.dp = &context.group(CommGroup::DP_GROUP);
     groups.rdp = &context.group(CommGroup::RDP_GROUP);
     shards_ = std::make_unique<ParameterShards>(layout_, std::move(tensors), groups,
-                                                cfg.sdp_param_persistence_threshold, options.delayed);
+                                                cfg.sdp_param_persistence_threshold, grad_dtype_,
+                                                options.delayed);
     store_ = std::make_unique<ShardedStore>(context, *shards_);
   } else {
     adopt_parameters();
@@ -140,16 +148,19 @@ GradientReducer::GradientReducer(const ParallelContext& context, std::vector<Red
     }
   }
   index_stages();
-  if (communicates_ && (options_.overlapping || shards_)) install_hooks();
+  // The hooks start buckets during backward, feed sharded data parallelism, and move 16-bit
+  // gradients into their fp32 slots.
+  if (overlaps_ || shards_ || widened()) install_hooks();
 }
 
-// Parameters (and any gradients they hold) become views of the flat buffers.
+// Parameters (and any gradients they hold) become views of the flat buffers; 16-bit gradients
+// are added into their fp32 slots instead.
 void GradientReducer::adopt_parameters() {
   const at::Device device = params_.empty() ? at::Device(at::kCPU) : params_[0].tensor.device();
   const auto opts = at::TensorOptions().dtype(dtype_).device(device);
   flat_params_ = at::zeros({layout_.flat_numel()}, opts);
-  flat_grads_ = at::zeros({layout_.flat_numel()}, opts);
-  if (sharded_) shard_grads_ = at::zeros({layout_.local_numel()}, opts);
+  flat_grads_ = at::zeros({layout_.flat_numel()}, opts.dtype(grad_dtype_));
+  if (sharded_) shard_grads_ = at::zeros({layout_.local_numel()}, opts.dtype(grad_dtype_));
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor& p = params_[i].tensor;
     const Slot& s = layout_.slot(static_cast<int>(i));
@@ -159,7 +170,7 @@ void GradientReducer::adopt_parameters() {
     p.set_data(view);
     at::Tensor grad_view = flat_grads_.narrow(0, s.offset, s.numel).view(p.sizes());
     if (grad.defined()) grad_view.copy_(grad);
-    p.mutable_grad() = grad.defined() ? grad_view : at::Tensor();
+    p.mutable_grad() = grad.defined() && !widened() ? grad_view : at::Tensor();
   }
 }
 
@@ -265,11 +276,13 @@ void GradientReducer::set_accumulations(int param, int count) {
 }
 
 void GradientReducer::on_grad_ready(int param) {
-  if (in_step_ && shards_) {
+  if (!in_step_) return;
+  if (shards_) {
     shards_->on_grad_ready(param);
     return;
   }
-  if (!in_step_ || !armed_[stage_index_[param]] || ready_[param]) return;
+  if (widened()) add_into_slot(param);
+  if (!overlaps_ || !armed_[stage_index_[param]] || ready_[param]) return;
   if (++accumulated_[param] < accumulations_[param]) return;  // more parts to come
   ready_[param] = 1;
   copy_into_slot(param);
@@ -278,8 +291,10 @@ void GradientReducer::on_grad_ready(int param) {
   poll();
 }
 
-// The parameter's gradient into its slot, unless backward accumulated it there already.
+// The parameter's gradient into its slot, unless backward accumulated it there already (a
+// 16-bit gradient is there already: add_into_slot).
 void GradientReducer::copy_into_slot(int param) {
+  if (widened()) return;
   const at::Tensor& p = params_[param].tensor;
   const Slot& s = layout_.slot(param);
   at::Tensor slot = flat_grads_.narrow(0, s.offset, s.numel);
@@ -289,6 +304,17 @@ void GradientReducer::copy_into_slot(int param) {
   } else if (grad.data_ptr() != slot.data_ptr() || grad.numel() != s.numel) {
     slot.view(p.sizes()).copy_(grad);
   }
+}
+
+// A part of a 16-bit gradient landed (one microbatch's, or one of a tied tensor's uses): it is
+// added into the fp32 slot and released, so the next part starts afresh and the sum over
+// microbatches is an fp32 one (Megatron's main_grad).
+void GradientReducer::add_into_slot(int param) {
+  at::Tensor& p = params_[param].tensor;
+  if (!p.grad().defined()) return;
+  const Slot& s = layout_.slot(param);
+  flat_grads_.narrow(0, s.offset, s.numel).add_(p.grad().reshape(-1));
+  p.mutable_grad() = at::Tensor();
 }
 
 void GradientReducer::launch_ready() {
@@ -350,7 +376,7 @@ void GradientReducer::finish_buckets() {
   for (comm::Work& w : works_) w.wait();
   stats_.finish_wait_s = seconds_since(start);
   works_.clear();
-  for (size_t i = 0; i < params_.size(); ++i) {
+  for (size_t i = 0; i < params_.size() && !widened(); ++i) {
     at::Tensor& p = params_[i].tensor;
     const Slot& s = layout_.slot(static_cast<int>(i));
     if (!p.grad().defined() ||
@@ -376,11 +402,16 @@ void GradientReducer::zero_grad() {
     shards_->zero_grad();
     return;
   }
-  // Zeroes the flat buffer and leaves every .grad a view of its slot: the next backward
-  // accumulates straight into place (no fresh allocation, no copy into the slot).
+  // Zeroes the flat buffer and leaves every fp32 .grad a view of its slot: the next backward
+  // accumulates straight into place (no fresh allocation, no copy into the slot). A 16-bit
+  // .grad cannot be a view of an fp32 slot: it is dropped, and add_into_slot moves each one in.
   flat_grads_.zero_();
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor& p = params_[i].tensor;
+    if (widened()) {
+      p.mutable_grad() = at::Tensor();
+      continue;
+    }
     const Slot& s = layout_.slot(static_cast<int>(i));
     const at::Tensor slot = flat_grads_.narrow(0, s.offset, s.numel);
     if (!p.grad().defined() || p.grad().data_ptr() != slot.data_ptr()) {

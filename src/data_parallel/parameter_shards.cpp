@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <c10/core/StorageImpl.h>
 
+#include <utility>
+
 #include "smp/core/error.h"
 
 namespace smp::dp {
@@ -74,7 +76,7 @@ void DelayedSlices::to(at::Device device) {
 
 ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tensor> params,
                                  const ShardingGroups& groups, int64_t persistence_threshold,
-                                 const DelayedSlices* delayed)
+                                 at::ScalarType grad_dtype, const DelayedSlices* delayed)
     : layout_(layout), params_(std::move(params)), groups_(groups) {
   at::TensorOptions opts = params_.empty() ? at::TensorOptions().dtype(at::kFloat)
                                            : params_[0].options().requires_grad(false);
@@ -86,7 +88,7 @@ ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tenso
   }
   const std::vector<Bucket>& buckets = layout_.buckets();
   shard_ = at::zeros({layout_.local_numel()}, opts);
-  grads_ = at::empty({layout_.local_numel()}, opts);
+  grads_ = at::empty({layout_.local_numel()}, opts.dtype(grad_dtype));
   free_storage(grads_);  // allocated (as zeros) when first used
   // Bucket by bucket, so that a rank never holds the model twice: the parameters move into the
   // bucket (their old storage goes), the bucket comes from rank 0, this rank keeps its slice.
@@ -199,14 +201,25 @@ void ParameterShards::begin_backward(const std::vector<int>& accumulations) {
   reduce_incomplete();
   needed_.assign(buckets_.size(), 0);
   landed_.assign(buckets_.size(), 0);
+  packs_.assign(buckets_.size(), at::Tensor());
   for (size_t i = 0; i < params_.size(); ++i) {
     needed_[layout_.slot(static_cast<int>(i)).bucket] += accumulations[i];
   }
 }
 
+// The gradient that landed is added into its bucket's pack (in the gradients' dtype: fp32 for
+// 16-bit parameters) and dropped; a complete pack is reduce-scattered.
 void ParameterShards::on_grad_ready(int param) {
   if (needed_.empty()) return;  // outside a training step's backward
   const int b = layout_.slot(param).bucket;
+  at::Tensor& p = params_[param];
+  if (p.grad().defined()) {
+    const Bucket& bucket = layout_.buckets()[b];
+    if (!packs_[b].defined()) packs_[b] = at::zeros({bucket.padded_numel}, grads_.options());
+    const Slot& s = layout_.slot(param);
+    packs_[b].narrow(0, s.offset - bucket.offset, s.numel).add_(p.grad().reshape(-1));
+    p.mutable_grad() = at::Tensor();
+  }
   if (++landed_[b] == needed_[b]) {
     reduce(b);
     release({b});
@@ -214,17 +227,11 @@ void ParameterShards::on_grad_ready(int param) {
   poll(false);
 }
 
-// Packs the bucket's gradients (zero where a parameter has none), drops them and starts the
-// reduce-scatter of the pack.
+// Starts the reduce-scatter of the bucket's pack (zero where no gradient landed).
 void ParameterShards::reduce(int b) {
   const Bucket& bucket = layout_.buckets()[b];
-  at::Tensor packed = at::zeros({bucket.padded_numel}, grads_.options());
-  for (int i : bucket.params) {
-    at::Tensor& p = params_[i];
-    const Slot& s = layout_.slot(i);
-    if (p.grad().defined()) packed.narrow(0, s.offset - bucket.offset, s.numel).copy_(p.grad().reshape(-1));
-    p.mutable_grad() = at::Tensor();
-  }
+  at::Tensor packed = std::exchange(packs_[b], at::Tensor());
+  if (!packed.defined()) packed = at::zeros({bucket.padded_numel}, grads_.options());
   at::Tensor out = at::empty({bucket.shard_numel()}, grads_.options());
   comm::Work work = group().reduce_scatter(out, packed, comm::ReduceOp::kAvg);
   in_flight_.push_back({b, std::move(packed), std::move(out), std::move(work)});

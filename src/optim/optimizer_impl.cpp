@@ -78,9 +78,7 @@ DistributedOptimizer::Impl::Impl(DistributedModel& m, std::unique_ptr<torch::opt
       options(o),
       kind(optim::kind_of(inner.get())),
       scaler(optim::make_scaler(model.context().config(), o)) {
-  const Config& cfg = model.context().config();
-  fp16 = cfg.fp16;
-  mixed = cfg.fp16 || cfg.bf16;
+  fp16 = model.context().config().fp16;
   model.set_loss_scale(scaler.scale());
 }
 
@@ -95,6 +93,9 @@ void DistributedOptimizer::Impl::initialize() {
     throw Error("DistributedOptimizer: the model is not partitioned yet; run smp::step first");
   }
   reducer = &model.gradient_reducer();
+  // 16-bit parameters (fp16/bf16, or a model built so): fp32 masters, next to the reducer's
+  // fp32 gradients.
+  mixed = reducer->grad_dtype() != reducer->param_dtype();
   const dp::FlatLayout& layout = reducer->layout();
   // Which optimizer group each of this rank's parameters is in (-1: not optimized).
   std::map<const void*, int> group_of;
@@ -133,7 +134,6 @@ void DistributedOptimizer::Impl::initialize() {
     state[name] = at::zeros({layout.local_numel()}, opts);
   if (mixed) {
     master = at::zeros({layout.local_numel()}, opts);
-    grads32 = at::zeros({layout.local_numel()}, opts);
     for (const Run& run : runs) {
       master.narrow(0, run.local, run.numel).copy_(param_source(run));
     }
@@ -155,7 +155,6 @@ at::Tensor DistributedOptimizer::Impl::param_view(const Run& run) const {
 }
 
 at::Tensor DistributedOptimizer::Impl::grad_view(const Run& run) const {
-  if (mixed) return grads32.narrow(0, run.local, run.numel);
   return reducer->store().grads(run.flat, run.local, run.numel);
 }
 
@@ -167,13 +166,8 @@ at::Tensor DistributedOptimizer::Impl::state_view(const std::string& name, const
 void DistributedOptimizer::Impl::prepare() {
   if (prepared_for == reducer->steps_finished()) return;
   prepared_for = reducer->steps_finished();
-  std::vector<at::Tensor> grads;
+  std::vector<at::Tensor> grads;  // the reducer's: fp32 under fp16/bf16 too
   for (const Run& run : runs) grads.push_back(grad_view(run));
-  if (mixed && !grads.empty()) {
-    std::vector<at::Tensor> reduced;
-    for (const Run& run : runs) reduced.push_back(reducer->store().grads(run.flat, run.local, run.numel));
-    at::_foreach_copy_(grads, reduced);
-  }
   // Unscaled by what smp::step multiplied the loss by, and checked for inf or NaN, in one pass
   // (AMP's fused check): in every precision an inf or NaN gradient would reach the update
   // (clipping's coefficient comparison is false for NaN), so the step is skipped instead.

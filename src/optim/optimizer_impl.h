@@ -4,7 +4,8 @@
 // A run is a stretch of one bucket's owned slice whose parameters all belong to one optimizer
 // group: flat elements [flat, +numel) of the reducer's buffers, local elements [local, +numel)
 // of this rank's state. fp32 models update the flat parameter buffer itself; fp16/bf16 update
-// fp32 masters (local layout) and copy them back.
+// fp32 masters (local layout) and copy them back. Gradients are read where the reducer keeps
+// them (fp32 under fp16/bf16 too: GradientReducer::grad_dtype).
 #pragma once
 
 #include <torch/optim/optimizer.h>
@@ -40,7 +41,8 @@ struct DistributedOptimizer::Impl {
 
   // After the model is partitioned: runs, state buffers, masters; applies pending loads.
   void initialize();
-  // Once per finished smp::step: fp32 gradients, unscaled; the overflow check (collective).
+  // Once per finished smp::step: the reducer's gradients (fp32 under fp16/bf16 too) unscaled in
+  // place; the overflow check (collective).
   void prepare();
   // The optimizer's update of every run of a parameter group, with the group's current options,
   // by PyTorch's fused kernels (_fused_adamw_, _fused_adam_, _fused_sgd_: what torch.optim's
@@ -74,7 +76,7 @@ struct DistributedOptimizer::Impl {
   at::Device device = at::kCPU;  // the parameters' (set by initialize)
   optim::LossScaler scaler;
   bool fp16 = false;
-  bool mixed = false;  // fp16 or bf16: fp32 masters
+  bool mixed = false;  // 16-bit parameters: fp32 masters (set by initialize)
   bool initialized = false;
   bool overflow = false;         // inf or NaN in the gradients of some rank
   int64_t nonfinite_in_a_row = 0;  // skipped steps without fp16 (its scaler handles them)
@@ -88,7 +90,6 @@ struct DistributedOptimizer::Impl {
   std::vector<optim::Run> runs;
   std::map<std::string, at::Tensor> state;  // local layout
   at::Tensor master;                        // fp32, local layout (mixed only)
-  at::Tensor grads32;                       // fp32, local layout (mixed only)
   std::vector<int64_t> steps;               // per group
   std::vector<at::Tensor> step_counts;      // per group: steps[g] as the fused kernels read it
   std::vector<char> momentum_started;       // per group (SGD)

@@ -2,14 +2,19 @@
 //
 // DistributedModel builds one when it partitions, from this rank's parameters. It
 //   - makes every parameter a view into one flat buffer (cast to fp16/bf16 when the config
-//     asks), laid out by FlatLayout in gradient buckets;
+//     asks), laid out by FlatLayout in gradient buckets; the flat gradient buffer is fp32 when
+//     the parameters are fp16/bf16 (grad_dtype(): Megatron's main_grad), so gradients
+//     accumulate over microbatches and are reduced in fp32;
 //   - with "ddp": true, broadcasts each bucket from rank 0 of its group so replicas start equal;
-//   - during a training step, hooks each parameter's AccumulateGrad node: once the last
-//     microbatch's backward of a stage has begun, each gradient that lands is final, is copied
-//     into its bucket (or already accumulated there in place), and a bucket whose gradients
-//     are all final starts its all-reduce (kAvg) at once, in bucket order, overlapping the
-//     backward still running; with shard_optimizer_state it is a reduce-scatter instead, so
-//     each rank ends with the averaged slice of every bucket it owns (ZeRO-1);
+//   - during a training step, hooks each parameter's AccumulateGrad node. fp32 parameters'
+//     .grad is a view of its slot, so backward accumulates in place; a 16-bit .grad (autograd
+//     makes it in the parameter's dtype) is added into its fp32 slot as soon as it lands and
+//     released. Once the last microbatch's backward of a stage has begun, each gradient that
+//     lands is final, is in its bucket (copied there if autograd made a fresh tensor), and a
+//     bucket whose gradients are all final starts its all-reduce (kAvg) at once, in bucket
+//     order, overlapping the backward still running; with shard_optimizer_state it is a
+//     reduce-scatter instead, so each rank ends with the averaged slice of every bucket it
+//     owns (ZeRO-1);
 //   - finish() starts what is left and waits.
 // With sharded_data_parallel_degree > 1 the parameters themselves are sharded: a
 // ParameterShards holds them (one bucket per layer) and takes the gradients, reduce-scattered
@@ -84,8 +89,9 @@ class GradientReducer {
   // at a stage's last one its gradients are armed.
   void before_weight_backward(int stage);
   // Starts the buckets not yet started and waits for all. Blocks. Afterwards, unsharded: every
-  // .grad is a view of its averaged slot in flat_grads(); sharded: shard_grads() holds this
-  // rank's averaged slices, .grad the local (unreduced) gradient.
+  // fp32 .grad is a view of its averaged slot in flat_grads() (a 16-bit .grad is undefined: the
+  // gradient lives in the fp32 slot alone); sharded: shard_grads() holds this rank's averaged
+  // slices, an fp32 .grad the local (unreduced) gradient.
   void finish();
   // Holds back the buckets holding `params` (indices) until finish(), which first runs `hook`
   // with every slot of flat_grads() filled but nothing reduced, then reduces them: for work that
@@ -101,6 +107,9 @@ class GradientReducer {
   at::Tensor grad_slot(int param) const;
   // The dtype the parameters and the model's floating inputs have (fp32, fp16 or bf16).
   at::ScalarType param_dtype() const { return dtype_; }
+  // The dtype of flat_grads(), shard_grads() and the store's gradients: fp32 for fp16/bf16
+  // parameters, else the parameters' own.
+  at::ScalarType grad_dtype() const { return grad_dtype_; }
 
   // --- used by DistributedOptimizer ----------------------------------------------------------
   // This rank's parameters and averaged gradients as the optimizer updates them, whatever the
@@ -123,9 +132,10 @@ class GradientReducer {
   // This rank's rank in DP_GROUP / RDP_GROUP, and the communicator of a bucket's group.
   int rank_in(ReduceGroup group) const;
   comm::Communicator& communicator(ReduceGroup group) const;
-  // Zeroes the flat gradient buffer and makes every .grad a view of its slot, so backward
+  // Zeroes the flat gradient buffer and makes every fp32 .grad a view of its slot, so backward
   // accumulates in place. (Dropping the gradients instead costs a fresh allocation per
-  // gradient — fresh pages, page faults — and a copy into the slot each step.)
+  // gradient — fresh pages, page faults — and a copy into the slot each step.) 16-bit .grads
+  // are dropped: each microbatch's is added into the fp32 slot as it lands.
   void zero_grad();
   int64_t steps_finished() const { return steps_finished_; }
   const ReducerStats& stats() const { return stats_; }
@@ -137,6 +147,8 @@ class GradientReducer {
   void install_hooks();
   void on_grad_ready(int param);
   void copy_into_slot(int param);
+  void add_into_slot(int param);
+  bool widened() const { return grad_dtype_ != dtype_; }  // 16-bit parameters, fp32 gradients
   void launch_ready();
   void launch(int bucket);
   void poll();
@@ -148,7 +160,9 @@ class GradientReducer {
   ReducerOptions options_;
   FlatLayout layout_;
   at::ScalarType dtype_;
+  at::ScalarType grad_dtype_;
   bool communicates_ = false;
+  bool overlaps_ = false;  // buckets start during backward (communicates_ and overlapping)
   bool sharded_ = false;
   at::Tensor flat_params_;
   at::Tensor flat_grads_;

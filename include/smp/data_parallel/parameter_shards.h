@@ -15,10 +15,12 @@
 //   - a bucket with fewer elements than the persistence threshold (SMP's
 //     sdp_param_persistence_threshold, applied per layer) is never freed and is all-gathered
 //     after each optimizer step instead;
-//   - gradients: once a bucket's gradients of a microbatch are all in, they are packed, the
-//     parameters' .grad dropped, and the pack reduce-scattered (average) over the sharding group
-//     into grads(), which sums over microbatches; finish() averages grads() over the replicas
-//     (and the slices of TP-replicated parameters over the tensor-parallel group);
+//   - gradients: each gradient that lands is added into its bucket's pack and the parameter's
+//     .grad dropped; once a bucket's gradients of a microbatch are all in, the pack is
+//     reduce-scattered (average) over the sharding group into grads(), which sums over
+//     microbatches (packs and grads() are fp32 for fp16/bf16 parameters); finish() averages
+//     grads() over the replicas (and the slices of TP-replicated parameters over the
+//     tensor-parallel group);
 //     zero_grad() frees grads(). No rank holds a whole gradient buffer, only the buckets in
 //     flight.
 // Collectives go over the sharding group in bucket order, the same on every rank.
@@ -82,12 +84,13 @@ class ParameterShards {
   // `params[i]` lives at layout.slot(i); each bucket's num_shards must be the sharding group's
   // size. Makes the parameters views into per-bucket storage, broadcasts each bucket from rank
   // 0 of its DP_GROUP or RDP_GROUP (replicas start equal), keeps this rank's slices and frees
-  // what is not persistent. Collective over those groups.
+  // what is not persistent. Collective over those groups. `grad_dtype`: grads()' dtype, in
+  // which the gradients are summed and reduced (fp32 for 16-bit parameters).
   // With `delayed`, the parameters' storage is already freed and each bucket's slice comes
   // from it instead (no broadcast: every rank built the same model from the same seed).
   ParameterShards(const FlatLayout& layout, std::vector<at::Tensor> params,
                   const ShardingGroups& groups, int64_t persistence_threshold,
-                  const DelayedSlices* delayed = nullptr);
+                  at::ScalarType grad_dtype, const DelayedSlices* delayed = nullptr);
 
   // --- parameters ---------------------------------------------------------------------------
   // Makes the buckets whole (those not already), one all-gather each. Blocks.
@@ -145,6 +148,7 @@ class ParameterShards {
 
   std::vector<int> needed_;  // by bucket: accumulations per backward
   std::vector<int> landed_;  // by bucket: this backward's so far
+  std::vector<at::Tensor> packs_;  // by bucket: the sum of what landed, whole bucket (or undefined)
   struct InFlight {
     int bucket = 0;
     at::Tensor packed;  // kept alive until done
