@@ -231,6 +231,7 @@ Software software_preset(const std::string& name) {
     s.sequence_parallel = s.selective_recompute = name == "megatron-2022";
     s.sdp_overlap = name == "deepspeed-2021" ? 0.5 : 0;  // fitted to Narayanan 2021 Table 2
     s.sdp_gathers_per_block = name == "deepspeed-2021" ? 6 : 1;
+    s.grad_bytes_16bit = 2, s.zero1_reduced_slice = false;
     return s;
   }
   throw ConfigError("software \"" + name +
@@ -457,7 +458,10 @@ Estimate estimate(const ModelSpec& m, const ClusterSpec& c, const Software& sw,
     const double p = rank_params[r];
     double weights = p * weight_bytes, grads = p * grad_bytes, gathered = 0;
     double optim = p * (state_bytes_per_param - weight_bytes - grad_bytes);
-    if (l.sharding == Sharding::kZero1) optim /= l.dp;
+    if (l.sharding == Sharding::kZero1) {
+      optim /= l.dp;
+      if (mixed && sw.zero1_reduced_slice) optim += p * grad_bytes / l.dp;
+    }
     if (l.sharding == Sharding::kSdp) {  // own slices, and the layer (two, prefetching) gathered
       weights /= l.sdp, grads /= l.sdp, optim /= l.sdp;
       gathered = block_params / sw.sdp_gathers_per_block *

@@ -60,7 +60,10 @@ struct Software {
   bool zero_bubble = true;         // the split-backward schedule is available
   bool selective_recompute = false;  // recomputing only the attention core is available
   bool offload = false;            // activation offloading is available (smp: not yet, issue 19)
-  int grad_bytes_16bit = 2;        // gradient bytes per element (buffer and wire) under bf16/fp16
+  int grad_bytes_16bit = 4;        // gradient bytes per element (buffer and wire) under bf16/fp16
+                                   // (smp: fp32 buffers, Megatron's main_grad; ZeRO's papers: 2)
+  bool zero1_reduced_slice = true;  // ZeRO-1 reduce-scatters into a slice of its own beside the
+                                    // whole buffer (smp under bf16/fp16)
 };
 // "smp", "megatron-2021" (Narayanan et al.), "megatron-2022" (Korthikanti et al.: sequence
 // parallelism), "deepspeed-2021" (ZeRO-3 with prefetch). Throws smp::ConfigError listing them.
