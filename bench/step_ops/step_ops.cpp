@@ -71,6 +71,7 @@
 
 #include "smp/distributed_optimizer.h"
 #include "smp/models/gpt.h"
+#include "smp/train/trainer.h"
 #include "smp/smp.h"
 #include "smp/step.h"
 #include "smp/train/train_config.h"
@@ -335,8 +336,7 @@ ModelFigures run_model(const std::string& name, int64_t batch, int64_t seq, int6
     g_phase = kZeroGrad;
     optimizer.zero_grad();
     g_phase = kLossItem;
-    const at::Tensor loss = out[0].reduce_mean().to(norm.device(), at::kDouble).reshape({1});
-    const at::Tensor fetched = at::cat({loss, norm}).cpu();
+    const at::Tensor fetched = train::loss_and_norm(out[0].reduce_mean(), norm).cpu();
     const double local_loss = fetched[0].item<double>();
     g_phase = kReplicaMean;
     f.loss = replica_mean(local_loss);
@@ -376,7 +376,7 @@ void print_model(const ModelFigures& f, int64_t batch, int64_t seq, int64_t loss
   std::printf("  sync sites:");
   for (const auto& [site, n] : c.sync_sites) std::printf(" %s x%lld", site.c_str(), static_cast<long long>(n));
   std::printf("\n  optimizer ops (clip_master_grads + step, top-level): %lld = %.1f per group "
-              "(clip %lld, step %lld; zero_grad %lld apart); most frequent:",
+              "(clip %lld, step %lld; zero_grad %lld apart):",
               static_cast<long long>(f.optimizer_ops()),
               static_cast<double>(f.optimizer_ops()) / static_cast<double>(f.groups),
               static_cast<long long>(c.top[kClip]), static_cast<long long>(c.top[kOptimizer]),
@@ -384,7 +384,7 @@ void print_model(const ModelFigures& f, int64_t batch, int64_t seq, int64_t loss
   std::vector<std::pair<int64_t, std::string>> ops;
   for (const auto& [op, n] : c.optimizer_top) ops.emplace_back(-n, op);
   std::sort(ops.begin(), ops.end());
-  for (size_t i = 0; i < ops.size() && i < 8; ++i) {
+  for (size_t i = 0; i < ops.size() && i < 16; ++i) {
     std::printf(" %s x%lld", ops[i].second.c_str(), static_cast<long long>(-ops[i].first));
   }
   const LossMemory& m = f.memory;

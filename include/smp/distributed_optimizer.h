@@ -104,7 +104,7 @@ class DistributedOptimizer {
   // clipping, or -1 on an fp16 overflow (SMP/Apex).
   double clip_master_grads(double max_norm);
   // master_grad_norm and clip_master_grads without waiting for the device: the norm as a
-  // one-element fp64 tensor on the gradients' device (clipping's coefficient never leaves it),
+  // 0-dim fp64 tensor on the gradients' device (clipping's coefficient never leaves it),
   // to be fetched later, e.g. together with the loss.
   at::Tensor master_grad_norm_tensor();
   at::Tensor clip_master_grads_tensor(double max_norm);

@@ -77,6 +77,9 @@ at::Tensor ShardedStore::grads(int64_t, int64_t local, int64_t numel) const {
   return shards_.grads().narrow(0, local, numel);
 }
 
+const at::Tensor& ShardedStore::params_buffer() const { return shards_.shard(); }
+const at::Tensor& ShardedStore::grads_buffer() const { return shards_.grads(); }
+
 bool ShardedStore::counts_in_norm(const Bucket& bucket) const {
   return bucket.group == ReduceGroup::kRdp || context_.tp_rank() == 0;
 }

@@ -95,16 +95,17 @@ void DistributedOptimizer::skip_nonfinite(Impl& im) {
 
 at::Tensor DistributedOptimizer::master_grad_norm_tensor() {
   Impl& im = ready();
-  if (im.overflow) return at::full({1}, -1.0, at::kDouble);
+  if (im.overflow) return at::full({}, -1.0, at::TensorOptions().dtype(at::kDouble).device(im.device));
   // One sum of squares over every run counted in the norm, on the gradients' device, in fp64
-  // from fp32 per-run norms; then summed over the ranks holding the rest (each element once).
-  std::vector<at::Tensor> counted;
-  for (const Run& run : im.runs) {
-    if (run.in_norm) counted.push_back(im.grad_view(run));
+  // from fp64 per-run norms; then summed over the ranks holding the rest (each element once).
+  const std::vector<at::Tensor>& counted = im.views().norm_grads;
+  at::Tensor sum_sq;
+  if (counted.empty()) {
+    sum_sq = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(im.device));
+  } else {
+    const at::Tensor norms = at::stack(at::_foreach_norm(counted, 2, at::kDouble));
+    sum_sq = at::dot(norms, norms);
   }
-  at::Tensor sum_sq = counted.empty()
-                          ? at::zeros({1}, at::TensorOptions().dtype(at::kDouble).device(im.device))
-                          : at::stack(at::_foreach_norm(counted, 2)).to(at::kDouble).square().sum().reshape({1});
   im.reducer->store().sum_norm(sum_sq);
   return sum_sq.sqrt_();
 }
@@ -115,10 +116,11 @@ at::Tensor DistributedOptimizer::clip_master_grads_tensor(double max_norm) {
   at::Tensor norm = master_grad_norm_tensor();
   if (im.overflow) return norm;
   // The coefficient stays on the device: no host round trip (x * 1.0 leaves x as it was).
-  const at::Tensor coef = (max_norm / (norm + 1e-6)).clamp_max_(1.0).to(at::kFloat);
-  std::vector<at::Tensor> grads;
-  for (const Run& run : im.runs) grads.push_back(im.grad_view(run));
-  if (!grads.empty()) at::_foreach_mul_(grads, coef.squeeze());
+  const std::vector<at::Tensor>& grads = im.views().grads;
+  if (!grads.empty()) {
+    const at::Tensor coef = norm.to(at::kFloat).add_(1e-6).reciprocal_().mul_(max_norm).clamp_max_(1.0);
+    at::_foreach_mul_(grads, coef);
+  }
   return norm;
 }
 

@@ -139,7 +139,10 @@ void DistributedOptimizer::Impl::initialize() {
     }
   }
   steps.assign(groups.size(), 0);
-  step_counts.assign(groups.size(), at::Tensor());
+  const auto flag_opts = at::TensorOptions().dtype(at::kFloat).device(device);
+  step_count = at::zeros({}, flag_opts);
+  found_inf = at::zeros({1}, flag_opts);
+  inv_scale = at::ones({1}, flag_opts);
   momentum_started.assign(groups.size(), 0);
   initialized = true;
   apply_pending_loads();
@@ -163,40 +166,55 @@ at::Tensor DistributedOptimizer::Impl::state_view(const std::string& name, const
   return it == state.end() ? at::Tensor() : it->second.narrow(0, run.local, run.numel);
 }
 
+const DistributedOptimizer::Impl::RunViews& DistributedOptimizer::Impl::views() {
+  const dp::GradientStore& store = reducer->store();
+  std::vector<std::pair<const void*, int64_t>> key;
+  const auto add = [&](const at::Tensor& t) {
+    key.emplace_back(t.defined() ? t.storage().unsafeGetStorageImpl() : nullptr,
+                     t.defined() ? t.storage_offset() : 0);
+  };
+  add(store.grads_buffer());
+  add(store.params_buffer());
+  add(master);
+  for (const auto& [name, t] : state) add(t);
+  if (key == cached_views.key) return cached_views;
+  RunViews v;
+  v.key = std::move(key);
+  v.groups.resize(steps.size());
+  const bool sgd = kind == Kind::kSgd;
+  for (const Run& run : runs) {
+    const at::Tensor grad = grad_view(run);
+    v.grads.push_back(grad);
+    if (run.in_norm) v.norm_grads.push_back(grad);
+    if (mixed) v.masters.push_back(param_view(run)), v.sources.push_back(param_source(run));
+    GroupViews& g = v.groups[run.group];
+    g.params.push_back(param_view(run));
+    g.grads.push_back(grad);
+    g.m.push_back(state_view(sgd ? "momentum_buffer" : "exp_avg", run));
+    if (!sgd) g.v.push_back(state_view("exp_avg_sq", run)), g.vmax.push_back(state_view("max_exp_avg_sq", run));
+  }
+  cached_views = std::move(v);
+  return cached_views;
+}
+
 void DistributedOptimizer::Impl::prepare() {
   if (prepared_for == reducer->steps_finished()) return;
   prepared_for = reducer->steps_finished();
-  std::vector<at::Tensor> grads;  // the reducer's: fp32 under fp16/bf16 too
-  for (const Run& run : runs) grads.push_back(grad_view(run));
+  const std::vector<at::Tensor>& grads = views().grads;  // fp32 under fp16/bf16 too
   // Unscaled by what smp::step multiplied the loss by, and checked for inf or NaN, in one pass
   // (AMP's fused check): in every precision an inf or NaN gradient would reach the update
   // (clipping's coefficient comparison is false for NaN), so the step is skipped instead.
-  const auto on_device = at::TensorOptions().dtype(at::kFloat).device(device);
-  at::Tensor found_inf = at::zeros({1}, on_device);
-  if (!grads.empty()) {
-    at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf,
-                                                    at::full({1}, 1.0 / model.loss_scale(), on_device));
-  }
+  const double scale = 1.0 / model.loss_scale();
+  if (scale != inv_scale_value) inv_scale.fill_(scale), inv_scale_value = scale;
+  found_inf.zero_();
+  if (!grads.empty()) at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale);
   // Every rank skips together: an overflow anywhere is an overflow everywhere.
-  at::Tensor flag = found_inf.to(at::kCPU, at::kInt);
-  model.context().group(CommGroup::WORLD).all_reduce(flag, comm::ReduceOp::kMax).wait();
-  overflow = flag.item<int>() != 0;
+  model.context().group(CommGroup::WORLD).all_reduce(found_inf, comm::ReduceOp::kMax).wait();
+  overflow = found_inf.item<float>() != 0;
 }
 
 void DistributedOptimizer::Impl::update_group(int group) {
-  std::vector<at::Tensor> params, grads, m, v, vmax;
-  for (const Run& run : runs) {
-    if (run.group != group) continue;
-    params.push_back(param_view(run));
-    grads.push_back(grad_view(run));
-    if (kind == Kind::kSgd) {
-      m.push_back(state_view("momentum_buffer", run));
-    } else {
-      m.push_back(state_view("exp_avg", run));
-      v.push_back(state_view("exp_avg_sq", run));
-      vmax.push_back(state_view("max_exp_avg_sq", run));
-    }
-  }
+  const auto& [params, grads, m, v, vmax] = views().groups.at(group);
   if (params.empty()) return;
   const auto& options = inner->param_groups().at(group).options();
   if (kind == Kind::kSgd) {
@@ -206,11 +224,11 @@ void DistributedOptimizer::Impl::update_group(int group) {
                     /*maximize=*/false, /*is_first_step=*/!momentum_started[group]);
     return;
   }
-  // The step count as the kernels read it: one tensor per parameter (here the group's, shared).
-  at::Tensor& count = step_counts[group];
-  if (!count.defined()) count = at::zeros({}, params[0].options().dtype(at::kFloat));
-  count.fill_(static_cast<double>(steps[group]));
-  const std::vector<at::Tensor> counts(params.size(), count);
+  // The step count as the kernels read it: one tensor per parameter (here one for all, written
+  // only when it changes: the groups step together).
+  const double count = static_cast<double>(steps[group]);
+  if (count != step_count_value) step_count.fill_(count), step_count_value = count;
+  const std::vector<at::Tensor> counts(params.size(), step_count);
   auto fused = [&](const auto& o, auto kernel) {
     const bool amsgrad = o.amsgrad();
     kernel(params, grads, m, v, amsgrad ? at::TensorList(vmax) : at::TensorList(), counts, o.lr(),
@@ -228,7 +246,8 @@ void DistributedOptimizer::Impl::update_group(int group) {
 
 void DistributedOptimizer::Impl::write_back() {
   if (mixed) {
-    for (const Run& run : runs) param_source(run).copy_(master.narrow(0, run.local, run.numel));
+    const RunViews& v = views();
+    if (!v.sources.empty()) at::_foreach_copy_(v.sources, v.masters);
   }
   reducer->store().after_update();
 }

@@ -69,6 +69,23 @@ struct DistributedOptimizer::Impl {
   at::Tensor state_view(const std::string& name, const optim::Run& run) const;
   std::vector<std::string> state_names() const;
 
+  // Every run's views into the buffers, in the lists the multi-tensor kernels take. Built once
+  // and again only when a buffer was replaced (another storage or offset): narrowing each run
+  // on every step would cost a dispatcher call per run and list (hundreds a step, host-bound on
+  // a GPU). Freeing a buffer's storage in place (sharded data parallelism's gradients) keeps
+  // the views valid.
+  struct GroupViews {
+    std::vector<at::Tensor> params, grads, m, v, vmax;  // by run of the group
+  };
+  struct RunViews {
+    std::vector<std::pair<const void*, int64_t>> key;  // each buffer's storage and offset
+    std::vector<at::Tensor> grads;       // every run
+    std::vector<at::Tensor> norm_grads;  // the runs counted in the norm
+    std::vector<at::Tensor> masters, sources;  // fp16/bf16: the masters and where they go back
+    std::vector<GroupViews> groups;      // by optimizer group
+  };
+  const RunViews& views();
+
   DistributedModel& model;
   std::unique_ptr<torch::optim::Optimizer> inner;
   DistributedOptimizerOptions options;
@@ -91,7 +108,12 @@ struct DistributedOptimizer::Impl {
   std::map<std::string, at::Tensor> state;  // local layout
   at::Tensor master;                        // fp32, local layout (mixed only)
   std::vector<int64_t> steps;               // per group
-  std::vector<at::Tensor> step_counts;      // per group: steps[g] as the fused kernels read it
+  at::Tensor step_count;                    // steps[g] as the fused kernels read it
+  double step_count_value = 0;              // what step_count holds
+  double inv_scale_value = 1;               // what inv_scale holds
+  RunViews cached_views;
+  at::Tensor found_inf;  // prepare()'s inf/NaN flag (float, on the device)
+  at::Tensor inv_scale;  // 1 / the loss scale, on the device
   std::vector<char> momentum_started;       // per group (SGD)
   std::optional<OptimizerStateDict> pending_local;
   std::optional<OptimizerStateDict> pending_full;

@@ -541,8 +541,7 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
   optimizer_->step();
   optimizer_->zero_grad();
   // The loss and the norm leave the device together: one wait for it.
-  const at::Tensor loss = out[0].reduce_mean().to(norm.device(), at::kDouble).reshape({1});
-  const at::Tensor fetched = at::cat({loss, norm}).cpu();
+  const at::Tensor fetched = loss_and_norm(out[0].reduce_mean(), norm).cpu();
   r.loss = replica_mean(fetched[0].item<double>());
   r.norm = fetched[1].item<double>();
   r.step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
@@ -693,6 +692,12 @@ void Trainer::write_run_files(const std::vector<std::vector<pipeline::TraceEvent
 }
 
 }  // namespace
+
+at::Tensor loss_and_norm(const at::Tensor& loss, const at::Tensor& norm) {
+  const at::Tensor here = loss.device() == norm.device() ? loss.to(at::kDouble)
+                                                         : loss.to(norm.device(), at::kDouble);
+  return at::stack({here.reshape({}), norm});
+}
 
 std::string metrics_up_to_step(const std::string& text, int64_t step) {
   std::string kept;

@@ -34,6 +34,10 @@ class GradientStore {
   virtual at::Tensor params(int64_t flat, int64_t local, int64_t numel) const = 0;
   // The averaged gradients of a run, after the step's reduction finished.
   virtual at::Tensor grads(int64_t flat, int64_t local, int64_t numel) const = 0;
+  // The buffers params() and grads() cut their runs from (grads: allocated, when freed between
+  // steps). Views of runs stay valid while these keep their storage and offset.
+  virtual const at::Tensor& params_buffer() const = 0;
+  virtual const at::Tensor& grads_buffer() const = 0;
   // Whether this rank's slice of `bucket` counts in the global gradient norm: over the ranks
   // sum_norm adds up, every element is counted exactly once.
   virtual bool counts_in_norm(const Bucket& bucket) const = 0;
@@ -51,6 +55,8 @@ class ReplicatedStore : public GradientStore {
   ReplicatedStore(const ParallelContext& context, at::Tensor flat_params, at::Tensor flat_grads);
   at::Tensor params(int64_t flat, int64_t local, int64_t numel) const override;
   at::Tensor grads(int64_t flat, int64_t local, int64_t numel) const override;
+  const at::Tensor& params_buffer() const override { return flat_params_; }
+  const at::Tensor& grads_buffer() const override { return flat_grads_; }
   // Tensor-parallel shards on every tp rank; TP-replicated parameters on tp rank 0 only.
   bool counts_in_norm(const Bucket& bucket) const override;
   void sum_norm(at::Tensor& sum_sq) const override;  // over MP_GROUP: one replica's stages and shards
@@ -68,6 +74,8 @@ class Zero1Store : public GradientStore {
              at::Tensor shard_grads);
   at::Tensor params(int64_t flat, int64_t local, int64_t numel) const override;
   at::Tensor grads(int64_t flat, int64_t local, int64_t numel) const override;
+  const at::Tensor& params_buffer() const override { return flat_params_; }
+  const at::Tensor& grads_buffer() const override { return shard_grads_; }
   bool counts_in_norm(const Bucket&) const override { return true; }  // every slice is unique
   void sum_norm(at::Tensor& sum_sq) const override;  // over the world
   void after_update() override;  // all-gathers each sharded bucket over its group
@@ -83,6 +91,8 @@ class ShardedStore : public GradientStore {
   ShardedStore(const ParallelContext& context, ParameterShards& shards);
   at::Tensor params(int64_t flat, int64_t local, int64_t numel) const override;
   at::Tensor grads(int64_t flat, int64_t local, int64_t numel) const override;
+  const at::Tensor& params_buffer() const override;
+  const at::Tensor& grads_buffer() const override;
   // As replicated, within the sharding group: TP-replicated parameters on tp rank 0 only.
   bool counts_in_norm(const Bucket& bucket) const override;
   // Over the sharding group, then the TP group (pp is 1: the slices tile each tp rank's model).

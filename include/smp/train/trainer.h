@@ -14,6 +14,8 @@
 //                              weights, transformers loads it) when full_at_end
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <string>
 #include <vector>
 
@@ -46,5 +48,9 @@ TrainSummary train(const TrainConfig& config);
 // checkpoint goes, so the resumed run's lines do not repeat those steps; so does a line that is
 // not a JSON object (one cut off by a crash). Each kept line ends with a newline.
 std::string metrics_up_to_step(const std::string& text, int64_t step);
+
+// A step's mean loss and its gradient norm (DistributedOptimizer's *_tensor: fp64, 0-dim) as
+// two fp64 elements on the norm's device, to leave the device with one copy (one wait).
+at::Tensor loss_and_norm(const at::Tensor& loss, const at::Tensor& norm);
 
 }  // namespace smp::train
