@@ -38,6 +38,13 @@ struct DistributedModelOptions {
   // SMP: true averages gradients over microbatches (the loss is scaled by 1/microbatches);
   // false sums them, for sum-reduced losses.
   bool average_grads_across_microbatches = true;
+  // SMP's backward_passes_per_step (gradient accumulation, as DDP's no_sync): smp::step's
+  // training steps count backward passes, and the gradients are reduced only on every k-th;
+  // the passes between accumulate this rank's gradients locally and communicate nothing. The
+  // optimizer steps after the k-th (scale the loss by 1/k for an average, as Hugging Face's
+  // Trainer does). Sharded data parallelism reduce-scatters on every pass all the same (a
+  // layer's whole gradients live only during its backward); its slices accumulate likewise.
+  int backward_passes_per_step = 1;
   // SMP's bucket_cap_mb: gradient buckets of about this many MiB are reduced together (ddp).
   double bucket_cap_mb = 25;
   // SMP's overlapping_allreduce: start each bucket's reduction during the last microbatch's
@@ -110,6 +117,10 @@ class DistributedModel {
   // no layer, an unknown strategy, or a call after the first step.
   void set_activation_checkpointing(const std::string& layer_name,
                                     const ActivationCheckpointing& options = {});
+  // The same over several names at once, as one call: consecutive layers of them join one
+  // recomputed run under "contiguous" and "group_<N>" (runs never join two calls' layers).
+  void set_activation_checkpointing(const std::vector<std::string>& layer_names,
+                                    const ActivationCheckpointing& options = {});
 
   // Partitions now, using `trial_inputs` (one microbatch) for profiling when auto_partition is
   // on. Collective over the world; smp::step calls it on the first step.
@@ -170,12 +181,17 @@ class DistributedModel {
   pipeline::Executor& executor_for(int num_microbatches, bool train);
   const pipeline::Schedule& schedule_for(int num_microbatches, bool train);
   void record_step(const pipeline::ExecutorResult& result, const pipeline::Schedule& schedule);
+  // Used by smp::step on each training step: counts its backward pass and says whether the
+  // pass reduces the gradients (every backward_passes_per_step-th does).
+  bool count_backward_pass() { return ++backward_passes_ % options_.backward_passes_per_step == 0; }
   // After the gradients are reduced (smp::step): each tied copy and its original get the sum
   // of their gradients, point-to-point over the pipeline group. With shard_optimizer_state the
   // reducer has done it before reducing, and this does nothing.
   void sum_tied_gradients();
 
  private:
+  void build_in_fp16();    // fp16_params
+  void require_nccl_transport() const;  // ddp_dist_backend "nccl"
   void keep_own_stages();  // after partition_ is set: drop other stages' layers, build the reducer
   void sum_tied_slots();   // the sum, on the reducer's gradient slots
   std::vector<pipeline::RecomputedRun> recomputed_runs(int begin, int end) const;
@@ -193,6 +209,7 @@ class DistributedModel {
     int call = 0;
   };
   std::map<std::string, Checkpointed> checkpointed_;
+  int checkpoint_calls_ = 0;
   std::optional<pipeline::Partition> partition_;
   // Schedules and executors by (microbatches, train).
   std::map<std::pair<int, bool>, std::unique_ptr<pipeline::Schedule>> schedules_;
@@ -209,6 +226,7 @@ class DistributedModel {
   };
   std::vector<TiedPair> tied_;
   double loss_scale_ = 1.0;
+  int64_t backward_passes_ = 0;  // training steps run
 };
 
 }  // namespace smp

@@ -31,6 +31,9 @@ std::unique_ptr<DistributedModel> make_model(std::vector<LayerSpec> specs, py::d
   if (options.contains("overlapping_allreduce")) {
     o.overlapping_allreduce = options["overlapping_allreduce"].cast<bool>();
   }
+  if (options.contains("backward_passes_per_step")) {
+    o.backward_passes_per_step = options["backward_passes_per_step"].cast<int>();
+  }
   if (options.contains("tied_copies")) {
     o.tied_copies = options["tied_copies"].cast<std::map<std::string, std::string>>();
   }

@@ -35,17 +35,11 @@ using json = nlohmann::json;
 // than its default produces a warning from not_implemented_warnings(). When an issue
 // implements a feature, delete its key here and flip its "implemented" cell in docs/config.md.
 const std::set<std::string> kNotImplementedYet = {
-    "deterministic_server",
-    "ddp_port",
-    "ddp_dist_backend",
     "offload_activations",
     "activation_loading_horizon",
     "sdp_reduce_bucket_size",
     "sdp_max_live_parameters",
     "sdp_hierarchical_allgather",
-    "fp16_params",
-    "static_mode",
-    "fast_mode",
 };
 
 // Keys only SMP's TensorFlow flavour reads; smp accepts and ignores them (warning if given).
@@ -506,6 +500,10 @@ void Config::validate() const {
   }
   if (fp16 && bf16) {
     throw ConfigError("config keys \"fp16\" and \"bf16\": got true and true; allowed: at most one of them true");
+  }
+  if (fp16_params && bf16) {
+    throw ConfigError("config keys \"fp16_params\" and \"bf16\": got true and true; allowed: at most one "
+                      "of them true (fp16_params builds the parameters in fp16)");
   }
   if (delayed_parameter_initialization && sharded_data_parallel_degree < 2) {
     fail_rule("delayed_parameter_initialization", true,

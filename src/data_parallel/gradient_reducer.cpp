@@ -241,9 +241,10 @@ comm::Communicator& GradientReducer::communicator(ReduceGroup group) const {
   return context_.group(group == ReduceGroup::kDp ? CommGroup::DP_GROUP : CommGroup::RDP_GROUP);
 }
 
-void GradientReducer::begin_step(int num_microbatches) {
+void GradientReducer::begin_step(int num_microbatches, bool reduce) {
   num_microbatches_ = num_microbatches;
   in_step_ = true;
+  reducing_ = reduce || shards_ != nullptr;
   backwards_seen_.assign(stages_.size(), 0);
   armed_.assign(stages_.size(), 0);
   ready_.assign(params_.size(), 0);
@@ -282,7 +283,7 @@ void GradientReducer::on_grad_ready(int param) {
     return;
   }
   if (widened()) add_into_slot(param);
-  if (!overlaps_ || !armed_[stage_index_[param]] || ready_[param]) return;
+  if (!overlaps_ || !reducing_ || !armed_[stage_index_[param]] || ready_[param]) return;
   if (++accumulated_[param] < accumulations_[param]) return;  // more parts to come
   ready_[param] = 1;
   copy_into_slot(param);
@@ -367,15 +368,17 @@ void GradientReducer::finish_buckets() {
       copy_into_slot(static_cast<int>(i));
     }
   }
-  if (finish_hook_) finish_hook_();
-  // The rest, in bucket order per group (the same order on every rank).
-  for (int g = 0; g < 2; ++g) {
-    for (; next_[g] < static_cast<int>(order_[g].size()); ++next_[g]) launch(order_[g][next_[g]]);
+  if (reducing_) {
+    if (finish_hook_) finish_hook_();
+    // The rest, in bucket order per group (the same order on every rank).
+    for (int g = 0; g < 2; ++g) {
+      for (; next_[g] < static_cast<int>(order_[g].size()); ++next_[g]) launch(order_[g][next_[g]]);
+    }
+    const auto start = std::chrono::steady_clock::now();
+    for (comm::Work& w : works_) w.wait();
+    stats_.finish_wait_s = seconds_since(start);
+    works_.clear();
   }
-  const auto start = std::chrono::steady_clock::now();
-  for (comm::Work& w : works_) w.wait();
-  stats_.finish_wait_s = seconds_since(start);
-  works_.clear();
   for (size_t i = 0; i < params_.size() && !widened(); ++i) {
     at::Tensor& p = params_[i].tensor;
     const Slot& s = layout_.slot(static_cast<int>(i));

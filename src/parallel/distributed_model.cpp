@@ -31,6 +31,47 @@ DistributedModel::DistributedModel(ParallelContext& context, std::vector<Layer> 
                       "; allowed: an integer >= 1");
   }
   if (layers_.empty()) throw ConfigError("DistributedModel: the model has no layers");
+  if (options_.backward_passes_per_step < 1) {
+    throw ConfigError("backward_passes_per_step: got " + std::to_string(options_.backward_passes_per_step) +
+                      "; allowed: an integer >= 1");
+  }
+  if (context_.config().fp16_params) build_in_fp16();
+  require_nccl_transport();
+}
+
+// SMP's ddp_dist_backend: "auto" lets SMP pick its own collectives (SMDDP's) where they apply;
+// "nccl" forces NCCL. smp has no collectives of its own: data parallelism's collectives on
+// device tensors always go over NCCL, and on host tensors over MPI. So "auto" is what smp
+// always does, and "nccl" is a promise smp can keep only for a model on a GPU.
+void DistributedModel::require_nccl_transport() const {
+  if (context_.config().ddp_dist_backend != DdpBackend::kNccl) return;
+  std::optional<at::Device> runs_on = options_.device;  // else where the parameters are
+  for (const Layer& layer : layers_) {
+    if (!runs_on && !layer.parameters.empty()) runs_on = layer.parameters[0].device();
+  }
+  const at::Device device = runs_on.value_or(at::Device(at::kCPU));
+  if (!device.is_cuda()) {
+    throw ConfigError("config key \"ddp_dist_backend\": got \"nccl\", but the model runs on " + device.str() +
+                      ", where data-parallel collectives go over MPI; allowed: \"nccl\" for a model on a "
+                      "GPU (NCCL), \"auto\" anywhere");
+  }
+}
+
+// SMP's fp16_params: the parameters become fp16 as the model is built (set_data keeps each
+// tensor's identity, so optimizers and tied layers still see it), so the whole model is never
+// held in fp32. Under delayed initialisation the parameters hold no storage to cast.
+void DistributedModel::build_in_fp16() {
+  if (options_.delayed_slices) {
+    throw ConfigError("config key \"fp16_params\": true with delayed_parameter_initialization (the "
+                      "parameters were sharded as built and hold no storage to cast); allowed: false there");
+  }
+  for (Layer& layer : layers_) {
+    for (at::Tensor& p : layer.parameters) {
+      if (at::isFloatingType(p.scalar_type()) && p.scalar_type() != at::kHalf) {
+        p.set_data(p.detach().to(at::kHalf));
+      }
+    }
+  }
 }
 
 void DistributedModel::set_partition(const std::string& layer_name, int stage) {
@@ -62,22 +103,31 @@ size_t ActivationCheckpointing::max_run_length(const std::string& what) const {
 
 void DistributedModel::set_activation_checkpointing(const std::string& layer_name,
                                                     const ActivationCheckpointing& options) {
-  const std::string what = "set_activation_checkpointing(\"" + layer_name + "\")";
+  set_activation_checkpointing(std::vector<std::string>{layer_name}, options);
+}
+
+void DistributedModel::set_activation_checkpointing(const std::vector<std::string>& layer_names,
+                                                    const ActivationCheckpointing& options) {
+  std::string listed;
+  for (const std::string& name : layer_names) listed += (listed.empty() ? "\"" : ", \"") + name + "\"";
+  const std::string what = "set_activation_checkpointing(" + listed + ")";
   if (!executors_.empty()) throw ConfigError(what + ": call it before the first step");
   const size_t max_run = options.max_run_length(what);
-  const int call = static_cast<int>(checkpointed_.size()) + 1;
-  bool matched = false;
-  for (const Layer& layer : layers_) {
-    if (layer.name == layer_name || layer.name.rfind(layer_name + ".", 0) == 0) {
-      checkpointed_[layer.name] = {max_run, options.preserve_rng_state, call};
-      matched = true;
+  const int call = ++checkpoint_calls_;
+  for (const std::string& layer_name : layer_names) {
+    bool matched = false;
+    for (const Layer& layer : layers_) {
+      if (layer.name == layer_name || layer.name.rfind(layer_name + ".", 0) == 0) {
+        checkpointed_[layer.name] = {max_run, options.preserve_rng_state, call};
+        matched = true;
+      }
     }
-  }
-  if (!matched) {
-    std::string names;
-    for (const Layer& l : layers_) names += (names.empty() ? "" : ", ") + l.name;
-    throw ConfigError(what + ": no layer is named \"" + layer_name + "\" or \"" + layer_name +
-                      ".*\"; layers: " + names);
+    if (!matched) {
+      std::string names;
+      for (const Layer& l : layers_) names += (names.empty() ? "" : ", ") + l.name;
+      throw ConfigError(what + ": no layer is named \"" + layer_name + "\" or \"" + layer_name +
+                        ".*\"; layers: " + names);
+    }
   }
 }
 
@@ -204,9 +254,11 @@ void DistributedModel::partition(const Values& trial_inputs) {
     partition_ = pipeline::manual_partition(read_partition_file(world, cfg.partition_file, layer_names(), stages),
                                             stages, 0, costs);
   } else if (cfg.auto_partition && stages > 1) {
+    // Profiling runs the layers as built: fp16 ones (fp16_params) on fp16 inputs.
+    const Values trial = cfg.fp16_params ? dp::cast_floating(trial_inputs, at::kHalf) : trial_inputs;
     std::vector<int> stage_of = cfg.skip_tracing
                                     ? decide_untraced(costs, stages, cfg.memory_weight, context_.rank() == 0)
-                                    : decide_on_rank0(world, layers_, trial_inputs, stages, cfg.memory_weight);
+                                    : decide_on_rank0(world, layers_, trial, stages, cfg.memory_weight);
     partition_ = pipeline::manual_partition(stage_of, stages, 0, costs);
   } else {
     std::vector<int> stage_of;

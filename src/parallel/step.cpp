@@ -74,15 +74,17 @@ std::vector<Values> step_microbatches(DistributedModel& model, std::vector<Value
   if (!model.partitioned()) model.partition(data.inputs.at(0));
 
   // Data parallelism: the loss scaled by 1/m (and fp16's loss scale), 16-bit inputs under
-  // fp16/bf16, gradients reduced during the last microbatch's backward and finished here.
+  // fp16/bf16/fp16_params, gradients reduced during the last microbatch's backward and
+  // finished here (on every backward_passes_per_step-th step; the others accumulate).
   dp::GradientReducer& reducer = model.gradient_reducer();
   data.loss_scale = (model.options().average_grads_across_microbatches ? 1.0 / m : 1.0) *
                     model.loss_scale();
-  if (config.fp16 || config.bf16) {
+  if (config.fp16 || config.bf16 || config.fp16_params) {
     for (Values& mb : data.inputs) mb = dp::cast_floating(mb, reducer.param_dtype());
   }
+  const bool reduce = options.train && model.count_backward_pass();
   if (options.train) {
-    reducer.begin_step(m);
+    reducer.begin_step(m, reduce);
     data.before_backward = [&reducer](const pipeline::Action& a) {
       if (a.kind == pipeline::ActionKind::kBackward || a.kind == pipeline::ActionKind::kBackwardWeight) {
         reducer.before_weight_backward(a.stage);  // an input-only backward accumulates nothing
@@ -95,7 +97,7 @@ std::vector<Values> step_microbatches(DistributedModel& model, std::vector<Value
                                         .run(data, options.trace || !model.options().timeline_dir.empty());
   if (options.train) {
     reducer.finish();
-    model.sum_tied_gradients();
+    if (reduce) model.sum_tied_gradients();  // summed once, over the passes' accumulated sum
   }
   model.record_step(result, schedule);
   return share_returned(model.context().group(CommGroup::PP_GROUP), std::move(result.returned), m,

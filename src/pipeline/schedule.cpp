@@ -111,9 +111,10 @@ void check_spec(const ScheduleSpec& spec) {
     spec_error("num_microbatches (microbatches) is " + m + "; allowed: >= 1");
   if (spec.chunks_per_rank < 1)
     spec_error("chunks_per_rank is " + std::to_string(spec.chunks_per_rank) + "; allowed: >= 1");
-  if (spec.chunks_per_rank > 1 && spec.kind != ScheduleKind::kInterleavedVirtual)
+  if (spec.chunks_per_rank > 1 && spec.kind != ScheduleKind::kInterleavedVirtual &&
+      spec.kind != ScheduleKind::kForwardOnly)
     spec_error("chunks_per_rank is " + std::to_string(spec.chunks_per_rank) + " with kind " +
-               to_string(spec.kind) + "; allowed: 1, or kind interleaved_virtual");
+               to_string(spec.kind) + "; allowed: 1, or kind interleaved_virtual or forward_only");
   if (spec.active_microbatches < 0)
     spec_error("active_microbatches is " + std::to_string(spec.active_microbatches) +
                "; allowed: >= 1, or 0 for the default num_ranks + 2");
@@ -288,10 +289,18 @@ RankLists generate_zero_bubble(const ScheduleSpec& spec) {
 }
 
 // Evaluation: forwards only, microbatch order; the warmup is the whole list.
+// Each microbatch through the rank's stages in order (with v chunks: stages r, p + r, ...).
 RankLists generate_forward_only(const ScheduleSpec& spec) {
   RankLists out;
-  for (int rank = 0; rank < spec.num_ranks; ++rank)
-    out.push_back(in_microbatch_order(ActionKind::kForward, rank, spec.num_microbatches));
+  for (int rank = 0; rank < spec.num_ranks; ++rank) {
+    ActionList list;
+    for (int mb = 0; mb < spec.num_microbatches; ++mb) {
+      for (int c = 0; c < spec.chunks_per_rank; ++c) {
+        list.push_back(compute(ActionKind::kForward, c * spec.num_ranks + rank, mb));
+      }
+    }
+    out.push_back(list);
+  }
   return out;
 }
 

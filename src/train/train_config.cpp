@@ -1,6 +1,7 @@
 // smp-train's JSON configuration and learning-rate schedule (see train_config.h).
 #include "smp/train/train_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -75,6 +76,52 @@ Setters data_setters(DataConfig& d) {
           {"val_fraction", real_into("data.val_fraction", &d.val_fraction, 0, 0.5)}};
 }
 
+// "block", "block.<i>" or "block.<i>-<j>" (i <= j): the group's first and last block.
+CheckpointedBlocks block_group(const std::string& name, const std::string& strategy) {
+  const std::string where = "training.activation_checkpointing key";
+  const std::string allowed = "\"block\", \"block.<i>\" or \"block.<i>-<j>\" (i <= j)";
+  if (name == "block") return {name, 0, -1, strategy};
+  const std::string digits = "0123456789";
+  const size_t dash = name.find('-');
+  const std::string a = name.rfind("block.", 0) == 0 ? name.substr(6, dash == std::string::npos ? dash : dash - 6) : "";
+  const std::string b = dash == std::string::npos ? a : name.substr(dash + 1);
+  const bool numbers = !a.empty() && !b.empty() && a.size() < 10 && b.size() < 10 &&
+                       a.find_first_not_of(digits) == std::string::npos &&
+                       b.find_first_not_of(digits) == std::string::npos;
+  if (!numbers || std::stoll(a) > std::stoll(b)) bad(where, name, allowed);
+  return {name, std::stoll(a), std::stoll(b), strategy};
+}
+
+// training.activation_checkpointing: a strategy for every block ("none": no checkpointing), or
+// an object from block group to strategy; groups must not overlap.
+std::vector<CheckpointedBlocks> checkpointed_blocks(const json& v) {
+  const std::string key = "training.activation_checkpointing";
+  const std::string strategies = "\"none\", \"each\", \"contiguous\", \"group_<N>\"";
+  const auto strategy_of = [&](const std::string& where, const json& s) {
+    if (!s.is_string()) bad(where, s, strategies);
+    const std::string strategy = s.get<std::string>();
+    if (strategy != "none") ActivationCheckpointing{strategy}.max_run_length("run config " + where);
+    return strategy;
+  };
+  std::vector<CheckpointedBlocks> groups;
+  if (!v.is_object()) {
+    const std::string strategy = strategy_of(key, v);
+    if (strategy != "none") groups.push_back({"block", 0, -1, strategy});
+    return groups;
+  }
+  for (const auto& [name, s] : v.items()) {
+    const CheckpointedBlocks group = block_group(name, strategy_of(key + ".\"" + name + "\"", s));
+    for (const CheckpointedBlocks& other : groups) {
+      const bool apart = (other.last >= 0 && other.last < group.first) || (group.last >= 0 && group.last < other.first);
+      if (!apart) bad(key, v, "block groups apart; \"" + other.name + "\" and \"" + name + "\" overlap");
+    }
+    groups.push_back(group);
+  }
+  const auto none = [](const CheckpointedBlocks& g) { return g.strategy == "none"; };  // left alone
+  groups.erase(std::remove_if(groups.begin(), groups.end(), none), groups.end());
+  return groups;
+}
+
 Setters training_setters(TrainingConfig& t) {
   return {
       {"steps", int_into("training.steps", &t.steps, 1)},
@@ -119,15 +166,8 @@ Setters training_setters(TrainingConfig& t) {
          if (!v.is_boolean()) bad("training.tf32", v, "true, false");
          t.tf32 = v.get<bool>();
        }},
-      {"activation_checkpointing",
-       [&t](const json& v) {
-         const std::string key = "training.activation_checkpointing";
-         if (!v.is_string()) bad(key, v, "\"none\", \"each\", \"contiguous\", \"group_<N>\"");
-         t.activation_checkpointing = v.get<std::string>();
-         if (t.activation_checkpointing != "none") {
-           ActivationCheckpointing{t.activation_checkpointing}.max_run_length(key);  // validates
-         }
-       }},
+      {"chunks_per_rank", int_into("training.chunks_per_rank", &t.chunks_per_rank, 1)},
+      {"activation_checkpointing", [&t](const json& v) { t.activation_checkpointing = checkpointed_blocks(v); }},
       {"prompt", string_into("training.prompt", &t.prompt)},
       {"sample_tokens", int_into("training.sample_tokens", &t.sample_tokens, 0)},
       {"temperature", real_into("training.temperature", &t.temperature, 0, 100)},
@@ -222,6 +262,19 @@ TrainConfig TrainConfig::from_json_string(const std::string& text) {
                       ") is longer than the model's max_seq_len (" +
                       std::to_string(c.model.max_seq_len) + ")");
   }
+  if (c.training.chunks_per_rank > 1 &&
+      (c.smp.pipeline_parallel_degree < 2 || c.smp.pipeline != PipelineMode::kInterleaved)) {
+    bad("training.chunks_per_rank", c.training.chunks_per_rank,
+        "1, or more with smp.pipeline_parallel_degree > 1 and smp.pipeline \"interleaved\" (the "
+        "schedule that runs virtual stages); here pipeline_parallel_degree is " +
+            std::to_string(c.smp.pipeline_parallel_degree) + " and pipeline \"" + to_string(c.smp.pipeline) + "\"");
+  }
+  if (c.training.chunks_per_rank > 1 && c.smp.microbatches % c.smp.pipeline_parallel_degree != 0) {
+    bad("training.chunks_per_rank", c.training.chunks_per_rank,
+        "1 when smp.microbatches (" + std::to_string(c.smp.microbatches) + ") is not a multiple of "
+        "smp.pipeline_parallel_degree (" + std::to_string(c.smp.pipeline_parallel_degree) +
+        "), as the interleaved schedule needs");
+  }
   if (c.training.min_lr > c.training.lr) {
     throw ConfigError("run config training.min_lr (" + std::to_string(c.training.min_lr) +
                       ") is above training.lr (" + std::to_string(c.training.lr) + ")");
@@ -254,6 +307,12 @@ void TrainConfig::validate(int world_size) const {
                       ", which smp.microbatches (" + std::to_string(microbatches) +
                       ") does not divide; allowed: a multiple of " +
                       std::to_string(replicas * microbatches) + " (replicas x microbatches)");
+  }
+  for (const CheckpointedBlocks& group : training.activation_checkpointing) {
+    if (group.last >= model.num_layers) {
+      bad("training.activation_checkpointing key", group.name,
+          "blocks of the model, block.0 to block." + std::to_string(model.num_layers - 1));
+    }
   }
   if (!init_from_hf.empty() && smp.delayed_parameter_initialization) {
     throw ConfigError("run config model.from_hf: got \"" + init_from_hf + "\", which loads whole "

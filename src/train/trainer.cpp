@@ -68,6 +68,15 @@ std::pair<std::vector<std::string>, std::vector<std::string>> list_shards(const 
   return {train, val};
 }
 
+// training.activation_checkpointing as written back into config.json (which reads back).
+json checkpointing_json(const std::vector<CheckpointedBlocks>& groups) {
+  if (groups.empty()) return "none";
+  if (groups.size() == 1 && groups[0].name == "block") return groups[0].strategy;
+  json out = json::object();
+  for (const CheckpointedBlocks& group : groups) out[group.name] = group.strategy;
+  return out;
+}
+
 json config_json(const TrainConfig& c) {
   const auto& t = c.training;
   const json model = c.init_from_hf.empty()
@@ -90,7 +99,8 @@ json config_json(const TrainConfig& c) {
                         {"val_batches", t.val_batches}, {"prompt", t.prompt},
                         {"sample_tokens", t.sample_tokens}, {"temperature", t.temperature},
                         {"device", t.device}, {"tf32", t.tf32}, {"peak_tflops", t.peak_tflops},
-                        {"activation_checkpointing", t.activation_checkpointing}}},
+                        {"chunks_per_rank", t.chunks_per_rank},
+                        {"activation_checkpointing", checkpointing_json(t.activation_checkpointing)}}},
           {"checkpoint", {{"dir", k.dir}, {"every", k.every}, {"keep", k.keep},
                           {"full_at_end", k.full_at_end}, {"resume", k.resume}}},
           {"smp", c.smp.to_json()},
@@ -448,11 +458,15 @@ void Trainer::setup_model() {
   }
   std::vector<std::string> layer_names;
   for (const auto& layer : model_->layers) layer_names.push_back(layer.name);
+  options.chunks_per_rank = static_cast<int>(training_.chunks_per_rank);
   options.tied_copies = model_->tied_copies;
   options.delayed_slices = delayed;
   dmodel_ = std::make_unique<DistributedModel>(std::move(model_->layers), options);  // own stages
-  if (training_.activation_checkpointing != "none") {
-    dmodel_->set_activation_checkpointing("block", {training_.activation_checkpointing});
+  for (const CheckpointedBlocks& group : training_.activation_checkpointing) {
+    const int64_t last = group.last < 0 ? config_.model.num_layers - 1 : group.last;
+    std::vector<std::string> blocks;
+    for (int64_t i = group.first; i <= last; ++i) blocks.push_back("block." + std::to_string(i));
+    dmodel_->set_activation_checkpointing(blocks, {group.strategy});
   }
   // Resuming under the same pipeline keeps the checkpoint's partition (as SMP does).
   if (checkpoint_.resume.empty() || !use_checkpoint_partition(checkpoint_.dir, *dmodel_, resume_tag_)) {

@@ -320,6 +320,7 @@ TEST(ConfigTest, RejectsBadValuesNamingKeyValueAndAllowed) {
       {{{"bf16", "true"}}, {"\"bf16\"", "got \"true\"", kBool}},
       {{{"fp16", true}, {"bf16", true}}, {"\"fp16\"", "\"bf16\"", "got true and true", "at most one of them"}},
       {{{"fp16_params", 1}}, {"\"fp16_params\"", "got 1", kBool}},
+      {{{"fp16_params", true}, {"bf16", true}}, {"\"fp16_params\"", "\"bf16\"", "got true and true", "at most one of them"}},
       {{{"static_mode", 1}}, {"\"static_mode\"", "got 1", kBool}},
       {{{"fast_mode", nullptr}}, {"\"fast_mode\"", "got null", kBool}},
       {{{"contiguous", 0}}, {"\"contiguous\"", "got 0", kBool}},
@@ -552,7 +553,14 @@ TEST(ConfigTest, NoWarningsForDefaultsOrImplementedKeys) {
                                       {"placement_strategy", "spread"},
                                       {"tensor_parallel_degree", 2},
                                       {"ddp", true},
-                                      {"comm_timeout_s", 10}});
+                                      {"comm_timeout_s", 10},
+                                      // live, or smp's reading of them is how smp always runs
+                                      {"deterministic_server", true},
+                                      {"ddp_port", 29500},
+                                      {"ddp_dist_backend", "nccl"},
+                                      {"fp16_params", true},
+                                      {"static_mode", true},
+                                      {"fast_mode", true}});
   EXPECT_TRUE(c.not_implemented_warnings().empty());
 }
 

@@ -36,6 +36,9 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--grad-scaler", action="store_true", help="smp's side scales its loss with smp.amp.GradScaler")
+    p.add_argument("--accumulate", type=int, default=1,
+                   help="smp's side runs each step as this many backward passes over parts of the batch, "
+                        "with backward_passes_per_step set so (Hugging Face's Trainer: the loss divided by it)")
     a = p.parse_args()
     torch.set_num_threads(1)
     smp.init(LAYOUTS[a.layout])
@@ -48,7 +51,7 @@ def main():
                 "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3),
                 "adadelta": lambda ps: torch.optim.Adadelta(ps, lr=1.0)}[a.optimizer]
     ref_opt = make_opt(reference.parameters())
-    model = smp.DistributedModel(module)
+    model = smp.DistributedModel(module, backward_passes_per_step=a.accumulate)
     opt = smp.DistributedOptimizer(make_opt(model.parameters()))
     # An LR scheduler on both sides: the engine must step with the learning rate it writes.
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
@@ -65,7 +68,7 @@ def main():
     @smp.step
     def train_step(model, x, y):
         loss = forward(model, x, y)
-        model.backward(scaler.scale(loss) if scaler else loss)
+        model.backward(scaler.scale(loss / a.accumulate) if scaler else loss / a.accumulate)
         return loss
 
     batch_of = models.cnn_batch if a.model == "cnn" else models.gpt_batch
@@ -76,7 +79,9 @@ def main():
     for step in range(a.steps):
         x, y = batch_of(step, a.batch)
         mine = slice(smp.dp_rank() * per_replica, (smp.dp_rank() + 1) * per_replica)
-        loss = train_step(model, x[mine], y[mine]).reduce_mean()
+        part = per_replica // a.accumulate
+        loss = sum(train_step(model, x[mine][k * part:(k + 1) * part], y[mine][k * part:(k + 1) * part]).reduce_mean()
+                   for k in range(a.accumulate)) / a.accumulate
         torch.distributed.all_reduce(loss, group=smp.get_dp_process_group())
         loss = loss.item() / smp.dp_size()
 

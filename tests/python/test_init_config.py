@@ -1,6 +1,8 @@
 """smp.init's parameters: the dict, then SM_HP_MP_PARAMETERS, which wins (also over the dict's
 other spelling of one key), and clear errors for a bad environment value."""
 
+import json
+
 import pytest
 
 import importlib
@@ -68,3 +70,12 @@ def test_model_creation_marks():
         smp.tp_register_with_module(len, torch.nn.Linear)
     with pytest.raises(TypeError, match="init_hook must be callable"):
         smp.tp_register_with_module(torch.nn.Linear, torch.nn.Linear, init_hook=3)
+
+
+def test_ddp_port_is_the_rendezvous_port(run_mpi):
+    """ddp_port: the torch.distributed rendezvous smp.init opens listens there on every rank."""
+    port = state._free_port()
+    r = run_mpi(2, "port_worker.py", json.dumps({"ddp": True, "ddp_port": port}))
+    assert r.returncode == 0, r.stdout[-3000:]
+    for rank in range(2):
+        assert f"rank {rank} rendezvous port {port}" in r.stdout, r.stdout[-3000:]

@@ -9,7 +9,9 @@ _CASES = [
     ("cnn", "pp2", "sgd", 2),  # SGD without clipping
     ("cnn", "dp2", "adam", 2),
     ("cnn", "pp2dp2_zero1", "adam", 4),
-    ("cnn", "dp2", "adadelta", 2),  # an optimizer the engine does not run: steps in Python
+    ("cnn", "dp2", "adadelta", 2),
+    ("cnn", "dp2", "adam", 2, "--accumulate=2"),  # backward_passes_per_step: two passes per step
+    ("gpt", "pp2dp2_zero1", "adam", 4, "--accumulate=2"),  # an optimizer the engine does not run: steps in Python
     ("gpt", "pp2", "adam", 2),  # tied embedding and head on different stages
     ("gpt", "dp2", "sgd", 2),
     ("gpt", "pp2dp2", "adam", 4),

@@ -230,6 +230,22 @@ TEST(LossParity, EveryLayoutFollowsTheOneProcessCurve) {
   }
 }
 
+// smp-train's virtual stages: pp2 with chunks_per_rank 2 (four stages, the interleaved
+// schedule) follows the one-process curve and pp2's one stage per rank, also with the blocks
+// checkpointed by group (a group of two recomputed as one run, one block alone, one not).
+TEST(LossParity, VirtualStagesFollowOneStagePerRank) {
+  if (comm::world_size() != 2) GTEST_SKIP() << "two ranks";
+  work_dir();
+  const std::string pp2 = R"({"pipeline_parallel_degree": 2, "microbatches": 2})";
+  const Curves one_stage = train_layout(pp2, "pp2_one_chunk");
+  const Curves chunks = train_layout(pp2, "pp2_chunks2", R"(, "chunks_per_rank": 2)");
+  expect_matches_golden(chunks, "pp2 chunks_per_rank 2");
+  expect_matches_golden(chunks, "pp2 chunks_per_rank 2 against 1", 1e-4, one_stage);
+  const Curves grouped = train_layout(pp2, "pp2_chunks2_grouped", R"(, "chunks_per_rank": 2,
+      "activation_checkpointing": {"block.0-1": "contiguous", "block.2": "each", "block.3": "none"})");
+  expect_matches_golden(grouped, "pp2 chunks_per_rank 2, checkpointed by block group", 1e-4, one_stage);
+}
+
 // The same one-process curve under SGD without clipping, on the layouts whose gradients pass
 // through the most machinery: TP in SMP's non-prescaled flow, pipeline stages, sharded data
 // parallelism (with delayed initialisation), ZeRO-1 with the tied head across stages. Sharded

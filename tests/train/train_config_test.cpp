@@ -74,6 +74,63 @@ TEST(TrainConfig, BadInputNamesTheKeyAndWhatIsAllowed) {
   expect_config_error("{not json", {"invalid JSON"});
 }
 
+// training.activation_checkpointing: one strategy for every block, or one per block group.
+TEST(TrainConfig, CheckpointingTakesAStrategyPerBlockGroup) {
+  const auto groups = [](const std::string& value) {
+    return TrainConfig::from_json_string(R"({"data": {"text": "t"}, "training": {"activation_checkpointing": )" +
+                                         value + "}}")
+        .training.activation_checkpointing;
+  };
+  EXPECT_TRUE(groups(R"("none")").empty());
+  const auto every = groups(R"("group_2")");
+  ASSERT_EQ(every.size(), 1u);
+  EXPECT_EQ(every[0].first, 0);
+  EXPECT_EQ(every[0].last, -1);
+  EXPECT_EQ(every[0].strategy, "group_2");
+  const auto split = groups(R"({"block.0-1": "contiguous", "block.2": "each", "block.3": "none"})");
+  ASSERT_EQ(split.size(), 2u);  // "none" names a group left alone
+  EXPECT_EQ(split[0].name, "block.0-1");
+  EXPECT_EQ(split[0].first, 0);
+  EXPECT_EQ(split[0].last, 1);
+  EXPECT_EQ(split[0].strategy, "contiguous");
+  EXPECT_EQ(split[1].first, 2);
+  EXPECT_EQ(split[1].last, 2);
+  EXPECT_EQ(split[1].strategy, "each");
+}
+
+TEST(TrainConfig, BadCheckpointingGroupsNameTheKeyAndWhatIsAllowed) {
+  const auto with = [](const std::string& value) {
+    return R"({"data": {"text": "t"}, "training": {"activation_checkpointing": )" + value + "}}";
+  };
+  expect_config_error(with(R"({"block.3-1": "each"})"),
+                      {"training.activation_checkpointing key", "\"block.3-1\"", "\"block.<i>-<j>\" (i <= j)"});
+  expect_config_error(with(R"({"head": "each"})"), {"training.activation_checkpointing key", "\"head\""});
+  expect_config_error(with(R"({"block.x": "each"})"), {"\"block.x\"", "\"block.<i>\""});
+  expect_config_error(with(R"({"block.0": "all"})"),
+                      {"training.activation_checkpointing.\"block.0\"", "\"all\"", "\"group_<N>\""});
+  expect_config_error(with(R"({"block.0": 2})"), {"training.activation_checkpointing.\"block.0\"", "got 2"});
+  expect_config_error(with(R"({"block.0-2": "each", "block.2-3": "contiguous"})"),
+                      {"training.activation_checkpointing", "\"block.0-2\" and \"block.2-3\" overlap"});
+  expect_config_error(with(R"({"block": "each", "block.1": "contiguous"})"), {"\"block\" and \"block.1\" overlap"});
+}
+
+TEST(TrainConfig, ChunksPerRankNeedsAnInterleavedPipeline) {
+  const TrainConfig c = TrainConfig::from_json_string(
+      R"({"data": {"text": "t"}, "training": {"chunks_per_rank": 2}, "smp": {"pipeline_parallel_degree": 2, "microbatches": 2}})");
+  EXPECT_EQ(c.training.chunks_per_rank, 2);
+  EXPECT_EQ(TrainConfig::from_json_string(R"({"data": {"text": "t"}})").training.chunks_per_rank, 1);
+  expect_config_error(R"({"data": {"text": "t"}, "training": {"chunks_per_rank": 0}})",
+                      {"training.chunks_per_rank", "got 0", "an integer >= 1"});
+  expect_config_error(R"({"data": {"text": "t"}, "training": {"chunks_per_rank": 2}})",
+                      {"training.chunks_per_rank", "got 2", "pipeline_parallel_degree > 1", "pipeline_parallel_degree is 1"});
+  expect_config_error(R"({"data": {"text": "t"}, "training": {"chunks_per_rank": 2},
+                          "smp": {"pipeline_parallel_degree": 2, "microbatches": 2, "pipeline": "simple"}})",
+                      {"training.chunks_per_rank", "got 2", "smp.pipeline \"interleaved\"", "pipeline \"simple\""});
+  expect_config_error(R"({"data": {"text": "t"}, "training": {"chunks_per_rank": 2},
+                          "smp": {"pipeline_parallel_degree": 2, "microbatches": 3}})",
+                      {"training.chunks_per_rank", "got 2", "smp.microbatches (3)", "a multiple of"});
+}
+
 // validate(world_size) on a config read from `json`: "" when it passes, else the message.
 std::string validate_error(const std::string& json, int world_size) {
   const TrainConfig c = TrainConfig::from_json_string(json);
@@ -141,6 +198,14 @@ TEST(TrainConfigValidate, EachReplicasBatchDividesByTheMicrobatches) {
                    "smp.microbatches (4)", "a multiple of 8 (replicas x microbatches)"});
   // One replica: the batch itself must divide by the microbatches.
   expect_contains(validate_error(config(6), 1), {"got 6", "smp.microbatches (4)", "a multiple of 4"});
+}
+
+TEST(TrainConfigValidate, CheckpointedBlocksLieWithinTheModel) {
+  const std::string head = R"({"model": {"name": "tiny", "num_layers": 4}, "data": {"text": "t"},
+                              "training": {"global_batch": 8, "activation_checkpointing": )";
+  EXPECT_EQ(validate_error(head + R"({"block.0-3": "each"}}})", 1), "");
+  expect_contains(validate_error(head + R"({"block.2-4": "each"}}})", 1),
+                  {"training.activation_checkpointing key", "\"block.2-4\"", "block.0 to block.3"});
 }
 
 TEST(TrainConfigValidate, HuggingFaceWeightsAreNotSlicedOnConstruction) {

@@ -83,7 +83,9 @@ class GradientReducer {
   GradientReducer& operator=(const GradientReducer&) = delete;
 
   // --- called by smp::step, in this order, on training steps ---------------------------------
-  void begin_step(int num_microbatches);
+  // `reduce` false (backward_passes_per_step): the step's gradients only accumulate into the
+  // flat buffer and nothing is communicated; sharded data parallelism reduces all the same.
+  void begin_step(int num_microbatches, bool reduce = true);
   // Before each backward of global stage `stage` that accumulates parameter gradients (a full
   // or weight backward; an input-only backward is not reported): counts them per stage, and
   // at a stage's last one its gradients are armed.
@@ -171,6 +173,7 @@ class GradientReducer {
   // Per step.
   int num_microbatches_ = 1;
   bool in_step_ = false;
+  bool reducing_ = true;                 // begin_step's `reduce`
   std::vector<int> backwards_seen_;      // by local stage index
   std::vector<int> stage_index_;         // param -> local stage index
   std::vector<int> stages_;              // local stage numbers

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "smp/core/config.h"
 #include "smp/models/model_config.h"
@@ -25,6 +26,14 @@ struct DataConfig {
   std::string vocab_json;     // GPT-2 BPE when both are given; byte-level otherwise
   std::string merges_txt;
   double val_fraction = 0.05;
+};
+
+// A group of transformer blocks recomputed in backward (training.activation_checkpointing).
+struct CheckpointedBlocks {
+  std::string name;     // as written: "block" (every block), "block.<i>", "block.<i>-<j>"
+  int64_t first = 0;    // the group's blocks, first..last
+  int64_t last = -1;    // -1: to the model's last block
+  std::string strategy; // "each", "contiguous", "group_<N>"
 };
 
 struct TrainingConfig {
@@ -48,10 +57,16 @@ struct TrainingConfig {
   std::string device = "cpu";  // "cpu" | "cuda" (GPU local_rank % GPUs on each rank)
   bool tf32 = false;           // fp32 matmuls and convolutions on CUDA in TF32 (PyTorch's off)
   double peak_tflops = 0;      // the device's peak (e.g. 989 for an H100's dense bf16): MFU; 0: n/a
-  // Activation checkpointing of the transformer blocks (DistributedModel::
-  // set_activation_checkpointing("block")): "none", or its strategy "each", "contiguous",
-  // "group_<N>".
-  std::string activation_checkpointing = "none";
+  // Virtual pipeline stages per rank (DistributedModelOptions::chunks_per_rank): the model
+  // splits into smp.pipeline_parallel_degree x chunks_per_rank stages, which the interleaved
+  // schedule runs (Megatron's interleaved 1F1B). 1: one stage per rank.
+  int64_t chunks_per_rank = 1;
+  // Activation checkpointing of the transformer blocks, by group: each group is one
+  // DistributedModel::set_activation_checkpointing call over its blocks with its strategy.
+  // JSON: "none", one strategy for every block ("each", "contiguous", "group_<N>"), or an
+  // object from block group to strategy, groups apart:
+  //   {"block.0-3": "contiguous", "block.4": "each", "block.5-7": "group_2"}
+  std::vector<CheckpointedBlocks> activation_checkpointing;  // empty: none
   std::string prompt = "\n";     // the sample at the end starts here
   int64_t sample_tokens = 200;
   double temperature = 0.8;
@@ -90,8 +105,8 @@ struct TrainConfig {
   // The rules that need the number of ranks, checked once before a run starts: the layout fits
   // `world_size` (smp::Config::validate_world), global_batch divides by the data-parallel
   // replicas and each replica's batch by smp.microbatches, and model.from_hf is not combined
-  // with delayed_parameter_initialization. Throws smp::ConfigError naming the key, the value
-  // and what is allowed.
+  // with delayed_parameter_initialization, and the checkpointed block groups lie within
+  // model.num_layers. Throws smp::ConfigError naming the key, the value and what is allowed.
   void validate(int world_size) const;
 };
 

@@ -103,9 +103,10 @@ class DistributedModel(torch.nn.Module):
                                             "overlapping_allreduce", "backward_passes_per_step", *_ACCEPTED_NO_EFFECT]))
                 raise TypeError(f"smp.DistributedModel: unknown argument '{key}'; allowed: {allowed}")
             warnings.warn(f"smp.DistributedModel: {key} is accepted and has no effect ({_ACCEPTED_NO_EFFECT[key]})")
-        if backward_passes_per_step != 1:
-            raise ValueError(f"smp.DistributedModel: backward_passes_per_step={backward_passes_per_step} is not "
-                             "supported yet (allowed: 1); accumulate with more microbatches instead")
+        if isinstance(backward_passes_per_step, bool) or not isinstance(backward_passes_per_step, int) \
+                or backward_passes_per_step < 1:
+            raise ValueError(f"smp.DistributedModel: backward_passes_per_step={backward_passes_per_step!r}; "
+                             "allowed: an integer >= 1")
         if _state.state.cfg["sharded_data_parallel_degree"] > 1:
             raise ValueError("smp.DistributedModel: sharded_data_parallel_degree > 1 is not supported by the Python "
                              "front yet (allowed: 1); smp-train runs it from C++")
@@ -113,7 +114,8 @@ class DistributedModel(torch.nn.Module):
         materialize(module, _state.device())  # delayed initialisation's placeholders
         self.module = module.to(_state.device())  # SMP places the model; scripts never move it
         self._options = {"average_grads_across_microbatches": bool(average_grads_across_microbatches),
-                         "bucket_cap_mb": float(bucket_cap_mb), "overlapping_allreduce": bool(overlapping_allreduce)}
+                         "bucket_cap_mb": float(bucket_cap_mb), "overlapping_allreduce": bool(overlapping_allreduce),
+                         "backward_passes_per_step": backward_passes_per_step}
         self._engine = None
         self._splits = {}  # (call signature, training) -> SplitModule
         self._split = None  # the split the engine's layers run now

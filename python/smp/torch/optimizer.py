@@ -52,10 +52,10 @@ class DistributedOptimizer(torch.optim.Optimizer):
             warnings.warn("smp.DistributedOptimizer: loss scaling applies only with fp16; ignored")
             self._scale = (1.0, False, {})
         self._kind = _engine_kind(optimizer)
-        if self._kind is None and (cfg["shard_optimizer_state"] or cfg["fp16"] or cfg["bf16"]):
+        if self._kind is None and (cfg["shard_optimizer_state"] or cfg["fp16"] or cfg["fp16_params"] or cfg["bf16"]):
             raise ValueError(
                 f"smp.DistributedOptimizer: {type(optimizer).__name__} runs in Python, which cannot shard its state "
-                "(shard_optimizer_state) or keep fp32 master weights (fp16/bf16); use SGD, Adam or AdamW")
+                "(shard_optimizer_state) or keep fp32 master weights (fp16/fp16_params/bf16); use SGD, Adam or AdamW")
         self._engine = None
         self._pending_state = None
         _state.state.optimizer = self

@@ -113,12 +113,13 @@ def _free_port():
 
 def _init_torch_distributed():
     """torch.distributed's default group (gloo; NCCL too on GPUs) at rank 0's address, and one
-    subgroup per SMP group, created on every rank in the same order."""
+    subgroup per SMP group, created on every rank in the same order. The rendezvous listens on
+    the config's ddp_port (SMP's port for DDP) when given, else on a free port."""
     if not dist.is_initialized():
         address = None
         if rank() == 0:  # MASTER_ADDR (as Slurm scripts set it) when given: reachable from other nodes
             host = os.environ.get("MASTER_ADDR") or socket.gethostbyname(socket.gethostname())
-            address = f"tcp://{host}:{_free_port()}"
+            address = f"tcp://{host}:{state.cfg['ddp_port'] or _free_port()}"
         address = _broadcast_world(address)
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, init_method=address, rank=rank(), world_size=size())
