@@ -38,8 +38,6 @@ const std::set<std::string> kNotImplementedYet = {
     "deterministic_server",
     "ddp_port",
     "ddp_dist_backend",
-    "offload_activations",
-    "activation_loading_horizon",
     "sdp_reduce_bucket_size",
     "sdp_max_live_parameters",
     "sdp_hierarchical_allgather",
