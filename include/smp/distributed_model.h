@@ -176,6 +176,8 @@ class DistributedModel {
   const StepStats& step_stats() const { return stats_; }
   // The actions of the last step that traced (StepOptions::trace or timeline_dir), with times.
   const std::vector<pipeline::TraceEvent>& last_trace() const { return last_trace_; }
+  // What activation offloading did in that step (empty without offload_activations).
+  const std::vector<pipeline::OffloadEvent>& last_offload() const { return last_offload_; }
 
   // Used by smp::step: the schedule for `num_microbatches` and this rank's executor.
   pipeline::Executor& executor_for(int num_microbatches, bool train);
@@ -216,6 +218,7 @@ class DistributedModel {
   std::map<std::pair<int, bool>, std::unique_ptr<pipeline::Executor>> executors_;
   StepStats stats_;
   std::vector<pipeline::TraceEvent> last_trace_;
+  std::vector<pipeline::OffloadEvent> last_offload_;
   int steps_ = 0;
   std::unique_ptr<dp::GradientReducer> reducer_;  // after partitioning
   // Each tied pair: the pipeline ranks of original and copy, and their reducer indices on this

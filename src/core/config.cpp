@@ -35,8 +35,6 @@ using json = nlohmann::json;
 // than its default produces a warning from not_implemented_warnings(). When an issue
 // implements a feature, delete its key here and flip its "implemented" cell in docs/config.md.
 const std::set<std::string> kNotImplementedYet = {
-    "offload_activations",
-    "activation_loading_horizon",
     "sdp_reduce_bucket_size",
     "sdp_max_live_parameters",
     "sdp_hierarchical_allgather",

@@ -516,9 +516,13 @@ pipeline::Executor& DistributedModel::executor_for(int num_microbatches, bool tr
       }
       stages.push_back(std::move(module));
     }
+    const Config& cfg = context_.config();
+    const pipeline::OffloadOptions offload{cfg.offload_activations,
+                                           cfg.activation_loading_horizon,
+                                           pipeline::default_offload_directory()};
     slot = std::make_unique<pipeline::Executor>(context_.group(CommGroup::PP_GROUP),
                                                 schedule_for(num_microbatches, train),
-                                                std::move(stages));
+                                                std::move(stages), offload);
   }
   return *slot;
 }
@@ -529,7 +533,10 @@ void DistributedModel::record_step(const pipeline::ExecutorResult& result,
   stats_.busy_s = result.busy_s;
   stats_.measured_bubble = result.wall_s > 0 ? 1 - result.busy_s / result.wall_s : 0;
   stats_.theoretical_bubble = pipeline::theoretical_bubble_fraction(schedule.spec);
-  if (!result.trace.empty()) last_trace_ = result.trace;
+  if (!result.trace.empty()) {
+    last_trace_ = result.trace;
+    last_offload_ = result.offload;
+  }
   if (!options_.timeline_dir.empty()) {
     pipeline::write_chrome_trace(
         options_.timeline_dir + "/timeline_rank" + std::to_string(context_.rank()) + ".json",

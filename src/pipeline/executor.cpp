@@ -98,6 +98,7 @@ struct Segment {
   size_t end = 0;
   bool recomputed = false;  // the forward kept no graph; backward runs it again first
   bool preserve_rng = true;
+  bool offloaded = false;  // `inputs` wait in the activation store until the recompute
   Values inputs;   // the stage's inputs (first segment) or leaves made of the previous outputs
   Values outputs;  // with graph (a recomputed segment's once recomputed); on the last stage's
                    // last segment, {loss * scale}
@@ -128,6 +129,18 @@ std::vector<Segment> plan_segments(const StageModule& stage, bool loss_here) {
   return out;
 }
 
+// Whether offloading puts segment k's inputs away: a recomputed segment's, unless something
+// else keeps them in memory anyway (the step's own inputs on stage 0, a kept segment's outputs).
+bool offloads_inputs(const std::vector<Segment>& segments, size_t k, int stage) {
+  if (!segments[k].recomputed) return false;
+  return k == 0 ? stage > 0 : segments[k - 1].recomputed;
+}
+
+ActivationStore::Key store_key(const Key& key, size_t segment) {
+  return (static_cast<int64_t>(key.first) << 40) | (static_cast<int64_t>(key.second) << 16) |
+         static_cast<int64_t>(segment);
+}
+
 }  // namespace
 
 std::map<const void*, int> accumulations_per_backward(const StageModule& stage) {
@@ -149,7 +162,8 @@ namespace {
 class Run {
  public:
   Run(comm::Communicator& pipe, const Schedule& schedule,
-      const std::map<int, const StageModule*>& stages, const StepData& data, bool trace)
+      const std::map<int, const StageModule*>& stages, const StepData& data, bool trace,
+      const OffloadOptions& offload)
       : pipe_(pipe), schedule_(schedule), stages_(stages), data_(data), trace_(trace),
         start_(Clock::now()) {
     const int m = static_cast<int>(data.inputs.size());
@@ -158,11 +172,16 @@ class Run {
     for (const Action& a : schedule.per_rank[pipe.rank()]) {
       if (a.kind == ActionKind::kBackward || a.kind == ActionKind::kBackwardInput) has_backward_ = true;
     }
+    if (offload.enabled && has_backward_) plan_offload(offload);
   }
 
   ExecutorResult go() {
     const auto& actions = schedule_.per_rank[pipe_.rank()];
     for (size_t i = 0; i < actions.size(); ++i) {
+      action_ = i;
+      if (i < prefetch_before_.size()) {
+        for (const Key& key : prefetch_before_[i]) prefetch(key);
+      }
       const double begin = now();
       int64_t bytes = 0;
       execute(actions[i], &bytes);
@@ -188,6 +207,58 @@ class Run {
       }
     }
     return at::kCPU;
+  }
+
+  // Offloading's plan: the (stage, microbatch) whose backward comes more than `horizon` actions
+  // after their forward put their recomputed inputs away, and the load of each starts right
+  // before the action `horizon` places ahead of its backward.
+  void plan_offload(const OffloadOptions& offload) {
+    std::set<int> offloading_stages;
+    for (const auto& [stage, module] : stages_) {
+      const bool loss_here = stage == num_stages() - 1 && data_.loss_fn;
+      const std::vector<Segment> segments = plan_segments(*module, loss_here);
+      for (size_t k = 0; k < segments.size(); ++k) {
+        if (offloads_inputs(segments, k, stage)) offloading_stages.insert(stage);
+      }
+    }
+    if (offloading_stages.empty()) return;
+    store_ = make_activation_store(device_, offload.directory);
+    const auto& actions = schedule_.per_rank[pipe_.rank()];
+    const size_t horizon = static_cast<size_t>(offload.horizon);
+    prefetch_before_.resize(actions.size());
+    std::map<Key, size_t> forward_at;
+    for (size_t i = 0; i < actions.size(); ++i) {
+      const Action& a = actions[i];
+      const Key key{a.stage, a.microbatch};
+      if (a.kind == ActionKind::kForward) forward_at[key] = i;
+      const bool backward = a.kind == ActionKind::kBackward || a.kind == ActionKind::kBackwardInput;
+      if (backward && offloading_stages.count(a.stage) && i - forward_at.at(key) > horizon) {
+        offloaded_.insert(key);
+        prefetch_before_[i - horizon].push_back(key);
+      }
+    }
+  }
+
+  void note(OffloadEvent::Kind kind, const Key& key) {
+    if (trace_) result_.offload.push_back({kind, key.first, key.second, action_});
+  }
+
+  void offload(const Key& key, std::vector<Segment>& segments) {
+    for (size_t k = 0; k < segments.size(); ++k) {
+      if (!offloads_inputs(segments, k, key.first)) continue;
+      store_->put(store_key(key, k), std::move(segments[k].inputs));
+      segments[k].inputs.clear();
+      segments[k].offloaded = true;
+    }
+    note(OffloadEvent::kPut, key);
+  }
+
+  void prefetch(const Key& key) {
+    const std::vector<Segment>& segments = saved_.at(key).segments;
+    for (size_t k = 0; k < segments.size(); ++k) {
+      if (segments[k].offloaded) store_->prefetch(store_key(key, k));
+    }
+    note(OffloadEvent::kPrefetch, key);
   }
 
   double now() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
@@ -264,6 +335,7 @@ class Run {
         segment.outputs = x;
       }
     }
+    if (offloaded_.count(key)) offload(key, saved.segments);
 
     if (last) {
       Segment& tail = saved.segments.back();
@@ -350,8 +422,13 @@ class Run {
       grads_out = grads_in_.at(key);
       grads_in_.erase(key);
     }
+    if (offloaded_.count(key)) note(OffloadEvent::kTake, key);
     for (size_t k = segments.size(); k-- > 0;) {
       Segment& segment = segments[k];
+      if (segment.offloaded) {  // waited for right before its recompute
+        segment.inputs = detach_as_leaves(store_->take(store_key(key, k)));
+        segment.offloaded = false;
+      }
       if (segment.recomputed) recompute(segment, module);
       segment.grads = std::move(grads_out);
       auto [roots, grads] = roots_of(segment, last && k + 1 == segments.size());
@@ -399,6 +476,11 @@ class Run {
   ExecutorResult result_;
   at::Device device_ = at::kCPU;
   bool has_backward_ = false;  // this rank's schedule runs backwards (else nothing is saved)
+  size_t action_ = 0;          // the index of the action running
+
+  std::unique_ptr<ActivationStore> store_;  // when offloading
+  std::set<Key> offloaded_;                  // what puts its recomputed inputs away
+  std::vector<std::vector<Key>> prefetch_before_;  // by action index: loads to start
 
   std::map<Key, Saved> saved_;
   std::map<Key, Values> acts_in_;      // forward inputs that arrived, by (stage, microbatch)
@@ -411,8 +493,8 @@ class Run {
 }  // namespace
 
 Executor::Executor(comm::Communicator& pipe, const Schedule& schedule,
-                   std::vector<StageModule> stages)
-    : pipe_(pipe), schedule_(schedule), stages_(std::move(stages)) {
+                   std::vector<StageModule> stages, OffloadOptions offload)
+    : pipe_(pipe), schedule_(schedule), stages_(std::move(stages)), offload_(std::move(offload)) {
   if (pipe.size() != schedule.spec.num_ranks) {
     throw ConfigError("pipeline: the schedule is for " + std::to_string(schedule.spec.num_ranks) +
                       " ranks but the pipeline group has " + std::to_string(pipe.size()));
@@ -422,7 +504,7 @@ Executor::Executor(comm::Communicator& pipe, const Schedule& schedule,
 ExecutorResult Executor::run(const StepData& data, bool trace) {
   std::map<int, const StageModule*> by_stage;
   for (const StageModule& s : stages_) by_stage[s.stage] = &s;
-  return Run(pipe_, schedule_, by_stage, data, trace).go();
+  return Run(pipe_, schedule_, by_stage, data, trace, offload_).go();
 }
 
 }  // namespace smp::pipeline

@@ -566,7 +566,7 @@ TEST(ConfigTest, NoWarningsForDefaultsOrImplementedKeys) {
 
 TEST(ConfigTest, NoWarningsForUnimplementedKeysAtTheirDefault) {
   const Config c = Config::from_json({{"pipeline_parallel_degree", 2},
-                                      {"offload_activations", false},
+                                      {"fp16_params", false},
                                       {"optimize", "memory"},
                                       {"memory_weight", 0.8},
                                       {"active_microbatches", 4},  // pp + 2
@@ -576,7 +576,7 @@ TEST(ConfigTest, NoWarningsForUnimplementedKeysAtTheirDefault) {
 
 TEST(ConfigTest, WarnsForUnimplementedAndTensorFlowKeys) {
   const Config c = Config::from_json({{"pipeline_parallel_degree", 2},
-                                      {"offload_activations", true},
+                                      {"sdp_max_live_parameters", 1000},
                                       {"optimize", "speed"},
                                       {"memory_weight", 0.2},       // speed's default: harmless
                                       {"active_microbatches", 5},   // not pp + 2
@@ -585,7 +585,7 @@ TEST(ConfigTest, WarnsForUnimplementedAndTensorFlowKeys) {
   // In key-table order (the order of docs/config.md).
   // optimize and active_microbatches are implemented (the partitioner, 1F1B): no warning.
   const std::vector<std::string> expected = {
-      "\"offload_activations\": true is accepted but not implemented yet in smp; it has no effect",
+      "\"sdp_max_live_parameters\": 1000 is accepted but not implemented yet in smp; it has no effect",
       "\"contiguous\": true is a TensorFlow-only key; ignored by smp",
       "\"horovod\": false is a TensorFlow-only key; ignored by smp",
   };

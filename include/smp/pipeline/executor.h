@@ -5,6 +5,8 @@
 // ahead of the compute that needs them; sends are posted and left in flight while compute
 // goes on; a microbatch's saved activations are freed as soon as its backward on a stage is
 // done, and runs of layers under activation checkpointing keep only their inputs until then.
+// With offloading (OffloadOptions) those inputs leave memory after the forward and come back
+// `horizon` actions before the backward (SMP's offload_activations).
 // Parameter gradients accumulate across microbatches (scale the loss by 1/m to average, SMP's
 // average_grads_across_microbatches). Host tensors travel over MPI, device tensors over
 // NCCL, by the Communicator's rule.
@@ -16,6 +18,7 @@
 
 #include "smp/comm/communicator.h"
 #include "smp/layer/layer.h"
+#include "smp/pipeline/offload.h"
 #include "smp/pipeline/schedule.h"
 #include "smp/pipeline/trace_event.h"
 
@@ -56,11 +59,22 @@ struct StepData {
   std::function<void(const Action& action)> before_backward;
 };
 
+// What offloading did, in action indices of this rank's list (recorded when tracing): the saved
+// inputs of (stage, microbatch) put away after the forward at `action`, their load started
+// right before `action`, taken back right before the recompute in the backward at `action`.
+struct OffloadEvent {
+  enum Kind { kPut, kPrefetch, kTake } kind;
+  int stage = 0;
+  int microbatch = 0;
+  size_t action = 0;
+};
+
 struct ExecutorResult {
   // On the rank holding the last stage: what loss_fn returned for each microbatch, detached.
   // Empty on other ranks.
   std::vector<Values> returned;
   std::vector<TraceEvent> trace;  // every action, when tracing was asked for
+  std::vector<OffloadEvent> offload;  // likewise, offloading's puts, prefetches and takes
   double wall_s = 0;              // the step, start to end
   double busy_s = 0;              // time in compute actions
 };
@@ -68,8 +82,12 @@ struct ExecutorResult {
 class Executor {
  public:
   // `pipe` is the pipeline group: its rank r runs schedule.per_rank[r]. `stages` holds every
-  // stage the schedule puts on this rank.
-  Executor(comm::Communicator& pipe, const Schedule& schedule, std::vector<StageModule> stages);
+  // stage the schedule puts on this rank. With `offload.enabled`, the saved inputs of recomputed
+  // runs are offloaded (to a store each step makes for the stages' device) when their
+  // backward is more than `offload.horizon` actions after their forward; inputs that something
+  // else keeps in memory anyway (the step's own inputs, a kept segment's outputs) stay.
+  Executor(comm::Communicator& pipe, const Schedule& schedule, std::vector<StageModule> stages,
+           OffloadOptions offload = {});
 
   // Runs one step. Collective over the pipeline group. Throws smp::CommError/TimeoutError on
   // communication failures, and whatever a layer or the loss throws.
@@ -79,6 +97,7 @@ class Executor {
   comm::Communicator& pipe_;
   const Schedule& schedule_;
   std::vector<StageModule> stages_;
+  OffloadOptions offload_;
 };
 
 }  // namespace smp::pipeline
