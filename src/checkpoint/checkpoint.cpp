@@ -20,6 +20,7 @@
 #include "smp/core/error.h"
 #include "smp/core/files.h"
 #include "smp/comm/agree.h"
+#include "smp/data_parallel/parameter_shards.h"
 
 namespace smp {
 namespace {
@@ -62,14 +63,47 @@ struct Placed {
   Shape whole, offsets;
   bool tied_copy = false;
   bool writer = false;  // this rank writes it (replicas leave it to their group's first rank)
+  bool sliced = false;  // held as ParamSlices (sharded data parallelism), not whole
 };
 
-std::vector<Placed> placed_parameters(const DistributedModel& model) {
+// Sharded data parallelism: a run of this rank's slice of a parameter, in
+// ParameterShards::shard(). Checkpoints write and read these in place, no bucket made whole.
+struct ParamSlice {
+  std::string param;  // the local parameter's name
+  int64_t param_offset = 0;  // elements [param_offset, + values.numel()) of it, flattened
+  at::Tensor values;  // a 1-D view into shard()
+  bool writer = false;  // the first sharding group's; replicated parameters' on tp rank 0 only
+};
+
+dp::ParameterShards* parameter_shards(DistributedModel& model) {
+  return model.gradient_reducer().parameter_shards();
+}
+
+std::vector<ParamSlice> parameter_slices(DistributedModel& model) {
+  std::vector<ParamSlice> out;
+  const dp::ParameterShards* shards = parameter_shards(model);
+  if (shards == nullptr) return out;
+  const dp::GradientReducer& reducer = model.gradient_reducer();
+  for (const dp::Segment& s : shards->owned_segments()) {
+    const std::string& name = reducer.params()[s.param].name;
+    const bool tied_copy = model.options().tied_copies.count(name) > 0;
+    out.push_back({name, s.param_offset, shards->shard().narrow(0, s.local_offset, s.numel),
+                   !tied_copy && reducer.writes_state(s.bucket)});
+  }
+  return out;
+}
+
+std::vector<Placed> placed_parameters(DistributedModel& model) {
   const ParallelContext& context = model.context();
   std::vector<Placed> out;
   const auto& copies = model.options().tied_copies;
+  std::set<std::string> sliced;
+  if (parameter_shards(model) != nullptr) {
+    for (const auto& p : model.gradient_reducer().params()) sliced.insert(p.name);
+  }
   for (const auto& p : model.local_parameter_info()) {
     Placed x;
+    x.sliced = sliced.count(p.name) > 0;
     auto copy = copies.find(p.name);
     x.tied_copy = copy != copies.end();
     x.name = x.tied_copy ? copy->second : p.name;
@@ -106,7 +140,7 @@ json layout_json(const DistributedModel& model) {
 }
 
 // Writes this rank's file into `dir`; returns {"file", "tensors": {key: {"shape", "pieces"}}}.
-json write_shard(const std::string& dir, const DistributedModel& model,
+json write_shard(const std::string& dir, DistributedModel& model,
                  DistributedOptimizer* optimizer) {
   const ParallelContext& context = model.context();
   const std::string file = rank_file(context.rank());
@@ -128,7 +162,11 @@ json write_shard(const std::string& dir, const DistributedModel& model,
   };
   const std::vector<Placed> placed = placed_parameters(model);
   for (const Placed& p : placed) {
-    if (p.writer) add("model/" + p.name, p, p.tensor, 0, -1);
+    if (p.writer && !p.sliced) add("model/" + p.name, p, p.tensor, 0, -1);
+  }
+  for (const ParamSlice& s : parameter_slices(model)) {
+    const Placed& p = find_placed(placed, s.param, model);
+    if (s.writer) add("model/" + p.name, p, s.values, s.param_offset, s.values.numel());
   }
   if (optimizer != nullptr) {
     for (const auto& s : optimizer->state_slices()) {
@@ -158,44 +196,126 @@ json write_shard(const std::string& dir, const DistributedModel& model,
           {"tensors", entries}};
 }
 
-// Rank 0: the full checkpoint's files from the partial shards in `dir`, which it then removes.
-void consolidate(const std::string& dir, json& manifest, const FullCheckpointFormat& format) {
-  ShardIndex index(dir, manifest["tensors"]);
+// A tensor of a full checkpoint's model.safetensors: a view (`spec`, on the meta device) of the
+// whole smp tensor `source`.
+struct FileTensor {
+  std::string name;
+  at::Tensor spec;
+  std::string source;
+};
+
+// model.safetensors' tensors, found by running format.to_file on meta tensors shaped like the
+// whole weights: each output must be a view of one input (renamed, reshaped, transposed or
+// split), which lets consolidate() make it from that input alone. Empty when one is not.
+std::vector<FileTensor> file_tensors(ShardIndex& index, const FullCheckpointFormat& format) {
+  std::map<std::string, at::Tensor> specs;
+  std::map<const void*, std::string> source_of;
+  for (const std::string& key : index.keys()) {
+    if (key.rfind("model/", 0) != 0) continue;
+    const at::Tensor t = at::empty(index.entry(key).shape, at::device(at::kMeta).dtype(index.dtype(key)));
+    specs[key.substr(6)] = t;
+    source_of[t.storage().unsafeGetStorageImpl()] = key.substr(6);
+  }
+  std::vector<std::pair<std::string, at::Tensor>> outputs(specs.begin(), specs.end());
+  if (format.to_file) outputs = format.to_file(specs);
+  std::vector<FileTensor> out;
+  for (auto& [name, t] : outputs) {
+    const auto it = source_of.find(t.defined() ? t.storage().unsafeGetStorageImpl() : nullptr);
+    if (it == source_of.end() || !t.is_meta()) return {};
+    out.push_back({name, t, it->second});
+  }
+  return out;
+}
+
+// Writes model.safetensors one weight at a time: each read whole from the shards, then the file
+// tensors made from it, so rank 0 holds one weight, not the model. Returns the tensors written
+// with their checksums.
+std::vector<std::pair<FileTensor, uint32_t>> write_weights(const std::string& file, ShardIndex& index,
+                                                           const std::vector<FileTensor>& tensors) {
+  std::vector<std::pair<std::string, at::Tensor>> specs;
+  for (const FileTensor& t : tensors) specs.emplace_back(t.name, t.spec);
+  std::string held_name;
+  at::Tensor held;
+  std::vector<uint32_t> crcs;
+  checkpoint::save_safetensors_streamed(file, specs, [&](size_t i) {
+    const FileTensor& t = tensors[i];
+    if (t.source != held_name) {
+      held = at::Tensor();  // freed before the next one is read
+      held = index.read_whole("model/" + t.source);
+      held_name = t.source;
+    }
+    return held.as_strided(t.spec.sizes(), t.spec.strides(), t.spec.storage_offset());
+  }, {{"format", "pt"}}, &crcs);
+  std::vector<std::pair<FileTensor, uint32_t>> out;
+  for (size_t i = 0; i < tensors.size(); ++i) out.emplace_back(tensors[i], crcs[i]);
+  return out;
+}
+
+// model.safetensors when format.to_file makes new tensors (file_tensors() found none): from
+// every weight at once.
+void write_weights_at_once(const std::string& file, ShardIndex& index, const FullCheckpointFormat& format) {
   std::map<std::string, at::Tensor> weights;
-  std::vector<std::pair<std::string, at::Tensor>> states;
   for (const std::string& key : index.keys()) {
     if (key.rfind("model/", 0) == 0) weights[key.substr(6)] = index.read_whole(key);
   }
-  std::vector<std::pair<std::string, at::Tensor>> file_tensors;
-  if (format.to_file) {
-    file_tensors = format.to_file(weights);
-  } else {
-    file_tensors.assign(weights.begin(), weights.end());
-  }
-  weights.clear();
-  checkpoint::save_safetensors(dir + "/model.safetensors", file_tensors, {{"format", "pt"}});
-  file_tensors.clear();
-  json tensors = json::object();
+  checkpoint::save_safetensors(file, format.to_file(weights), {{"format", "pt"}});
+}
+
+// A whole tensor stored as `name` in `file` of a full checkpoint, as a manifest entry.
+json whole_entry(const std::string& file, const std::string& name, const at::Tensor& spec, uint32_t crc) {
+  Piece piece;
+  piece.file = file;
+  piece.name = name;
+  piece.shape = spec.sizes().vec();
+  piece.offsets.assign(piece.shape.size(), 0);
+  piece.crc32 = crc;
+  return {{"shape", piece.shape}, {"pieces", {checkpoint::to_json(piece)}}};
+}
+
+// optimizer.safetensors ("<parameter>/<state>", whole shapes), one state tensor at a time;
+// returns their manifest entries.
+json write_optimizer_state(const std::string& file, ShardIndex& index) {
+  std::vector<std::pair<std::string, at::Tensor>> specs;
   for (const std::string& key : index.keys()) {
     if (key.rfind("optim/", 0) != 0) continue;
-    at::Tensor whole = index.read_whole(key);
-    Piece piece;
-    piece.file = "optimizer.safetensors";
-    piece.name = key.substr(6);
-    piece.shape = whole.sizes().vec();
-    piece.offsets.assign(piece.shape.size(), 0);
-    piece.crc32 = checkpoint::crc32_of(whole);
-    tensors[key] = {{"shape", piece.shape}, {"pieces", {checkpoint::to_json(piece)}}};
-    states.emplace_back(piece.name, whole);
+    specs.emplace_back(key.substr(6), at::empty(index.entry(key).shape, at::device(at::kMeta).dtype(index.dtype(key))));
   }
-  if (!states.empty()) checkpoint::save_safetensors(dir + "/optimizer.safetensors", states);
+  if (specs.empty()) return json::object();
+  std::vector<uint32_t> crcs;
+  checkpoint::save_safetensors_streamed(file, specs, [&](size_t i) {
+    return index.read_whole("optim/" + specs[i].first);
+  }, {}, &crcs);
+  json tensors = json::object();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    tensors["optim/" + specs[i].first] = whole_entry("optimizer.safetensors", specs[i].first, specs[i].second, crcs[i]);
+  }
+  return tensors;
+}
+
+// Rank 0: the full checkpoint's files from the partial shards in `dir`, which it then removes.
+// One tensor at a time: rank 0 never holds the model or its optimizer state whole (unless
+// format.to_file computes new tensors: write_weights_at_once).
+void consolidate(const std::string& dir, json& manifest, const FullCheckpointFormat& format) {
+  ShardIndex index(dir, manifest["tensors"]);
+  json tensors = write_optimizer_state(dir + "/optimizer.safetensors", index);
+  const std::vector<FileTensor> views = file_tensors(index, format);
+  const bool indexed = !views.empty() && !format.to_file;
+  if (views.empty() && format.to_file) {
+    write_weights_at_once(dir + "/model.safetensors", index, format);
+  } else {
+    for (const auto& [t, crc] : write_weights(dir + "/model.safetensors", index, views)) {
+      // smp's names and shapes: the manifest indexes the weights, so a load reads its part.
+      if (indexed) tensors["model/" + t.name] = whole_entry("model.safetensors", t.name, t.spec, crc);
+    }
+  }
   if (!format.config.is_null()) {
     files::write_file_atomic(dir + "/config.json", format.config.dump(2) + "\n", true);
   }
   for (const json& r : manifest["ranks"]) files::remove_tree(dir + "/" + r["file"].get<std::string>());
   manifest["ranks"] = json::array();
-  manifest["tensors"] = tensors;  // the optimizer state; the weights are model.safetensors
-  manifest["weights"] = {{"file", "model.safetensors"}, {"translated", bool(format.to_file)}};
+  manifest["tensors"] = tensors;  // the optimizer state, and the weights when indexed
+  manifest["weights"] = {{"file", "model.safetensors"}, {"translated", bool(format.to_file)},
+                         {"indexed", indexed}};
 }
 
 // Moves `tmp` onto `final_dir`. An older checkpoint of the same tag is swapped out in one atomic
@@ -304,31 +424,50 @@ std::string choose_folder(const std::string& path, const std::string& tag, bool 
   return all.front().second;
 }
 
-void load_parameters(ShardIndex& index, const std::vector<Placed>& placed, bool strict) {
+// The key parameter `p` loads from: its fp32 master under mixed precision (the exact value; the
+// bf16/fp16 weight is its rounding), else its weights; empty when the checkpoint has neither.
+std::string parameter_key(const ShardIndex& index, const Placed& p) {
+  const std::string master = "optim/" + p.name + "/fp32_master";
+  const std::string key = index.contains(master) ? master : "model/" + p.name;
+  if (!index.contains(key)) return "";
+  const Shape& stored = index.entry(key).shape;
+  if (stored != p.whole) {
+    throw ConfigError("checkpoint parameter '" + p.name + "' has shape " +
+                      c10::str(at::IntArrayRef(stored)) + "; the model's is " +
+                      c10::str(at::IntArrayRef(p.whole)));
+  }
+  return key;
+}
+
+void load_whole(ShardIndex& index, const std::string& key, const Placed& p) {
+  // Padding rows (past the whole tensor) are zero.
+  for (size_t d = 0; d < p.whole.size(); ++d) {
+    const int64_t valid =
+        std::clamp<int64_t>(p.whole[d] - p.offsets[d], 0, p.tensor.size(static_cast<int64_t>(d)));
+    const auto dim = static_cast<int64_t>(d);
+    if (valid < p.tensor.size(dim)) p.tensor.narrow(dim, valid, p.tensor.size(dim) - valid).zero_();
+  }
+  index.read_region(key, p.offsets, p.tensor);
+}
+
+// Whole parameters are read in place; sharded data parallelism's slices (`slices`) straight
+// into the shards, each reading only the pieces that overlap it.
+void load_parameters(ShardIndex& index, const std::vector<Placed>& placed,
+                     const std::vector<ParamSlice>& slices, const DistributedModel& model, bool strict) {
   at::NoGradGuard no_grad;
   std::vector<std::string> missing;
   for (const Placed& p : placed) {
-    // Mixed precision: the fp32 master is the exact value (the bf16/fp16 weight is its rounding).
-    const std::string master = "optim/" + p.name + "/fp32_master";
-    const std::string key = index.contains(master) ? master : "model/" + p.name;
-    if (!index.contains(key)) {
+    const std::string key = parameter_key(index, p);
+    if (key.empty()) {
       missing.push_back(p.name);
-      continue;
+    } else if (!p.sliced) {
+      load_whole(index, key, p);
     }
-    const Shape& stored = index.entry(key).shape;
-    if (stored != p.whole) {
-      throw ConfigError("checkpoint parameter '" + p.name + "' has shape " +
-                        c10::str(at::IntArrayRef(stored)) + "; the model's is " +
-                        c10::str(at::IntArrayRef(p.whole)));
-    }
-    // Padding rows (past the whole tensor) are zero.
-    for (size_t d = 0; d < p.whole.size(); ++d) {
-      const int64_t valid =
-          std::clamp<int64_t>(p.whole[d] - p.offsets[d], 0, p.tensor.size(static_cast<int64_t>(d)));
-      const auto dim = static_cast<int64_t>(d);
-      if (valid < p.tensor.size(dim)) p.tensor.narrow(dim, valid, p.tensor.size(dim) - valid).zero_();
-    }
-    index.read_region(key, p.offsets, p.tensor);
+  }
+  for (const ParamSlice& s : slices) {
+    const Placed& p = find_placed(placed, s.param, model);
+    const std::string key = parameter_key(index, p);
+    if (!key.empty()) index.read_flat(key, p.offsets, p.tensor.sizes().vec(), s.param_offset, s.values);
   }
   if (strict && !missing.empty()) {
     std::string names;
@@ -337,16 +476,28 @@ void load_parameters(ShardIndex& index, const std::vector<Placed>& placed, bool 
   }
 }
 
+// Elements [offset, offset + numel) of local parameter `local` (placed as `p`), flattened: from
+// the slices under sharded data parallelism.
+at::Tensor parameter_values(const Placed& p, const std::string& local, int64_t offset, int64_t numel,
+                            const std::vector<ParamSlice>& slices) {
+  if (!p.sliced) return p.tensor.reshape(-1).narrow(0, offset, numel);
+  for (const ParamSlice& s : slices) {
+    if (s.param == local && s.param_offset == offset && s.values.numel() == numel) return s.values;
+  }
+  SMP_CHECK(false && "an optimizer state slice that is not one of the parameter's slices");
+  return {};
+}
+
 void load_optimizer_state(ShardIndex& index, const std::vector<Placed>& placed,
-                          const DistributedModel& model, DistributedOptimizer& optimizer,
-                          const json& meta, bool load, bool strict) {
+                          const std::vector<ParamSlice>& slices, const DistributedModel& model,
+                          DistributedOptimizer& optimizer, const json& meta, bool load, bool strict) {
   for (const auto& s : optimizer.state_slices()) {
     const Placed& p = find_placed(placed, s.param, model);
     const std::string key = "optim/" + p.name + "/" + s.state;
     if (load && index.contains(key)) {
       index.read_flat(key, p.offsets, p.tensor.sizes().vec(), s.param_offset, s.values);
     } else if (s.state == "fp32_master") {  // masters follow the loaded parameters
-      s.values.copy_(p.tensor.reshape(-1).narrow(0, s.param_offset, s.values.numel()));
+      s.values.copy_(parameter_values(p, s.param, s.param_offset, s.values.numel(), slices));
     } else if (load && strict) {
       throw ConfigError("checkpoint has no optimizer state '" + key.substr(6) +
                         "' (strict; pass strict=false to start it from zero)");
@@ -359,23 +510,6 @@ int saved_stages(const json& manifest) {
   const auto stages = manifest["partition"]["stage_of_layer"].get<std::vector<int>>();
   return stages.empty() ? 0 : *std::max_element(stages.begin(), stages.end()) + 1;
 }
-
-// Sharded data parallelism: the parameters whole while a checkpoint reads or writes them (every
-// rank holds the whole model meanwhile), then this rank's slices again, taken from them when
-// they were `written`.
-class WholeParameters {
- public:
-  WholeParameters(DistributedModel& model, bool written) : model_(model), written_(written) {
-    model_.gather_parameters();
-  }
-  ~WholeParameters() { model_.release_parameters(written_); }
-  WholeParameters(const WholeParameters&) = delete;
-  WholeParameters& operator=(const WholeParameters&) = delete;
-
- private:
-  DistributedModel& model_;
-  bool written_;
-};
 
 // SMP keeps the partition of the checkpoint on resume, when the pipeline is the same.
 bool adopt_partition(const json& manifest, DistributedModel& model) {
@@ -479,13 +613,10 @@ void save_checkpoint(const std::string& path, const std::string& tag, bool parti
     files::make_dirs(tmp);
   }, context.group(CommGroup::WORLD));
   json mine;
-  {
-    WholeParameters whole(model, /*written=*/false);
-    comm::on_every_rank("save_checkpoint: writing " + tmp, [&] {
-      mine = write_shard(tmp, model, optimizer);
-      if (after_shard_written) after_shard_written();
-    }, context.group(CommGroup::WORLD));
-  }
+  comm::on_every_rank("save_checkpoint: writing " + tmp, [&] {
+    mine = write_shard(tmp, model, optimizer);
+    if (after_shard_written) after_shard_written();
+  }, context.group(CommGroup::WORLD));
   const std::vector<std::string> shards = comm::allgather_objects(mine.dump(), context.group(CommGroup::WORLD));
   const json optimizer_meta = optimizer != nullptr ? optimizer->state_meta() : json(nullptr);
   comm::on_every_rank("save_checkpoint: committing " + final_dir, [&] {
@@ -553,10 +684,12 @@ json resume_from_checkpoint(const std::string& path, DistributedModel& model,
                       ": partition the model first (model.partition), then resume");
   }
   const std::vector<Placed> placed = placed_parameters(model);
-  WholeParameters whole(model, /*written=*/true);
+  const std::vector<ParamSlice> slices = parameter_slices(model);
   comm::on_every_rank("resume_from_checkpoint: loading " + dir, [&] {
     ShardIndex index(dir, manifest["tensors"]);
-    if (manifest.contains("weights")) {  // a full checkpoint: the consolidated weights
+    // A full checkpoint whose weights the manifest does not index (translated, or older): all
+    // of them in memory.
+    if (manifest.contains("weights") && !manifest["weights"].value("indexed", false)) {
       auto tensors = checkpoint::load_safetensors(dir + "/" + manifest["weights"]["file"].get<std::string>());
       if (manifest["weights"]["translated"].get<bool>()) {
         if (!format.from_file) {
@@ -567,14 +700,14 @@ json resume_from_checkpoint(const std::string& path, DistributedModel& model,
       }
       for (auto& [name, t] : tensors) index.add_memory("model/" + name, t);
     }
-    load_parameters(index, placed, strict);
+    load_parameters(index, placed, slices, model, strict);
     if (optimizer != nullptr) {
       const bool load = load_optimizer && !manifest["optimizer"].is_null();
       if (load_optimizer && strict && !load) {
         throw ConfigError("resume_from_checkpoint: " + dir + " holds no optimizer state "
                           "(pass load_optimizer=false)");
       }
-      load_optimizer_state(index, placed, model, *optimizer, manifest["optimizer"], load, strict);
+      load_optimizer_state(index, placed, slices, model, *optimizer, manifest["optimizer"], load, strict);
     }
     if (manifest["layout"] == layout_json(model)) {  // the same layout: each rank's RNG states
       for (const json& r : manifest["ranks"]) {
@@ -602,6 +735,8 @@ json resume_from_checkpoint(const std::string& path, DistributedModel& model,
       }
     }
   }, context.group(CommGroup::WORLD));
+  // The shards hold the loaded values; the persistent buckets are gathered from them.
+  if (parameter_shards(model) != nullptr) parameter_shards(model)->after_update();
   if (strict) {  // every stored parameter must have been taken by some rank
     std::string mine;
     for (const Placed& p : placed) mine += p.name + "\n";

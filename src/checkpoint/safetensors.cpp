@@ -331,19 +331,30 @@ void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata,
                       std::vector<uint32_t>* crc32s) {
+  for (const auto& [name, t] : tensors) {
+    if (t.defined() && (t.layout() != at::kStrided || t.is_meta()))
+      fail(path, "tensor '" + name + "': only dense tensors with data can be saved (layout/device: " +
+                     c10::str(t.layout()) + "/" + t.device().str() + ")");
+  }
+  save_safetensors_streamed(path, tensors, [&tensors](size_t i) { return tensors[i].second; },
+                            metadata, crc32s);
+}
+
+void save_safetensors_streamed(const std::string& path,
+                               const std::vector<std::pair<std::string, at::Tensor>>& specs,
+                               const std::function<at::Tensor(size_t)>& produce,
+                               const std::map<std::string, std::string>& metadata,
+                               std::vector<uint32_t>* crc32s) {
   // 1. Validate everything and build the header before creating any file.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::set<std::string> names;
   uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
+  for (const auto& [name, t] : specs) {
     const std::string where = "tensor '" + name + "': ";
     if (name == "__metadata__") fail(path, where + "the name is reserved for the metadata");
     if (!names.insert(name).second) fail(path, where + "the name appears more than once");
     if (!t.defined()) fail(path, where + "tensor is undefined");
-    if (t.layout() != at::kStrided || t.is_meta())
-      fail(path, where + "only dense tensors with data can be saved (layout/device: " +
-                     c10::str(t.layout()) + "/" + t.device().str() + ")");
     const std::string* dtype = find_dtype_name(t.scalar_type());
     if (dtype == nullptr) fail(path, where + no_dtype_name_message(t.scalar_type()));
     const uint64_t nbytes = static_cast<uint64_t>(t.numel()) * t.element_size();
@@ -371,7 +382,16 @@ void save_safetensors(const std::string& path,
   write_all(tmp.fd.get(), len_bytes, 8, tmp.path);
   write_all(tmp.fd.get(), text.data(), text.size(), tmp.path);
   if (crc32s != nullptr) crc32s->clear();
-  for (const auto& [name, t] : tensors) {
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const at::Tensor t = produce(i);
+    if (!t.defined() || t.scalar_type() != specs[i].second.scalar_type() ||
+        t.sizes() != specs[i].second.sizes() || t.layout() != at::kStrided || t.is_meta()) {
+      fail(tmp.path, "tensor '" + specs[i].first + "': produced " +
+                         (t.defined() ? c10::str(t.scalar_type(), " ", t.sizes(), " on ", t.device())
+                                      : std::string("nothing")) +
+                         "; its header entry says " +
+                         c10::str(specs[i].second.scalar_type(), " ", specs[i].second.sizes()));
+    }
     at::Tensor host = t.detach().to(at::kCPU).resolve_conj().resolve_neg().contiguous();
     // In chunks, each checksummed just before it is written, while it is still in cache.
     constexpr size_t kChunk = 4 << 20;

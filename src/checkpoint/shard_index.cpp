@@ -176,6 +176,12 @@ const SafetensorsReader& ShardIndex::reader(const std::string& file) {
   return *slot;
 }
 
+at::ScalarType ShardIndex::dtype(const std::string& key) {
+  const TensorEntry& e = entry(key);
+  SMP_CHECK(!e.pieces.empty());
+  return dtype_of(e.pieces[0]);
+}
+
 at::ScalarType ShardIndex::dtype_of(const Piece& piece) {
   if (piece.file.empty()) return memory_.at(piece.name).scalar_type();
   return reader(piece.file).header().at(piece.name).dtype;
@@ -282,21 +288,43 @@ void ShardIndex::read_region(const std::string& key, const Shape& offsets, at::T
 void ShardIndex::read_flat(const std::string& key, const Shape& offsets, const Shape& rect_shape,
                            int64_t flat_start, at::Tensor out) {
   const TensorEntry& e = entry(key);
-  for (const Piece& p : e.pieces) {  // the same layout: this very slice was saved
-    if (p.offsets == offsets && p.shape == rect_shape && !p.whole_rectangle() &&
-        p.flat_start == flat_start && p.flat_numel == out.numel() && out.is_contiguous() &&
-        out.device().is_cpu() && dtype_of(p) == out.scalar_type()) {
-      read_piece(p, out);
-      return;
-    }
+  std::vector<const Piece*> ranges;  // the rectangle's flat ranges, when it is stored so
+  for (const Piece& p : e.pieces) {
+    if (p.offsets == offsets && p.shape == rect_shape && !p.whole_rectangle()) ranges.push_back(&p);
   }
+  if (!ranges.empty()) return read_overlapping(key, ranges, flat_start, out);
   const std::string cache_key = key + "|" + describe(offsets, rect_shape);
   if (cache_key != cached_key_ || cached_.scalar_type() != out.scalar_type()) {
+    cached_ = at::Tensor();  // freed before the next one is assembled
     cached_ = at::zeros(rect_shape, at::TensorOptions().dtype(out.scalar_type()));  // host
     read_region(key, offsets, cached_);
     cached_key_ = cache_key;
   }
   out.copy_(cached_.view(-1).narrow(0, flat_start, out.numel()));
+}
+
+void ShardIndex::read_overlapping(const std::string& key, const std::vector<const Piece*>& pieces,
+                                  int64_t flat_start, at::Tensor out) {
+  const int64_t end = flat_start + out.numel();
+  int64_t covered = 0;
+  for (const Piece* p : pieces) {
+    const int64_t lo = std::max(flat_start, p->flat_start);
+    const int64_t hi = std::min(end, p->flat_start + p->flat_numel);
+    if (lo >= hi) continue;
+    covered += hi - lo;
+    if (p->flat_start == flat_start && p->flat_numel == out.numel() && out.is_contiguous() &&
+        out.device().is_cpu() && dtype_of(*p) == out.scalar_type()) {
+      read_piece(*p, out);  // the same layout: this very slice was saved
+      continue;
+    }
+    const at::Tensor data = read_piece(*p).reshape(-1);
+    out.narrow(0, lo - flat_start, hi - lo).copy_(data.narrow(0, lo - p->flat_start, hi - lo));
+  }
+  if (covered != out.numel()) {
+    throw CheckpointError("checkpoint " + dir_ + ": tensor '" + key + "': its flat pieces cover " +
+                          std::to_string(covered) + " of the elements [" + std::to_string(flat_start) +
+                          ", " + std::to_string(end) + ") asked for (a rank's shard is missing)");
+  }
 }
 
 at::Tensor ShardIndex::read_whole(const std::string& key) {

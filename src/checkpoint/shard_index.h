@@ -49,6 +49,8 @@ class ShardIndex {
   bool contains(const std::string& key) const { return entries_.count(key) > 0; }
   const TensorEntry& entry(const std::string& key) const;
   std::vector<std::string> keys() const;
+  // The dtype tensor `key` is stored in (its first piece's).
+  at::ScalarType dtype(const std::string& key);
 
   // Fills `out` (shape `out.sizes()`, any dtype: values are converted) with rectangle
   // [offsets, offsets + out.sizes()) of whole tensor `key`. Parts of the rectangle outside the
@@ -57,6 +59,9 @@ class ShardIndex {
   void read_region(const std::string& key, const std::vector<int64_t>& offsets, at::Tensor out);
   // Fills the 1-D `out` with flat elements [flat_start, flat_start + out.numel()) of rectangle
   // (offsets, rect_shape) of tensor `key` (whose elements outside the whole tensor read as 0).
+  // Where that rectangle is stored as flat ranges (ZeRO or sharded data parallel slices), only
+  // the ranges overlapping `out` are read; else the rectangle is assembled once (and kept for
+  // the next call, a parameter's slices coming one after another).
   void read_flat(const std::string& key, const std::vector<int64_t>& offsets,
                  const std::vector<int64_t>& rect_shape, int64_t flat_start, at::Tensor out);
   // The whole tensor.
@@ -69,6 +74,9 @@ class ShardIndex {
   at::Tensor read_piece(const Piece& piece, const at::Tensor& into = {});
   const SafetensorsReader& reader(const std::string& file);
   at::ScalarType dtype_of(const Piece& piece);
+  // read_flat from `pieces`, flat ranges of the rectangle asked for.
+  void read_overlapping(const std::string& key, const std::vector<const Piece*>& pieces,
+                        int64_t flat_start, at::Tensor out);
 
   std::string dir_;
   std::map<std::string, TensorEntry> entries_;

@@ -189,6 +189,18 @@ int64_t ParameterShards::resident_bytes() const {
   return bytes;
 }
 
+std::vector<Segment> ParameterShards::owned_segments() const {
+  return layout_.owned_segments(group().rank(), group().rank());
+}
+
+int64_t ParameterShards::persistent_bytes() const {
+  int64_t bytes = 0;
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    if (persistent_[b]) bytes += buckets_[b].numel() * buckets_[b].element_size();
+  }
+  return bytes;
+}
+
 // What the last backward left incomplete (parameters it did not reach) goes out now, in bucket
 // order: every rank reaches the same parameters, so the collectives line up.
 void ParameterShards::reduce_incomplete() {

@@ -22,6 +22,10 @@
 // dies half-way leaves only a *.tmp folder, which resume skips with a message. Replicated
 // tensors are written once (by the first rank of their data-parallel or tensor-parallel group).
 //
+// Under sharded data parallelism neither call makes the model whole: each rank writes and reads
+// its own slices of the parameters (flat pieces, like ZeRO's optimizer state), and a full save's
+// consolidation on rank 0 holds one tensor at a time.
+//
 // Both calls are collective over the world. Every error is reported on every rank (an
 // smp::CheckpointError naming the folder, file or tensor and what is wrong; ConfigError for bad
 // arguments).

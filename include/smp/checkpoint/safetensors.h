@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -58,6 +59,15 @@ void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {},
                       std::vector<uint32_t>* crc32s = nullptr);
+
+// The same, one tensor at a time, so that only one is in memory: `specs` gives each tensor's
+// name, dtype and shape in file order (their data is not read: meta tensors do), and
+// produce(i) returns tensor i when its bytes are written (it must match specs[i]).
+void save_safetensors_streamed(const std::string& path,
+                               const std::vector<std::pair<std::string, at::Tensor>>& specs,
+                               const std::function<at::Tensor(size_t)>& produce,
+                               const std::map<std::string, std::string>& metadata = {},
+                               std::vector<uint32_t>* crc32s = nullptr);
 
 // Reads and validates only the header (and the file's size); no tensor data is read.
 SafetensorsHeader read_safetensors_header(const std::string& path);

@@ -110,6 +110,12 @@ class ParameterShards {
   bool persistent(int bucket) const { return persistent_.at(bucket) != 0; }
   // Bytes of parameter storage held now: shards plus whole buckets.
   int64_t resident_bytes() const;
+  // This rank's slices as runs of parameters (FlatLayout::owned_segments at this rank's place
+  // in the sharding group): segment.local_offset indexes shard(). Checkpoints write and read
+  // the parameters there, with no bucket made whole.
+  std::vector<Segment> owned_segments() const;
+  // Bytes of the buckets kept whole between steps (the persistent ones).
+  int64_t persistent_bytes() const;
 
   // --- gradients ----------------------------------------------------------------------------
   // Before each backward: reduces what the last backward left incomplete (missing gradients
