@@ -231,7 +231,7 @@ Software software_preset(const std::string& name) {
     s.sequence_parallel = s.selective_recompute = name == "megatron-2022";
     s.sdp_overlap = name == "deepspeed-2021" ? 0.5 : 0;  // fitted to Narayanan 2021 Table 2
     s.sdp_gathers_per_block = name == "deepspeed-2021" ? 6 : 1;
-    s.grad_bytes_16bit = 2, s.zero1_reduced_slice = false;
+    s.grad_bytes_16bit = 2, s.zero1_reduced_slice = false, s.offload = false;
     return s;
   }
   throw ConfigError("software \"" + name +

@@ -157,10 +157,10 @@ nlohmann::json smp_config(const ModelSpec& model, const Workload& workload, cons
   if (workload.precision == Precision::kFp16) smp["fp16"] = true;
   nlohmann::json training = {{"global_batch", workload.global_batch}, {"seq_len", workload.seq},
                              {"activation_checkpointing", l.recompute == Recompute::kFull ? "each" : "none"}};
+  if (l.chunks > 1) training["chunks_per_rank"] = l.chunks;
   nlohmann::json plan = {{"model", model.name}, {"layout", l.to_string()},
                          {"step_s", e.step_s}, {"tokens_per_s", e.tokens_per_s}, {"mfu", e.mfu},
                          {"memory_gb_per_device", e.memory_gb}, {"bubble", e.bubble}};
-  if (l.chunks > 1) plan["chunks_per_rank"] = l.chunks;  // DistributedModel's option
   return {{"smp", smp}, {"training", training}, {"plan", plan}};
 }
 

@@ -59,7 +59,7 @@ struct Software {
   bool sdp_with_pipeline = false;  // sharded DP combines with pp > 1 (SMP: no)
   bool zero_bubble = true;         // the split-backward schedule is available
   bool selective_recompute = false;  // recomputing only the attention core is available
-  bool offload = false;            // activation offloading is available (smp: not yet, issue 19)
+  bool offload = true;             // activation offloading is available
   int grad_bytes_16bit = 4;        // gradient bytes per element (buffer and wire) under bf16/fp16
                                    // (smp: fp32 buffers, Megatron's main_grad; ZeRO's papers: 2)
   bool zero1_reduced_slice = true;  // ZeRO-1 reduce-scatters into a slice of its own beside the
