@@ -7,11 +7,20 @@
 // in include/smp/train/trainer.h.
 #include <cstdio>
 #include <string>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "smp/smp.h"
 #include "smp/train/trainer.h"
 
 int main(int argc, char** argv) {
+#if defined(__GLIBC__)
+  // Blocks of 64 KiB and more are mapped and unmapped, not carved from glibc's heap: a step's
+  // freed activations, packs and optimizer temporaries go back to the system instead of
+  // staying in a heap that fragments (GPT-2 124M, sdp 4 on 4 ranks: peak 2322 -> 1649 MB a rank).
+  mallopt(M_MMAP_THRESHOLD, 64 * 1024);
+#endif
   const bool resume = argc >= 4 && std::string(argv[3]) == "--resume";
   if (argc < 3 || argc > 5 || std::string(argv[1]) != "--config" || (argc > 3 && !resume)) {
     std::fprintf(stderr, "usage: smp-train --config run.json [--resume [tag]]\n");

@@ -3,6 +3,9 @@
 
 #include <mpi.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "smp/core/error.h"
 
 namespace smp::comm {
@@ -48,6 +51,18 @@ int world_size() {
   int size = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   return size;
+}
+
+int faked_ranks_per_node() {
+  const char* value = std::getenv("SMP_RANKS_PER_NODE");
+  if (value == nullptr || *value == '\0') return 0;
+  char* end = nullptr;
+  const long k = std::strtol(value, &end, 10);
+  if (*end != '\0' || k < 1 || k > 1 << 20) {
+    throw ConfigError("environment variable SMP_RANKS_PER_NODE: got \"" + std::string(value) +
+                      "\"; allowed: a positive integer (ranks per faked node), or unset");
+  }
+  return static_cast<int>(k);
 }
 
 void abort_world(int code) {

@@ -3,6 +3,9 @@
 
 #include <mpi.h>
 
+#include <algorithm>
+#include <map>
+
 #include "internal.h"
 #include "nccl.h"
 #include "smp/core/error.h"
@@ -53,6 +56,7 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
                       " ranks but MPI started " + std::to_string(comm::world_size()));
   }
   world_rank_ = comm::world_rank();  // (the member world_rank() would hide it)
+  const int faked_per_node = faked_ranks_per_node();  // (checked before any collective)
   // Every rank is here, in the same init with the same layout, before any split (on a
   // communicator of its own, so WORLD's operations are numbered from the user's first). The
   // world's first collective of an init is bounded: a rank that never arrives (crashed before
@@ -103,6 +107,7 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
     made.push_back(detail::make_group(comm, name, std::move(members), timeout_s, receives_));
     (replicas ? sdp_replicas_ : sdp_) = std::make_unique<Communicator>(made.back());
   }
+  make_sdp_levels(made, sdp_degree, faked_per_node);
   for (const auto& group : made) group->phase_timeout_s = phase_timeout_s;
   // Every device communicator now, not on first use: a lazy one would be made inside the first
   // device call, which only some ranks reach together (a pipeline's later stages wait on the
@@ -111,5 +116,54 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
 }
 
 Communicator& ProcessGroups::get(CommGroup kind) const { return *groups_.at(kind); }
+
+// Each world rank's node index: faked (SMP_RANKS_PER_NODE), or one per host name.
+std::vector<int> ProcessGroups::node_of_each_rank(int faked_per_node) {
+  const int size = topology_.world_size();
+  std::vector<int> node(size);
+  if (faked_per_node > 0) {
+    for (int r = 0; r < size; ++r) node[r] = r / faked_per_node;
+    return node;
+  }
+  char name[MPI_MAX_PROCESSOR_NAME] = {};
+  int length = 0;
+  MPI_Get_processor_name(name, &length);
+  const std::vector<std::string> hosts = allgather_objects(std::string(name, length), get(CommGroup::WORLD));
+  std::map<std::string, int> index;
+  for (int r = 0; r < size; ++r) node[r] = index.emplace(hosts[r], static_cast<int>(index.size())).first->second;
+  return node;
+}
+
+// SDP_NODE_GROUP and SDP_ACROSS_GROUP (see the header); every rank takes part in both splits,
+// those of a sharding group that does not qualify with MPI_UNDEFINED.
+void ProcessGroups::make_sdp_levels(std::vector<std::shared_ptr<detail::GroupState>>& made,
+                                    int sdp_degree, int faked_per_node) {
+  const std::vector<int> node = node_of_each_rank(faked_per_node);
+  const std::vector<int> members = topology_.sdp_group(world_rank_, sdp_degree);
+  const int size = static_cast<int>(members.size());
+  int per_node = 1;
+  while (per_node < size && node[members[per_node]] == node[members[0]]) ++per_node;
+  bool levels = per_node > 1 && per_node < size && size % per_node == 0;
+  for (int i = 0; levels && i < size; ++i) {
+    levels = node[members[i]] == node[members[i - i % per_node]] &&
+             (i % per_node != 0 || i == 0 || node[members[i]] != node[members[i - 1]]);
+  }
+  const int place = static_cast<int>(std::find(members.begin(), members.end(), world_rank_) - members.begin());
+  const int block = place / per_node;
+  const int local = place % per_node;
+  const int base = members[0] * topology_.world_size();  // one range of colours per sharding group
+  for (bool across : {false, true}) {
+    const std::string name = across ? "SDP_ACROSS_GROUP" : "SDP_NODE_GROUP";
+    const int color = !levels ? MPI_UNDEFINED : base + (across ? local : block);
+    MPI_Comm comm = split_world("MPI_Comm_split for " + name, color, world_rank_, timeout_s_);
+    if (!levels) continue;
+    std::vector<int> ranks;
+    for (int i = 0; i < size; ++i) {
+      if ((across ? i % per_node == local : i / per_node == block)) ranks.push_back(members[i]);
+    }
+    made.push_back(detail::make_group(comm, name, std::move(ranks), timeout_s_, receives_));
+    (across ? sdp_across_ : sdp_node_) = std::make_unique<Communicator>(made.back());
+  }
+}
 
 }  // namespace smp::comm

@@ -29,16 +29,7 @@ namespace {
 
 using json = nlohmann::json;
 
-// ---- what smp implements (edit these two tables as features land) ----
-
-// Keys smp accepts but whose feature it does not implement yet: giving one at a value other
-// than its default produces a warning from not_implemented_warnings(). When an issue
-// implements a feature, delete its key here and flip its "implemented" cell in docs/config.md.
-const std::set<std::string> kNotImplementedYet = {
-    "sdp_reduce_bucket_size",
-    "sdp_max_live_parameters",
-    "sdp_hierarchical_allgather",
-};
+// ---- what smp implements ----
 
 // Keys only SMP's TensorFlow flavour reads; smp accepts and ignores them (warning if given).
 const std::set<std::string> kTensorFlowOnly = {"contiguous", "horovod"};
@@ -342,19 +333,6 @@ void apply_derived_defaults(Config& config) {
   }
 }
 
-// Each key's default value in `config`'s context: a derived default is computed from
-// config's other keys (active_microbatches from its pipeline degree), every other key has
-// its plain default.
-Config defaults_for(const Config& config) {
-  Config defaults;
-  defaults.pipeline_parallel_degree = config.pipeline_parallel_degree;
-  defaults.optimize = config.optimize;
-  apply_derived_defaults(defaults);
-  defaults.pipeline_parallel_degree = Config{}.pipeline_parallel_degree;
-  defaults.optimize = Config{}.optimize;
-  return defaults;
-}
-
 std::string trim(const std::string& text) {
   const auto first = text.find_first_not_of(" \t\r\n");
   if (first == std::string::npos) return "";
@@ -589,7 +567,6 @@ std::string Config::placement_letters() const {
 // ---- reporting ----
 
 std::vector<std::string> Config::not_implemented_warnings() const {
-  const Config defaults = defaults_for(*this);
   std::vector<std::string> warnings;
   for (const KeySpec& spec : key_specs()) {
     if (!is_given(spec.name)) continue;
@@ -597,8 +574,6 @@ std::vector<std::string> Config::not_implemented_warnings() const {
     const std::string shown = in_quotes(spec.name) + ": " + show(value);
     if (kTensorFlowOnly.count(spec.name)) {
       warnings.push_back(shown + " is a TensorFlow-only key; ignored by smp");
-    } else if (kNotImplementedYet.count(spec.name) && value != spec.get(defaults)) {
-      warnings.push_back(shown + " is accepted but not implemented yet in smp; it has no effect");
     }
   }
   return warnings;

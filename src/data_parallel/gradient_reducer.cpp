@@ -102,6 +102,34 @@ std::vector<at::Tensor> cast_floating(const std::vector<at::Tensor>& values, at:
   return out;
 }
 
+namespace {
+
+// Sharded data parallelism's communicators; its two levels with sdp_hierarchical_allgather.
+ShardingGroups sharding_groups(const ParallelContext& context) {
+  ShardingGroups groups;
+  groups.group = &context.sdp_group();
+  groups.replicas = &context.sdp_replica_group();
+  groups.tp = &context.group(CommGroup::TP_GROUP);
+  groups.dp = &context.group(CommGroup::DP_GROUP);
+  groups.rdp = &context.group(CommGroup::RDP_GROUP);
+  if (context.config().sdp_hierarchical_allgather) {
+    groups.node = context.groups().sdp_node();
+    groups.across = context.groups().sdp_across();
+  }
+  return groups;
+}
+
+ShardingOptions sharding_options(const Config& cfg, at::ScalarType grad_dtype) {
+  ShardingOptions options;
+  options.persistence_threshold = cfg.sdp_param_persistence_threshold;
+  options.max_live_parameters = cfg.sdp_max_live_parameters;
+  options.reduce_bucket_size = cfg.sdp_reduce_bucket_size;
+  options.grad_dtype = grad_dtype;
+  return options;
+}
+
+}  // namespace
+
 GradientReducer::GradientReducer(const ParallelContext& context, std::vector<ReducedParam> params,
                                  const ReducerOptions& options)
     : context_(context), params_(unique_trainable(std::move(params))), options_(options) {
@@ -128,15 +156,8 @@ GradientReducer::GradientReducer(const ParallelContext& context, std::vector<Red
     if (options.delayed == nullptr && dtype_ != params_.at(0).tensor.scalar_type()) {
       for (at::Tensor& t : tensors) t.set_data(t.detach().to(dtype_));
     }
-    ShardingGroups groups;
-    groups.group = &context.sdp_group();
-    groups.replicas = &context.sdp_replica_group();
-    groups.tp = &context.group(CommGroup::TP_GROUP);
-    groups.dp = &context.group(CommGroup::DP_GROUP);
-    groups.rdp = &context.group(CommGroup::RDP_GROUP);
-    shards_ = std::make_unique<ParameterShards>(layout_, std::move(tensors), groups,
-                                                cfg.sdp_param_persistence_threshold, grad_dtype_,
-                                                options.delayed);
+    shards_ = std::make_unique<ParameterShards>(layout_, std::move(tensors), sharding_groups(context),
+                                                sharding_options(cfg, grad_dtype_), options.delayed);
     store_ = std::make_unique<ShardedStore>(context, *shards_);
   } else {
     adopt_parameters();

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/StorageImpl.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "smp/core/error.h"
@@ -19,11 +20,13 @@ void free_storage(const at::Tensor& t) {
   storage->set_nbytes(0);
 }
 
-// Fresh memory (uninitialised) of `t`'s whole size behind the same storage.
-void allocate_storage(const at::Tensor& t) {
+// Fresh memory (uninitialised) of `t`'s whole size behind the same storage: from `pool` on the
+// host, if given.
+void allocate_storage(const at::Tensor& t, BucketPool* pool = nullptr) {
   c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
   const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
-  storage->set_data_ptr_noswap(storage->allocator()->allocate(bytes));
+  storage->set_data_ptr_noswap(pool != nullptr && t.is_cpu() ? pool->allocate(bytes)
+                                                             : storage->allocator()->allocate(bytes));
   storage->set_nbytes(bytes);
 }
 
@@ -75,9 +78,11 @@ void DelayedSlices::to(at::Device device) {
 }
 
 ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tensor> params,
-                                 const ShardingGroups& groups, int64_t persistence_threshold,
-                                 at::ScalarType grad_dtype, const DelayedSlices* delayed)
-    : layout_(layout), params_(std::move(params)), groups_(groups) {
+                                 const ShardingGroups& groups, const ShardingOptions& options,
+                                 const DelayedSlices* delayed)
+    : layout_(layout), params_(std::move(params)), groups_(groups),
+      max_live_(options.max_live_parameters) {
+  SMP_CHECK((groups_.node == nullptr) == (groups_.across == nullptr));
   at::TensorOptions opts = params_.empty() ? at::TensorOptions().dtype(at::kFloat)
                                            : params_[0].options().requires_grad(false);
   if (delayed != nullptr && !layout_.buckets().empty()) {
@@ -88,7 +93,7 @@ ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tenso
   }
   const std::vector<Bucket>& buckets = layout_.buckets();
   shard_ = at::zeros({layout_.local_numel()}, opts);
-  grads_ = at::empty({layout_.local_numel()}, opts.dtype(grad_dtype));
+  grads_ = at::empty({layout_.local_numel()}, opts.dtype(options.grad_dtype));
   free_storage(grads_);  // allocated (as zeros) when first used
   // Bucket by bucket, so that a rank never holds the model twice: the parameters move into the
   // bucket (their old storage goes), the bucket comes from rank 0, this rank keeps its slice.
@@ -96,8 +101,9 @@ ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tenso
     SMP_CHECK(buckets[b].num_shards == group().size());
     buckets_.push_back(delayed != nullptr ? at::empty({buckets[b].padded_numel}, opts)
                                           : at::zeros({buckets[b].padded_numel}, opts));
-    persistent_.push_back(buckets[b].numel < persistence_threshold ? 1 : 0);
+    persistent_.push_back(buckets[b].numel < options.persistence_threshold ? 1 : 0);
     whole_.push_back(1);
+    if (!persistent_[b]) live_ += buckets[b].padded_numel;
     for (int i : buckets[b].params) {
       at::Tensor& p = params_[i];
       const Slot& s = layout_.slot(i);
@@ -116,8 +122,7 @@ ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tenso
                     " (was every layer handed to DelayedSlices::take as it was built?)");
       }
       mine.copy_(slice);
-      whole_[b] = 0;  // (the bucket was never filled)
-      free_storage(buckets_[b]);
+      drop(static_cast<int>(b));  // (the bucket was never filled)
       if (persistent_[b]) gather({static_cast<int>(b)});
       continue;
     }
@@ -126,17 +131,62 @@ ParameterShards::ParameterShards(const FlatLayout& layout, std::vector<at::Tenso
     mine.copy_(mine_in_whole(static_cast<int>(b)));
     release({static_cast<int>(b)});
   }
+  peak_live_ = live_;
+  make_packs(options.reduce_bucket_size);
 }
 
 void ParameterShards::gather(const std::vector<int>& buckets) {
-  std::vector<comm::Work> works;
   for (int b : buckets) {
-    if (whole_[b]) continue;
-    allocate_storage(buckets_[b]);
-    works.push_back(group().all_gather(buckets_[b], shard_of(b)));
-    whole_[b] = 1;
+    if (!whole_[b]) start_gather(b);
   }
-  for (comm::Work& w : works) w.wait();
+  for (int b : buckets) finish_gather(b);
+}
+
+bool ParameterShards::prefetch(const std::vector<int>& buckets) {
+  int64_t extra = 0;
+  for (int b : buckets) extra += whole_[b] || persistent_[b] ? 0 : layout_.buckets()[b].padded_numel;
+  if (extra == 0 || live_ + extra > max_live_) return false;
+  for (int b : buckets) {
+    if (!whole_[b]) start_gather(b);
+  }
+  ++prefetches_;
+  return true;
+}
+
+// Fills bucket b's storage by an all-gather it does not wait for (flat, or the first level).
+void ParameterShards::start_gather(int b) {
+  allocate_storage(buckets_[b], &pool_);
+  whole_[b] = 1;
+  if (!persistent_[b]) live_ += layout_.buckets()[b].padded_numel;
+  peak_live_ = std::max(peak_live_, live_);
+  Gathering g;
+  if (groups_.node != nullptr) {
+    g.node_block = pool_.empty(shard_of(b).numel() * groups_.node->size(), shard_.options());
+    g.work = groups_.node->all_gather(g.node_block, shard_of(b));
+  } else {
+    g.work = group().all_gather(buckets_[b], shard_of(b));
+  }
+  gathering_[b] = std::move(g);
+}
+
+// Waits for bucket b's all-gather, if one is in flight (hierarchical: and runs the second level,
+// the node blocks across nodes, in the sharding group's order).
+void ParameterShards::finish_gather(int b) {
+  auto it = gathering_.find(b);
+  if (it == gathering_.end()) return;
+  it->second.work.wait();
+  if (it->second.node_block.defined()) {
+    groups_.across->all_gather(buckets_[b], it->second.node_block).wait();
+  }
+  gathering_.erase(it);
+}
+
+// Frees bucket b (after its all-gather, if one is in flight).
+void ParameterShards::drop(int b) {
+  finish_gather(b);
+  free_storage(buckets_[b]);
+  whole_[b] = 0;
+  if (!persistent_[b]) live_ -= layout_.buckets()[b].padded_numel;
 }
 
 at::Tensor ParameterShards::shard_of(int bucket) const {
@@ -151,9 +201,7 @@ at::Tensor ParameterShards::mine_in_whole(int bucket) const {
 
 void ParameterShards::release(const std::vector<int>& buckets) {
   for (int b : buckets) {
-    if (!whole_[b] || persistent_[b]) continue;
-    free_storage(buckets_[b]);
-    whole_[b] = 0;
+    if (whole_[b] && !persistent_[b]) drop(b);
   }
 }
 
@@ -166,6 +214,7 @@ void ParameterShards::gather_all() {
 void ParameterShards::release_all(bool take_values) {
   for (size_t b = 0; b < buckets_.size(); ++b) {
     if (!whole_[b]) continue;
+    finish_gather(static_cast<int>(b));
     if (take_values) shard_of(static_cast<int>(b)).copy_(mine_in_whole(static_cast<int>(b)));
     release({static_cast<int>(b)});
   }
@@ -176,10 +225,10 @@ void ParameterShards::after_update() {
   std::vector<int> persistent;
   for (size_t b = 0; b < buckets_.size(); ++b) {
     if (!whole_[b]) continue;
-    free_storage(buckets_[b]);
-    whole_[b] = 0;
+    drop(static_cast<int>(b));
     if (persistent_[b]) persistent.push_back(static_cast<int>(b));
   }
+  pool_.trim();  // what the step kept for reuse goes back to the system
   gather(persistent);
 }
 
@@ -201,11 +250,34 @@ int64_t ParameterShards::persistent_bytes() const {
   return bytes;
 }
 
-// What the last backward left incomplete (parameters it did not reach) goes out now, in bucket
+// Packs of consecutive buckets, each of at most `reduce_bucket_size` elements (a larger bucket
+// alone): reduce-scattered together, their slices are consecutive in grads().
+void ParameterShards::make_packs(int64_t reduce_bucket_size) {
+  int64_t size = 0;
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    const Bucket& bucket = layout_.buckets()[b];
+    if (b == 0 || size + bucket.padded_numel > reduce_bucket_size) {
+      pack_start_.push_back(static_cast<int>(b));
+      size = 0;
+    } else {
+      SMP_CHECK(layout_.local_base(static_cast<int>(b)) ==
+                layout_.local_base(static_cast<int>(b) - 1) + layout_.buckets()[b - 1].shard_numel());
+    }
+    size += bucket.padded_numel;
+    pack_of_.push_back(static_cast<int>(pack_start_.size()) - 1);
+  }
+}
+
+// One past the last bucket of pack p.
+int ParameterShards::pack_end(int p) const {
+  return p + 1 < static_cast<int>(pack_start_.size()) ? pack_start_[p + 1] : static_cast<int>(buckets_.size());
+}
+
+// What the last backward left incomplete (parameters it did not reach) goes out now, in pack
 // order: every rank reaches the same parameters, so the collectives line up.
 void ParameterShards::reduce_incomplete() {
-  for (size_t b = 0; b < landed_.size(); ++b) {
-    if (landed_[b] > 0) reduce(static_cast<int>(b));
+  for (size_t p = 0; p < pack_landed_.size(); ++p) {
+    if (pack_landed_[p] > 0) reduce(static_cast<int>(p));
   }
 }
 
@@ -213,41 +285,59 @@ void ParameterShards::begin_backward(const std::vector<int>& accumulations) {
   reduce_incomplete();
   needed_.assign(buckets_.size(), 0);
   landed_.assign(buckets_.size(), 0);
+  pack_needed_.assign(pack_start_.size(), 0);
+  pack_landed_.assign(pack_start_.size(), 0);
   packs_.assign(buckets_.size(), at::Tensor());
   for (size_t i = 0; i < params_.size(); ++i) {
-    needed_[layout_.slot(static_cast<int>(i)).bucket] += accumulations[i];
+    const int b = layout_.slot(static_cast<int>(i)).bucket;
+    needed_[b] += accumulations[i];
+    pack_needed_[pack_of_[b]] += accumulations[i];
   }
 }
 
 // The gradient that landed is added into its bucket's pack (in the gradients' dtype: fp32 for
-// 16-bit parameters) and dropped; a complete pack is reduce-scattered.
+// 16-bit parameters) and dropped; a complete bucket is freed, a complete pack reduce-scattered.
 void ParameterShards::on_grad_ready(int param) {
   if (needed_.empty()) return;  // outside a training step's backward
   const int b = layout_.slot(param).bucket;
   at::Tensor& p = params_[param];
   if (p.grad().defined()) {
     const Bucket& bucket = layout_.buckets()[b];
-    if (!packs_[b].defined()) packs_[b] = at::zeros({bucket.padded_numel}, grads_.options());
+    if (!packs_[b].defined()) packs_[b] = pool_.empty(bucket.padded_numel, grads_.options()).zero_();
     const Slot& s = layout_.slot(param);
     packs_[b].narrow(0, s.offset - bucket.offset, s.numel).add_(p.grad().reshape(-1));
     p.mutable_grad() = at::Tensor();
   }
-  if (++landed_[b] == needed_[b]) {
-    reduce(b);
-    release({b});
-  }
+  if (++landed_[b] == needed_[b]) release({b});
+  if (++pack_landed_[pack_of_[b]] == pack_needed_[pack_of_[b]]) reduce(pack_of_[b]);
   poll(false);
 }
 
-// Starts the reduce-scatter of the bucket's pack (zero where no gradient landed).
-void ParameterShards::reduce(int b) {
-  const Bucket& bucket = layout_.buckets()[b];
-  at::Tensor packed = std::exchange(packs_[b], at::Tensor());
-  if (!packed.defined()) packed = at::zeros({bucket.padded_numel}, grads_.options());
-  at::Tensor out = at::empty({bucket.shard_numel()}, grads_.options());
-  comm::Work work = group().reduce_scatter(out, packed, comm::ReduceOp::kAvg);
-  in_flight_.push_back({b, std::move(packed), std::move(out), std::move(work)});
-  landed_[b] = 0;
+// Starts the reduce-scatter of pack p (zero where no gradient landed): one bucket's pack as it
+// is; several, as rank r's slices of each, rank after rank, so that each rank receives its
+// slices of them one after another.
+void ParameterShards::reduce(int p) {
+  const int s = group().size();
+  std::vector<at::Tensor> parts;
+  int64_t mine = 0;
+  for (int b = pack_start_[p]; b < pack_end(p); ++b) {
+    const Bucket& bucket = layout_.buckets()[b];
+    at::Tensor packed = std::exchange(packs_[b], at::Tensor());
+    if (!packed.defined()) packed = pool_.empty(bucket.padded_numel, grads_.options()).zero_();
+    parts.push_back(packed.view({s, bucket.shard_numel()}));
+    mine += bucket.shard_numel();
+    landed_[b] = 0;
+  }
+  at::Tensor input = parts[0].reshape(-1);
+  if (parts.size() > 1) {
+    input = pool_.empty(s * mine, grads_.options());
+    at::Tensor by_rank = input.view({s, mine});
+    at::cat_out(by_rank, parts, 1);
+  }
+  at::Tensor out = pool_.empty(mine, grads_.options());
+  comm::Work work = group().reduce_scatter(out, input, comm::ReduceOp::kAvg);
+  in_flight_.push_back({pack_start_[p], std::move(input), std::move(out), std::move(work)});
+  pack_landed_[p] = 0;
 }
 
 // Adds finished reductions to grads(), in order; with `wait`, all of them.
@@ -267,10 +357,15 @@ void ParameterShards::poll(bool wait) {
 }
 
 void ParameterShards::finish() {
+  // A prefetch nothing used (a recomputed segment's last layer's) completes before the
+  // optimizer writes the slices it reads.
+  while (!gathering_.empty()) finish_gather(gathering_.begin()->first);
   reduce_incomplete();
   poll(true);
   needed_.clear();
   landed_.clear();
+  pack_needed_.clear();
+  pack_landed_.clear();
   ensure_grads();
   if (replicas().size() > 1) replicas().all_reduce(grads_, comm::ReduceOp::kAvg).wait();
   if (groups_.tp->size() == 1) return;

@@ -352,33 +352,61 @@ void DistributedModel::keep_own_stages() {
   }
 }
 
+namespace {
+
+// By layer: the sharded buckets holding its parameters.
+std::vector<std::vector<int>> layer_buckets(const dp::GradientReducer& reducer,
+                                            const std::vector<Layer>& layers) {
+  std::map<const void*, int> bucket_of;
+  const auto& params = reducer.params();
+  for (size_t i = 0; i < params.size(); ++i) {
+    bucket_of[params[i].tensor.unsafeGetTensorImpl()] = reducer.layout().slot(static_cast<int>(i)).bucket;
+  }
+  std::vector<std::vector<int>> out(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) {
+    for (const at::Tensor& p : layers[i].parameters) {
+      auto it = bucket_of.find(p.unsafeGetTensorImpl());
+      if (it != bucket_of.end() && std::find(out[i].begin(), out[i].end(), it->second) == out[i].end())
+        out[i].push_back(it->second);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 // Each layer's forward is wrapped: its buckets are gathered before and freed after, and a hook
 // on each of its outputs gathers them again when backward reaches the layer (ParameterShards
-// frees them once their gradients are in).
+// frees them once their gradients are in). Once a layer's buckets are whole, the next layer's
+// of the same stage are prefetched (in backward: the layer before), within
+// sdp_max_live_parameters.
 void DistributedModel::shard_layers() {
   dp::ParameterShards* shards = reducer_->parameter_shards();
-  std::map<const void*, int> bucket_of;
-  const auto& params = reducer_->params();
-  for (size_t i = 0; i < params.size(); ++i) {
-    bucket_of[params[i].tensor.unsafeGetTensorImpl()] =
-        reducer_->layout().slot(static_cast<int>(i)).bucket;
+  const std::vector<std::vector<int>> buckets = layer_buckets(*reducer_, layers_);
+  std::vector<size_t> order;  // the layers with buckets, in the model's order
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (layers_[i].forward && !buckets[i].empty()) order.push_back(i);
   }
-  for (Layer& layer : layers_) {
-    if (!layer.forward) continue;
-    std::vector<int> buckets;
-    for (const at::Tensor& p : layer.parameters) {
-      auto it = bucket_of.find(p.unsafeGetTensorImpl());
-      if (it != bucket_of.end() && std::find(buckets.begin(), buckets.end(), it->second) == buckets.end())
-        buckets.push_back(it->second);
-    }
-    if (buckets.empty()) continue;
-    layer.forward = [inner = std::move(layer.forward), shards, buckets](const Values& x) {
-      shards->gather(buckets);
+  const auto neighbour = [&](size_t k, int step) -> std::vector<int> {
+    const size_t j = k + step;
+    if (j >= order.size()) return {};  // (wraps below zero too)
+    const bool same_stage = partition_->stage_of_layer[order[j]] == partition_->stage_of_layer[order[k]];
+    return same_stage ? buckets[order[j]] : std::vector<int>{};
+  };
+  for (size_t k = 0; k < order.size(); ++k) {
+    Layer& layer = layers_[order[k]];
+    layer.forward = [inner = std::move(layer.forward), shards, mine = buckets[order[k]],
+                     next = neighbour(k, 1), before = neighbour(k, -1)](const Values& x) {
+      shards->gather(mine);
+      shards->prefetch(next);
       Values y = inner(x);
-      shards->release(buckets);
+      shards->release(mine);
       for (const at::Tensor& t : y) {
         if (t.defined() && t.requires_grad() && t.grad_fn()) {
-          t.register_hook([shards, buckets](const at::Tensor&) { shards->gather(buckets); });
+          t.register_hook([shards, mine, before](const at::Tensor&) {
+            shards->gather(mine);
+            shards->prefetch(before);
+          });
         }
       }
       return y;

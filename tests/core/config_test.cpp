@@ -564,19 +564,9 @@ TEST(ConfigTest, NoWarningsForDefaultsOrImplementedKeys) {
   EXPECT_TRUE(c.not_implemented_warnings().empty());
 }
 
-TEST(ConfigTest, NoWarningsForUnimplementedKeysAtTheirDefault) {
+TEST(ConfigTest, WarnsOnlyForTensorFlowKeys) {
   const Config c = Config::from_json({{"pipeline_parallel_degree", 2},
-                                      {"fp16_params", false},
-                                      {"optimize", "memory"},
-                                      {"memory_weight", 0.8},
-                                      {"active_microbatches", 4},  // pp + 2
-                                      {"sdp_reduce_bucket_size", 5e8}});
-  EXPECT_TRUE(c.not_implemented_warnings().empty());
-}
-
-TEST(ConfigTest, WarnsForUnimplementedAndTensorFlowKeys) {
-  const Config c = Config::from_json({{"pipeline_parallel_degree", 2},
-                                      {"sdp_max_live_parameters", 1000},
+                                      {"sdp_max_live_parameters", 1000},  // implemented
                                       {"optimize", "speed"},
                                       {"memory_weight", 0.2},       // speed's default: harmless
                                       {"active_microbatches", 5},   // not pp + 2
@@ -585,7 +575,6 @@ TEST(ConfigTest, WarnsForUnimplementedAndTensorFlowKeys) {
   // In key-table order (the order of docs/config.md).
   // optimize and active_microbatches are implemented (the partitioner, 1F1B): no warning.
   const std::vector<std::string> expected = {
-      "\"sdp_max_live_parameters\": 1000 is accepted but not implemented yet in smp; it has no effect",
       "\"contiguous\": true is a TensorFlow-only key; ignored by smp",
       "\"horovod\": false is a TensorFlow-only key; ignored by smp",
   };

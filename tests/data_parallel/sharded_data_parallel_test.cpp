@@ -85,7 +85,7 @@ TEST(ShardedDataParallel, HoldsSlicesBetweenStepsAndGathersEachLayerJustInTime) 
   for (int s : degrees()) {
     for (int64_t persistence : {int64_t{0}, kSmallLayers}) {
       const int m = 2;
-      reinit(sdp_json(s, m, persistence));
+      reinit(sdp_json(s, m, persistence) + ", \"sdp_reduce_bucket_size\": 1");
       SmpRun run = smp_run(adam(), 1);  // partitions
       dp::GradientReducer& reducer = run.model->gradient_reducer();
       dp::ParameterShards* shards = reducer.parameter_shards();

@@ -18,6 +18,11 @@ bool mpi_initialized();
 int world_rank();
 int world_size();
 
+// Ranks per node as the environment variable SMP_RANKS_PER_NODE=k fakes them (world ranks
+// k*j..k*j+k-1 make node j, so a test shows several nodes on one machine), or 0 when it is
+// unset: nodes are then the hosts. Throws smp::ConfigError when it is not a positive integer.
+int faked_ranks_per_node();
+
 // Kills every rank of the job with `code` (MPI_Abort). For mains that caught an error while
 // other ranks may be waiting on this one: without it they would wait for their timeout.
 [[noreturn]] void abort_world(int code);

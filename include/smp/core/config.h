@@ -141,8 +141,8 @@ struct Config {
   // True when `key` (canonical name) was given explicitly.
   bool is_given(const std::string& key) const { return given.count(key) > 0; }
 
-  // One message per explicitly given key whose feature smp does not implement yet and whose
-  // value differs from its default, and per given TensorFlow-only key. Mains print them.
+  // One message per given TensorFlow-only key (every PyTorch key of SMP is implemented; see
+  // docs/config.md). Mains print them.
   std::vector<std::string> not_implemented_warnings() const;
 
   // Every key (canonical names) with its effective value; from_json(to_json()) gives back

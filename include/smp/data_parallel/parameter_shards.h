@@ -6,24 +6,33 @@
 // parameters are one bucket (FlatLayout::bucket_per_unit), cut into s slices, and rank r of a
 // sharding group keeps slice r of every bucket: shard(), the parameters at rest, which the
 // optimizer updates. Then:
-//   - gather(buckets) all-gathers whole buckets right before a layer's forward and, from a hook
-//     on the layer's outputs, right before its backward; release(buckets) frees them after the
-//     forward, and a bucket is freed again once all its parameters have their gradients of that
-//     microbatch. Freeing gives the bucket's storage zero bytes while the parameters stay views
-//     of it, so the graphs that saved them see the values again once it is refilled (what
-//     PyTorch FSDP does with storage resizing);
+//   - gather(buckets) makes whole buckets right before a layer's forward and, from a hook on the
+//     layer's outputs, right before its backward; prefetch(buckets) starts the next layer's
+//     all-gathers (forward: the next layer, backward: the one before) without waiting, while
+//     the buckets gathered and not freed stay within sdp_max_live_parameters elements with
+//     them (the layer computed now is always gathered, whatever the bound); release(buckets)
+//     frees them after the forward, and a bucket is freed again once all its parameters have
+//     their gradients of that microbatch. Freeing gives the bucket's storage zero bytes while
+//     the parameters stay views of it, so the graphs that saved them see the values again once
+//     it is refilled (what PyTorch FSDP does with storage resizing);
+//   - with the sharding group's two levels (ShardingGroups::node and ::across, from
+//     sdp_hierarchical_allgather over several nodes) an all-gather is two: within the node,
+//     then across nodes (a prefetch starts the first; the second starts when the bucket is
+//     needed);
 //   - a bucket with fewer elements than the persistence threshold (SMP's
 //     sdp_param_persistence_threshold, applied per layer) is never freed and is all-gathered
-//     after each optimizer step instead;
+//     after each optimizer step instead (it does not count as live);
 //   - gradients: each gradient that lands is added into its bucket's pack and the parameter's
-//     .grad dropped; once a bucket's gradients of a microbatch are all in, the pack is
-//     reduce-scattered (average) over the sharding group into grads(), which sums over
-//     microbatches (packs and grads() are fp32 for fp16/bf16 parameters); finish() averages
-//     grads() over the replicas (and the slices of TP-replicated parameters over the
-//     tensor-parallel group);
-//     zero_grad() frees grads(). No rank holds a whole gradient buffer, only the buckets in
-//     flight.
-// Collectives go over the sharding group in bucket order, the same on every rank.
+//     .grad dropped; consecutive buckets make reduce packs of at most sdp_reduce_bucket_size
+//     elements (a bucket larger than that alone), and once a pack's gradients of a microbatch
+//     are all in, it is reduce-scattered (average) over the sharding group into grads() in one
+//     collective, which sums over microbatches (packs and grads() are fp32 for fp16/bf16
+//     parameters); finish() averages grads() over the replicas (and the slices of
+//     TP-replicated parameters over the tensor-parallel group);
+//     zero_grad() frees grads(). No rank holds a whole gradient buffer, only the packs in
+//     flight (up to sdp_reduce_bucket_size elements of them).
+// Collectives go over the sharding group in the same order on every rank: every rank of it
+// runs the same layers in the same order, and what is prefetched depends only on that order.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -35,6 +44,7 @@
 #include <vector>
 
 #include "smp/comm/communicator.h"
+#include "smp/data_parallel/bucket_pool.h"
 #include "smp/data_parallel/flat_layout.h"
 #include "smp/layer/layer.h"
 
@@ -77,6 +87,17 @@ struct ShardingGroups {
                                            // over it too (they average over DP_GROUP = tp x rdp)
   comm::Communicator* dp = nullptr;        // DP_GROUP: where replicated buckets start from rank 0
   comm::Communicator* rdp = nullptr;       // RDP_GROUP: the same for tensor-parallel shards
+  comm::Communicator* node = nullptr;      // hierarchical all-gather: the sharding group's ranks
+  comm::Communicator* across = nullptr;    // on this node, and at this place on the others
+                                           // (ProcessGroups::sdp_node); both null: flat
+};
+
+// How ParameterShards gathers and reduces: SMP's sdp_* keys.
+struct ShardingOptions {
+  int64_t persistence_threshold = 1000000;   // sdp_param_persistence_threshold (elements)
+  int64_t max_live_parameters = 1000000000;  // sdp_max_live_parameters (elements)
+  int64_t reduce_bucket_size = 500000000;    // sdp_reduce_bucket_size (elements)
+  at::ScalarType grad_dtype = at::kFloat;    // grads()' dtype (fp32 for 16-bit parameters)
 };
 
 class ParameterShards {
@@ -84,17 +105,20 @@ class ParameterShards {
   // `params[i]` lives at layout.slot(i); each bucket's num_shards must be the sharding group's
   // size. Makes the parameters views into per-bucket storage, broadcasts each bucket from rank
   // 0 of its DP_GROUP or RDP_GROUP (replicas start equal), keeps this rank's slices and frees
-  // what is not persistent. Collective over those groups. `grad_dtype`: grads()' dtype, in
-  // which the gradients are summed and reduced (fp32 for 16-bit parameters).
+  // what is not persistent. Collective over those groups.
   // With `delayed`, the parameters' storage is already freed and each bucket's slice comes
   // from it instead (no broadcast: every rank built the same model from the same seed).
   ParameterShards(const FlatLayout& layout, std::vector<at::Tensor> params,
-                  const ShardingGroups& groups, int64_t persistence_threshold,
-                  at::ScalarType grad_dtype, const DelayedSlices* delayed = nullptr);
+                  const ShardingGroups& groups, const ShardingOptions& options,
+                  const DelayedSlices* delayed = nullptr);
 
   // --- parameters ---------------------------------------------------------------------------
-  // Makes the buckets whole (those not already), one all-gather each. Blocks.
+  // Makes the buckets whole: waits for those prefetched, all-gathers the others. Blocks.
   void gather(const std::vector<int>& buckets);
+  // Starts the all-gathers of the buckets not whole and returns at once, if the live elements
+  // stay within sdp_max_live_parameters with them; otherwise starts none. Returns whether it
+  // started any.
+  bool prefetch(const std::vector<int>& buckets);
   // Frees the buckets that are whole and not persistent.
   void release(const std::vector<int>& buckets);
   // Every bucket whole, for code that reads or writes the parameters outside a step
@@ -116,6 +140,15 @@ class ParameterShards {
   std::vector<Segment> owned_segments() const;
   // Bytes of the buckets kept whole between steps (the persistent ones).
   int64_t persistent_bytes() const;
+  // Live elements: those of the non-persistent buckets whole or being gathered, now and at
+  // most since the last reset_peak(); and how many prefetches started.
+  int64_t live_elements() const { return live_; }
+  int64_t peak_live_elements() const { return peak_live_; }
+  void reset_peak() { peak_live_ = live_; }
+  int64_t prefetches() const { return prefetches_; }
+  const BucketPool& pool() const { return pool_; }
+  // Reduce packs: the first bucket of each, in bucket order.
+  const std::vector<int>& pack_starts() const { return pack_start_; }
 
   // --- gradients ----------------------------------------------------------------------------
   // Before each backward: reduces what the last backward left incomplete (missing gradients
@@ -138,7 +171,12 @@ class ParameterShards {
  private:
   at::Tensor shard_of(int bucket) const;       // this rank's slice of a bucket, in shard()
   at::Tensor mine_in_whole(int bucket) const;  // the same elements in the whole bucket
-  void reduce(int bucket);
+  void start_gather(int bucket);
+  void finish_gather(int bucket);
+  void drop(int bucket);
+  void make_packs(int64_t reduce_bucket_size);
+  int pack_end(int pack) const;
+  void reduce(int pack);
   void reduce_incomplete();
   void ensure_grads() const;
   void poll(bool wait);
@@ -146,17 +184,31 @@ class ParameterShards {
   const FlatLayout& layout_;
   std::vector<at::Tensor> params_;
   ShardingGroups groups_;
+  int64_t max_live_;
+  BucketPool pool_;  // host memory of buckets and packs, trimmed after each update
   std::vector<at::Tensor> buckets_;  // by bucket: whole (padded) storage, zero bytes when freed
   std::vector<char> whole_;
   std::vector<char> persistent_;
   at::Tensor shard_;  // this rank's slice of every bucket, bucket after bucket (local layout)
   at::Tensor grads_;  // the same layout: reduce-scattered gradients
+  int64_t live_ = 0;
+  int64_t peak_live_ = 0;
+  int64_t prefetches_ = 0;
+  struct Gathering {
+    comm::Work work;
+    at::Tensor node_block;  // hierarchical: the node's slices, gathered across nodes next
+  };
+  std::map<int, Gathering> gathering_;  // by bucket: all-gathers started, not waited for
 
+  std::vector<int> pack_start_;  // by pack: its first bucket
+  std::vector<int> pack_of_;     // by bucket: its pack
   std::vector<int> needed_;  // by bucket: accumulations per backward
   std::vector<int> landed_;  // by bucket: this backward's so far
+  std::vector<int> pack_needed_;  // the same by pack
+  std::vector<int> pack_landed_;
   std::vector<at::Tensor> packs_;  // by bucket: the sum of what landed, whole bucket (or undefined)
   struct InFlight {
-    int bucket = 0;
+    int bucket = 0;  // the pack's first
     at::Tensor packed;  // kept alive until done
     at::Tensor out;
     comm::Work work;
