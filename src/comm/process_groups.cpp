@@ -138,6 +138,9 @@ std::vector<int> ProcessGroups::node_of_each_rank(int faked_per_node) {
 // those of a sharding group that does not qualify with MPI_UNDEFINED.
 void ProcessGroups::make_sdp_levels(std::vector<std::shared_ptr<detail::GroupState>>& made,
                                     int sdp_degree, int faked_per_node) {
+  // Without sharding nothing is split, and WORLD carries no collective of smp's own before the
+  // user's first (the config, hence the degree, is the same on every rank).
+  if (sdp_degree <= 1) return;
   const std::vector<int> node = node_of_each_rank(faked_per_node);
   const std::vector<int> members = topology_.sdp_group(world_rank_, sdp_degree);
   const int size = static_cast<int>(members.size());
