@@ -11,6 +11,7 @@
 
 #include "smp/core/files.h"
 #include "smp/pipeline/profile.h"
+#include "smp/pipeline/recompute.h"
 #include "smp/pipeline/timeline.h"
 #include "smp/comm/agree.h"
 #include "smp/runtime.h"  // the convenience constructor only
@@ -379,7 +380,10 @@ std::vector<std::vector<int>> layer_buckets(const dp::GradientReducer& reducer,
 // on each of its outputs gathers them again when backward reaches the layer (ParameterShards
 // frees them once their gradients are in). Once a layer's buckets are whole, the next layer's
 // of the same stage are prefetched (in backward: the layer before), within
-// sdp_max_live_parameters.
+// sdp_max_live_parameters. A recomputed forward (activation checkpointing, inside backward)
+// keeps its buckets for the backward that follows at once and prefetches nothing: the next
+// layer's backward is already done, and the layer before is prefetched by the backward hooks,
+// as FSDP does in its pre-backward state.
 void DistributedModel::shard_layers() {
   dp::ParameterShards* shards = reducer_->parameter_shards();
   const std::vector<std::vector<int>> buckets = layer_buckets(*reducer_, layers_);
@@ -397,10 +401,11 @@ void DistributedModel::shard_layers() {
     Layer& layer = layers_[order[k]];
     layer.forward = [inner = std::move(layer.forward), shards, mine = buckets[order[k]],
                      next = neighbour(k, 1), before = neighbour(k, -1)](const Values& x) {
+      const bool again = recomputing();
       shards->gather(mine);
-      shards->prefetch(next);
+      if (!again) shards->prefetch(next);
       Values y = inner(x);
-      shards->release(mine);
+      if (!again) shards->release(mine);
       for (const at::Tensor& t : y) {
         if (t.defined() && t.requires_grad() && t.grad_fn()) {
           t.register_hook([shards, mine, before](const at::Tensor&) {

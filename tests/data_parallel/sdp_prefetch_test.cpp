@@ -7,6 +7,8 @@
 //   - sdp_max_live_parameters: the live elements (whole buckets, and those being gathered) never
 //     pass a bound that leaves room for one prefetched layer, and a bound of 1 prefetches
 //     nothing;
+//   - under activation checkpointing a recomputed layer keeps what its recompute gathered for
+//     its backward and prefetches nothing; no bucket is left whole after backward;
 //   - sdp_reduce_bucket_size: packs of consecutive buckets make one reduce-scatter each, so a
 //     larger size makes fewer collectives, and the result is the same;
 //   - the bucket pool: a freed block is reused by the next request of its size, and trim()
@@ -117,6 +119,46 @@ TEST(SdpPrefetch, EqualsNoPrefetchAndHonoursSdpMaxLiveParameters) {
     EXPECT_GT(bounded.prefetches, 0) << at;
     EXPECT_LE(bounded.peak_live, bound) << at;
     expect_identical(bounded, off, at + " bounded prefetch vs none");
+  }
+}
+
+// Activation checkpointing on every layer: a recomputed forward keeps its buckets for the
+// backward that follows at once and prefetches nothing (the next layer's backward is done), so
+// a layer is gathered twice a microbatch (its forward, its recompute; the backward hooks'
+// prefetch brings it for the recompute) and no bucket is left whole once backward is over.
+// Losses, gradient slices and parameters equal those without checkpointing exactly.
+TEST(SdpPrefetch, RecomputedLayersKeepTheirGatherForBackwardAndLeaveNothingWhole) {
+  for (int s : degrees()) {
+    const std::string at = "sdp=" + std::to_string(s);
+    const Outcome plain = run(s, "");
+    reinit(sdp_json(s, ""));
+    std::vector<Layer> layers = make_mlp(1);
+    std::vector<std::string> names;
+    for (const Layer& layer : layers) names.push_back(layer.name);
+    const auto params = values_of(named(layers));
+    DistributedModel model(std::move(layers));
+    model.set_activation_checkpointing(names);  // "each"
+    DistributedOptimizer opt(model, adam()(params));
+    Outcome got;
+    for (int it = 0; it < kSteps; ++it) {
+      opt.zero_grad();
+      dp::ParameterShards* shards = it == 0 ? nullptr : model.gradient_reducer().parameter_shards();
+      if (shards) shards->group().reset_counters();
+      const Batch b = my_slice(whole_batch(it));
+      got.losses.push_back(replica_mean(step(model, {b.x}, {b.y}, mse_loss)));
+      if (it + 1 == kSteps) {
+        EXPECT_EQ(shards->group().counters().get("all_gather").calls, 2 * 2 * 8) << at;
+        for (size_t k = 0; k < model.gradient_reducer().layout().buckets().size(); ++k) {
+          EXPECT_FALSE(shards->whole(static_cast<int>(k))) << at << ": bucket " << k << " left whole";
+        }
+        got.grads = shards->grads().clone();
+      }
+      opt.step();
+    }
+    model.gather_parameters();
+    for (auto& [name, p] : model.local_named_parameters()) got.params[name] = p.detach().clone();
+    model.release_parameters(false);
+    expect_identical(got, plain, at + " checkpointed vs not");
   }
 }
 
