@@ -6,6 +6,7 @@
 // activations become fresh leaves that require grad, and the gradients that reach those leaves
 // are what the previous stage receives.
 #include "smp/pipeline/executor.h"
+#include "smp/pipeline/recompute.h"
 
 #include <chrono>
 #include <map>
@@ -306,8 +307,10 @@ class Run {
     const auto [stage, mb] = key;
     const StageModule& module = *stages_.at(stage);
     const bool last = stage == num_stages() - 1;
-    Saved scratch;  // forward-only steps keep nothing past the forward
+    Saved scratch;  // forward-only steps keep nothing past the forward, and build no graph
     Saved& saved = has_backward_ ? saved_[key] : scratch;
+    std::optional<at::NoGradGuard> no_graph_at_all;
+    if (!has_backward_) no_graph_at_all.emplace();
     if (has_backward_) {
       saved.segments = plan_segments(module, last && data_.loss_fn);
     } else {
@@ -364,6 +367,7 @@ class Run {
     }
     {
       at::AutoGradMode graph(true);
+      RecomputeScope recomputing;
       Values x = segment.inputs;
       for (size_t i = segment.begin; i < segment.end; ++i) x = module.layers[i]->forward(x);
       segment.outputs = std::move(x);

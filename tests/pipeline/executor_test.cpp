@@ -226,5 +226,38 @@ TEST(Executor, WeightHalfWithATransformedWeightUsedTwice) {
   shutdown();
 }
 
+// A forward-only schedule (evaluation) runs every layer without autograd: nothing walks a graph
+// afterwards, so none is built (one would hold every layer's activations until the step ends).
+TEST(Executor, ForwardOnlyStepsBuildNoGraph) {
+  if (is_initialized()) shutdown();
+  const int p = comm::world_size();
+  init(Config::from_json_string("{\"pipeline_parallel_degree\": " + std::to_string(p) + "}"));
+  const int m = 2;
+  const Schedule schedule = make_schedule({ScheduleKind::kForwardOnly, p, m, 1, 0});
+  std::vector<Layer> layers = smp::testing::make_mlp(3);
+  std::vector<int> stage_of(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) stage_of[i] = static_cast<int>(i * p / layers.size());
+  const Partition part = manual_partition(stage_of, p, 0);
+  StageModule mine;
+  mine.stage = pp_rank();
+  int with_graph = 0;
+  int calls = 0;
+  for (int i = part.begin(mine.stage); i < part.end(mine.stage); ++i) {
+    layers[i].forward = [inner = layers[i].forward, &with_graph, &calls](const Values& x) {
+      ++calls;
+      if (at::GradMode::is_enabled()) ++with_graph;
+      return inner(x);
+    };
+    mine.layers.push_back(&layers[i]);
+  }
+  torch::manual_seed(5);
+  StepData data = mse_step(torch::randn({8, 16}), torch::randn({8, 8}), m);
+  Executor(process_group(CommGroup::PP_GROUP), schedule, {mine}).run(data);
+  EXPECT_EQ(calls, m * static_cast<int>(mine.layers.size()));
+  EXPECT_EQ(with_graph, 0);
+  EXPECT_TRUE(at::GradMode::is_enabled());  // as it was
+  shutdown();
+}
+
 }  // namespace
 }  // namespace smp::pipeline
