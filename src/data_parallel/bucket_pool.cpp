@@ -1,4 +1,4 @@
-// BucketPool: mmap'd host blocks kept by size for reuse (see bucket_pool.h).
+// BucketPool: mmap'd host blocks kept by size for reuse, for a while (see bucket_pool.h).
 #include "smp/data_parallel/bucket_pool.h"
 
 #include <ATen/ATen.h>
@@ -6,6 +6,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <iterator>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <new>
@@ -16,19 +18,28 @@
 namespace smp::dp {
 
 struct BucketPool::State {
+  struct Kept {
+    void* data;
+    uint64_t freed_at;  // the allocation count when it was freed
+  };
   std::mutex mutex;
-  std::map<size_t, std::vector<void*>> kept;  // by size: freed blocks
+  std::map<size_t, std::vector<Kept>> kept;  // by size: freed blocks, oldest first
+  uint64_t allocations = 0;
   int64_t mapped = 0;
   int64_t kept_bytes = 0;
 
-  ~State() { unmap_kept(); }
-  void unmap_kept() {
-    for (auto& [bytes, blocks] : kept) {
-      for (void* p : blocks) munmap(p, bytes);
-      mapped -= static_cast<int64_t>(bytes * blocks.size());
+  ~State() { unmap_kept(std::numeric_limits<uint64_t>::max()); }
+  // Unmaps the kept blocks freed before allocation number `before`.
+  void unmap_kept(uint64_t before) {
+    for (auto it = kept.begin(); it != kept.end();) {
+      auto& blocks = it->second;
+      size_t old = 0;
+      while (old < blocks.size() && blocks[old].freed_at < before) munmap(blocks[old++].data, it->first);
+      blocks.erase(blocks.begin(), blocks.begin() + static_cast<std::ptrdiff_t>(old));
+      mapped -= static_cast<int64_t>(it->first * old);
+      kept_bytes -= static_cast<int64_t>(it->first * old);
+      it = blocks.empty() ? kept.erase(it) : std::next(it);
     }
-    kept.clear();
-    kept_bytes = 0;
   }
 };
 
@@ -42,7 +53,7 @@ void BucketPool::give_back(void* context) {
   Block* block = static_cast<Block*>(context);
   {
     std::lock_guard<std::mutex> lock(block->pool->mutex);
-    block->pool->kept[block->bytes].push_back(block->data);
+    block->pool->kept[block->bytes].push_back({block->data, block->pool->allocations});
     block->pool->kept_bytes += static_cast<int64_t>(block->bytes);
   }
   delete block;
@@ -55,10 +66,12 @@ at::DataPtr BucketPool::allocate(size_t bytes) {
   void* data = nullptr;
   {
     std::lock_guard<std::mutex> lock(state_->mutex);
+    if (++state_->allocations > kReuseWithin) state_->unmap_kept(state_->allocations - kReuseWithin);
     auto it = state_->kept.find(bytes);
-    if (it != state_->kept.end() && !it->second.empty()) {
-      data = it->second.back();
+    if (it != state_->kept.end()) {
+      data = it->second.back().data;  // the newest
       it->second.pop_back();
+      if (it->second.empty()) state_->kept.erase(it);
       state_->kept_bytes -= static_cast<int64_t>(bytes);
     }
   }
@@ -83,7 +96,7 @@ at::Tensor BucketPool::empty(int64_t numel, const at::TensorOptions& options) {
 
 void BucketPool::trim() {
   std::lock_guard<std::mutex> lock(state_->mutex);
-  state_->unmap_kept();
+  state_->unmap_kept(std::numeric_limits<uint64_t>::max());
 }
 
 int64_t BucketPool::mapped_bytes() const {

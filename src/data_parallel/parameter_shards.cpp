@@ -265,6 +265,8 @@ void ParameterShards::make_packs(int64_t reduce_bucket_size) {
     }
     size += bucket.padded_numel;
     pack_of_.push_back(static_cast<int>(pack_start_.size()) - 1);
+    if (pack_numel_.size() < pack_start_.size()) pack_numel_.push_back(0);
+    pack_numel_.back() += bucket.shard_numel();
   }
 }
 
@@ -287,7 +289,7 @@ void ParameterShards::begin_backward(const std::vector<int>& accumulations) {
   landed_.assign(buckets_.size(), 0);
   pack_needed_.assign(pack_start_.size(), 0);
   pack_landed_.assign(pack_start_.size(), 0);
-  packs_.assign(buckets_.size(), at::Tensor());
+  packs_.assign(pack_start_.size(), at::Tensor());
   for (size_t i = 0; i < params_.size(); ++i) {
     const int b = layout_.slot(static_cast<int>(i)).bucket;
     needed_[b] += accumulations[i];
@@ -302,10 +304,7 @@ void ParameterShards::on_grad_ready(int param) {
   const int b = layout_.slot(param).bucket;
   at::Tensor& p = params_[param];
   if (p.grad().defined()) {
-    const Bucket& bucket = layout_.buckets()[b];
-    if (!packs_[b].defined()) packs_[b] = pool_.empty(bucket.padded_numel, grads_.options()).zero_();
-    const Slot& s = layout_.slot(param);
-    packs_[b].narrow(0, s.offset - bucket.offset, s.numel).add_(p.grad().reshape(-1));
+    add_to_pack(param, p.grad().reshape(-1));
     p.mutable_grad() = at::Tensor();
   }
   if (++landed_[b] == needed_[b]) release({b});
@@ -313,28 +312,35 @@ void ParameterShards::on_grad_ready(int param) {
   poll(false);
 }
 
-// Starts the reduce-scatter of pack p (zero where no gradient landed): one bucket's pack as it
-// is; several, as rank r's slices of each, rank after rank, so that each rank receives its
-// slices of them one after another.
+// Adds parameter `param`'s gradient (flat) into its pack, where the reduce-scatter sends it:
+// element i of bucket b goes to row i / n (n: b's slice), at b's place in the row. A
+// parameter crossing slice boundaries is added piece by piece.
+void ParameterShards::add_to_pack(int param, const at::Tensor& grad) {
+  const Slot& slot = layout_.slot(param);
+  const Bucket& bucket = layout_.buckets()[slot.bucket];
+  const int p = pack_of_[slot.bucket];
+  if (!packs_[p].defined()) {
+    packs_[p] = pool_.empty(group().size() * pack_numel_[p], grads_.options()).zero_();
+  }
+  const at::Tensor rows = packs_[p].view({group().size(), pack_numel_[p]});
+  const int64_t n = bucket.shard_numel();
+  const int64_t column = layout_.local_base(slot.bucket) - layout_.local_base(pack_start_[p]);
+  for (int64_t done = 0; done < slot.numel;) {
+    const int64_t i = slot.offset - bucket.offset + done;
+    const int64_t len = std::min(slot.numel - done, n - i % n);
+    rows[i / n].narrow(0, column + i % n, len).add_(grad.narrow(0, done, len));
+    done += len;
+  }
+}
+
+// Starts the reduce-scatter of pack p (zero where no gradient landed), once the one in flight
+// is done: each rank receives its slices of the pack's buckets, one after another.
 void ParameterShards::reduce(int p) {
-  const int s = group().size();
-  std::vector<at::Tensor> parts;
-  int64_t mine = 0;
-  for (int b = pack_start_[p]; b < pack_end(p); ++b) {
-    const Bucket& bucket = layout_.buckets()[b];
-    at::Tensor packed = std::exchange(packs_[b], at::Tensor());
-    if (!packed.defined()) packed = pool_.empty(bucket.padded_numel, grads_.options()).zero_();
-    parts.push_back(packed.view({s, bucket.shard_numel()}));
-    mine += bucket.shard_numel();
-    landed_[b] = 0;
-  }
-  at::Tensor input = parts[0].reshape(-1);
-  if (parts.size() > 1) {
-    input = pool_.empty(s * mine, grads_.options());
-    at::Tensor by_rank = input.view({s, mine});
-    at::cat_out(by_rank, parts, 1);
-  }
-  at::Tensor out = pool_.empty(mine, grads_.options());
+  poll(true);
+  for (int b = pack_start_[p]; b < pack_end(p); ++b) landed_[b] = 0;
+  at::Tensor input = std::exchange(packs_[p], at::Tensor());
+  if (!input.defined()) input = pool_.empty(group().size() * pack_numel_[p], grads_.options()).zero_();
+  at::Tensor out = pool_.empty(pack_numel_[p], grads_.options());
   comm::Work work = group().reduce_scatter(out, input, comm::ReduceOp::kAvg);
   in_flight_.push_back({pack_start_[p], std::move(input), std::move(out), std::move(work)});
   pack_landed_[p] = 0;

@@ -11,8 +11,9 @@
 //     its backward and prefetches nothing; no bucket is left whole after backward;
 //   - sdp_reduce_bucket_size: packs of consecutive buckets make one reduce-scatter each, so a
 //     larger size makes fewer collectives, and the result is the same;
-//   - the bucket pool: a freed block is reused by the next request of its size, and trim()
-//     gives the kept ones back (after each optimizer step: between steps a rank keeps none);
+//   - the bucket pool: a freed block is reused by the next request of its size, unmapped when
+//     none comes within kReuseWithin allocations, and trim() gives the kept ones back (after
+//     each optimizer step: between steps a rank keeps none);
 //   - sdp_hierarchical_allgather: on 4 ranks with SMP_RANKS_PER_NODE=2 (two faked nodes) a
 //     sharding group of 4 gathers within the node and then across, with a result identical to
 //     the flat gather; a sharding group on one node gathers flat.
@@ -202,6 +203,17 @@ TEST(BucketPool, ReusesFreedBlocksOfTheSameSizeUntilTrimmed) {
   pool.trim();
   EXPECT_EQ(pool.mapped_bytes(), 4000);
   EXPECT_EQ(pool.kept_bytes(), 0);
+}
+
+TEST(BucketPool, UnmapsAKeptBlockNoRequestReusesSoon) {
+  dp::BucketPool pool;
+  pool.empty(1000, at::kFloat);  // freed at once: kept
+  EXPECT_EQ(pool.kept_bytes(), 4000);
+  for (uint64_t i = 0; i < dp::BucketPool::kReuseWithin; ++i) pool.empty(10, at::kFloat);
+  EXPECT_EQ(pool.mapped_bytes(), 4040) << "kept through kReuseWithin allocations";
+  pool.empty(10, at::kFloat);
+  EXPECT_EQ(pool.mapped_bytes(), 40) << "then unmapped";
+  EXPECT_EQ(pool.kept_bytes(), 40);
 }
 
 // SMP_RANKS_PER_NODE for the inits made while it lives.

@@ -3,11 +3,13 @@
 // A step fills and frees every layer's bucket twice per microbatch, and packs its gradients as
 // often: on the host, glibc's heap would keep the freed blocks (GPT-2 350M: 1.3 GB of a 3 GB
 // peak per rank). The pool maps its blocks itself (mmap) and keeps each freed one for the next
-// request of the same size (the layers of a transformer share theirs), so what it holds is the
-// most that was live at once, size by size, until trim() gives the kept blocks back to the
-// system (ParameterShards: after each optimizer step, so between steps a rank keeps none). Device tensors do not need it (the CUDA caching allocator
-// does the same) and keep their own allocator. Thread-safe: gradients land on autograd's
-// threads.
+// request of the same size (the layers of a transformer share theirs). A kept block that no
+// request reuses within the next kReuseWithin allocations is unmapped: the embedding's and the
+// head's sizes, say, are not held idle while the blocks of the layers in between compute (kept
+// by size until the step's end, they held 1.5 GB of GPT-2 350M's peak). trim() gives back every
+// kept block (ParameterShards: after each optimizer step, so between steps a rank keeps none).
+// Device tensors do not need it (the CUDA caching allocator does the same) and keep their own
+// allocator. Thread-safe: gradients land on autograd's threads.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,6 +22,9 @@ namespace smp::dp {
 
 class BucketPool {
  public:
+  // How many allocations a freed block waits for a request of its size.
+  static constexpr uint64_t kReuseWithin = 16;
+
   BucketPool();
   // `bytes` of host memory (uninitialised), a freed block of that size if one is kept.
   at::DataPtr allocate(size_t bytes);

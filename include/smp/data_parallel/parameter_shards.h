@@ -24,10 +24,13 @@
 //     after each optimizer step instead (it does not count as live);
 //   - gradients: each gradient that lands is added into its bucket's pack and the parameter's
 //     .grad dropped; consecutive buckets make reduce packs of at most sdp_reduce_bucket_size
-//     elements (a bucket larger than that alone), and once a pack's gradients of a microbatch
-//     are all in, it is reduce-scattered (average) over the sharding group into grads() in one
-//     collective, which sums over microbatches (packs and grads() are fp32 for fp16/bf16
-//     parameters); finish() averages grads() over the replicas (and the slices of
+//     elements (a bucket larger than that alone), each summed in place in the order the
+//     reduce-scatter sends it (rank r's slices of its buckets together: no copy to send), and
+//     once a pack's gradients of a microbatch are all in, it is reduce-scattered (average) over
+//     the sharding group into grads() in one collective, which sums over microbatches (packs and
+//     grads() are fp32 for fp16/bf16 parameters); one reduce-scatter is in flight at a time (a
+//     pack waits for the one before), so a rank holds at most two packs;
+//     finish() averages grads() over the replicas (and the slices of
 //     TP-replicated parameters over the tensor-parallel group);
 //     zero_grad() frees grads(). No rank holds a whole gradient buffer, only the packs in
 //     flight (up to sdp_reduce_bucket_size elements of them).
@@ -176,6 +179,7 @@ class ParameterShards {
   void drop(int bucket);
   void make_packs(int64_t reduce_bucket_size);
   int pack_end(int pack) const;
+  void add_to_pack(int param, const at::Tensor& grad);
   void reduce(int pack);
   void reduce_incomplete();
   void ensure_grads() const;
@@ -206,7 +210,10 @@ class ParameterShards {
   std::vector<int> landed_;  // by bucket: this backward's so far
   std::vector<int> pack_needed_;  // the same by pack
   std::vector<int> pack_landed_;
-  std::vector<at::Tensor> packs_;  // by bucket: the sum of what landed, whole bucket (or undefined)
+  std::vector<int64_t> pack_numel_;  // by pack: its buckets' slices (what a rank receives)
+  // By pack: the sum of what landed, laid out as the reduce-scatter sends it (s rows of
+  // pack_numel_: row r holds rank r's slice of each bucket, one after another), or undefined.
+  std::vector<at::Tensor> packs_;
   struct InFlight {
     int bucket = 0;  // the pack's first
     at::Tensor packed;  // kept alive until done
