@@ -37,6 +37,7 @@
 #include "smp/pipeline/timeline.h"
 #include "smp/runtime.h"
 #include "smp/step.h"
+#include "smp/tensor_parallel/layers.h"
 #include "smp/train/data_loader.h"
 #include "smp/train/plots.h"
 #include "smp/train/tokenizer.h"
@@ -546,6 +547,7 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
   r.lr = learning_rate(training_, s);
   set_lr(optimizer_->optimizer(), r.lr);
   auto [x, y] = train_data_->next();
+  tp::check_labels(y, config_.model.vocab_size);  // on the host, once a batch
   StepOptions options;
   options.trace = s + 1 == training_.steps;
   const auto out = step(*dmodel_, {to_device(x)}, {to_device(y)}, loss_fn_, options);
@@ -554,10 +556,13 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
                              : optimizer_->master_grad_norm_tensor();
   optimizer_->step();
   optimizer_->zero_grad();
-  // The loss and the norm leave the device together: one wait for it.
-  const at::Tensor fetched = loss_and_norm(out[0].reduce_mean(), norm).cpu();
+  // The loss, the norm and the overflow flag leave the device together: one wait for it.
+  const at::Tensor fetched =
+      step_figures(out[0].reduce_mean(), norm, optimizer_->overflow_tensor()).cpu();
+  const bool overflow = fetched[2].item<double>() != 0;
+  optimizer_->record_overflow(overflow);
   r.loss = replica_mean(fetched[0].item<double>());
-  r.norm = fetched[1].item<double>();
+  r.norm = overflow ? -1.0 : fetched[1].item<double>();  // -1: skipped (SMP's clip_master_grads)
   r.step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
   r.elapsed_s = std::chrono::duration<double>(Clock::now() - start_).count();
   if (s > summary_.first_step) step_seconds_ += r.step_s;
@@ -597,6 +602,7 @@ double Trainer::validate() {
   double sum = 0;
   for (int64_t i = 0; i < training_.val_batches; ++i) {
     auto [x, y] = val_data_->next();
+    tp::check_labels(y, config_.model.vocab_size);
     StepOptions eval;
     eval.train = false;
     sum += step(*dmodel_, {to_device(x)}, {to_device(y)}, loss_fn_, eval)[0].reduce_mean().item<double>();
@@ -707,10 +713,10 @@ void Trainer::write_run_files(const std::vector<std::vector<pipeline::TraceEvent
 
 }  // namespace
 
-at::Tensor loss_and_norm(const at::Tensor& loss, const at::Tensor& norm) {
+at::Tensor step_figures(const at::Tensor& loss, const at::Tensor& norm, const at::Tensor& overflow) {
   const at::Tensor here = loss.device() == norm.device() ? loss.to(at::kDouble)
                                                          : loss.to(norm.device(), at::kDouble);
-  return at::stack({here.reshape({}), norm});
+  return at::stack({here.reshape({}), norm, overflow.to(at::kDouble)});
 }
 
 std::string metrics_up_to_step(const std::string& text, int64_t step) {
