@@ -39,6 +39,7 @@
 #include "smp/step.h"
 #include "smp/tensor_parallel/layers.h"
 #include "smp/train/data_loader.h"
+#include "smp/train/graph_step.h"
 #include "smp/train/plots.h"
 #include "smp/train/tokenizer.h"
 
@@ -99,7 +100,8 @@ json config_json(const TrainConfig& c) {
                         {"precision", t.precision}, {"seed", t.seed}, {"val_every", t.val_every},
                         {"val_batches", t.val_batches}, {"prompt", t.prompt},
                         {"sample_tokens", t.sample_tokens}, {"temperature", t.temperature},
-                        {"device", t.device}, {"tf32", t.tf32}, {"peak_tflops", t.peak_tflops},
+                        {"device", t.device}, {"tf32", t.tf32}, {"cuda_graphs", t.cuda_graphs},
+                        {"peak_tflops", t.peak_tflops},
                         {"chunks_per_rank", t.chunks_per_rank},
                         {"activation_checkpointing", checkpointing_json(t.activation_checkpointing)}}},
           {"checkpoint", {{"dir", k.dir}, {"every", k.every}, {"keep", k.keep},
@@ -367,6 +369,7 @@ class Trainer {
   std::unique_ptr<DistributedModel> dmodel_;
   std::unique_ptr<DistributedOptimizer> optimizer_;
   LossFn loss_fn_;
+  std::unique_ptr<CudaGraphStep> graph_step_;  // training.cuda_graphs
   std::ofstream metrics_;            // rank 0
   TrainSummary summary_;
   std::vector<std::pair<double, double>> train_curve_, val_curve_;  // (step, loss), resumed too
@@ -405,9 +408,13 @@ void Trainer::setup() {
   setup_model();
   DistributedOptimizerOptions options;
   options.max_nonfinite_steps = training_.max_nonfinite_steps;
+  options.lr_on_device = training_.cuda_graphs;  // a replayed graph reads them anew
   optimizer_ = std::make_unique<DistributedOptimizer>(*dmodel_, make_optimizer(*dmodel_, training_), options);
   // The pipeline drops the logits once the loss is made: their gradient goes over them.
   loss_fn_ = [this](const Values& out, const Values& y) { return model_->loss(out, y, /*logits_consumed=*/true); };
+  if (training_.cuda_graphs) {
+    graph_step_ = make_cuda_graph_step(*dmodel_, *optimizer_, loss_fn_, training_.grad_clip, device_);
+  }
   resume();
   if (lead_) {
     metrics_.open(config_.run_dir + "/metrics.jsonl",
@@ -548,17 +555,21 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
   set_lr(optimizer_->optimizer(), r.lr);
   auto [x, y] = train_data_->next();
   tp::check_labels(y, config_.model.vocab_size);  // on the host, once a batch
-  StepOptions options;
-  options.trace = s + 1 == training_.steps;
-  const auto out = step(*dmodel_, {to_device(x)}, {to_device(y)}, loss_fn_, options);
-  const at::Tensor norm = training_.grad_clip > 0
-                             ? optimizer_->clip_master_grads_tensor(training_.grad_clip)
-                             : optimizer_->master_grad_norm_tensor();
-  optimizer_->step();
-  optimizer_->zero_grad();
   // The loss, the norm and the overflow flag leave the device together: one wait for it.
-  const at::Tensor fetched =
-      step_figures(out[0].reduce_mean(), norm, optimizer_->overflow_tensor()).cpu();
+  at::Tensor fetched;
+  if (graph_step_) {  // the same step, replayed (no timeline trace)
+    fetched = graph_step_->step(x.pin_memory(), y.pin_memory()).cpu();
+  } else {
+    StepOptions options;
+    options.trace = s + 1 == training_.steps;
+    const auto out = step(*dmodel_, {to_device(x)}, {to_device(y)}, loss_fn_, options);
+    const at::Tensor norm = training_.grad_clip > 0
+                               ? optimizer_->clip_master_grads_tensor(training_.grad_clip)
+                               : optimizer_->master_grad_norm_tensor();
+    optimizer_->step();
+    optimizer_->zero_grad();
+    fetched = step_figures(out[0].reduce_mean(), norm, optimizer_->overflow_tensor()).cpu();
+  }
   const bool overflow = fetched[2].item<double>() != 0;
   optimizer_->record_overflow(overflow);
   r.loss = replica_mean(fetched[0].item<double>());
