@@ -16,6 +16,7 @@
 
 #include "../data_parallel/harness.h"
 #include "smp/models/gpt.h"
+#include "smp/models/model_config.h"
 #include "smp/train/graph_step.h"
 #include "smp/train/host_syncs.h"
 #include "smp/train/trainer.h"
@@ -26,14 +27,8 @@ namespace {
 constexpr int64_t kSeq = 16, kBatch = 4;
 
 models::ModelConfig tiny() {
-  models::ModelConfig c = models::named_model("tiny");
-  c.num_layers = 2;
-  c.hidden = 32;
-  c.num_heads = 4;
-  c.ffn_hidden = 64;
-  c.max_seq_len = kSeq;
-  c.dropout = 0;
-  return c;
+  return models::model_config_from_json({{"name", "tiny"}, {"num_layers", 2}, {"hidden", 32}, {"num_heads", 4},
+                                         {"ffn_hidden", 64}, {"max_seq_len", kSeq}, {"dropout", 0.0}});
 }
 
 std::pair<at::Tensor, at::Tensor> batch(int it) {
