@@ -121,6 +121,10 @@ class DistributedOptimizer {
   // on every rank). Settles that step's bookkeeping (may throw smp::Error past
   // max_nonfinite_steps, as step() did).
   void record_overflow(bool overflow);
+  // Not collective. A step() that a captured CUDA graph replayed (its host part did not run):
+  // settles the step before, and leaves this one's bookkeeping pending like step() does (for
+  // record_overflow or a read of the flag). train::CudaGraphStep calls it after each replay.
+  void step_replayed();
   // Collective. The master gradients' global L2 norm, counted as clip_master_grads counts it,
   // without changing them (for logging when not clipping); -1 on an fp16 overflow.
   double master_grad_norm();

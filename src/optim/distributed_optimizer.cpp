@@ -50,6 +50,14 @@ void DistributedOptimizer::record_overflow(bool overflow) {
   im.settle();
 }
 
+void DistributedOptimizer::step_replayed() {
+  Impl& im = *impl_;
+  if (!im.initialized) throw Error("DistributedOptimizer::step_replayed: no step() was taken yet");
+  im.settle();
+  im.settled = false;
+  im.overflow_known = false;
+}
+
 DistributedOptimizer::Impl& DistributedOptimizer::ready() {
   if (!impl_->initialized) impl_->initialize();
   impl_->prepare();

@@ -41,6 +41,7 @@ class Captured : public CudaGraphStep {
       graph_.replay();
     } else {
       graph_.replay();
+      body_.replayed();
     }
     ++steps_;
     return body_.figures();

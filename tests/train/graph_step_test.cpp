@@ -131,6 +131,15 @@ void expect_capture_safe(const std::string& smp_json, const DistributedOptimizer
   }
   EXPECT_TRUE(at::equal(graph.dmodel->gradient_reducer().flat_params(),
                         eager.dmodel->gradient_reducer().flat_params()));
+  // A replay's host bookkeeping: the step count a checkpoint stores counts it once recorded.
+  const auto steps = [&] { return graph.opt->state_meta().at("param_groups")[0].at("step").get<int64_t>(); };
+  EXPECT_EQ(steps(), 5);
+  graph.opt->step_replayed();
+  graph.opt->record_overflow(false);
+  EXPECT_EQ(steps(), 6);
+  graph.opt->step_replayed();
+  graph.opt->record_overflow(true);  // a skipped replay: no step counted
+  EXPECT_EQ(steps(), 6);
 }
 
 TEST(GraphStep, SteadyStepWaitsNowhereAndKeepsItsAddressesFp32) { expect_capture_safe("\"ddp\": true", {}); }

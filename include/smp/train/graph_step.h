@@ -41,6 +41,9 @@ class StaticStep {
   void load(const at::Tensor& x, const at::Tensor& y, const at::Device& device);
   // The body (what CudaGraphStep captures). Collective as smp::step is.
   void run();
+  // After a replay of run() (its host part did not run): the optimizer's bookkeeping of the
+  // step is pending (DistributedOptimizer::step_replayed), for the caller's record_overflow.
+  void replayed() { optimizer_.step_replayed(); }
   // (3,) fp64 on the device, written by run(): the mean loss, the gradient norm (inf/NaN on an
   // overflow) and the overflow flag (DistributedOptimizer::overflow_tensor).
   const at::Tensor& figures() const { return figures_; }
