@@ -84,6 +84,7 @@ DistributedOptimizer::Impl::Impl(DistributedModel& m, std::unique_ptr<torch::opt
       scaler(optim::make_scaler(model.context().config(), o)) {
   fp16 = model.context().config().fp16;
   model.set_loss_scale(scaler.scale());
+  model.set_loss_scale_tensor({});  // an earlier optimizer's device scale is not this one's
 }
 
 std::vector<std::string> DistributedOptimizer::Impl::state_names() const {
