@@ -173,6 +173,10 @@ class DistributedModel {
   // fp16's loss scale, which DistributedOptimizer keeps here. 1 by default.
   double loss_scale() const { return loss_scale_; }
   void set_loss_scale(double scale) { loss_scale_ = scale; }
+  // A factor kept on the device (fp16's dynamic scale, updated there by the optimizer), which
+  // the loss is multiplied by too; undefined (the default): none.
+  const at::Tensor& loss_scale_tensor() const { return loss_scale_tensor_; }
+  void set_loss_scale_tensor(at::Tensor scale) { loss_scale_tensor_ = std::move(scale); }
   const StepStats& step_stats() const { return stats_; }
   // The actions of the last step that traced (StepOptions::trace or timeline_dir), with times.
   const std::vector<pipeline::TraceEvent>& last_trace() const { return last_trace_; }
@@ -229,6 +233,7 @@ class DistributedModel {
   };
   std::vector<TiedPair> tied_;
   double loss_scale_ = 1.0;
+  at::Tensor loss_scale_tensor_;
   int64_t backward_passes_ = 0;  // training steps run
 };
 

@@ -53,6 +53,10 @@ struct DistributedOptimizerOptions {
   // Without fp16 (whose scaler handles overflows): steps skipped in a row for inf or NaN
   // gradients before step() throws smp::Error; 0 never stops.
   int64_t max_nonfinite_steps = 10;
+  // The learning rates read from a tensor per group on the parameters' device, written only
+  // by upload_learning_rates() (a captured CUDA graph replays its kernels' scalar arguments
+  // as captured; a tensor it reads anew). Off: the groups' options are read in step().
+  bool lr_on_device = false;
 };
 
 // What a checkpoint stores. `meta` holds the optimizer kind, the groups' options and step
@@ -82,8 +86,9 @@ class DistributedOptimizer {
 
   // Collective. Unscales (fp16), skips on inf or NaN gradients anywhere (overflow() true; under
   // fp16 the scale drops, otherwise the step is counted in skipped_steps(), a warning printed
-  // by world rank 0, and past max_nonfinite_steps in a row smp::Error), else updates this rank's slice and, when sharded, all-gathers the parameters over
-  // DP_GROUP / RDP_GROUP. Throws smp::Error before the model's first smp::step. Under sharded
+  // by world rank 0, and past max_nonfinite_steps in a row smp::Error, when the flag is
+  // settled: see overflow_tensor), else updates this rank's slice; then, when sharded,
+  // all-gathers the parameters over DP_GROUP / RDP_GROUP. Throws smp::Error before the model's first smp::step. Under sharded
   // data parallelism it first clips at the config's sdp_gradient_clipping (SMP), unless
   // clip_master_grads was called for these gradients.
   void step();
@@ -92,9 +97,34 @@ class DistributedOptimizer {
   // 16-bit .grad is dropped: the reducer adds each one into its fp32 slot). Not collective.
   void zero_grad();
   // Whether the last step() (or clip_master_grads) found an inf/nan gradient on any rank.
-  bool overflow() const;
-  // Steps skipped for inf or NaN gradients without fp16, since construction.
-  int64_t skipped_steps() const;
+  // Reads the device's flag (a wait) unless record_overflow gave it.
+  bool overflow();
+  // Steps skipped for inf or NaN gradients without fp16, since construction (reads the flag
+  // as overflow() does).
+  int64_t skipped_steps();
+  // The last step()'s inf/NaN flag (overflow()) as a 0-dim float tensor on the gradients'
+  // device, 1 where the step was skipped, without waiting for it: fetch it together with the
+  // loss and hand its value to record_overflow. Valid until the next smp::step's gradients
+  // are prepared.
+  //
+  // step() never waits for the flag itself: the fused kernels skip the update on the device
+  // when it is set, the step counts advance there by 1 - flag, and fp16's dynamic scale is
+  // updated there (at::_amp_update_scale_). The bookkeeping that needs its value on the host
+  // (overflow(), skipped_steps(), the warning and max_nonfinite_steps' error, the step counts
+  // and loss scale a checkpoint stores) runs when record_overflow gives it, or else when the
+  // next gradients are prepared or any of these is asked for (then reading the flag: a wait).
+  // Except where step() needs it (then it reads it): SGD with momentum until its first step,
+  // a skip that would be the max_nonfinite_steps-th in a row (it throws from step()), and fp16
+  // dynamic scaling that the device rule cannot follow (LossScaler::device_rule false).
+  at::Tensor overflow_tensor();
+  // Not collective. `overflow`: the value of overflow_tensor() after the last step() (the same
+  // on every rank). Settles that step's bookkeeping (may throw smp::Error past
+  // max_nonfinite_steps, as step() did).
+  void record_overflow(bool overflow);
+  // Not collective. A step() that a captured CUDA graph replayed (its host part did not run):
+  // settles the step before, and leaves this one's bookkeeping pending like step() does (for
+  // record_overflow or a read of the flag). train::CudaGraphStep calls it after each replay.
+  void step_replayed();
   // Collective. The master gradients' global L2 norm, counted as clip_master_grads counts it,
   // without changing them (for logging when not clipping); -1 on an fp16 overflow.
   double master_grad_norm();
@@ -105,12 +135,17 @@ class DistributedOptimizer {
   double clip_master_grads(double max_norm);
   // master_grad_norm and clip_master_grads without waiting for the device: the norm as a
   // 0-dim fp64 tensor on the gradients' device (clipping's coefficient never leaves it),
-  // to be fetched later, e.g. together with the loss.
+  // to be fetched later, e.g. together with the loss and overflow_tensor(). On an overflow
+  // it holds inf or NaN (the gradients' own norm), not -1: the flag says so.
   at::Tensor master_grad_norm_tensor();
   at::Tensor clip_master_grads_tensor(double max_norm);
+  // With lr_on_device: the groups' current learning rates into their device tensors (not
+  // collective; no wait). Call after changing them, before step(); outside a CUDA graph.
+  void upload_learning_rates();
   // The wrapped optimizer: its param_groups' options are read every step (LR schedulers).
   torch::optim::Optimizer& optimizer();
-  double loss_scale() const;
+  // fp16's loss scale after the last step() (settles it as overflow() does).
+  double loss_scale();
   // Bytes of optimizer state and fp32 master weights this rank holds (0 before the first step).
   int64_t state_bytes() const;
 
@@ -145,7 +180,6 @@ class DistributedOptimizer {
 
  private:
   Impl& ready();
-  void skip_nonfinite(Impl& im);  // counts, warns, throws past max_nonfinite_steps
   std::unique_ptr<Impl> impl_;
 };
 

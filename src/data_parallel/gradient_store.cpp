@@ -25,7 +25,8 @@ bool ReplicatedStore::counts_in_norm(const Bucket& bucket) const {
 }
 
 void ReplicatedStore::sum_norm(at::Tensor& sum_sq) const {
-  context_.group(CommGroup::MP_GROUP).all_reduce(sum_sq).wait();
+  comm::Communicator& mp = context_.group(CommGroup::MP_GROUP);
+  if (mp.size() > 1) mp.all_reduce(sum_sq).wait();  // alone: nothing to add (and no wait)
 }
 
 // ---- ZeRO-1 -------------------------------------------------------------------------------

@@ -24,9 +24,39 @@ DistributedOptimizer::DistributedOptimizer(DistributedModel& model,
 DistributedOptimizer::~DistributedOptimizer() = default;
 
 torch::optim::Optimizer& DistributedOptimizer::optimizer() { return *impl_->inner; }
-double DistributedOptimizer::loss_scale() const { return impl_->scaler.scale(); }
-bool DistributedOptimizer::overflow() const { return impl_->overflow; }
-int64_t DistributedOptimizer::skipped_steps() const { return impl_->nonfinite_total; }
+void DistributedOptimizer::upload_learning_rates() {
+  if (impl_->initialized) impl_->upload_learning_rates();  // initialize() uploads them too
+}
+
+double DistributedOptimizer::loss_scale() {
+  impl_->settle();
+  return impl_->scaler.scale();
+}
+
+bool DistributedOptimizer::overflow() { return impl_->initialized && impl_->read_overflow(); }
+
+int64_t DistributedOptimizer::skipped_steps() {
+  impl_->settle();
+  return impl_->nonfinite_total;
+}
+
+at::Tensor DistributedOptimizer::overflow_tensor() { return ready().found_inf; }
+
+void DistributedOptimizer::record_overflow(bool overflow) {
+  Impl& im = *impl_;
+  if (!im.initialized) throw Error("DistributedOptimizer::record_overflow: no step() was taken yet");
+  im.overflow = overflow;
+  im.overflow_known = true;
+  im.settle();
+}
+
+void DistributedOptimizer::step_replayed() {
+  Impl& im = *impl_;
+  if (!im.initialized) throw Error("DistributedOptimizer::step_replayed: no step() was taken yet");
+  im.settle();
+  im.settled = false;
+  im.overflow_known = false;
+}
 
 DistributedOptimizer::Impl& DistributedOptimizer::ready() {
   if (!impl_->initialized) impl_->initialize();
@@ -53,49 +83,35 @@ void DistributedOptimizer::step() {
   // SMP: under sharded data parallelism the optimizer clips at sdp_gradient_clipping itself,
   // unless clip_master_grads already did for these gradients.
   if (im.model.context().sdp_degree() > 1 && im.clipped_for != im.reducer->steps_finished()) {
-    clip_master_grads(im.model.context().config().sdp_gradient_clipping);
+    clip_master_grads_tensor(im.model.context().config().sdp_gradient_clipping);
   }
-  if (im.overflow && im.fp16) {
-    im.scaler.update(true);
-    im.model.set_loss_scale(im.scaler.scale());
+  im.settle();  // a second step() on the same gradients: the first one's bookkeeping
+  im.settled = false;
+  if (im.flag_needed_on_host() && im.read_overflow()) {
+    im.settle();
     return;
   }
-  if (im.overflow) {
-    skip_nonfinite(im);
-    return;
+  // No wait for the flag: the kernels skip on the device where it is set, the step counts
+  // advance there by 1 - flag (before the kernels, which read the new count).
+  if (im.kind != optim::Kind::kSgd && !im.step_counts.empty()) {
+    at::_foreach_add_(im.step_counts, at::rsub(im.found_inf, 1));
   }
-  im.nonfinite_in_a_row = 0;
-  for (auto& count : im.steps) ++count;
   // One fused multi-tensor update per parameter group (PyTorch's _fused_adamw_ and kin, on the
   // CPU as on CUDA: on the CPU 3x faster than the same operations run by run in cache-sized
   // pieces; on a GPU a handful of kernels instead of thousands).
   for (size_t g = 0; g < im.steps.size(); ++g) im.update_group(static_cast<int>(g));
-  std::fill(im.momentum_started.begin(), im.momentum_started.end(), 1);
   im.write_back();
-  im.scaler.update(false);
-  im.model.set_loss_scale(im.scaler.scale());
-}
-
-void DistributedOptimizer::skip_nonfinite(Impl& im) {
-  ++im.nonfinite_in_a_row;
-  ++im.nonfinite_total;
-  const int64_t limit = im.options.max_nonfinite_steps;
-  const std::string counts = std::to_string(im.nonfinite_in_a_row) + " in a row, " +
-                             std::to_string(im.nonfinite_total) + " in all";
-  if (limit > 0 && im.nonfinite_in_a_row >= limit) {
-    throw Error("smp: DistributedOptimizer.step: inf or NaN gradients in " + std::to_string(limit) +
-                " steps in a row (" + counts + "); stopping (max_nonfinite_steps = " + std::to_string(limit) +
-                "; lower the learning rate, clip gradients, or check the data)");
+  if (im.scale.defined()) {
+    const optim::DynamicLossArgs& a = im.scaler.args();
+    at::_amp_update_scale_(im.scale, im.growth_tracker, im.found_inf, a.scale_factor,
+                           1.0 / a.scale_factor, a.scale_window);
+    im.scale.clamp_min_(a.min_scale);
   }
-  if (im.model.context().rank() == 0) {
-    std::fprintf(stderr, "smp warning: optimizer step skipped: inf or NaN in the gradients (%s; stops after %lld "
-                 "in a row)\n", counts.c_str(), static_cast<long long>(limit));
-  }
+  if (im.overflow_known) im.settle();  // read in this step already: nothing to wait for
 }
 
 at::Tensor DistributedOptimizer::master_grad_norm_tensor() {
   Impl& im = ready();
-  if (im.overflow) return at::full({}, -1.0, at::TensorOptions().dtype(at::kDouble).device(im.device));
   // One sum of squares over every run counted in the norm, on the gradients' device, in fp64
   // from fp64 per-run norms; then summed over the ranks holding the rest (each element once).
   const std::vector<at::Tensor>& counted = im.views().norm_grads;
@@ -114,8 +130,8 @@ at::Tensor DistributedOptimizer::clip_master_grads_tensor(double max_norm) {
   Impl& im = ready();
   im.clipped_for = im.reducer->steps_finished();
   at::Tensor norm = master_grad_norm_tensor();
-  if (im.overflow) return norm;
-  // The coefficient stays on the device: no host round trip (x * 1.0 leaves x as it was).
+  // The coefficient stays on the device: no host round trip (x * 1.0 leaves x as it was). On
+  // an overflow it scales gradients the update skips anyway.
   const std::vector<at::Tensor>& grads = im.views().grads;
   if (!grads.empty()) {
     const at::Tensor coef = norm.to(at::kFloat).add_(1e-6).reciprocal_().mul_(max_norm).clamp_max_(1.0);
@@ -124,10 +140,14 @@ at::Tensor DistributedOptimizer::clip_master_grads_tensor(double max_norm) {
   return norm;
 }
 
-double DistributedOptimizer::master_grad_norm() { return master_grad_norm_tensor().item<double>(); }
+double DistributedOptimizer::master_grad_norm() {
+  const at::Tensor norm = master_grad_norm_tensor();
+  return impl_->read_overflow() ? -1.0 : norm.item<double>();
+}
 
 double DistributedOptimizer::clip_master_grads(double max_norm) {
-  return clip_master_grads_tensor(max_norm).item<double>();
+  const at::Tensor norm = clip_master_grads_tensor(max_norm);
+  return impl_->read_overflow() ? -1.0 : norm.item<double>();
 }
 
 }  // namespace smp

@@ -2,6 +2,7 @@
 #include "smp/optim/loss_scaler.h"
 
 #include <algorithm>
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -51,6 +52,18 @@ void LossScaler::update(bool overflow) {
     }
   }
   ++iteration_;
+}
+
+bool LossScaler::device_rule() const {
+  int exponent = 0;
+  const bool power_of_two = std::frexp(args_.scale_factor, &exponent) == 0.5;
+  const auto exact_in_float = [](double x) { return static_cast<double>(static_cast<float>(x)) == x; };
+  return dynamic_ && args_.delayed_shift == 1 && power_of_two && exact_in_float(args_.init_scale) &&
+         exact_in_float(args_.min_scale) && args_.init_scale >= args_.min_scale;
+}
+
+int64_t LossScaler::growth_tracker() const {
+  return (iteration_ - last_overflow_iteration_ - 1) % args_.scale_window;
 }
 
 nlohmann::json LossScaler::state() const {

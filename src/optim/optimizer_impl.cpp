@@ -8,6 +8,10 @@
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <string>
+
 
 namespace smp::optim {
 
@@ -80,6 +84,7 @@ DistributedOptimizer::Impl::Impl(DistributedModel& m, std::unique_ptr<torch::opt
       scaler(optim::make_scaler(model.context().config(), o)) {
   fp16 = model.context().config().fp16;
   model.set_loss_scale(scaler.scale());
+  model.set_loss_scale_tensor({});  // an earlier optimizer's device scale is not this one's
 }
 
 std::vector<std::string> DistributedOptimizer::Impl::state_names() const {
@@ -140,12 +145,42 @@ void DistributedOptimizer::Impl::initialize() {
   }
   steps.assign(groups.size(), 0);
   const auto flag_opts = at::TensorOptions().dtype(at::kFloat).device(device);
-  step_count = at::zeros({}, flag_opts);
-  found_inf = at::zeros({1}, flag_opts);
-  inv_scale = at::ones({1}, flag_opts);
+  for (size_t g = 0; g < groups.size(); ++g) step_counts.push_back(at::zeros({}, flag_opts));
+  found_inf = at::zeros({}, flag_opts);
+  inv_scale = at::ones({}, flag_opts);
+  if (scaler.device_rule()) {
+    // From here on the scale lives on the device: smp::step multiplies the loss by it.
+    scale = at::empty({}, flag_opts);
+    growth_tracker = at::empty({}, flag_opts.dtype(at::kInt));
+    model.set_loss_scale(1.0);
+    model.set_loss_scale_tensor(scale);
+  }
   momentum_started.assign(groups.size(), 0);
+  if (options.lr_on_device) {
+    // fp64 on the CPU (its fused kernels read the value as a double: the same update as a
+    // scalar lr); fp32 on a GPU (the CUDA kernels compute in fp32 either way).
+    const auto lr_opts = flag_opts.dtype(device.is_cpu() ? at::kDouble : at::kFloat);
+    for (size_t g = 0; g < groups.size(); ++g) lrs.push_back(at::empty({}, lr_opts));
+    upload_learning_rates();
+  }
+  upload_counts_and_scale();
   initialized = true;
   apply_pending_loads();
+}
+
+void DistributedOptimizer::Impl::upload_learning_rates() {
+  const auto& groups = inner->param_groups();
+  for (size_t g = 0; g < lrs.size(); ++g) lrs[g].fill_(groups[g].options().get_lr());
+}
+
+void DistributedOptimizer::Impl::upload_counts_and_scale() {
+  for (size_t g = 0; g < steps.size(); ++g) step_counts[g].fill_(static_cast<double>(steps[g]));
+  if (scale.defined()) {
+    scale.fill_(scaler.scale());
+    growth_tracker.fill_(scaler.growth_tracker());
+  } else {
+    model.set_loss_scale(scaler.scale());
+  }
 }
 
 at::Tensor DistributedOptimizer::Impl::param_source(const Run& run) const {
@@ -199,41 +234,113 @@ const DistributedOptimizer::Impl::RunViews& DistributedOptimizer::Impl::views() 
 
 void DistributedOptimizer::Impl::prepare() {
   if (prepared_for == reducer->steps_finished()) return;
+  settle();  // the last step's flag is about to be overwritten
   prepared_for = reducer->steps_finished();
   const std::vector<at::Tensor>& grads = views().grads;  // fp32 under fp16/bf16 too
   // Unscaled by what smp::step multiplied the loss by, and checked for inf or NaN, in one pass
   // (AMP's fused check): in every precision an inf or NaN gradient would reach the update
   // (clipping's coefficient comparison is false for NaN), so the step is skipped instead.
-  const double scale = 1.0 / model.loss_scale();
-  if (scale != inv_scale_value) inv_scale.fill_(scale), inv_scale_value = scale;
+  if (scale.defined()) {
+    at::reciprocal_out(inv_scale, scale);  // a power of two: exact
+  } else {
+    const double inv = 1.0 / model.loss_scale();
+    if (inv != inv_scale_value) inv_scale.fill_(inv), inv_scale_value = inv;
+  }
   found_inf.zero_();
   if (!grads.empty()) at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale);
-  // Every rank skips together: an overflow anywhere is an overflow everywhere.
-  model.context().group(CommGroup::WORLD).all_reduce(found_inf, comm::ReduceOp::kMax).wait();
-  overflow = found_inf.item<float>() != 0;
+  // Every rank skips together: an overflow anywhere is an overflow everywhere. (Alone, no
+  // collective: on a GPU its wait would poll the host, which a captured graph cannot.)
+  comm::Communicator& world = model.context().group(CommGroup::WORLD);
+  if (world.size() > 1) world.all_reduce(found_inf, comm::ReduceOp::kMax).wait();
+  overflow_known = false;
+}
+
+bool DistributedOptimizer::Impl::read_overflow() {
+  if (!overflow_known) overflow = found_inf.item<float>() != 0, overflow_known = true;
+  return overflow;
+}
+
+bool DistributedOptimizer::Impl::flag_needed_on_host() const {
+  // SGD's first step with momentum starts the buffers (is_first_step): only a step taken does.
+  if (kind == Kind::kSgd) {
+    for (size_t g = 0; g < momentum_started.size(); ++g) {
+      const auto& o = static_cast<const torch::optim::SGDOptions&>(inner->param_groups()[g].options());
+      if (o.momentum() != 0 && !momentum_started[g]) return true;
+    }
+  }
+  // A skip that would be the max_nonfinite_steps-th in a row throws from step() itself.
+  const int64_t limit = options.max_nonfinite_steps;
+  if (!fp16 && limit > 0 && nonfinite_in_a_row + 1 >= limit) return true;
+  return scaler.dynamic() && !scale.defined();  // the host's scale is the next step's
+}
+
+void DistributedOptimizer::Impl::settle() {
+  if (settled) return;
+  settled = true;
+  if (read_overflow()) {
+    if (fp16) {
+      scaler.update(true);
+      if (!scale.defined()) model.set_loss_scale(scaler.scale());
+    } else {
+      skip_nonfinite();
+    }
+    return;
+  }
+  nonfinite_in_a_row = 0;
+  for (auto& count : steps) ++count;
+  std::fill(momentum_started.begin(), momentum_started.end(), 1);
+  scaler.update(false);
+  if (!scale.defined()) model.set_loss_scale(scaler.scale());
+}
+
+void DistributedOptimizer::Impl::skip_nonfinite() {
+  ++nonfinite_in_a_row;
+  ++nonfinite_total;
+  const int64_t limit = options.max_nonfinite_steps;
+  const std::string counts = std::to_string(nonfinite_in_a_row) + " in a row, " +
+                             std::to_string(nonfinite_total) + " in all";
+  if (limit > 0 && nonfinite_in_a_row >= limit) {
+    throw Error("smp: DistributedOptimizer.step: inf or NaN gradients in " + std::to_string(limit) +
+                " steps in a row (" + counts + "); stopping (max_nonfinite_steps = " + std::to_string(limit) +
+                "; lower the learning rate, clip gradients, or check the data)");
+  }
+  if (model.context().rank() == 0) {
+    std::fprintf(stderr, "smp warning: optimizer step skipped: inf or NaN in the gradients (%s; stops after %lld "
+                 "in a row)\n", counts.c_str(), static_cast<long long>(limit));
+  }
 }
 
 void DistributedOptimizer::Impl::update_group(int group) {
   const auto& [params, grads, m, v, vmax] = views().groups.at(group);
   if (params.empty()) return;
   const auto& options = inner->param_groups().at(group).options();
+  // Every kernel skips the update on the device where found_inf is set.
   if (kind == Kind::kSgd) {
     const auto& o = static_cast<const torch::optim::SGDOptions&>(options);
-    at::_fused_sgd_(params, grads, o.momentum() != 0 ? at::TensorList(m) : at::TensorList(),
-                    o.weight_decay(), o.momentum(), o.lr(), o.dampening(), o.nesterov(),
-                    /*maximize=*/false, /*is_first_step=*/!momentum_started[group]);
+    const at::TensorList momentum = o.momentum() != 0 ? at::TensorList(m) : at::TensorList();
+    const bool first = !momentum_started[group];
+    if (!lrs.empty()) {
+      at::_fused_sgd_(params, grads, momentum, o.weight_decay(), o.momentum(), lrs[group], o.dampening(),
+                      o.nesterov(), /*maximize=*/false, first, std::nullopt, found_inf);
+    } else {
+      at::_fused_sgd_(params, grads, momentum, o.weight_decay(), o.momentum(), o.lr(), o.dampening(),
+                      o.nesterov(), /*maximize=*/false, first, std::nullopt, found_inf);
+    }
     return;
   }
-  // The step count as the kernels read it: one tensor per parameter (here one for all, written
-  // only when it changes: the groups step together).
-  const double count = static_cast<double>(steps[group]);
-  if (count != step_count_value) step_count.fill_(count), step_count_value = count;
-  const std::vector<at::Tensor> counts(params.size(), step_count);
+  // The step count as the kernels read it: one tensor per parameter (here the group's one).
+  const std::vector<at::Tensor> counts(params.size(), step_counts[group]);
   auto fused = [&](const auto& o, auto kernel) {
     const bool amsgrad = o.amsgrad();
-    kernel(params, grads, m, v, amsgrad ? at::TensorList(vmax) : at::TensorList(), counts, o.lr(),
-           std::get<0>(o.betas()), std::get<1>(o.betas()), o.weight_decay(), o.eps(), amsgrad,
-           /*maximize=*/false, std::nullopt, std::nullopt);
+    const at::TensorList max_v = amsgrad ? at::TensorList(vmax) : at::TensorList();
+    const auto [beta1, beta2] = o.betas();
+    if (!lrs.empty()) {
+      kernel(params, grads, m, v, max_v, counts, lrs[group], beta1, beta2, o.weight_decay(), o.eps(),
+             amsgrad, /*maximize=*/false, std::nullopt, found_inf);
+    } else {
+      kernel(params, grads, m, v, max_v, counts, o.lr(), beta1, beta2, o.weight_decay(), o.eps(),
+             amsgrad, /*maximize=*/false, std::nullopt, found_inf);
+    }
   };
   if (kind == Kind::kAdam) {
     fused(static_cast<const torch::optim::AdamOptions&>(options),

@@ -41,9 +41,20 @@ struct DistributedOptimizer::Impl {
 
   // After the model is partitioned: runs, state buffers, masters; applies pending loads.
   void initialize();
-  // Once per finished smp::step: the reducer's gradients (fp32 under fp16/bf16 too) unscaled in
-  // place; the overflow check (collective).
+  // Once per finished smp::step: settles the last step (settle()), then the reducer's gradients
+  // (fp32 under fp16/bf16 too) unscaled in place and checked for inf/NaN into found_inf,
+  // all-reduced over the world (collective). Does not wait for the device.
   void prepare();
+  // The flag of the prepared gradients on the host: read from the device (a wait) unless known.
+  bool read_overflow();
+  // The host's bookkeeping of the last step() (once): step counts, momentum started, the loss
+  // scaler's host copy, skipped steps (warns; throws smp::Error past max_nonfinite_steps).
+  void settle();
+  // Whether step() needs the flag on the host before its update (see overflow_tensor's comment).
+  bool flag_needed_on_host() const;
+  void upload_learning_rates();  // lr_on_device: the groups' options into lrs
+  // Step counts (per group) and fp16's dynamic scale copied from the host to the device.
+  void upload_counts_and_scale();
   // The optimizer's update of every run of a parameter group, with the group's current options,
   // by PyTorch's fused kernels (_fused_adamw_, _fused_adam_, _fused_sgd_: what torch.optim's
   // fused=True runs).
@@ -95,9 +106,12 @@ struct DistributedOptimizer::Impl {
   bool fp16 = false;
   bool mixed = false;  // 16-bit parameters: fp32 masters (set by initialize)
   bool initialized = false;
-  bool overflow = false;         // inf or NaN in the gradients of some rank
+  bool overflow = false;         // inf or NaN in the gradients of some rank (when overflow_known)
+  bool overflow_known = true;    // overflow holds found_inf's value
+  bool settled = true;           // settle() ran for the last step()
   int64_t nonfinite_in_a_row = 0;  // skipped steps without fp16 (its scaler handles them)
   int64_t nonfinite_total = 0;
+  void skip_nonfinite();  // counts, warns, throws past max_nonfinite_steps
   int64_t prepared_for = -1;  // the reducer step whose gradients are prepared
   int64_t clipped_for = -1;   // the reducer step whose gradients clip_master_grads scaled
 
@@ -107,14 +121,18 @@ struct DistributedOptimizer::Impl {
   std::vector<optim::Run> runs;
   std::map<std::string, at::Tensor> state;  // local layout
   at::Tensor master;                        // fp32, local layout (mixed only)
-  std::vector<int64_t> steps;               // per group
-  at::Tensor step_count;                    // steps[g] as the fused kernels read it
-  double step_count_value = 0;              // what step_count holds
-  double inv_scale_value = 1;               // what inv_scale holds
+  std::vector<int64_t> steps;               // per group, on the host (as of the last settle)
+  std::vector<at::Tensor> step_counts;      // per group, 0-dim float on the device: the fused
+                                            // kernels' state_steps, advanced by 1 - found_inf
+  double inv_scale_value = 1;               // what inv_scale holds (host-side scale)
   RunViews cached_views;
-  at::Tensor found_inf;  // prepare()'s inf/NaN flag (float, on the device)
+  at::Tensor found_inf;  // prepare()'s inf/NaN flag (0-dim float, on the device)
   at::Tensor inv_scale;  // 1 / the loss scale, on the device
-  std::vector<char> momentum_started;       // per group (SGD)
+  // fp16's dynamic scale on the device where LossScaler::device_rule() holds (undefined
+  // otherwise): what smp::step multiplies the loss by, and _amp_update_scale_'s tracker.
+  at::Tensor scale, growth_tracker;
+  std::vector<char> momentum_started;       // per group (SGD), on the host
+  std::vector<at::Tensor> lrs;  // per group, 0-dim on the device (options.lr_on_device only)
   std::optional<OptimizerStateDict> pending_local;
   std::optional<OptimizerStateDict> pending_full;
 };

@@ -92,7 +92,7 @@ void DistributedOptimizer::Impl::load_meta(const json& m) {
     momentum_started[g] = groups[g].at("momentum_started").get<bool>();
   }
   scaler.load_state(m.at("loss_scaler"));
-  model.set_loss_scale(scaler.scale());
+  upload_counts_and_scale();
 }
 
 OptimizerStateDict DistributedOptimizer::Impl::local_dict() const {
@@ -197,6 +197,7 @@ void DistributedOptimizer::Impl::apply_pending_loads() {
 
 OptimizerStateDict DistributedOptimizer::local_state_dict() {
   if (!impl_->initialized) impl_->initialize();
+  impl_->settle();  // the host's step counts and scale of the last step
   return impl_->local_dict();
 }
 
@@ -205,11 +206,13 @@ void DistributedOptimizer::load_local_state_dict(const OptimizerStateDict& dict)
     impl_->pending_local = dict;
     return;
   }
+  impl_->settle();
   impl_->load_local(dict);
 }
 
 OptimizerStateDict DistributedOptimizer::state_dict() {
   if (!impl_->initialized) impl_->initialize();
+  impl_->settle();  // the host's step counts and scale of the last step
   return impl_->full_dict();
 }
 
@@ -218,11 +221,13 @@ void DistributedOptimizer::load_state_dict(const OptimizerStateDict& dict) {
     impl_->pending_full = dict;
     return;
   }
+  impl_->settle();
   impl_->load_full(dict);
 }
 
 std::vector<DistributedOptimizer::StateSlice> DistributedOptimizer::state_slices() {
   if (!impl_->initialized) impl_->initialize();
+  impl_->settle();  // the host's step counts and scale of the last step
   const Impl& impl = *impl_;
   std::vector<StateSlice> out;
   for (const auto& [name, t] : impl.all_state()) {
@@ -236,11 +241,13 @@ std::vector<DistributedOptimizer::StateSlice> DistributedOptimizer::state_slices
 
 nlohmann::json DistributedOptimizer::state_meta() {
   if (!impl_->initialized) impl_->initialize();
+  impl_->settle();  // the host's step counts and scale of the last step
   return impl_->meta();
 }
 
 void DistributedOptimizer::load_state_meta(const nlohmann::json& meta) {
   if (!impl_->initialized) impl_->initialize();
+  impl_->settle();  // the host's step counts and scale of the last step
   impl_->load_meta(meta);
 }
 

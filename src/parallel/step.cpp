@@ -79,6 +79,7 @@ std::vector<Values> step_microbatches(DistributedModel& model, std::vector<Value
   dp::GradientReducer& reducer = model.gradient_reducer();
   data.loss_scale = (model.options().average_grads_across_microbatches ? 1.0 / m : 1.0) *
                     model.loss_scale();
+  data.loss_scale_tensor = model.loss_scale_tensor();
   if (config.fp16 || config.bf16 || config.fp16_params) {
     for (Values& mb : data.inputs) mb = dp::cast_floating(mb, reducer.param_dtype());
   }

@@ -345,7 +345,12 @@ class Run {
       tail.outputs.clear();
       Values returned = data_.loss_fn ? data_.loss_fn(x, data_.targets.at(mb)) : x;
       if (data_.loss_fn && !returned.empty() && returned[0].requires_grad()) {
-        tail.outputs = {returned[0] * data_.loss_scale};
+        // The device factor first: a power of two (fp16's dynamic scale), so the product
+        // rounds as loss * (loss_scale * factor) did with the factor on the host.
+        const at::Tensor scaled = data_.loss_scale_tensor.defined()
+                                      ? returned[0] * data_.loss_scale_tensor
+                                      : returned[0];
+        tail.outputs = {scaled * data_.loss_scale};
       }
       result_.returned.at(mb) = detached(returned);
       return;

@@ -55,7 +55,9 @@ struct VocabParallelCrossEntropy : torch::autograd::Function<VocabParallelCrossE
     const int64_t tokens = x.size(0);
     const int64_t rows = tokens_per_chunk(chunk_tokens, valid, acc);
 
-    const at::Tensor label = labels.reshape(-1).to(logits.device(), at::kLong);
+    const at::Tensor flat = labels.reshape(-1);
+    const bool here = flat.device() == logits.device() && flat.scalar_type() == at::kLong;
+    const at::Tensor label = here ? flat : flat.to(logits.device(), at::kLong);
     const at::Tensor ignored = label < 0;
     const at::Tensor local = label - start;
     const at::Tensor mine = (local >= 0).logical_and(local < valid);  // excludes ignored
@@ -148,15 +150,6 @@ struct VocabParallelCrossEntropy : torch::autograd::Function<VocabParallelCrossE
 at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tensor& labels,
                                         int64_t vocab_size, const TpGroup& group,
                                         int64_t chunk_tokens, bool logits_consumed) {
-  // Host labels only: a device tensor's max would be a sync every microbatch.
-  if (labels.numel() > 0 && labels.is_cpu()) {
-    const int64_t top = labels.max().item<int64_t>();
-    if (top >= vocab_size) {
-      throw ConfigError("labels: got a label " + std::to_string(top) + " but vocab_size is " +
-                        std::to_string(vocab_size) + "; allowed: labels in [0, " +
-                        std::to_string(vocab_size) + ") or negative (ignored)");
-    }
-  }
   if (logits.size(-1) * group.size() < vocab_size) {
     throw ConfigError("logits: the last dim (" + std::to_string(logits.size(-1)) + ") times " +
                       "tensor_parallel_degree (" + std::to_string(group.size()) +
@@ -173,6 +166,17 @@ at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tens
   }
   return VocabParallelCrossEntropy::apply(logits, labels, vocab_size, group, chunk_tokens,
                                           logits_consumed);
+}
+
+void check_labels(const at::Tensor& labels, int64_t vocab_size) {
+  SMP_CHECK(labels.is_cpu());
+  if (labels.numel() == 0) return;
+  const int64_t top = labels.max().item<int64_t>();
+  if (top >= vocab_size) {
+    throw ConfigError("labels: got a label " + std::to_string(top) + " but vocab_size is " +
+                      std::to_string(vocab_size) + "; allowed: labels in [0, " +
+                      std::to_string(vocab_size) + ") or negative (ignored)");
+  }
 }
 
 }  // namespace smp::tp

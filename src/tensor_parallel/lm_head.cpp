@@ -94,7 +94,8 @@ at::Tensor DistributedTransformerLMHead::logits(const at::Tensor& hidden,
 at::Tensor DistributedTransformerLMHead::loss(const at::Tensor& logits,
                                               const at::Tensor& labels) const {
   // The vocabulary-parallel loss needs the same rows on every rank: the group's batch; then
-  // this rank's own tokens.
+  // this rank's own tokens. A user's labels on the host are checked here, before any copy.
+  if (labels.is_cpu()) tp::check_labels(labels, vocab_size_);
   const at::Tensor per_token = flow_.exit(tp::vocab_parallel_cross_entropy(
       logits, flow_.enter(labels), vocab_size_, tp_group()));
   return per_token.sum() / (labels >= 0).sum().clamp_min(1).to(per_token.scalar_type());

@@ -166,6 +166,11 @@ Setters training_setters(TrainingConfig& t) {
          if (!v.is_boolean()) bad("training.tf32", v, "true, false");
          t.tf32 = v.get<bool>();
        }},
+      {"cuda_graphs",
+       [&t](const json& v) {
+         if (!v.is_boolean()) bad("training.cuda_graphs", v, "true, false");
+         t.cuda_graphs = v.get<bool>();
+       }},
       {"chunks_per_rank", int_into("training.chunks_per_rank", &t.chunks_per_rank, 1)},
       {"activation_checkpointing", [&t](const json& v) { t.activation_checkpointing = checkpointed_blocks(v); }},
       {"prompt", string_into("training.prompt", &t.prompt)},
@@ -275,6 +280,15 @@ TrainConfig TrainConfig::from_json_string(const std::string& text) {
         "smp.pipeline_parallel_degree (" + std::to_string(c.smp.pipeline_parallel_degree) +
         "), as the interleaved schedule needs");
   }
+  if (c.training.cuda_graphs && c.training.device != "cuda") {
+    bad("training.cuda_graphs", true, "false with training.device \"" + c.training.device +
+                                          "\" (CUDA graphs need \"cuda\")");
+  }
+  if (c.training.cuda_graphs && c.smp.pipeline_parallel_degree != 1) {
+    bad("training.cuda_graphs", true,
+        "false with smp.pipeline_parallel_degree " + std::to_string(c.smp.pipeline_parallel_degree) +
+            " (a captured step is one stage's: pipeline_parallel_degree 1 only)");
+  }
   if (c.training.min_lr > c.training.lr) {
     throw ConfigError("run config training.min_lr (" + std::to_string(c.training.min_lr) +
                       ") is above training.lr (" + std::to_string(c.training.lr) + ")");
@@ -307,6 +321,11 @@ void TrainConfig::validate(int world_size) const {
                       ", which smp.microbatches (" + std::to_string(microbatches) +
                       ") does not divide; allowed: a multiple of " +
                       std::to_string(replicas * microbatches) + " (replicas x microbatches)");
+  }
+  if (training.cuda_graphs && world_size != 1) {
+    bad("training.cuda_graphs", true,
+        "false on " + std::to_string(world_size) + " ranks (smp's collectives wait on the host, "
+        "which a captured graph cannot: one rank only)");
   }
   for (const CheckpointedBlocks& group : training.activation_checkpointing) {
     if (group.last >= model.num_layers) {

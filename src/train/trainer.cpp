@@ -37,7 +37,9 @@
 #include "smp/pipeline/timeline.h"
 #include "smp/runtime.h"
 #include "smp/step.h"
+#include "smp/tensor_parallel/layers.h"
 #include "smp/train/data_loader.h"
+#include "smp/train/graph_step.h"
 #include "smp/train/plots.h"
 #include "smp/train/tokenizer.h"
 
@@ -98,7 +100,8 @@ json config_json(const TrainConfig& c) {
                         {"precision", t.precision}, {"seed", t.seed}, {"val_every", t.val_every},
                         {"val_batches", t.val_batches}, {"prompt", t.prompt},
                         {"sample_tokens", t.sample_tokens}, {"temperature", t.temperature},
-                        {"device", t.device}, {"tf32", t.tf32}, {"peak_tflops", t.peak_tflops},
+                        {"device", t.device}, {"tf32", t.tf32}, {"cuda_graphs", t.cuda_graphs},
+                        {"peak_tflops", t.peak_tflops},
                         {"chunks_per_rank", t.chunks_per_rank},
                         {"activation_checkpointing", checkpointing_json(t.activation_checkpointing)}}},
           {"checkpoint", {{"dir", k.dir}, {"every", k.every}, {"keep", k.keep},
@@ -366,6 +369,7 @@ class Trainer {
   std::unique_ptr<DistributedModel> dmodel_;
   std::unique_ptr<DistributedOptimizer> optimizer_;
   LossFn loss_fn_;
+  std::unique_ptr<CudaGraphStep> graph_step_;  // training.cuda_graphs
   std::ofstream metrics_;            // rank 0
   TrainSummary summary_;
   std::vector<std::pair<double, double>> train_curve_, val_curve_;  // (step, loss), resumed too
@@ -404,9 +408,13 @@ void Trainer::setup() {
   setup_model();
   DistributedOptimizerOptions options;
   options.max_nonfinite_steps = training_.max_nonfinite_steps;
+  options.lr_on_device = training_.cuda_graphs;  // a replayed graph reads them anew
   optimizer_ = std::make_unique<DistributedOptimizer>(*dmodel_, make_optimizer(*dmodel_, training_), options);
   // The pipeline drops the logits once the loss is made: their gradient goes over them.
   loss_fn_ = [this](const Values& out, const Values& y) { return model_->loss(out, y, /*logits_consumed=*/true); };
+  if (training_.cuda_graphs) {
+    graph_step_ = make_cuda_graph_step(*dmodel_, *optimizer_, loss_fn_, training_.grad_clip, device_);
+  }
   resume();
   if (lead_) {
     metrics_.open(config_.run_dir + "/metrics.jsonl",
@@ -546,18 +554,26 @@ Trainer::StepResult Trainer::train_step(int64_t s) {
   r.lr = learning_rate(training_, s);
   set_lr(optimizer_->optimizer(), r.lr);
   auto [x, y] = train_data_->next();
-  StepOptions options;
-  options.trace = s + 1 == training_.steps;
-  const auto out = step(*dmodel_, {to_device(x)}, {to_device(y)}, loss_fn_, options);
-  const at::Tensor norm = training_.grad_clip > 0
-                             ? optimizer_->clip_master_grads_tensor(training_.grad_clip)
-                             : optimizer_->master_grad_norm_tensor();
-  optimizer_->step();
-  optimizer_->zero_grad();
-  // The loss and the norm leave the device together: one wait for it.
-  const at::Tensor fetched = loss_and_norm(out[0].reduce_mean(), norm).cpu();
+  tp::check_labels(y, config_.model.vocab_size);  // on the host, once a batch
+  // The loss, the norm and the overflow flag leave the device together: one wait for it.
+  at::Tensor fetched;
+  if (graph_step_) {  // the same step, replayed (no timeline trace)
+    fetched = graph_step_->step(x.pin_memory(), y.pin_memory()).cpu();
+  } else {
+    StepOptions options;
+    options.trace = s + 1 == training_.steps;
+    const auto out = step(*dmodel_, {to_device(x)}, {to_device(y)}, loss_fn_, options);
+    const at::Tensor norm = training_.grad_clip > 0
+                               ? optimizer_->clip_master_grads_tensor(training_.grad_clip)
+                               : optimizer_->master_grad_norm_tensor();
+    optimizer_->step();
+    optimizer_->zero_grad();
+    fetched = step_figures(out[0].reduce_mean(), norm, optimizer_->overflow_tensor()).cpu();
+  }
+  const bool overflow = fetched[2].item<double>() != 0;
+  optimizer_->record_overflow(overflow);
   r.loss = replica_mean(fetched[0].item<double>());
-  r.norm = fetched[1].item<double>();
+  r.norm = overflow ? -1.0 : fetched[1].item<double>();  // -1: skipped (SMP's clip_master_grads)
   r.step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
   r.elapsed_s = std::chrono::duration<double>(Clock::now() - start_).count();
   if (s > summary_.first_step) step_seconds_ += r.step_s;
@@ -597,6 +613,7 @@ double Trainer::validate() {
   double sum = 0;
   for (int64_t i = 0; i < training_.val_batches; ++i) {
     auto [x, y] = val_data_->next();
+    tp::check_labels(y, config_.model.vocab_size);
     StepOptions eval;
     eval.train = false;
     sum += step(*dmodel_, {to_device(x)}, {to_device(y)}, loss_fn_, eval)[0].reduce_mean().item<double>();
@@ -707,10 +724,10 @@ void Trainer::write_run_files(const std::vector<std::vector<pipeline::TraceEvent
 
 }  // namespace
 
-at::Tensor loss_and_norm(const at::Tensor& loss, const at::Tensor& norm) {
+at::Tensor step_figures(const at::Tensor& loss, const at::Tensor& norm, const at::Tensor& overflow) {
   const at::Tensor here = loss.device() == norm.device() ? loss.to(at::kDouble)
                                                          : loss.to(norm.device(), at::kDouble);
-  return at::stack({here.reshape({}), norm});
+  return at::stack({here.reshape({}), norm, overflow.to(at::kDouble)});
 }
 
 std::string metrics_up_to_step(const std::string& text, int64_t step) {

@@ -1,7 +1,9 @@
 // LossScaler without processes: SMP's (Megatron's) dynamic loss scaling step by step, against
-// sequences worked out by hand from the rule in loss_scaler.h; static scaling; bad arguments.
+// sequences worked out by hand from the rule in loss_scaler.h; static scaling; bad arguments;
+// the device rule (at::_amp_update_scale_ and a floor) against update() step by step.
 #include "smp/optim/loss_scaler.h"
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -78,6 +80,41 @@ TEST(LossScaler, StateRoundTrips) {
   LossScaler b(true, 1, args(64, 3, 2));
   b.load_state(a.state());
   EXPECT_EQ(run(a, "..o.o"), run(b, "..o.o"));
+}
+
+// What DistributedOptimizer runs on the device (no host read of the overflow flag): the same
+// scales as update(), bit for bit, and the same growth tracker, over overflows that halve, hit
+// the floor, and windows that grow; from a checkpointed state too. Where the device rule cannot
+// follow (hysteresis, a factor that is no power of two, a scale float cannot hold), device_rule()
+// says so.
+TEST(LossScaler, DeviceRuleFollowsUpdateExactly) {
+  const std::string pattern = "..o.o....oooo.......o.o.o..........o..";
+  for (const DynamicLossArgs& a : {args(1024, 3, 1, false, 256), args(65536, 2), args(4294967296.0, 5)}) {
+    LossScaler host(true, 1, a);
+    ASSERT_TRUE(host.device_rule());
+    for (int from : {0, 7}) {  // 7: a device copy made from a state mid-way (a resumed run)
+      LossScaler ref(true, 1, a);
+      for (int i = 0; i < from; ++i) ref.update(pattern[i] == 'o');
+      at::Tensor scale = at::full({}, ref.scale(), at::kFloat);
+      at::Tensor tracker = at::full({}, ref.growth_tracker(), at::kInt);
+      for (size_t i = from; i < pattern.size(); ++i) {
+        const bool overflow = pattern[i] == 'o';
+        at::_amp_update_scale_(scale, tracker, at::full({}, overflow ? 1.0 : 0.0, at::kFloat),
+                               a.scale_factor, 1.0 / a.scale_factor, a.scale_window);
+        scale.clamp_min_(a.min_scale);
+        ref.update(overflow);
+        ASSERT_EQ(scale.item<double>(), ref.scale()) << "update " << i << " from " << from;
+        ASSERT_EQ(tracker.item<int64_t>(), ref.growth_tracker()) << "update " << i;
+      }
+    }
+  }
+  EXPECT_FALSE(LossScaler(true, 1, args(1024, 3, 2)).device_rule());  // hysteresis
+  DynamicLossArgs three = args(1024, 3);
+  three.scale_factor = 3;
+  EXPECT_FALSE(LossScaler(true, 1, three).device_rule());
+  EXPECT_FALSE(LossScaler(true, 1, args(0.1, 3, 1, false, 0.05)).device_rule());  // 0.1 not a float
+  EXPECT_FALSE(LossScaler(true, 1, args(2, 3, 1, false, 4)).device_rule());  // below its floor
+  EXPECT_FALSE(LossScaler(false, 128, args(1024, 3)).device_rule());  // static
 }
 
 TEST(LossScaler, BadArgumentsNameTheArgument) {

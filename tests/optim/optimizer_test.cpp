@@ -12,6 +12,7 @@
 #include <set>
 
 #include "../data_parallel/harness.h"
+#include "smp/train/host_syncs.h"
 
 namespace smp {
 namespace {
@@ -104,6 +105,94 @@ TEST(MixedPrecision, Fp16InjectedInfSkipsTheStepAndHalvesTheScale) {
   EXPECT_EQ(opt.loss_scale(), 512);
   EXPECT_EQ(model.local_parameters()[0].scalar_type(), at::kHalf);
   EXPECT_EQ(opt.local_state_dict().tensors.at("fp32_master").scalar_type(), at::kFloat);
+}
+
+// The reference problem under fp16 (Adam) over the batches `its`, an inf in world rank 0's
+// loss at the positions in `inf_at`, as smp-train steps: the overflow flag fetched after
+// step() and handed to record_overflow. Counts host syncs inside step(); records the device
+// loss scale before each step.
+struct Fp16Run {
+  std::unique_ptr<DistributedModel> model;
+  std::unique_ptr<DistributedOptimizer> opt;
+  int64_t step_syncs = 0;
+  std::vector<double> device_scales;
+  std::vector<bool> changed;  // did the step change the parameters
+};
+
+Fp16Run fp16_run(const std::vector<int>& its, const std::set<size_t>& inf_at,
+                 const DistributedOptimizerOptions& oo) {
+  Fp16Run run;
+  size_t pos = 0;
+  LossFn loss = [&pos, &inf_at](const Values& out, const Values& y) -> Values {
+    at::Tensor l = torch::mse_loss(out[0].to(at::kFloat), y[0]);
+    if (inf_at.count(pos) && rank() == 0) l = l * std::numeric_limits<float>::infinity();
+    return {l};
+  };
+  std::vector<Layer> layers = make_mlp(1);
+  auto params = values_of(named(layers));
+  run.model = std::make_unique<DistributedModel>(std::move(layers));
+  run.opt = std::make_unique<DistributedOptimizer>(*run.model, adam()(params), oo);
+  train::HostSyncCounter counter;
+  for (pos = 0; pos < its.size(); ++pos) {
+    run.opt->zero_grad();
+    const Batch b = my_slice(whole_batch(its[pos]));
+    step(*run.model, {b.x}, {b.y}, loss);
+    const at::Tensor& scale = run.model->loss_scale_tensor();
+    run.device_scales.push_back(scale.defined() ? scale.item<double>() : run.model->loss_scale());
+    const at::Tensor before = run.model->gradient_reducer().flat_params().clone();
+    counter.phase("step");
+    run.opt->step();
+    counter.pause();
+    run.changed.push_back(!at::equal(before, run.model->gradient_reducer().flat_params()));
+    run.opt->record_overflow(run.opt->overflow_tensor().item<float>() != 0);
+  }
+  run.step_syncs = counter.total().syncs;
+  return run;
+}
+
+// fp16 on the device path (no host read of the overflow flag in step()): the overflowed step
+// leaves parameters, masters, moments and step counts as they were, so a run with an inf at its
+// third step ends bit for bit where the run without that batch ends.
+TEST(MixedPrecision, Fp16SkipOnTheDeviceLeavesEverythingAsItWas) {
+  reinit("\"fp16\": true, \"ddp\": true");
+  DistributedOptimizerOptions oo;
+  oo.static_loss_scale = 128;
+  Fp16Run skipped = fp16_run({0, 1, 2, 3, 4}, {2}, oo);
+  Fp16Run without = fp16_run({0, 1, 3, 4}, {}, oo);
+  EXPECT_EQ(skipped.step_syncs, 0);
+  EXPECT_EQ(without.step_syncs, 0);
+  EXPECT_EQ(skipped.changed, (std::vector<bool>{true, true, false, true, true}));
+  EXPECT_TRUE(at::equal(skipped.model->gradient_reducer().flat_params(),
+                        without.model->gradient_reducer().flat_params()));
+  const OptimizerStateDict a = skipped.opt->local_state_dict(), b = without.opt->local_state_dict();
+  ASSERT_EQ(a.tensors.size(), 3u);  // exp_avg, exp_avg_sq, fp32_master
+  for (const auto& [name, t] : a.tensors) EXPECT_TRUE(at::equal(t, b.tensors.at(name))) << name;
+  for (const auto& group : a.meta.at("param_groups")) EXPECT_EQ(group.at("step").get<int64_t>(), 4);
+  EXPECT_EQ(a.meta.at("param_groups"), b.meta.at("param_groups"));
+  EXPECT_FALSE(skipped.opt->overflow());  // the last step
+}
+
+// fp16's dynamic scale on the device (_amp_update_scale_ and a floor at min_scale) halves,
+// stops at the floor and grows after scale_window clean steps exactly as the host's
+// LossScaler, without a host read in step(); the host's copy agrees once the flag is recorded.
+TEST(MixedPrecision, Fp16DynamicScaleOnTheDeviceFollowsLossScaler) {
+  reinit("\"fp16\": true, \"ddp\": true");
+  DistributedOptimizerOptions oo;
+  oo.dynamic_loss_scale = true;
+  oo.dynamic_loss_args.init_scale = 1024;
+  oo.dynamic_loss_args.scale_window = 2;
+  oo.dynamic_loss_args.min_scale = 256;
+  const std::set<size_t> inf_at = {1, 2, 3, 6};
+  Fp16Run run = fp16_run({0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, inf_at, oo);
+  optim::LossScaler ref(true, 1, oo.dynamic_loss_args);
+  std::vector<double> want;
+  for (size_t i = 0; i < 10; ++i) want.push_back(ref.scale()), ref.update(inf_at.count(i) > 0);
+  // 1024, then halved twice, held at the floor 256, grown after two clean steps, ...
+  EXPECT_EQ(want, (std::vector<double>{1024, 1024, 512, 256, 256, 256, 512, 256, 256, 512}));
+  EXPECT_EQ(run.device_scales, want);
+  EXPECT_EQ(run.opt->loss_scale(), ref.scale());
+  EXPECT_EQ(run.step_syncs, 0);
+  for (size_t i = 0; i < 10; ++i) EXPECT_EQ(run.changed[i], inf_at.count(i) == 0) << "step " << i;
 }
 
 // fp32 and bf16: a NaN in one replica's loss makes every rank skip that step (no update,

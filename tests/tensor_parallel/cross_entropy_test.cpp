@@ -180,9 +180,8 @@ TEST(TpCrossEntropy, BadInputThrowsConfigError) {
   const TpGroup g = tp_group();
   const at::Tensor logits = at::randn({2, 3, 4});
   const at::Tensor labels = at::zeros({2, 3}, at::kLong);
-  EXPECT_THROW(tp::vocab_parallel_cross_entropy(logits, labels.clone().fill_(4 * g.size()),
-                                                4 * g.size(), g),
-               ConfigError);
+  EXPECT_THROW(tp::check_labels(labels.clone().fill_(4 * g.size()), 4 * g.size()), ConfigError);
+  tp::check_labels(labels.clone().fill_(4 * g.size() - 1), 4 * g.size());  // the last class
   EXPECT_THROW(tp::vocab_parallel_cross_entropy(logits, labels, 4 * g.size() + 1, g), ConfigError);
   EXPECT_THROW(tp::vocab_parallel_cross_entropy(logits, at::zeros({5}, at::kLong), 4, g),
                ConfigError);

@@ -131,6 +131,20 @@ TEST(TrainConfig, ChunksPerRankNeedsAnInterleavedPipeline) {
                       {"training.chunks_per_rank", "got 2", "smp.microbatches (3)", "a multiple of"});
 }
 
+TEST(TrainConfig, CudaGraphsOnlyOnCudaWithOneStage) {
+  const TrainConfig c = TrainConfig::from_json_string(
+      R"({"data": {"text": "t"}, "training": {"device": "cuda", "cuda_graphs": true}})");
+  EXPECT_TRUE(c.training.cuda_graphs);
+  EXPECT_FALSE(TrainConfig::from_json_string(R"({"data": {"text": "t"}})").training.cuda_graphs);
+  expect_config_error(R"({"data": {"text": "t"}, "training": {"device": "cuda", "cuda_graphs": 1}})",
+                      {"training.cuda_graphs", "got 1", "true, false"});
+  expect_config_error(R"({"data": {"text": "t"}, "training": {"cuda_graphs": true}})",
+                      {"training.cuda_graphs", "got true", "training.device \"cpu\""});
+  expect_config_error(R"({"data": {"text": "t"}, "training": {"device": "cuda", "cuda_graphs": true},
+                          "smp": {"pipeline_parallel_degree": 2}})",
+                      {"training.cuda_graphs", "got true", "pipeline_parallel_degree 2"});
+}
+
 // validate(world_size) on a config read from `json`: "" when it passes, else the message.
 std::string validate_error(const std::string& json, int world_size) {
   const TrainConfig c = TrainConfig::from_json_string(json);
@@ -154,6 +168,12 @@ TEST(TrainConfigValidate, TheLayoutMustFitTheWorld) {
   EXPECT_EQ(validate_error(pp3, 3), "");
   EXPECT_EQ(validate_error(pp3, 6), "");
   expect_contains(validate_error(pp3, 2), {"pipeline_parallel_degree (3)", "world size (2)"});
+}
+
+TEST(TrainConfigValidate, CudaGraphsOnOneRankOnly) {
+  const std::string graphs = R"({"data": {"text": "t"}, "training": {"device": "cuda", "cuda_graphs": true}})";
+  EXPECT_EQ(validate_error(graphs, 1), "");
+  expect_contains(validate_error(graphs, 2), {"training.cuda_graphs", "got true", "on 2 ranks", "one rank only"});
 }
 
 TEST(TrainConfigValidate, GlobalBatchDividesByTheReplicas) {

@@ -8,6 +8,10 @@
 //     scale_window iterations since the last overflow the scale is multiplied by scale_factor
 //     (and, without consecutive_hysteresis, the hysteresis refills then).
 // update() is called once per optimizer step, overflow or not. Pure: no tensors, no ranks.
+//
+// On the device (DistributedOptimizer, without reading the overflow flag on the host) the same
+// rule is at::_amp_update_scale_(scale, growth_tracker, found_inf, scale_factor,
+// 1 / scale_factor, scale_window) and a floor at min_scale: exact where device_rule() holds.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +37,15 @@ class LossScaler {
 
   double scale() const { return scale_; }
   bool dynamic() const { return dynamic_; }
+  const DynamicLossArgs& args() const { return args_; }
   void update(bool overflow);
+  // Whether the device rule above gives update()'s scales bit for bit: dynamic, no hysteresis
+  // (delayed_shift 1), scale_factor a power of two (float and double then agree), init_scale
+  // and min_scale exact in float, init_scale >= min_scale (so the floor only acts on a drop).
+  bool device_rule() const;
+  // Steps without overflow since the last overflow or growth: _amp_update_scale_'s
+  // growth_tracker for the next update().
+  int64_t growth_tracker() const;
 
   // The mutable part (scale, iteration, last overflow, hysteresis), for checkpoints.
   nlohmann::json state() const;

@@ -54,6 +54,7 @@ struct StepData {
   // Without it the model's outputs are returned and only forward-only schedules make sense.
   std::function<Values(const Values& outputs, const Values& targets)> loss_fn;
   double loss_scale = 1.0;  // backward runs on loss * loss_scale
+  at::Tensor loss_scale_tensor;  // and, when defined, * this (a 0-dim device tensor)
   // Called right before each backward action (kBackward, kBackwardInput, kBackwardWeight), e.g.
   // by data parallelism to arm its gradient hooks for the last microbatch. May be empty.
   std::function<void(const Action& action)> before_backward;

@@ -138,12 +138,16 @@ class VocabParallelEmbedding : public TpModule {
 // logits after this loss's backward (a head's GEMM keeps its inputs, not its output): the
 // gradient is then written over the logits, and no logits-sized tensor is made at all (a
 // second backward through the graph fails on autograd's version counter).
-// A label >= vocab_size throws smp::ConfigError naming both, for labels on the CPU only:
-// labels on a device are not checked here (that would sync every microbatch): check them on
-// the host before copying (such a label is then no rank's class: its loss is the log-sum-exp).
-// labels must hold one label a token (ConfigError otherwise).
+// Labels are not range-checked here (on a device that would be a wait every microbatch):
+// check them with check_labels on the host, before they are copied to the device, once a batch
+// (smp-train's data path, smp.nn's LM head); a label >= vocab_size is no rank's class, its
+// loss the log-sum-exp. labels must hold one label a token (ConfigError otherwise).
 at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tensor& labels,
                                         int64_t vocab_size, const TpGroup& group,
                                         int64_t chunk_tokens = 0, bool logits_consumed = false);
+
+// Throws smp::ConfigError naming the label and vocab_size for a label >= vocab_size (negative
+// labels are ignored ones). `labels` must be on the host (it reads them there: no device wait).
+void check_labels(const at::Tensor& labels, int64_t vocab_size);
 
 }  // namespace smp::tp

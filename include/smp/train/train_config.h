@@ -56,6 +56,9 @@ struct TrainingConfig {
   int64_t val_batches = 4;
   std::string device = "cpu";  // "cpu" | "cuda" (GPU local_rank % GPUs on each rank)
   bool tf32 = false;           // fp32 matmuls and convolutions on CUDA in TF32 (PyTorch's off)
+  // The training step (forward, backward, optimizer) captured once as a CUDA graph and replayed
+  // (train::CudaGraphStep): only with device "cuda" on one rank (pp = tp = dp = 1).
+  bool cuda_graphs = false;
   double peak_tflops = 0;      // the device's peak (e.g. 989 for an H100's dense bf16): MFU; 0: n/a
   // Virtual pipeline stages per rank (DistributedModelOptions::chunks_per_rank): the model
   // splits into smp.pipeline_parallel_degree x chunks_per_rank stages, which the interleaved

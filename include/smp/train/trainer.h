@@ -49,8 +49,9 @@ TrainSummary train(const TrainConfig& config);
 // not a JSON object (one cut off by a crash). Each kept line ends with a newline.
 std::string metrics_up_to_step(const std::string& text, int64_t step);
 
-// A step's mean loss and its gradient norm (DistributedOptimizer's *_tensor: fp64, 0-dim) as
-// two fp64 elements on the norm's device, to leave the device with one copy (one wait).
-at::Tensor loss_and_norm(const at::Tensor& loss, const at::Tensor& norm);
+// A step's mean loss, its gradient norm (DistributedOptimizer's *_tensor: fp64, 0-dim) and the
+// optimizer's overflow flag (overflow_tensor(): 0-dim) as three fp64 elements on the norm's
+// device, to leave the device with one copy (one wait).
+at::Tensor step_figures(const at::Tensor& loss, const at::Tensor& norm, const at::Tensor& overflow);
 
 }  // namespace smp::train
