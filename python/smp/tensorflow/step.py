@@ -94,7 +94,13 @@ def _to_torch(t):
 
 
 def _to_tf(t):
-    return tf.experimental.dlpack.from_dlpack(torch.utils.dlpack.to_dlpack(t.contiguous()))
+    """A torch tensor as a TensorFlow one, sharing its memory. TensorFlow's kernels need 64-byte
+    aligned buffers (a misaligned one aborts the process), so a tensor that is a view into the
+    middle of a buffer is copied first; torch's own allocations are aligned."""
+    t = t.contiguous()
+    if t.data_ptr() % 64 != 0:
+        t = t.clone()
+    return tf.experimental.dlpack.from_dlpack(torch.utils.dlpack.to_dlpack(t))
 
 
 _ACT, _GRAD, _OUT = 0, 1, 2
@@ -320,7 +326,7 @@ class _Run:
             grads = []
             for g in self.grads[k]:
                 n = int(np.prod(g.shape))
-                grads.append(tf.reshape(_to_tf(flat[offset:offset + n].clone()), g.shape))
+                grads.append(tf.reshape(_to_tf(flat[offset:offset + n]), g.shape))
                 offset += n
             self.grads[k] = grads
 

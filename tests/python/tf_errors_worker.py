@@ -1,0 +1,66 @@
+"""Runs under mpirun: one kind of bad input through smp.tensorflow, which must end every rank
+with a clear error (printed as "ERROR <type>: <message>") and a non-zero exit, never a hang.
+
+  mpirun -np 2 python tests/python/tf_errors_worker.py --case indivisible_batch
+"""
+
+import argparse
+import os
+import sys
+
+import tensorflow as tf
+
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+
+import keras  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tf_models  # noqa: E402
+
+import smp.tensorflow as smp  # noqa: E402
+
+
+def train_once(model, x, y):
+    @smp.step
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf_models.loss_fn(y, model(x))
+        return tape.gradient(loss, model.trainable_variables), loss
+
+    return train_step(x, y)
+
+
+def run(case):
+    config = {"pipeline_parallel_degree": 2, "microbatches": 4}
+    if case == "horovod":
+        config.update(horovod=True)
+    if case == "cut_crossed":
+        config.update(auto_partition=False)
+    smp.init(config)
+    x, y = tf_models.batch("cnn", 0, 8)
+    if case == "not_distributed_model":
+        train_once(tf_models.make(tf_models.CNNBody, keras.Model), x, y)
+    elif case == "model_outside_step":
+        tf_models.make(tf_models.CNNBody, smp.DistributedModel)(x)
+    elif case == "indivisible_batch":
+        train_once(tf_models.make(tf_models.CNNBody, smp.DistributedModel), x[:6], y[:6])
+    elif case == "cut_crossed":
+        model = tf_models.make(tf_models.ResidualAcrossLayers, smp.DistributedModel)
+        train_once(model, tf.ones((8, 4)), tf.zeros((8,), tf.int32))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", required=True)
+    case = ap.parse_args().case
+    try:
+        run(case)
+    except Exception as e:  # noqa: BLE001  (the test reads the message)
+        print(f"ERROR {type(e).__name__}: {e}", flush=True)
+        sys.exit(1)
+    print("no error raised", flush=True)
+
+
+if __name__ == "__main__":
+    main()
