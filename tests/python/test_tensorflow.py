@@ -24,6 +24,12 @@ def test_parity_with_one_process(run_mpi, layout):
     assert r.returncode == 0, r.stdout[-4000:]
     models = 1 if "--models" in args else 2
     assert r.stdout.count("PARITY OK") == ranks * models, r.stdout[-4000:]
+    if "--manual" in args:  # smp.partition's placement, not the partitioner's
+        assert "pp_rank=0 dp_rank=0 layers=['block0', 'block1', 'embed']" in r.stdout, r.stdout[-4000:]
+        assert "pp_rank=1 dp_rank=0 layers=['head', 'ln_f']" in r.stdout, r.stdout[-4000:]
+    elif "--pp" in args and args[args.index("--pp") + 1] == "2":  # the partitioner's split
+        assert "pp_rank=0 dp_rank=0 layers=['conv1', 'conv2']" in r.stdout, r.stdout[-4000:]
+        assert "pp_rank=1 dp_rank=0 layers=['block1', 'head', 'ln_f']" in r.stdout, r.stdout[-4000:]
 
 
 ERRORS = {
@@ -35,9 +41,22 @@ ERRORS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(ERRORS))
-def test_every_rank_reports_bad_input(run_mpi, case):
-    r = run_mpi(2, "tf_errors_worker.py", "--case", case, timeout=120)
+@pytest.fixture(scope="module")
+def bad_input_run():
+    from conftest import mpirun  # one launch for every case that fails after smp.init
+
+    return mpirun(2, "tf_errors_worker.py", "--case", "all", timeout=120)
+
+
+@pytest.mark.parametrize("case", sorted(set(ERRORS) - {"horovod"}))
+def test_every_rank_reports_bad_input(bad_input_run, case):
+    r = bad_input_run
     assert r.returncode != 0, r.stdout[-3000:]
-    assert "no error raised" not in r.stdout
+    assert "no error raised" not in r.stdout, r.stdout[-3000:]
     assert r.stdout.count(ERRORS[case]) == 2, r.stdout[-3000:]
+
+
+def test_horovod_is_refused_by_name(run_mpi):
+    r = run_mpi(2, "tf_errors_worker.py", "--case", "horovod", timeout=120)
+    assert r.returncode != 0, r.stdout[-3000:]
+    assert r.stdout.count(ERRORS["horovod"]) == 2, r.stdout[-3000:]

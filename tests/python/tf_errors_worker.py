@@ -1,7 +1,7 @@
 """Runs under mpirun: one kind of bad input through smp.tensorflow, which must end every rank
 with a clear error (printed as "ERROR <type>: <message>") and a non-zero exit, never a hang.
 
-  mpirun -np 2 python tests/python/tf_errors_worker.py --case indivisible_batch
+  mpirun -np 2 python tests/python/tf_errors_worker.py --case all
 """
 
 import argparse
@@ -32,12 +32,6 @@ def train_once(model, x, y):
 
 
 def run(case):
-    config = {"pipeline_parallel_degree": 2, "microbatches": 4}
-    if case == "horovod":
-        config.update(horovod=True)
-    if case == "cut_crossed":
-        config.update(auto_partition=False)
-    smp.init(config)
     x, y = tf_models.batch("cnn", 0, 8)
     if case == "not_distributed_model":
         train_once(tf_models.make(tf_models.CNNBody, keras.Model), x, y)
@@ -51,15 +45,30 @@ def run(case):
 
 
 def main():
+    """--case horovod: smp.init refuses the config. --case all: every other case in turn, in one
+    process (each fails before any communication of its step, so the next one starts clean);
+    the cut check runs with auto_partition false, where smp.partition asks for the bad cut."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", required=True)
+    ap.add_argument("--case", required=True, choices=["horovod", "all"])
     case = ap.parse_args().case
+    config = {"pipeline_parallel_degree": 2, "microbatches": 4, "auto_partition": False}
+    if case == "horovod":
+        config.update(horovod=True)
+    cases = ["not_distributed_model", "model_outside_step", "indivisible_batch", "cut_crossed"]
+    failed = 0
     try:
-        run(case)
+        smp.init(config)
     except Exception as e:  # noqa: BLE001  (the test reads the message)
         print(f"ERROR {type(e).__name__}: {e}", flush=True)
         sys.exit(1)
-    print("no error raised", flush=True)
+    for c in cases:
+        try:
+            run(c)
+            print(f"no error raised by {c}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"ERROR {type(e).__name__}: {e}", flush=True)
+            failed += 1
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -82,10 +82,10 @@ class TransformerBody:
             return self.head(self.ln_f(self.block1(self.block0(self.embed(ids)))))
         import smp.tensorflow as smp  # smp.partition places the layers by hand
 
-        with smp.partition(0):
-            x = self.block0(self.embed(ids))
+        with smp.partition(0):  # not the split auto_partition picks (embed, block0 | block1, ...)
+            x = self.block1(self.block0(self.embed(ids)))
         with smp.partition(1):
-            return self.head(self.ln_f(self.block1(x)))
+            return self.head(self.ln_f(x))
 
 
 class ResidualAcrossLayers:
