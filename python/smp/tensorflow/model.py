@@ -202,10 +202,25 @@ class _Cut:
         self.stage_of_unit = stage_of_unit
         self.num_stages = num_stages
         self.output_spec = output_spec  # the model's output per microbatch
+        self.compiled = {}  # stage -> tf.function
 
     def bounds(self, stage):
         idx = [i for i, s in enumerate(self.stage_of_unit) if s == stage]
         return idx[0], idx[-1] + 1
+
+    def stage_function(self, model, stage):
+        """The stage as a tf.function (graph mode, as SMP ran its steps): traced again when the
+        shapes, dtypes or Python arguments of a call change. A tape around a call records it as
+        one op, whose gradient is the traced backward."""
+        if stage not in self.compiled:
+            first, last = self.bounds(stage)
+            is_last = stage == self.num_stages - 1
+
+            def run(args, kwargs, received):
+                return _run_stage(model, args, kwargs, self.units, first, last, received, is_last)
+
+            self.compiled[stage] = tf.function(run)
+        return self.compiled[stage]
 
 
 class DistributedModel(keras.Model):

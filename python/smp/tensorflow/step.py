@@ -25,6 +25,7 @@ How a step runs on each rank (docs/tensorflow.md):
 import functools
 import inspect
 import threading
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -34,13 +35,25 @@ from tensorflow.python.eager import record as _tape_record
 from smp._engine import _C
 
 from . import state as _state
-from .model import DistributedModel, _run_stage
+from .model import DistributedModel
 
 _local = threading.local()  # .run: the step run this thread belongs to
 
 
 def _current_run():
     return getattr(_local, "run", None)
+
+
+_last_stats = {}
+
+
+def last_step_stats():
+    """This rank's last step, in seconds: busy_s, what its forward and backward actions took
+    (compute only: no waiting on peers or on the step function's threads); the phases
+    prepare_s (the threads up to the model call, the first step's partitioning), pipeline_s (the
+    schedule), average_s (the data-parallel all_reduce), share_s (the outputs to every pipeline
+    rank), finish_s (the threads' rest of the step function); and the schedule's size."""
+    return dict(_last_stats)
 
 
 class StepOutput:
@@ -199,6 +212,7 @@ class _Run:
             self.cond.notify_all()
 
     def run(self):
+        self.t_start = time.perf_counter()
         threads = []
         for k in range(self.m):  # one at a time up to the model call, in microbatch order
             t = threading.Thread(target=self.thread_main, args=(k,), daemon=True)
@@ -228,13 +242,21 @@ class _Run:
             _, args, kwargs, _ = self.inputs[0]
             self.model._partition(args, kwargs)
         try:
+            t0 = time.perf_counter()
             self._pipeline()
+            t1 = time.perf_counter()
             self._average_gradients()
+            t2 = time.perf_counter()
             self._share_outputs()
+            t3 = time.perf_counter()
+            _last_stats.update(prepare_s=t0 - self.t_start, pipeline_s=t1 - t0, average_s=t2 - t1,
+                               share_s=t3 - t2)
         except BaseException as e:
             self._finish(threads, release_error=e)
             raise
+        t4 = time.perf_counter()
         self._finish(threads)
+        _last_stats.update(finish_s=time.perf_counter() - t4)
         errors = [e for e in self.errors if e is not None]
         if errors:
             raise errors[0]
@@ -259,11 +281,14 @@ class _Run:
         kind = cfg["pipeline"] if self.train else "_only_forward"
         actions = _C.schedule_actions(kind, pp, self.m, cfg["active_microbatches"], rank)
         variables = self.model.trainable_variables
+        stage_fn = cut.stage_function(self.model, rank)
         received = [None] * self.m
         saved = [None] * self.m  # (tape, received flat, output flat) per microbatch
         grad_in = [None] * self.m
         sends = []
+        busy = 0.0
         for what, stage, k, peer in actions:
+            started = time.perf_counter()
             if what == "recv_activation":
                 spec = cut.units[first - 1].output_spec
                 flat = [_to_tf(t) for t in _C.recv_tensors(peer, _state.PP_GROUP, _tag(_ACT, k))]
@@ -275,8 +300,9 @@ class _Run:
                         for t in tf.nest.flatten(received[k]):
                             if t.dtype.is_floating:
                                 tape.watch(t)
-                    out = _run_stage(self.model, args, kwargs, cut.units, first, last, received[k], rank == pp - 1)
+                    out = stage_fn(args, kwargs, received[k])
                 saved[k] = (tape, received[k], out)
+                busy += time.perf_counter() - started
                 if rank == pp - 1:
                     self.outputs[k] = out
                     self._release_thread(k)
@@ -306,6 +332,7 @@ class _Run:
                 grad_in[k] = [next(input_grads) if t.dtype.is_floating else tf.zeros_like(t) for t in inputs]
                 self.grads[k] = list(input_grads)
                 saved[k] = None  # the tape and activations go as soon as the backward is done
+                busy += time.perf_counter() - started
             elif what == "send_grad":
                 flat = [_to_torch(g) for g in grad_in[k]]
                 sends.append(_C.send_tensors(flat, peer, _state.PP_GROUP, _tag(_GRAD, k)))
@@ -313,6 +340,7 @@ class _Run:
                 raise RuntimeError(f"smp.step: schedule action '{what}' is not run by smp.tensorflow")
         for work in sends:
             work.wait()
+        _last_stats.update(busy_s=busy, microbatches=self.m, stages=pp, schedule=kind)
 
     def _average_gradients(self):
         """Averages every microbatch's gradients over the data-parallel replicas (one all_reduce)."""
