@@ -343,20 +343,18 @@ class _Run:
         _last_stats.update(busy_s=busy, microbatches=self.m, stages=pp, schedule=kind)
 
     def _average_gradients(self):
-        """Averages every microbatch's gradients over the data-parallel replicas (one all_reduce)."""
+        """Averages every microbatch's gradients over the data-parallel replicas: one all_reduce
+        on one buffer, TensorFlow's concatenation of them all. The buffer is this step's own
+        (nothing else refers to it), so the engine sums into it in place through DLPack."""
         if not self.train or _state.dp_size() == 1 or not self.grads[0]:
             return
-        flat = torch.cat([_to_torch(tf.reshape(g, [-1])) for k in range(self.m) for g in self.grads[k]])
-        _C.all_reduce(flat, _state.DP_GROUP)
-        flat /= _state.dp_size()
-        offset = 0
+        grads = [g for k in range(self.m) for g in self.grads[k]]
+        flat = tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
+        _C.all_reduce(_to_torch(flat), _state.DP_GROUP)
+        parts = tf.split(flat / _state.dp_size(), [int(np.prod(g.shape)) for g in grads])
+        averaged = iter(tf.reshape(p, g.shape) for p, g in zip(parts, grads))
         for k in range(self.m):
-            grads = []
-            for g in self.grads[k]:
-                n = int(np.prod(g.shape))
-                grads.append(tf.reshape(_to_tf(flat[offset:offset + n]), g.shape))
-                offset += n
-            self.grads[k] = grads
+            self.grads[k] = [next(averaged) for _ in self.grads[k]]
 
     def _share_outputs(self):
         """The last stage's outputs reach every pipeline rank; their threads go on."""
