@@ -60,3 +60,14 @@ def test_horovod_is_refused_by_name(run_mpi):
     r = run_mpi(2, "tf_errors_worker.py", "--case", "horovod", timeout=120)
     assert r.returncode != 0, r.stdout[-3000:]
     assert r.stdout.count(ERRORS["horovod"]) == 2, r.stdout[-3000:]
+
+
+def test_checkpoint_round_trip_and_resume_under_another_layout(run_mpi, tmp_path):
+    """Saved under pp2 after 4 Adam steps; resumed (into a model built from another seed) under
+    pp2, where steps 4-7 must repeat the saved run's losses exactly, and under dp2."""
+    r = run_mpi(2, "tf_checkpoint_worker.py", "--phase", "save", "--dir", tmp_path, "--pp", "2", timeout=120)
+    assert r.returncode == 0 and "SAVED" in r.stdout, r.stdout[-3000:]
+    for pp in ("2", "1"):
+        r = run_mpi(2, "tf_checkpoint_worker.py", "--phase", "resume", "--dir", tmp_path, "--pp", pp, timeout=120)
+        assert r.returncode == 0, r.stdout[-3000:]
+        assert r.stdout.count("RESUME OK") == 2, r.stdout[-3000:]

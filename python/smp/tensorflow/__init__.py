@@ -8,6 +8,7 @@ and averages data-parallel replicas (docs/tensorflow.md lists every name).
 from smp import __version__
 
 from . import state as _state_module
+from .checkpoint import CheckpointManager
 from .model import DistributedModel, partition
 from .state import (
     DP_GROUP, MP_GROUP, PP_GROUP, RDP_GROUP, TP_GROUP, WORLD, CommGroup, RankType, allgather, barrier, broadcast,

@@ -290,6 +290,9 @@ class DistributedModel(keras.Model):
                 _release(unit.layer)
         self._broadcast_replicas()
         self._smp()["cut"] = cut
+        pending = self._smp().pop("pending_restore", None)
+        if pending is not None:  # smp.CheckpointManager.restore before the first step
+            pending(self)
         if _state.rank() == 0:
             print(log, flush=True)
         for hook in _post_partition_hooks + self._smp()["post_partition_hooks"]:
