@@ -3,14 +3,15 @@ against the same models trained in one process with plain TensorFlow, and bad in
 
 Each case launches a worker under mpirun (conftest.py). tf_parity_worker.py asserts, per model
 (a small CNN and a small transformer), 20 steps of losses within 1e-4 and the first step's
-gradients of every variable a rank holds within 1e-5 of the one-process run."""
+gradients of every variable a rank holds within 1e-5 of the one-process run; with --fit, Keras
+fit() on the pipelined CNN against fit() in one process."""
 
 import pytest
 
 LAYOUTS = {
     # name: (ranks, worker arguments)
     "pp2_simple": (2, ["--pp", "2", "--pipeline", "simple"]),
-    "pp2_interleaved": (2, ["--pp", "2", "--pipeline", "interleaved"]),
+    "pp2_interleaved": (2, ["--pp", "2", "--pipeline", "interleaved", "--fit"]),
     "dp2": (2, ["--pp", "1", "--microbatches", "2"]),
     "pp2xdp2_interleaved": (4, ["--pp", "2", "--pipeline", "interleaved", "--steps", "10"]),
     "pp2_manual_simple": (2, ["--pp", "2", "--pipeline", "simple", "--models", "transformer", "--manual"]),
@@ -24,6 +25,8 @@ def test_parity_with_one_process(run_mpi, layout):
     assert r.returncode == 0, r.stdout[-4000:]
     models = 1 if "--models" in args else 2
     assert r.stdout.count("PARITY OK") == ranks * models, r.stdout[-4000:]
+    if "--fit" in args:
+        assert r.stdout.count("FIT OK") == ranks, r.stdout[-4000:]
     if "--manual" in args:  # smp.partition's placement, not the partitioner's
         assert "pp_rank=0 dp_rank=0 layers=['block0', 'block1', 'embed']" in r.stdout, r.stdout[-4000:]
         assert "pp_rank=1 dp_rank=0 layers=['head', 'ln_f']" in r.stdout, r.stdout[-4000:]

@@ -112,6 +112,23 @@ def compare(name, ref, got):
           f"last_loss={losses[-1]:.6f}", flush=True)
 
 
+def fit_check():
+    """Keras fit() on the DistributedModel against fit() of the plain model: 3 epochs of 4 batches,
+    per-epoch loss within 1e-4 relative and the same accuracy."""
+    x, y = tf_models.batch("cnn", 100, 64)
+    histories = []
+    for base in (smp.DistributedModel, keras.Model):
+        model = tf_models.make(tf_models.CNNBody, base)
+        model.compile(optimizer=keras.optimizers.SGD(LR), metrics=["accuracy"],
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        histories.append(model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0).history)
+    got, ref = histories
+    worst = max(abs(a - b) / b for a, b in zip(got["loss"], ref["loss"]))
+    assert worst <= 1e-4, f"fit: losses {got['loss']} vs one process {ref['loss']}"
+    assert got["accuracy"] == ref["accuracy"], f"fit: accuracy {got['accuracy']} vs one process {ref['accuracy']}"
+    print(f"FIT OK rank={smp.rank()} worst_loss={worst:.1e} losses={got['loss']}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pp", type=int, default=2)
@@ -119,6 +136,7 @@ def main():
     ap.add_argument("--pipeline", default="interleaved")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--models", default="cnn,transformer")
+    ap.add_argument("--fit", action="store_true", help="also Keras fit() on the CNN (pp without dp)")
     ap.add_argument("--manual", action="store_true",
                     help="auto_partition false: the transformer placed by its smp.partition contexts")
     a = ap.parse_args()
@@ -130,6 +148,8 @@ def main():
         got = distributed(name, a.steps, a.manual)
         ref = reference(name, a.steps, LOCAL_BATCH * smp.dp_size(), a.manual)
         compare(name, ref, got)
+    if a.fit:
+        fit_check()
     smp.barrier()
 
 

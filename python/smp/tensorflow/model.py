@@ -240,6 +240,40 @@ class DistributedModel(keras.Model):
                 "@smp.step; call the model inside the step function (SMP runs it per microbatch, pipelined)")
         return run.model_call(self, args, kwargs)
 
+    # --- Keras fit() (SMP 1.4) ---------------------------------------------------------------
+
+    def compile(self, *args, **kwargs):
+        """Keras's compile; the train step runs eagerly (each stage is a tf.function already,
+        and smp.step's threads cannot run inside one), one step per execution."""
+        for key, allowed in (("run_eagerly", True), ("jit_compile", False), ("steps_per_execution", 1)):
+            if kwargs.get(key, allowed) != allowed:
+                raise ValueError(f"smp.DistributedModel.compile: {key}={kwargs[key]!r}; allowed: {allowed!r} "
+                                 "(smp runs each stage as a tf.function itself)")
+            kwargs[key] = allowed
+        super().compile(*args, **kwargs)
+
+    def train_step(self, data):
+        """One fit() batch: an @smp.step over its microbatches, then the optimizer on the mean of
+        the microbatches' gradients (averaged over dp replicas, each fed its own shard)."""
+        from .step import step
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if sample_weight is not None:
+            raise ValueError("smp.DistributedModel.fit: sample_weight is not supported; allowed: None")
+
+        @step
+        def run(x, y):
+            with tf.GradientTape() as tape:
+                y_pred = self(x, training=True)
+                loss = self.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+            return tape.gradient(loss, self.trainable_variables), loss, y_pred
+
+        grads, loss, y_pred = run(x, y)
+        self.optimizer.apply_gradients(zip([g.reduce_mean() for g in grads], self.trainable_variables))
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        self._loss_tracker.update_state(loss.reduce_mean(), sample_weight=batch)
+        return self.compute_metrics(x, y, y_pred.concat(), sample_weight=None)
+
     # --- partitioning -----------------------------------------------------------------------
 
     def _smp(self):
