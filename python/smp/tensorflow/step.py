@@ -18,6 +18,9 @@ How a step runs on each rank (docs/tensorflow.md):
    all_reduce), the last stage sends the outputs to the other pipeline ranks, and every thread
    finishes: ``tape.gradient(loss, model.trainable_variables)`` returns the stage's gradients for
    that microbatch (the model's output is tied to this rank's variables by a custom gradient).
+   The last stage sends each output as soon as it has it; a training step's other pipeline
+   ranks receive output k before their backward of k, so thread k computes its loss while the
+   schedule goes on.
 5. What the function returned, per microbatch, becomes StepOutputs (tensors) or per-microbatch
    lists (anything else), inside the same containers.
 """
@@ -305,6 +308,8 @@ class _Run:
                 busy += time.perf_counter() - started
                 if rank == pp - 1:
                     self.outputs[k] = out
+                    flat = [_to_torch(t) for t in tf.nest.flatten(out)]  # every pipeline rank gets it
+                    sends += [_C.send_tensors(flat, r, _state.PP_GROUP, _tag(_OUT, k)) for r in range(pp - 1)]
                     self._release_thread(k)
                     if self.train:  # the thread computes its loss and hands the output's gradient back
                         self._wait(lambda: self.dy_given[k] or self.finished[k])
@@ -319,6 +324,8 @@ class _Run:
             elif what == "recv_grad":
                 grad_in[k] = [_to_tf(t) for t in _C.recv_tensors(peer, _state.PP_GROUP, _tag(_GRAD, k))]
             elif what == "backward":
+                if rank < pp - 1:  # the output is in by now: thread k computes its loss meanwhile
+                    self._receive_output(k)
                 tape, inp, out = saved[k]
                 dys = self.dy[k] if rank == pp - 1 else grad_in[k]
                 pairs = [(o, d) for o, d in zip(tf.nest.flatten(out), dys) if o.dtype.is_floating]
@@ -356,21 +363,21 @@ class _Run:
         for k in range(self.m):
             self.grads[k] = [next(averaged) for _ in self.grads[k]]
 
+    def _receive_output(self, k):
+        """Microbatch k's model output from the last stage (sent right after its forward); thread
+        k goes on with it."""
+        spec = self.model._smp()["cut"].output_spec
+        flat = [_to_tf(t) for t in _C.recv_tensors(_state.pp_size() - 1, _state.PP_GROUP, _tag(_OUT, k))]
+        self.outputs[k] = tf.nest.pack_sequence_as(spec, flat)
+        self._release_thread(k)
+
     def _share_outputs(self):
-        """The last stage's outputs reach every pipeline rank; their threads go on."""
-        pp, rank = _state.pp_size(), _state.pp_rank()
-        if pp > 1:
-            spec = self.model._smp()["cut"].output_spec
-            if rank == pp - 1:
-                flat = [_to_torch(t) for k in range(self.m) for t in tf.nest.flatten(self.outputs[k])]
-                works = [_C.send_tensors(flat, r, _state.PP_GROUP, _tag(_OUT, 0)) for r in range(pp - 1)]
-                for w in works:
-                    w.wait()
-            else:
-                flat = [_to_tf(t) for t in _C.recv_tensors(pp - 1, _state.PP_GROUP, _tag(_OUT, 0))]
-                n = len(tf.nest.flatten(spec))
-                for k in range(self.m):
-                    self.outputs[k] = tf.nest.pack_sequence_as(spec, flat[k * n:(k + 1) * n])
+        """Every pipeline rank has every output (those not received during the schedule now);
+        the threads finish the step function."""
+        if _state.pp_rank() < _state.pp_size() - 1:
+            for k in range(self.m):
+                if self.outputs[k] is None:
+                    self._receive_output(k)
         with self.cond:
             self.done = True
             for k in range(self.m):
