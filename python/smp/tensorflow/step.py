@@ -146,12 +146,12 @@ class _Run:
         self.finished = [False] * self.m
         self.train = None
         self.model = None
+        self.k_of_thread = {}  # thread id -> its microbatch
 
     # --- the threads' side -------------------------------------------------------------------
 
     def thread_main(self, k):
         _local.run = self
-        self.k_of_thread = getattr(self, "k_of_thread", {})
         self.k_of_thread[threading.get_ident()] = k
         args, kwargs = self.calls[k]
         try:
@@ -234,17 +234,8 @@ class _Run:
             self._finish(threads, release_error=local_error or RuntimeError(
                 f"smp.step: rank(s) {failed} failed before the pipeline started; see their error"))
             raise local_error or RuntimeError(f"smp.step: rank(s) {failed} failed before the pipeline started")
-        models = {id(i[0]) for i in self.inputs}
-        if len(models) != 1:
-            raise RuntimeError("smp.step: the microbatches called different models; call one DistributedModel")
-        self.model = self.inputs[0][0]
-        trains = {i[3] for i in self.inputs}
-        self.train = trains.pop() if len(trains) == 1 else True
-        self.is_last_stage = _state.pp_rank() == _state.pp_size() - 1
-        if not self.model.partitioned:
-            _, args, kwargs, _ = self.inputs[0]
-            self.model._partition(args, kwargs)
         try:
+            self._prepare()
             t0 = time.perf_counter()
             self._pipeline()
             t1 = time.perf_counter()
@@ -264,6 +255,20 @@ class _Run:
         if errors:
             raise errors[0]
         return self.results
+
+    def _prepare(self):
+        if len({id(i[0]) for i in self.inputs}) != 1:
+            raise RuntimeError("smp.step: the microbatches called different models; call one DistributedModel")
+        self.model = self.inputs[0][0]
+        trains = {i[3] for i in self.inputs}
+        if len(trains) != 1:
+            raise RuntimeError("smp.step: a GradientTape recorded at the model call of some microbatches only; "
+                               "record one around the model call in every microbatch, or in none (evaluation)")
+        self.train = trains.pop()
+        self.is_last_stage = _state.pp_rank() == _state.pp_size() - 1
+        if not self.model.partitioned:
+            _, args, kwargs, _ = self.inputs[0]
+            self.model._partition(args, kwargs)
 
     def _finish(self, threads, release_error=None):
         with self.cond:
