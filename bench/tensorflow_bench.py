@@ -89,8 +89,11 @@ def run_smp(a):
         slowest = max(smp.allgather(elapsed, smp.WORLD))
         slowest_total = max(smp.allgather(total, smp.WORLD))
         busiest = max(smp.allgather(last_step_stats()["busy_s"], smp.WORLD))
-        if s >= a.warmup and smp.rank() == 0 and os.environ.get("SMP_BENCH_VERBOSE"):
-            print({k: round(v, 4) if isinstance(v, float) else v for k, v in last_step_stats().items()}, flush=True)
+        if s >= a.warmup and os.environ.get("SMP_BENCH_VERBOSE"):
+            stats = dict(last_step_stats(), step_s=elapsed)
+            everyone = smp.allgather({k: round(v, 4) for k, v in stats.items() if isinstance(v, float)}, smp.WORLD)
+            if smp.rank() == 0:
+                print(everyone, flush=True)
         if s >= a.warmup:
             times.append(slowest)
             totals.append(slowest_total)
