@@ -67,6 +67,8 @@ def distributed(name, steps, manual):
     kwargs = {"manual": manual} if name != "cnn" else {}
     model = tf_models.make(body, smp.DistributedModel, seed=7 * smp.dp_rank(), **kwargs)
     opt = keras.optimizers.SGD(LR)
+    hooked = []
+    model.register_post_partition_hook(lambda m: hooked.append([layer.name for layer in m.local_layers()]))
 
     @smp.step
     def train_step(x, y):
@@ -85,6 +87,8 @@ def distributed(name, steps, manual):
             first_grads = {names[id(v)]: g.numpy() for v, g in zip(model.trainable_variables, grads)}
         opt.apply_gradients(zip(grads, model.trainable_variables))
         losses.append(float(np.mean(smp.allgather(float(loss.reduce_mean()), smp.DP_GROUP))))
+    held = sorted({name.split("#")[0] for name in first_grads})
+    assert len(hooked) == 1 and set(held) <= set(hooked[0]), f"post-partition hook calls: {hooked}, holding {held}"
     return losses, first_grads, model
 
 
