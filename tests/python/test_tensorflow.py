@@ -76,3 +76,18 @@ def test_checkpoint_round_trip_and_resume_under_another_layout(run_mpi, tmp_path
         r = run_mpi(2, "tf_checkpoint_worker.py", "--phase", "resume", "--dir", tmp_path, "--pp", pp, timeout=120)
         assert r.returncode == 0, r.stdout[-3000:]
         assert r.stdout.count("RESUME OK") == 2, r.stdout[-3000:]
+
+
+def test_example_cnn_under_pp2_equals_one_process(run_mpi):
+    """examples/tensorflow/cnn.py (training steps, then a forward-only evaluation step) under
+    pp2 prints the same losses and test accuracy as on one rank."""
+    args = ["--steps", "4", "--batch-size", "8", "--width", "4", "--log-every", "1"]
+    outputs = []
+    for ranks, params in ((1, '{"partitions": 1, "microbatches": 2}'), (2, '{"partitions": 2, "microbatches": 2}')):
+        r = run_mpi(ranks, "../../examples/tensorflow/cnn.py", *args, env={"SM_HP_MP_PARAMETERS": params},
+                    timeout=120)
+        assert r.returncode == 0, r.stdout[-3000:]
+        lines = [line for line in r.stdout.splitlines() if line.startswith(("step ", "test accuracy"))]
+        assert len(lines) == 5, r.stdout[-3000:]
+        outputs.append(lines)
+    assert outputs[0] == outputs[1], outputs
