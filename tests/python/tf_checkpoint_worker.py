@@ -30,19 +30,17 @@ import smp.tensorflow as smp  # noqa: E402
 GLOBAL_BATCH = 8
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--phase", choices=["save", "resume"], required=True)
-    ap.add_argument("--dir", required=True)
-    ap.add_argument("--pp", type=int, required=True)
-    a = ap.parse_args()
-    world = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
-    dp = world // a.pp
-    smp.init({"pipeline_parallel_degree": a.pp, "microbatches": 2, "ddp": dp > 1})
-    seed = 0 if a.phase == "save" else 5
+def config(pp, world):
+    return {"pipeline_parallel_degree": pp, "microbatches": 2, "ddp": world // pp > 1}
+
+
+def run(phase, directory, pp):
+    """One phase with smp initialised under config(pp, world)."""
+    dp = smp.dp_size()
+    seed = 0 if phase == "save" else 5
     model = tf_models.make(tf_models.TransformerBody, smp.DistributedModel, seed=seed)
     optimizer = keras.optimizers.Adam(1e-2)
-    manager = smp.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer), a.dir, max_to_keep=1)
+    manager = smp.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer), directory, max_to_keep=1)
 
     @smp.step
     def train_step(x, y):
@@ -58,26 +56,36 @@ def main():
         optimizer.apply_gradients(zip([g.reduce_mean() for g in grads], model.trainable_variables))
         return sum(smp.allgather(float(loss.reduce_mean()), smp.DP_GROUP)) / smp.dp_size()
 
-    if a.phase == "save":
+    if phase == "save":
         for step in range(4):
             train(step)
         path = manager.save()
         losses = [train(step) for step in range(4, 8)]
         if smp.rank() == 0:
-            with open(os.path.join(a.dir, "losses.json"), "w") as f:
-                json.dump({"pp": a.pp, "losses": losses}, f)
+            with open(os.path.join(directory, "losses.json"), "w") as f:
+                json.dump({"pp": pp, "losses": losses}, f)
             print(f"SAVED {path} {losses}", flush=True)
     else:
-        assert manager.restore() is not None, f"no checkpoint in {a.dir}"
+        assert manager.restore() is not None, f"no checkpoint in {directory}"
         losses = [train(step) for step in range(4, 8)]
-        with open(os.path.join(a.dir, "losses.json")) as f:
+        with open(os.path.join(directory, "losses.json")) as f:
             saved = json.load(f)
-        if saved["pp"] == a.pp and dp == 1:
+        if saved["pp"] == pp and dp == 1:
             assert losses == saved["losses"], f"same layout: {losses} != {saved['losses']}"
         worst = max(abs(x - y) / abs(y) for x, y in zip(losses, saved["losses"]))
         assert worst <= 1e-4, f"resumed losses {losses} vs {saved['losses']} (worst relative {worst:.1e})"
-        print(f"RESUME OK rank={smp.rank()} pp={a.pp} dp={dp} worst={worst:.1e} {losses}", flush=True)
+        print(f"RESUME OK rank={smp.rank()} pp={pp} dp={dp} worst={worst:.1e} {losses}", flush=True)
     smp.barrier()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--phase", choices=["save", "resume"], required=True)
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--pp", type=int, required=True)
+    a = ap.parse_args()
+    smp.init(config(a.pp, int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))))
+    run(a.phase, a.dir, a.pp)
 
 
 if __name__ == "__main__":

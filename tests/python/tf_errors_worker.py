@@ -51,24 +51,32 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", required=True, choices=["horovod", "all"])
     case = ap.parse_args().case
-    config = {"pipeline_parallel_degree": 2, "microbatches": 4, "auto_partition": False}
+    config = dict(CONFIG)
     if case == "horovod":
         config.update(horovod=True)
-    cases = ["not_distributed_model", "model_outside_step", "indivisible_batch", "cut_crossed"]
-    failed = 0
     try:
         smp.init(config)
     except Exception as e:  # noqa: BLE001  (the test reads the message)
         print(f"ERROR {type(e).__name__}: {e}", flush=True)
         sys.exit(1)
-    for c in cases:
+    sys.exit(1 if run_all() else 0)
+
+
+CONFIG = {"pipeline_parallel_degree": 2, "microbatches": 4, "auto_partition": False}
+CASES = ["not_distributed_model", "model_outside_step", "indivisible_batch", "cut_crossed"]
+
+
+def run_all():
+    """Every case in turn (smp initialised under CONFIG); returns how many raised."""
+    failed = 0
+    for c in CASES:
         try:
             run(c)
             print(f"no error raised by {c}", flush=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001  (the test reads the message)
             print(f"ERROR {type(e).__name__}: {e}", flush=True)
             failed += 1
-    sys.exit(1 if failed else 0)
+    return failed
 
 
 if __name__ == "__main__":

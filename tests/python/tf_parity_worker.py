@@ -92,9 +92,11 @@ def distributed(name, steps, manual):
     return losses, first_grads, model
 
 
-def compare(name, ref, got):
+def compare(name, ref, got, label=""):
+    """`ref` may hold more steps than `got` (a longer run's losses: the first ones are the same)."""
     ref_losses, ref_grads = ref
     losses, grads, model = got
+    ref_losses = ref_losses[:len(losses)]
     worst_loss = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses, ref_losses))
     assert worst_loss <= 1e-4, f"{name}: losses {losses} vs one process {ref_losses} (worst relative {worst_loss:.2e})"
     assert grads, f"{name}: rank {smp.rank()} holds no variables"
@@ -111,12 +113,12 @@ def compare(name, ref, got):
         assert err <= 1e-5, f"{name}: gradient of {k} differs from one process by {err:.2e} (relative to its max)"
         worst_grad = max(worst_grad, err)
     held = sorted({k.split("#")[0] for k in grads})
-    print(f"PARITY OK {name} rank={smp.rank()} pp_rank={smp.pp_rank()} dp_rank={smp.dp_rank()} layers={held} "
+    print(f"PARITY OK {label}{name} rank={smp.rank()} pp_rank={smp.pp_rank()} dp_rank={smp.dp_rank()} layers={held} "
           f"worst_loss={worst_loss:.1e} worst_grad={worst_grad:.1e} first_loss={losses[0]:.6f} "
           f"last_loss={losses[-1]:.6f}", flush=True)
 
 
-def fit_check():
+def fit_check(label=""):
     """Keras fit() on the DistributedModel against fit() of the plain model: 3 epochs of 4 batches,
     per-epoch loss within 1e-4 relative and the same accuracy."""
     x, y = tf_models.batch("cnn", 100, 64)
@@ -130,7 +132,7 @@ def fit_check():
     worst = max(abs(a - b) / b for a, b in zip(got["loss"], ref["loss"]))
     assert worst <= 1e-4, f"fit: losses {got['loss']} vs one process {ref['loss']}"
     assert got["accuracy"] == ref["accuracy"], f"fit: accuracy {got['accuracy']} vs one process {ref['accuracy']}"
-    print(f"FIT OK rank={smp.rank()} worst_loss={worst:.1e} losses={got['loss']}", flush=True)
+    print(f"FIT OK {label}rank={smp.rank()} worst_loss={worst:.1e} losses={got['loss']}", flush=True)
 
 
 def main():
