@@ -52,6 +52,9 @@ def start_mpi():
 
 
 class Layout:
+    """smp.init(config) on entry; smp.shutdown() and "LAYOUT <name> <seconds>" on a clean exit
+    (on an exception main() ends the process instead)."""
+
     def __init__(self, name, config):
         self.name, self.config = name, config
 
