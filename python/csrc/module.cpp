@@ -14,6 +14,7 @@ namespace smp::python {
 void bind_model(py::module& m);
 void bind_optimizer(py::module& m);
 void bind_checkpoint(py::module& m);
+void bind_pipeline(py::module& m);
 }  // namespace smp::python
 
 namespace {
@@ -108,6 +109,11 @@ void bind_runtime(py::module& m) {
     group.all_gather(out, in).wait();
     return out;
   }, "Every member's tensor stacked along a new leading dim, in group-rank order.");
+  m.def("broadcast_tensor", [](at::Tensor tensor, int root, CommGroup g) {
+    py::gil_scoped_release nogil;
+    at::Tensor t = tensor;
+    process_group(g).broadcast(t, root).wait();
+  }, "In place: the group rank root's tensor on every member.");
 }
 
 }  // namespace
@@ -119,4 +125,5 @@ PYBIND11_MODULE(_C, m) {
   smp::python::bind_model(m);
   smp::python::bind_optimizer(m);
   smp::python::bind_checkpoint(m);
+  smp::python::bind_pipeline(m);
 }
