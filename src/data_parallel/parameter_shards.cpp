@@ -314,12 +314,14 @@ void ParameterShards::on_grad_ready(int param) {
 
 // Adds parameter `param`'s gradient (flat) into its pack, where the reduce-scatter sends it:
 // element i of bucket b goes to row i / n (n: b's slice), at b's place in the row. A
-// parameter crossing slice boundaries is added piece by piece.
+// parameter crossing slice boundaries is added piece by piece. A new pack waits for the
+// reduce-scatter in flight (on a GPU, its stream does), so one pack is held at a time.
 void ParameterShards::add_to_pack(int param, const at::Tensor& grad) {
   const Slot& slot = layout_.slot(param);
   const Bucket& bucket = layout_.buckets()[slot.bucket];
   const int p = pack_of_[slot.bucket];
   if (!packs_[p].defined()) {
+    poll(true);  // the pack reduced before is done with first: its storage serves this one
     packs_[p] = pool_.empty(group().size() * pack_numel_[p], grads_.options()).zero_();
   }
   const at::Tensor rows = packs_[p].view({group().size(), pack_numel_[p]});
@@ -368,6 +370,7 @@ void ParameterShards::finish() {
   while (!gathering_.empty()) finish_gather(gathering_.begin()->first);
   reduce_incomplete();
   poll(true);
+  pool_.trim();  // no gather or pack until the next step: the optimizer runs without them
   needed_.clear();
   landed_.clear();
   pack_needed_.clear();

@@ -28,8 +28,8 @@
 //     reduce-scatter sends it (rank r's slices of its buckets together: no copy to send), and
 //     once a pack's gradients of a microbatch are all in, it is reduce-scattered (average) over
 //     the sharding group into grads() in one collective, which sums over microbatches (packs and
-//     grads() are fp32 for fp16/bf16 parameters); one reduce-scatter is in flight at a time (a
-//     pack waits for the one before), so a rank holds at most two packs;
+//     grads() are fp32 for fp16/bf16 parameters); a new pack waits for the reduce-scatter
+//     in flight, so a rank holds one pack at a time;
 //     finish() averages grads() over the replicas (and the slices of
 //     TP-replicated parameters over the tensor-parallel group);
 //     zero_grad() frees grads(). No rank holds a whole gradient buffer, only the packs in
