@@ -13,7 +13,8 @@
 #                       sdp_max_live_parameters 1, so only the layer computing is gathered);
 #                       < 1 means prefetching hides gathers. Losses of the two must agree.
 # llama_1b_trains       1 when LLaMA-1B (sdp 4, delayed initialisation, offloading, activation
-#                       checkpointing) finishes its 3 steps; llama_1b_peak_mb its peak.
+#                       checkpointing, Adam's moments in a file: offload_optimizer_state)
+#                       finishes its 3 steps; llama_1b_peak_mb its peak.
 #
 # Usage: bash bench/memory.sh   (about 15 minutes; SMP_BENCH_SEQ, default 128, tokens a sequence;
 #        SMP_BENCH_ONLY=llama runs LLaMA-1B alone, SMP_BENCH_ONLY=gpt2 GPT-2 350M alone)
@@ -51,12 +52,13 @@ if [ "$only" != llama ]; then
   run gpt2_noprefetch gpt2-350m 8 ', "sdp_max_live_parameters": 1' ||
     fail "gpt2-350m without prefetch" "$out/gpt2_noprefetch.log"
 fi
-# LLaMA-1B needs, a rank: its fp32 weights, gradients and Adam moments sharded 4 ways
-# (16 B x 1.205e9 / 4 = 4596 MiB) plus what GPT-2 350M's run measured above them (the process,
-# a gathered layer, a gradient pack; about 1.1 GiB with LLaMA's 268 MB layers). Four such ranks
-# must fit in what the machine has available, or the kernel kills one (and whatever else runs).
+# LLaMA-1B needs, a rank: its fp32 weights and gradients sharded 4 ways (8 B x 1.205e9 / 4 =
+# 2298 MiB; its Adam moments, as much again, wait in a file: offload_optimizer_state) plus what
+# GPT-2 350M's run measured above them (the process, a gathered layer, a gradient pack; about
+# 1.1 GiB with LLaMA's 268 MB layers). Four such ranks must fit in what the machine has
+# available, or the kernel kills one (and whatever else runs).
 llama_ok=0
-need_mb=$(( 4 * (4596 + 1100) ))
+need_mb=$(( 4 * (2298 + 1100) ))
 avail_mb=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)
 if [ "$only" = gpt2 ]; then
   :
@@ -66,7 +68,7 @@ elif [ "$avail_mb" -lt "$need_mb" ] && [ "${SMP_BENCH_FORCE_LLAMA:-0}" != 1 ]; t
 else
   llama_ok=1
   run llama llama-1b 8 ', "delayed_parameter_initialization": true,
-    "offload_activations": true, "activation_loading_horizon": 1' ||
+    "offload_activations": true, "activation_loading_horizon": 1, "offload_optimizer_state": true' ||
     { llama_ok=0; echo "$script: llama-1b did not finish; its log's end:" >&2; tail -5 "$out/llama.log" >&2; }
 fi
 

@@ -57,6 +57,8 @@ struct DistributedOptimizerOptions {
   // by upload_learning_rates() (a captured CUDA graph replays its kernels' scalar arguments
   // as captured; a tensor it reads anew). Off: the groups' options are read in step().
   bool lr_on_device = false;
+  // offload_optimizer_state: the elements of state updated (and so resident) at a time.
+  int64_t offload_window = int64_t{1} << 23;
 };
 
 // What a checkpoint stores. `meta` holds the optimizer kind, the groups' options and step

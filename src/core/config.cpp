@@ -286,6 +286,7 @@ const std::vector<KeySpec>& key_specs() {
       bool_key("horovod", &Config::horovod),
       number_key("comm_timeout_s", &Config::comm_timeout_s, 0.0, kInf, true),
       number_key("phase_timeout_s", &Config::phase_timeout_s, 0.0, kInf, true),
+      bool_key("offload_optimizer_state", &Config::offload_optimizer_state),
   };
   return specs;
 }

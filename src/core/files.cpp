@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 
@@ -139,6 +140,11 @@ void fsync_path(const std::string& path) {
   const int rc = ::fsync(fd);
   ::close(fd);
   if (rc != 0) fail("cannot fsync", path);
+}
+
+std::string temp_dir() {
+  const char* tmp = std::getenv("TMPDIR");
+  return tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
 }
 
 std::string parent_dir(const std::string& path) {

@@ -2,6 +2,8 @@
 // (see optimizer_impl.h).
 #include "optimizer_impl.h"
 #include "smp/core/error.h"
+#include "smp/core/files.h"
+#include "state_file.h"
 
 #include <ATen/ATen.h>
 #include <torch/optim/adam.h>
@@ -135,8 +137,19 @@ void DistributedOptimizer::Impl::initialize() {
   const at::ScalarType dtype = mixed ? at::kFloat : reducer->param_dtype();
   device = reducer->params().empty() ? at::Device(at::kCPU) : reducer->params()[0].tensor.device();
   const auto opts = at::TensorOptions().dtype(dtype).device(device);
-  for (const std::string& name : state_names())
-    state[name] = at::zeros({layout.local_numel()}, opts);
+  offloaded = model.context().config().offload_optimizer_state;
+  if (offloaded && !device.is_cpu()) {
+    throw ConfigError("config key \"offload_optimizer_state\": got true with parameters on " + device.str() +
+                      "; allowed: host (CPU) parameters only (offloading a GPU's optimizer state is not built)");
+  }
+  if (options.offload_window < 1) {
+    throw ConfigError("DistributedOptimizer: offload_window: got " + std::to_string(options.offload_window) +
+                      "; allowed: an integer >= 1 (elements)");
+  }
+  for (const std::string& name : state_names()) {
+    state[name] = offloaded ? optim::file_backed_zeros(layout.local_numel(), dtype, files::temp_dir())
+                            : at::zeros({layout.local_numel()}, opts);
+  }
   if (mixed) {
     master = at::zeros({layout.local_numel()}, opts);
     for (const Run& run : runs) {
@@ -215,21 +228,55 @@ const DistributedOptimizer::Impl::RunViews& DistributedOptimizer::Impl::views() 
   if (key == cached_views.key) return cached_views;
   RunViews v;
   v.key = std::move(key);
-  v.groups.resize(steps.size());
-  const bool sgd = kind == Kind::kSgd;
   for (const Run& run : runs) {
     const at::Tensor grad = grad_view(run);
     v.grads.push_back(grad);
     if (run.in_norm) v.norm_grads.push_back(grad);
     if (mixed) v.masters.push_back(param_view(run)), v.sources.push_back(param_source(run));
-    GroupViews& g = v.groups[run.group];
-    g.params.push_back(param_view(run));
-    g.grads.push_back(grad);
-    g.m.push_back(state_view(sgd ? "momentum_buffer" : "exp_avg", run));
-    if (!sgd) g.v.push_back(state_view("exp_avg_sq", run)), g.vmax.push_back(state_view("max_exp_avg_sq", run));
+  }
+  // Windows over the local elements: one for in-memory state, offload_window each when the
+  // state is in a file. A run crossing a window's edge is updated in pieces (elementwise: the
+  // same result).
+  const int64_t local_numel = reducer->layout().local_numel();
+  const int64_t width = offloaded ? options.offload_window : std::max<int64_t>(local_numel, 1);
+  for (int64_t begin = 0; begin < std::max<int64_t>(local_numel, 1); begin += width) {
+    v.windows.push_back({begin, std::min(width, local_numel - begin), {}});
+    v.windows.back().groups.resize(steps.size());
+  }
+  const bool sgd = kind == Kind::kSgd;
+  for (const Run& run : runs) {
+    for (int64_t at = run.local; at < run.local + run.numel;) {
+      Window& w = v.windows[at / width];
+      Run piece = run;
+      piece.local = at;
+      piece.flat = run.flat + (at - run.local);
+      piece.numel = std::min(run.local + run.numel, w.local + w.numel) - at;
+      at += piece.numel;
+      GroupViews& g = w.groups[run.group];
+      g.params.push_back(param_view(piece));
+      g.grads.push_back(grad_view(piece));
+      g.m.push_back(state_view(sgd ? "momentum_buffer" : "exp_avg", piece));
+      if (!sgd) g.v.push_back(state_view("exp_avg_sq", piece)), g.vmax.push_back(state_view("max_exp_avg_sq", piece));
+    }
   }
   cached_views = std::move(v);
   return cached_views;
+}
+
+void DistributedOptimizer::Impl::update() {
+  for (const Window& w : views().windows) {
+    for (size_t g = 0; g < w.groups.size(); ++g) update_group(w.groups[g], static_cast<int>(g));
+    if (!offloaded) continue;
+    for (const auto& [name, t] : state) optim::release(t.narrow(0, w.local, w.numel));
+  }
+  // A read fault maps the cached pages around it too (the kernel's fault-around), earlier
+  // windows' included: drop those as well.
+  release_state();
+}
+
+void DistributedOptimizer::Impl::release_state() {
+  if (!offloaded) return;
+  for (const auto& [name, t] : state) optim::release(t);
 }
 
 void DistributedOptimizer::Impl::prepare() {
@@ -310,8 +357,8 @@ void DistributedOptimizer::Impl::skip_nonfinite() {
   }
 }
 
-void DistributedOptimizer::Impl::update_group(int group) {
-  const auto& [params, grads, m, v, vmax] = views().groups.at(group);
+void DistributedOptimizer::Impl::update_group(const GroupViews& views, int group) {
+  const auto& [params, grads, m, v, vmax] = views;
   if (params.empty()) return;
   const auto& options = inner->param_groups().at(group).options();
   // Every kernel skips the update on the device where found_inf is set.

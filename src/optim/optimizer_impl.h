@@ -55,10 +55,6 @@ struct DistributedOptimizer::Impl {
   void upload_learning_rates();  // lr_on_device: the groups' options into lrs
   // Step counts (per group) and fp16's dynamic scale copied from the host to the device.
   void upload_counts_and_scale();
-  // The optimizer's update of every run of a parameter group, with the group's current options,
-  // by PyTorch's fused kernels (_fused_adamw_, _fused_adam_, _fused_sgd_: what torch.optim's
-  // fused=True runs).
-  void update_group(int group);
   // Masters back into the parameters; all-gathers sharded buckets (collective).
   void write_back();
   // State dicts (state_dict.cpp).
@@ -86,16 +82,27 @@ struct DistributedOptimizer::Impl {
   // a GPU). Freeing a buffer's storage in place (sharded data parallelism's gradients) keeps
   // the views valid.
   struct GroupViews {
-    std::vector<at::Tensor> params, grads, m, v, vmax;  // by run of the group
+    std::vector<at::Tensor> params, grads, m, v, vmax;  // by run (piece) of the group
+  };
+  struct Window {  // local elements [local, +numel): the whole state, or one offload_window
+    int64_t local = 0, numel = 0;
+    std::vector<GroupViews> groups;  // by optimizer group; runs cut at the window's edges
   };
   struct RunViews {
     std::vector<std::pair<const void*, int64_t>> key;  // each buffer's storage and offset
     std::vector<at::Tensor> grads;       // every run
     std::vector<at::Tensor> norm_grads;  // the runs counted in the norm
     std::vector<at::Tensor> masters, sources;  // fp16/bf16: the masters and where they go back
-    std::vector<GroupViews> groups;      // by optimizer group
+    std::vector<Window> windows;
   };
   const RunViews& views();
+  // The update of every run: window by window, and in a window, one call of PyTorch's fused
+  // kernels (_fused_adamw_, _fused_adam_, _fused_sgd_: what torch.optim's fused=True runs) per
+  // parameter group, with the group's current options. Offloaded state leaves resident memory
+  // after its window.
+  void update();
+  void update_group(const GroupViews& views, int group);
+  void release_state();  // offloaded: every state page out of resident memory
 
   DistributedModel& model;
   std::unique_ptr<torch::optim::Optimizer> inner;
@@ -119,7 +126,8 @@ struct DistributedOptimizer::Impl {
   std::vector<int> param_group;       // per reducer parameter: optimizer group or -1
   std::vector<dp::Segment> segments;  // owned elements of optimized parameters
   std::vector<optim::Run> runs;
-  std::map<std::string, at::Tensor> state;  // local layout
+  std::map<std::string, at::Tensor> state;  // local layout; file-backed when offloaded
+  bool offloaded = false;                   // Config::offload_optimizer_state
   at::Tensor master;                        // fp32, local layout (mixed only)
   std::vector<int64_t> steps;               // per group, on the host (as of the last settle)
   std::vector<at::Tensor> step_counts;      // per group, 0-dim float on the device: the fused

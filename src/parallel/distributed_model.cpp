@@ -552,7 +552,7 @@ pipeline::Executor& DistributedModel::executor_for(int num_microbatches, bool tr
     const Config& cfg = context_.config();
     const pipeline::OffloadOptions offload{cfg.offload_activations,
                                            cfg.activation_loading_horizon,
-                                           pipeline::default_offload_directory()};
+                                           files::temp_dir()};
     slot = std::make_unique<pipeline::Executor>(context_.group(CommGroup::PP_GROUP),
                                                 schedule_for(num_microbatches, train),
                                                 std::move(stages), offload);

@@ -12,14 +12,10 @@
 #include <cstring>
 
 #include "smp/core/error.h"
+#include "smp/core/files.h"
 #include "pinned_store.h"
 
 namespace smp::pipeline {
-
-std::string default_offload_directory() {
-  const char* tmp = std::getenv("TMPDIR");
-  return tmp && *tmp ? tmp : "/tmp";
-}
 
 std::unique_ptr<ActivationStore> make_activation_store(const at::Device& device,
                                                        const std::string& directory) {
@@ -52,7 +48,7 @@ void transfer(bool write, int fd, char* data, int64_t bytes, int64_t offset,
 }  // namespace
 
 FileStore::FileStore(const std::string& directory) {
-  std::string name = (directory.empty() ? default_offload_directory() : directory) +
+  std::string name = (directory.empty() ? files::temp_dir() : directory) +
                      "/smp-offload-XXXXXX";
   fd_ = ::mkstemp(name.data());
   path_ = name;

@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 
 #include "smp/core/error.h"
+#include "smp/core/files.h"
 #include "smp/pipeline/offload.h"
 
 namespace smp::pipeline {
@@ -21,7 +22,7 @@ namespace {
 
 // A fresh empty directory under $TMPDIR (or /tmp) for one test.
 std::string fresh_directory(const std::string& name) {
-  const std::string dir = default_offload_directory() + "/smp_offload_store_test_" + name + "_" +
+  const std::string dir = files::temp_dir() + "/smp_offload_store_test_" + name + "_" +
                           std::to_string(::getpid());
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);

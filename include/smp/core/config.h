@@ -6,7 +6,7 @@
 //   - pipeline_parallel_degree (alias "partitions") defaults to 1; SMP requires it.
 //   - auto_partition=false does not require default_partition (it defaults to 0).
 //   - bf16 is allowed without sharded data parallelism.
-// smp extension keys (not in SMP): comm_timeout_s, phase_timeout_s.
+// smp extension keys (not in SMP): comm_timeout_s, phase_timeout_s, offload_optimizer_state.
 //
 // Every problem throws smp::ConfigError whose message names the key, the value given (as
 // JSON) and what is allowed. Nothing here blocks, talks to other ranks or keeps global state;
@@ -103,6 +103,10 @@ struct Config {
   // Seconds the other ranks wait for a known long phase that some ranks run alone (rank 0
   // preparing the data or partitioning, the checkpoint writers) before aborting. > 0.
   double phase_timeout_s = 3600.0;
+  // DistributedOptimizer keeps its moments (Adam's exp_avg and exp_avg_sq, SGD's momentum) in a
+  // file in $TMPDIR (else /tmp), updated a window at a time, instead of in memory (host
+  // parameters only; as DeepSpeed's offload_optimizer to NVMe).
+  bool offload_optimizer_state = false;
 
   // Canonical names of the keys that were given explicitly ("partitions" is recorded as
   // "pipeline_parallel_degree"). Derived defaults and not_implemented_warnings() use it.

@@ -40,6 +40,10 @@ bool exchange_durable(const std::string& a, const std::string& b);
 // fsync of a file or directory.
 void fsync_path(const std::string& path);
 
+// Where smp puts scratch files on local disk (offloaded activations and optimizer state):
+// $TMPDIR, else /tmp.
+std::string temp_dir();
+
 // The directory part of `path` ("." when there is none).
 std::string parent_dir(const std::string& path);
 

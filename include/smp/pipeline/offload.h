@@ -49,15 +49,12 @@ class ActivationStore {
 struct OffloadOptions {
   bool enabled = false;
   int horizon = 4;        // a load starts this many actions before its backward
-  std::string directory;  // FileStore's directory: $TMPDIR, else /tmp, when empty
+  std::string directory;  // FileStore's directory: files::temp_dir() when empty
 };
 
 // The store for tensors on `device`: FileStore for the host, PinnedStore for a GPU.
 std::unique_ptr<ActivationStore> make_activation_store(const at::Device& device,
                                                        const std::string& directory);
-
-// The directory FileStore uses when none is given: $TMPDIR, else /tmp.
-std::string default_offload_directory();
 
 class FileStore : public ActivationStore {
  public:
