@@ -336,6 +336,9 @@ void DistributedModel::keep_own_stages() {
   reducer_options.overlapping = options_.overlapping_allreduce;
   reducer_options.delayed = options_.delayed_slices.get();
   reducer_ = std::make_unique<dp::GradientReducer>(context_, std::move(params), reducer_options);
+  // The shards hold their slices now: the copies taken as the model was built (this rank's
+  // share of the whole model) go.
+  options_.delayed_slices.reset();
   if (reducer_->parameter_shards()) shard_layers();
   // Tied copies: where each half of a pair lives, found once.
   std::map<std::string, int> index;

@@ -112,6 +112,7 @@ TEST(ConfigTest, DefaultsAreSmpDefaults) {
   EXPECT_TRUE(c.contiguous);
   EXPECT_FALSE(c.horovod);
   EXPECT_DOUBLE_EQ(c.comm_timeout_s, 60.0);
+  EXPECT_FALSE(c.offload_optimizer_state);
   EXPECT_TRUE(c.given.empty());
   // A default-constructed Config is the same as an empty parameter object.
   EXPECT_EQ(Config{}.to_json(), c.to_json());
@@ -298,6 +299,7 @@ TEST(ConfigTest, RejectsBadValuesNamingKeyValueAndAllowed) {
       {{{"prescaled_batch", "no"}}, {"\"prescaled_batch\"", "got \"no\"", kBool}},
       {{{"shard_optimizer_state", 1}}, {"\"shard_optimizer_state\"", "got 1", kBool}},
       {{{"offload_activations", 1}}, {"\"offload_activations\"", "got 1", kBool}},
+      {{{"offload_optimizer_state", "yes"}}, {"\"offload_optimizer_state\"", "got \"yes\"", kBool}},
       {{{"activation_loading_horizon", 0}}, {"\"activation_loading_horizon\"", "got 0", "an integer >= 1"}},
       {{{"delayed_parameter_initialization", "x"}}, {"\"delayed_parameter_initialization\"", "got \"x\"", kBool}},
       {{{"sharded_data_parallel_degree", 0}}, {"\"sharded_data_parallel_degree\"", "got 0", "an integer >= 1"}},

@@ -142,6 +142,12 @@ void expect_layout_matches_one_process(const std::string& layout, const std::str
   options.delayed_slices = delayed;
   auto opt_params = distinct_parameters(m.layers);
   DistributedModel model(std::move(m.layers), options);
+  // The model holds the only reference to the slices from here; partitioning hands them to the
+  // shards, after which they must go (they are this rank's share of the whole model).
+  const std::weak_ptr<dp::DelayedSlices> slices = delayed;
+  delayed.reset();
+  on_layer = nullptr;
+  options.delayed_slices.reset();
   DistributedOptimizer opt(model, sgd(opt_params));
   const LossFn loss = [&m](const Values& out, const Values& y) { return m.loss(out, y); };
   const int64_t rows = kGlobalBatch / dp_size();  // each data-parallel rank its own rows
@@ -152,6 +158,7 @@ void expect_layout_matches_one_process(const std::string& layout, const std::str
          loss);
     opt.step();
   }
+  EXPECT_TRUE(slices.expired()) << layout << ": the slices taken at build time outlive partitioning";
 
   const Reference& ref = reference();
   std::set<std::string> compared;  // reference names
