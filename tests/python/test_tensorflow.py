@@ -83,6 +83,7 @@ ERRORS = {
     "indivisible_batch": "argument 'x' has 6 samples along axis 0, which does not divide into microbatches=4",
     "horovod": 'config key "horovod": got true; allowed: false',
     "cut_crossed": "is crossed by a value other than 'fc1''s output",
+    "predict_indivisible": "smp.DistributedModel.predict: a batch of 6 samples does not divide into microbatches=4",
 }
 
 
@@ -92,8 +93,16 @@ def test_every_rank_reports_bad_input(runs, case):
     tf_errors_worker.py, each before any communication of its step)."""
     out = ok(runs(2))
     assert "no error raised" not in out, out[-4000:]
-    assert out.count("BAD INPUT raised=4") == 2, out[-4000:]
+    assert out.count("BAD INPUT raised=5") == 2, out[-4000:]
     assert out.count(ERRORS[case]) == 2, out[-4000:]
+
+
+@pytest.mark.parametrize("layout,ranks", [("pp2_interleaved", 2), ("pp2xdp2_interleaved", 4)])
+def test_evaluate_and_predict_equal_one_process(runs, layout, ranks):
+    """Keras predict() and evaluate() (forward-only steps) on the pipelined CNN: predictions,
+    loss and accuracy equal the plain model's in one process (tf_parity_worker.py)."""
+    out = ok(runs(ranks))
+    assert len(found(out, rf"EVALUATE OK {layout} rank=\d+ ")) == ranks, out[-4000:]
 
 
 def test_checkpoint_round_trip_and_resume_under_another_layout(runs):
