@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 import torch
 from tensorflow.python.eager import record as _tape_record
+from tensorflow.python.eager import tape as _tape_lib
 
 from smp._engine import _C
 
@@ -66,11 +67,16 @@ class StepOutput:
         self.outputs = list(outputs)
 
     def accumulate(self):
-        """The sum over microbatches (SMP: what apply_gradients takes after a step)."""
-        return None if self.outputs[0] is None else tf.add_n(self.outputs)
+        """The sum over microbatches (SMP: what apply_gradients takes after a step); with one
+        microbatch its output itself (no copy)."""
+        if self.outputs[0] is None or len(self.outputs) == 1:
+            return self.outputs[0]
+        return tf.add_n(self.outputs)
 
     def reduce_mean(self):
-        return None if self.outputs[0] is None else tf.add_n(self.outputs) / len(self.outputs)
+        if self.outputs[0] is None or len(self.outputs) == 1:
+            return self.outputs[0]
+        return tf.add_n(self.outputs) / len(self.outputs)
 
     def reduce_sum(self):
         return self.accumulate()
@@ -132,14 +138,16 @@ class _Run:
     def __init__(self, fn, calls):
         self.fn, self.calls = fn, calls
         self.m = len(calls)
+        # The threads wake this (the schedule's) thread through `cond`; it wakes thread k through
+        # release[k] and them all through `done`, so a wake-up reaches only the thread it is for.
         self.cond = threading.Condition()
         self.inputs = [None] * self.m  # (model, args, kwargs) at each thread's model call
         self.reached = [False] * self.m  # the thread reached its model call, or finished
         self.outputs = [None] * self.m  # the model's output per microbatch, for the threads
-        self.released = [False] * self.m
+        self.release = [threading.Event() for _ in range(self.m)]  # thread k may go on past the model call
         self.dy = [None] * self.m  # the last stage's output gradients, from the threads
         self.dy_given = [False] * self.m
-        self.done = False  # gradients are final
+        self.done = threading.Event()  # gradients are final
         self.grads = [None] * self.m  # per microbatch: this rank's variables' gradients
         self.results = [None] * self.m
         self.errors = [None] * self.m
@@ -160,7 +168,7 @@ class _Run:
             self.errors[k] = e
         with self.cond:
             self.finished[k] = self.reached[k] = True
-            self.cond.notify_all()
+            self.cond.notify()
 
     def model_call(self, model, args, kwargs):
         k = self.k_of_thread[threading.get_ident()]
@@ -170,8 +178,8 @@ class _Run:
         with self.cond:
             self.inputs[k] = (model, args, kwargs, train)
             self.reached[k] = True
-            self.cond.notify_all()
-            self.cond.wait_for(lambda: self.released[k])
+            self.cond.notify()
+        self.release[k].wait()
         if self.errors[k] is not None:
             raise self.errors[k]
         out = self.outputs[k]
@@ -180,28 +188,29 @@ class _Run:
         return self._tie(k, out, model.trainable_variables)
 
     def _tie(self, k, out, variables):
-        """The output, made a function of this rank's variables whose gradient is the schedule's."""
+        """The output, recorded on the step function's tape as one op of this rank's variables
+        (as if call() had read them) whose gradient is the schedule's: the tape's gradient hands
+        the output's gradient over, waits for the step's end and gives each variable microbatch
+        k's gradient. Recorded directly (no tf.custom_gradient, no variable reads): per microbatch
+        it costs microseconds, on the last stage between a forward and its backward."""
         flat = tf.nest.flatten(out)
-        n = len(flat)
-        reads = [tf.identity(v.value) for v in variables]
+        for v in variables:
+            _tape_lib.variable_accessed(v)
+        tied = [tf.identity(x) for x in flat]
 
-        @tf.custom_gradient
-        def link(*xs):
-            def grad(*dys):
-                if self.is_last_stage:
-                    with self.cond:
-                        self.dy[k] = list(dys)
-                        self.dy_given[k] = True
-                        self.cond.notify_all()
+        def grad(*dys):
+            if self.is_last_stage:
                 with self.cond:
-                    self.cond.wait_for(lambda: self.done)
-                if self.errors[k] is not None:
-                    raise self.errors[k]
-                return [None] * n + list(self.grads[k])
-            return [tf.identity(x) for x in xs[:n]], grad
+                    self.dy[k] = list(dys)
+                    self.dy_given[k] = True
+                    self.cond.notify()
+            self.done.wait()
+            if self.errors[k] is not None:
+                raise self.errors[k]
+            return list(self.grads[k])
 
-        tied = link(*flat, *reads)
-        return tf.nest.pack_sequence_as(out, list(tied))
+        _tape_record.record_operation("smp_step_output", tied, [v.handle for v in variables], grad)
+        return tf.nest.pack_sequence_as(out, tied)
 
     # --- this thread's side: the pipeline --------------------------------------------------------
 
@@ -210,9 +219,7 @@ class _Run:
             self.cond.wait_for(pred)
 
     def _release_thread(self, k):
-        with self.cond:
-            self.released[k] = True
-            self.cond.notify_all()
+        self.release[k].set()
 
     def run(self):
         self.t_start = time.perf_counter()
@@ -271,13 +278,10 @@ class _Run:
             self.model._partition(args, kwargs)
 
     def _finish(self, threads, release_error=None):
-        with self.cond:
-            for k in range(self.m):
-                if release_error is not None and self.errors[k] is None:
-                    self.errors[k] = release_error
-                self.released[k] = True
-            self.done = True
-            self.cond.notify_all()
+        for k in range(self.m):
+            if release_error is not None and self.errors[k] is None:
+                self.errors[k] = release_error
+        self._release_all()
         for t in threads:
             t.join()
 
@@ -327,10 +331,11 @@ class _Run:
                 flat = [_to_torch(t) for t in tf.nest.flatten(saved[k][2])]
                 sends.append(_C.send_tensors(flat, peer, _state.PP_GROUP, _tag(_ACT, k)))
             elif what == "recv_grad":
+                # Output k left the last stage before the gradient of k: thread k computes its
+                # loss while this thread waits for the gradient (not during the backward).
+                self._receive_output(k)
                 grad_in[k] = [_to_tf(t) for t in _C.recv_tensors(peer, _state.PP_GROUP, _tag(_GRAD, k))]
             elif what == "backward":
-                if rank < pp - 1:  # the output is in by now: thread k computes its loss meanwhile
-                    self._receive_output(k)
                 tape, inp, out = saved[k]
                 dys = self.dy[k] if rank == pp - 1 else grad_in[k]
                 pairs = [(o, d) for o, d in zip(tf.nest.flatten(out), dys) if o.dtype.is_floating]
@@ -362,8 +367,10 @@ class _Run:
             return
         grads = [g for k in range(self.m) for g in self.grads[k]]
         flat = tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
-        _C.all_reduce(_to_torch(flat), _state.DP_GROUP)
-        parts = tf.split(flat / _state.dp_size(), [int(np.prod(g.shape)) for g in grads])
+        buffer = _to_torch(flat)
+        _C.all_reduce(buffer, _state.DP_GROUP)
+        buffer.div_(_state.dp_size())  # in place: no second buffer
+        parts = tf.split(flat, [g.shape.num_elements() for g in grads])  # views of `flat`, as are the reshapes
         averaged = iter(tf.reshape(p, g.shape) for p, g in zip(parts, grads))
         for k in range(self.m):
             self.grads[k] = [next(averaged) for _ in self.grads[k]]
@@ -383,11 +390,12 @@ class _Run:
             for k in range(self.m):
                 if self.outputs[k] is None:
                     self._receive_output(k)
-        with self.cond:
-            self.done = True
-            for k in range(self.m):
-                self.released[k] = True
-            self.cond.notify_all()
+        self._release_all()
+
+    def _release_all(self):
+        self.done.set()
+        for event in self.release:
+            event.set()
 
 
 def _gather_results(results):
