@@ -3,8 +3,9 @@ against the same models trained in one process with plain TensorFlow, and bad in
 
 Two launches of tf_suite_worker.py carry every multi-rank case (TensorFlow and torch are
 imported once per rank, each layout is its own smp.init ... smp.shutdown in that process): one
-on 2 ranks (pp2 simple and interleaved, smp.partition's placement, fit(), bad input, dp2, the
-checkpoint, the example under pp2) and one on 4 ranks (pp2 x dp2). The tests below read their
+on 2 ranks (pp2 simple and interleaved, smp.partition's placement, fit(), evaluate() and
+predict(), bad input, dp2, the checkpoint, the example under pp2) and one on 4 ranks (pp2 x dp2,
+evaluate() and predict() too). The tests below read their
 shares of the output. The parity cases assert, per model (a small CNN and a small transformer),
 every step's loss within 1e-4 and the first step's gradients of every variable a rank holds
 within 1e-5 of the one-process run (tf_parity_worker.py); 20 steps under pp2 interleaved and
