@@ -331,11 +331,13 @@ class _Run:
                 flat = [_to_torch(t) for t in tf.nest.flatten(saved[k][2])]
                 sends.append(_C.send_tensors(flat, peer, _state.PP_GROUP, _tag(_ACT, k)))
             elif what == "recv_grad":
-                # Output k left the last stage before the gradient of k: thread k computes its
-                # loss while this thread waits for the gradient (not during the backward).
-                self._receive_output(k)
                 grad_in[k] = [_to_tf(t) for t in _C.recv_tensors(peer, _state.PP_GROUP, _tag(_GRAD, k))]
             elif what == "backward":
+                # The output is in by now: thread k computes its loss meanwhile, on this rank's
+                # time (handed over while waiting for gradient k instead, it competed with the
+                # last stage for the cores and the steps were slower: docs/tensorflow.md).
+                if rank < pp - 1:
+                    self._receive_output(k)
                 tape, inp, out = saved[k]
                 dys = self.dy[k] if rank == pp - 1 else grad_in[k]
                 pairs = [(o, d) for o, d in zip(tf.nest.flatten(out), dys) if o.dtype.is_floating]
