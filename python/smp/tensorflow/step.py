@@ -138,16 +138,14 @@ class _Run:
     def __init__(self, fn, calls):
         self.fn, self.calls = fn, calls
         self.m = len(calls)
-        # The threads wake this (the schedule's) thread through `cond`; it wakes thread k through
-        # release[k] and them all through `done`, so a wake-up reaches only the thread it is for.
         self.cond = threading.Condition()
         self.inputs = [None] * self.m  # (model, args, kwargs) at each thread's model call
         self.reached = [False] * self.m  # the thread reached its model call, or finished
         self.outputs = [None] * self.m  # the model's output per microbatch, for the threads
-        self.release = [threading.Event() for _ in range(self.m)]  # thread k may go on past the model call
+        self.released = [False] * self.m
         self.dy = [None] * self.m  # the last stage's output gradients, from the threads
         self.dy_given = [False] * self.m
-        self.done = threading.Event()  # gradients are final
+        self.done = False  # gradients are final
         self.grads = [None] * self.m  # per microbatch: this rank's variables' gradients
         self.results = [None] * self.m
         self.errors = [None] * self.m
@@ -168,7 +166,7 @@ class _Run:
             self.errors[k] = e
         with self.cond:
             self.finished[k] = self.reached[k] = True
-            self.cond.notify()
+            self.cond.notify_all()
 
     def model_call(self, model, args, kwargs):
         k = self.k_of_thread[threading.get_ident()]
@@ -178,8 +176,8 @@ class _Run:
         with self.cond:
             self.inputs[k] = (model, args, kwargs, train)
             self.reached[k] = True
-            self.cond.notify()
-        self.release[k].wait()
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.released[k])
         if self.errors[k] is not None:
             raise self.errors[k]
         out = self.outputs[k]
@@ -203,8 +201,9 @@ class _Run:
                 with self.cond:
                     self.dy[k] = list(dys)
                     self.dy_given[k] = True
-                    self.cond.notify()
-            self.done.wait()
+                    self.cond.notify_all()
+            with self.cond:
+                self.cond.wait_for(lambda: self.done)
             if self.errors[k] is not None:
                 raise self.errors[k]
             return list(self.grads[k])
@@ -219,7 +218,9 @@ class _Run:
             self.cond.wait_for(pred)
 
     def _release_thread(self, k):
-        self.release[k].set()
+        with self.cond:
+            self.released[k] = True
+            self.cond.notify_all()
 
     def run(self):
         self.t_start = time.perf_counter()
@@ -278,10 +279,13 @@ class _Run:
             self.model._partition(args, kwargs)
 
     def _finish(self, threads, release_error=None):
-        for k in range(self.m):
-            if release_error is not None and self.errors[k] is None:
-                self.errors[k] = release_error
-        self._release_all()
+        with self.cond:
+            for k in range(self.m):
+                if release_error is not None and self.errors[k] is None:
+                    self.errors[k] = release_error
+                self.released[k] = True
+            self.done = True
+            self.cond.notify_all()
         for t in threads:
             t.join()
 
@@ -333,10 +337,7 @@ class _Run:
             elif what == "recv_grad":
                 grad_in[k] = [_to_tf(t) for t in _C.recv_tensors(peer, _state.PP_GROUP, _tag(_GRAD, k))]
             elif what == "backward":
-                # The output is in by now: thread k computes its loss meanwhile, on this rank's
-                # time (handed over while waiting for gradient k instead, it competed with the
-                # last stage for the cores and the steps were slower: docs/tensorflow.md).
-                if rank < pp - 1:
+                if rank < pp - 1:  # the output is in by now: thread k computes its loss meanwhile
                     self._receive_output(k)
                 tape, inp, out = saved[k]
                 dys = self.dy[k] if rank == pp - 1 else grad_in[k]
@@ -392,12 +393,11 @@ class _Run:
             for k in range(self.m):
                 if self.outputs[k] is None:
                     self._receive_output(k)
-        self._release_all()
-
-    def _release_all(self):
-        self.done.set()
-        for event in self.release:
-            event.set()
+        with self.cond:
+            self.done = True
+            for k in range(self.m):
+                self.released[k] = True
+            self.cond.notify_all()
 
 
 def _gather_results(results):
