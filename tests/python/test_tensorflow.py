@@ -3,8 +3,9 @@ against the same models trained in one process with plain TensorFlow, and bad in
 
 Two launches of tf_suite_worker.py carry every multi-rank case (TensorFlow and torch are
 imported once per rank, each layout is its own smp.init ... smp.shutdown in that process): one
-on 2 ranks (pp2 simple and interleaved, smp.partition's placement, fit(), bad input, dp2, the
-checkpoint, the example under pp2) and one on 4 ranks (pp2 x dp2). The tests below read their
+on 2 ranks (pp2 simple and interleaved, smp.partition's placement, fit(), evaluate() and
+predict(), bad input, dp2, the checkpoint, the example under pp2) and one on 4 ranks (pp2 x dp2,
+evaluate() and predict() too). The tests below read their
 shares of the output. The parity cases assert, per model (a small CNN and a small transformer),
 every step's loss within 1e-4 and the first step's gradients of every variable a rank holds
 within 1e-5 of the one-process run (tf_parity_worker.py); 20 steps under pp2 interleaved and
@@ -83,6 +84,7 @@ ERRORS = {
     "indivisible_batch": "argument 'x' has 6 samples along axis 0, which does not divide into microbatches=4",
     "horovod": 'config key "horovod": got true; allowed: false',
     "cut_crossed": "is crossed by a value other than 'fc1''s output",
+    "predict_indivisible": "smp.DistributedModel.predict: a batch of 6 samples does not divide into microbatches=4",
 }
 
 
@@ -92,8 +94,16 @@ def test_every_rank_reports_bad_input(runs, case):
     tf_errors_worker.py, each before any communication of its step)."""
     out = ok(runs(2))
     assert "no error raised" not in out, out[-4000:]
-    assert out.count("BAD INPUT raised=4") == 2, out[-4000:]
+    assert out.count("BAD INPUT raised=5") == 2, out[-4000:]
     assert out.count(ERRORS[case]) == 2, out[-4000:]
+
+
+@pytest.mark.parametrize("layout,ranks", [("pp2_interleaved", 2), ("pp2xdp2_interleaved", 4)])
+def test_evaluate_and_predict_equal_one_process(runs, layout, ranks):
+    """Keras predict() and evaluate() (forward-only steps) on the pipelined CNN: predictions,
+    loss and accuracy equal the plain model's in one process (tf_parity_worker.py)."""
+    out = ok(runs(ranks))
+    assert len(found(out, rf"EVALUATE OK {layout} rank=\d+ ")) == ranks, out[-4000:]
 
 
 def test_checkpoint_round_trip_and_resume_under_another_layout(runs):

@@ -39,6 +39,8 @@ def run(case):
         tf_models.make(tf_models.CNNBody, smp.DistributedModel)(x)
     elif case == "indivisible_batch":
         train_once(tf_models.make(tf_models.CNNBody, smp.DistributedModel), x[:6], y[:6])
+    elif case == "predict_indivisible":  # 6 samples: one batch of 6, not 4 microbatches
+        tf_models.make(tf_models.CNNBody, smp.DistributedModel).predict(x[:6], batch_size=8, verbose=0)
     elif case == "cut_crossed":
         model = tf_models.make(tf_models.ResidualAcrossLayers, smp.DistributedModel)
         train_once(model, tf.ones((8, 4)), tf.zeros((8,), tf.int32))
@@ -63,7 +65,7 @@ def main():
 
 
 CONFIG = {"pipeline_parallel_degree": 2, "microbatches": 4, "auto_partition": False}
-CASES = ["not_distributed_model", "model_outside_step", "indivisible_batch", "cut_crossed"]
+CASES = ["not_distributed_model", "model_outside_step", "indivisible_batch", "predict_indivisible", "cut_crossed"]
 
 
 def run_all():

@@ -135,6 +135,39 @@ def fit_check(label=""):
     print(f"FIT OK {label}rank={smp.rank()} worst_loss={worst:.1e} losses={got['loss']}", flush=True)
 
 
+def evaluate_predict_check(label=""):
+    """Keras predict() (before compile: the model is partitioned by its first forward-only step)
+    and evaluate(), with and without sample weights, on a DistributedModel against the plain
+    model in one process. Each dp replica is given its shard of 32 samples (built from another
+    seed, so it matches only through smp's broadcast): its predictions must equal the plain
+    model's on that shard, and evaluate()'s loss and accuracy those of the plain model on every
+    replica's samples together (smp reports the global batch's metrics). Predictions and losses
+    within 1e-5 (predictions relative to their largest entry), the same accuracies."""
+    n = 32
+    x, y = tf_models.batch("cnn", 200, n * smp.dp_size())
+    w = tf.random.Generator.from_seed(201).uniform((n * smp.dp_size(),), 0.0, 2.0)
+    mine = slice(smp.dp_rank() * n, (smp.dp_rank() + 1) * n)
+    model = tf_models.make(tf_models.CNNBody, smp.DistributedModel, seed=7 * smp.dp_rank())
+    plain = tf_models.make(tf_models.CNNBody, keras.Model)
+    predicted = model.predict(x[mine], batch_size=8, verbose=0)
+    expected = plain.predict(x[mine], batch_size=n, verbose=0)
+    pred_err = float(np.max(np.abs(predicted - expected)) / np.max(np.abs(expected)))
+    assert pred_err <= 1e-5, f"predict: differs from one process by {pred_err:.2e} (relative to its max)"
+    for m in (model, plain):
+        m.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    worst = 0.0
+    for weights in (None, w):
+        got = model.evaluate(x[mine], y[mine], sample_weight=None if weights is None else weights[mine],
+                             batch_size=16, verbose=0, return_dict=True)
+        want = plain.evaluate(x, y, sample_weight=weights, batch_size=len(x), verbose=0, return_dict=True)
+        err = abs(got["loss"] - want["loss"]) / want["loss"]
+        assert err <= 1e-5, f"evaluate (sample weights: {weights is not None}): {got} vs one process {want}"
+        assert got["accuracy"] == want["accuracy"], f"evaluate: {got} vs one process {want}"
+        worst = max(worst, err)
+    print(f"EVALUATE OK {label}rank={smp.rank()} worst_loss={worst:.1e} worst_prediction={pred_err:.1e} "
+          f"accuracy={got['accuracy']:.4f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pp", type=int, default=2)
@@ -143,6 +176,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--models", default="cnn,transformer")
     ap.add_argument("--fit", action="store_true", help="also Keras fit() on the CNN (pp without dp)")
+    ap.add_argument("--evaluate", action="store_true", help="also Keras predict() and evaluate() on the CNN")
     ap.add_argument("--manual", action="store_true",
                     help="auto_partition false: the transformer placed by its smp.partition contexts")
     a = ap.parse_args()
@@ -156,6 +190,8 @@ def main():
         compare(name, ref, got)
     if a.fit:
         fit_check()
+    if a.evaluate:
+        evaluate_predict_check()
     smp.barrier()
 
 

@@ -12,11 +12,13 @@ finalised at the end. Every layout prints the lines its test reads, each tagged 
 tf_checkpoint_worker.py), and "LAYOUT <name> <seconds>". An assertion on any rank ends the whole
 job at once (no rank is left waiting in a collective).
 
-2 ranks: horovod refused by smp.init; pp2 interleaved (20 steps of both models, then fit());
+2 ranks: horovod refused by smp.init; pp2 interleaved (20 steps of both models, then fit(),
+predict() and evaluate());
 pp2 simple (5 steps); the transformer placed by smp.partition (simple, 5 steps); bad input;
 dp2 (20 steps); the checkpoint saved under pp2, resumed under pp2 and under dp2; with
 --example-args, examples/tensorflow/cnn.py under pp2 (last: it sets SM_HP_MP_PARAMETERS).
-4 ranks: pp2 x dp2 interleaved (both models) and simple (the CNN), 5 steps each.
+4 ranks: pp2 x dp2 interleaved (both models, then predict() and evaluate()) and simple (the CNN),
+5 steps each.
 """
 
 import argparse
@@ -82,7 +84,7 @@ def references(needed, steps):
     return out
 
 
-def parity_layout(name, config, models, steps, refs, manual=False, fit=False):
+def parity_layout(name, config, models, steps, refs, manual=False, fit=False, evaluate=False):
     with Layout(name, config):
         if refs is None:
             batch = parity.LOCAL_BATCH * smp.dp_size()
@@ -92,6 +94,8 @@ def parity_layout(name, config, models, steps, refs, manual=False, fit=False):
             parity.compare(model, refs[(model, parity.LOCAL_BATCH * smp.dp_size())], got, label=f"{name}/")
         if fit:
             parity.fit_check(label=f"{name} ")
+        if evaluate:
+            parity.evaluate_predict_check(label=f"{name} ")
         smp.barrier()
     return refs
 
@@ -104,7 +108,8 @@ def two_ranks(directory, example_args):
         print(f"ERROR {type(e).__name__}: {e}", flush=True)
     pp2 = {"pipeline_parallel_degree": 2, "microbatches": 4, "ddp": False}
     both = ["cnn", "transformer"]
-    refs = parity_layout("pp2_interleaved", dict(pp2, pipeline="interleaved"), both, 20, None, fit=True)
+    refs = parity_layout("pp2_interleaved", dict(pp2, pipeline="interleaved"), both, 20, None, fit=True,
+                         evaluate=True)
     parity_layout("pp2_simple", dict(pp2, pipeline="simple"), both, 5, refs)
     parity_layout("pp2_manual_simple", dict(pp2, pipeline="simple", auto_partition=False), ["transformer"], 5, refs,
                   manual=True)
@@ -146,7 +151,7 @@ def run_example(args):
 def four_ranks():
     pp2dp2 = {"pipeline_parallel_degree": 2, "microbatches": 4, "ddp": True}
     refs = parity_layout("pp2xdp2_interleaved", dict(pp2dp2, pipeline="interleaved"), ["cnn", "transformer"], 5,
-                         None)
+                         None, evaluate=True)
     parity_layout("pp2xdp2_simple", dict(pp2dp2, pipeline="simple"), ["cnn"], 5, refs)
 
 

@@ -223,6 +223,27 @@ class _Cut:
         return self.compiled[stage]
 
 
+def _check_batch(x, method):
+    """A batch of a Keras method (fit, evaluate, predict) must divide into the microbatches."""
+    m = _state.state.cfg["microbatches"]
+    n = next(t.shape[0] for t in tf.nest.flatten(x) if t is not None and len(t.shape) > 0)
+    if n % m != 0:
+        raise ValueError(
+            f"smp.DistributedModel.{method}: a batch of {n} samples does not divide into microbatches={m}; "
+            f"allowed: a multiple of {m} in every batch (a batch_size that is a multiple of {m} and a number of "
+            "samples that is a multiple of batch_size, or a dataset batched with drop_remainder=True)")
+
+
+def _gather_replicas(values):
+    """A structure of tensors (and Nones): each tensor concatenated along axis 0 over the
+    data-parallel replicas, in dp rank order. Collective over DP_GROUP."""
+    if _state.dp_size() == 1:
+        return values
+    local = tf.nest.map_structure(lambda t: None if t is None else np.asarray(t), values)
+    replicas = _state.allgather(local, _state.DP_GROUP)
+    return tf.nest.map_structure(lambda *parts: None if parts[0] is None else tf.concat(parts, 0), *replicas)
+
+
 class DistributedModel(keras.Model):
     """Subclass it and implement ``call()``; call the model only inside an ``@smp.step`` function.
 
@@ -240,11 +261,23 @@ class DistributedModel(keras.Model):
                 "@smp.step; call the model inside the step function (SMP runs it per microbatch, pipelined)")
         return run.model_call(self, args, kwargs)
 
-    # --- Keras fit() (SMP 1.4) ---------------------------------------------------------------
+    # --- Keras fit(), evaluate(), predict() (SMP 1.4 had fit) ---------------------------------
+
+    @property
+    def run_eagerly(self):
+        """Always True: Keras runs the train, test and predict steps eagerly (each stage is a
+        tf.function already, and smp.step's threads cannot run inside one)."""
+        return True
+
+    @run_eagerly.setter
+    def run_eagerly(self, value):
+        if not value:
+            raise ValueError(f"smp.DistributedModel: run_eagerly={value!r}; allowed: True "
+                             "(smp runs each stage as a tf.function itself)")
 
     def compile(self, *args, **kwargs):
-        """Keras's compile; the train step runs eagerly (each stage is a tf.function already,
-        and smp.step's threads cannot run inside one), one step per execution."""
+        """Keras's compile; one step per execution, no XLA (each stage is a tf.function already,
+        and smp.step's threads cannot run inside one)."""
         for key, allowed in (("run_eagerly", True), ("jit_compile", False), ("steps_per_execution", 1)):
             if kwargs.get(key, allowed) != allowed:
                 raise ValueError(f"smp.DistributedModel.compile: {key}={kwargs[key]!r}; allowed: {allowed!r} "
@@ -260,6 +293,7 @@ class DistributedModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
             raise ValueError("smp.DistributedModel.fit: sample_weight is not supported; allowed: None")
+        _check_batch(x, "fit")
 
         @step
         def run(x, y):
@@ -273,6 +307,36 @@ class DistributedModel(keras.Model):
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         self._loss_tracker.update_state(loss.reduce_mean(), sample_weight=batch)
         return self.compute_metrics(x, y, y_pred.concat(), sample_weight=None)
+
+    def test_step(self, data):
+        """One evaluate() batch: a forward-only @smp.step, then the loss and metrics on the whole
+        batch of every data-parallel replica (their labels, outputs and sample weights gathered),
+        so every rank reports the metrics of the global batch, as one process would."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self._forward(x, "evaluate")
+        y, y_pred, sample_weight = _gather_replicas((y, y_pred, sample_weight))
+        loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
+        batch = tf.shape(tf.nest.flatten(y_pred)[0])[0]
+        self._loss_tracker.update_state(loss, sample_weight=batch)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def predict_step(self, data):
+        """One predict() batch: a forward-only @smp.step; each rank gets the outputs of the batch
+        it was given (a dp replica its own shard's)."""
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._forward(x, "predict")
+
+    def _forward(self, x, method):
+        """The model's output on batch x (its microbatches' concatenated): a forward-only step."""
+        from .step import step
+
+        _check_batch(x, method)
+
+        @step
+        def run(x):
+            return self(x, training=False) if self._call_has_training_arg else self(x)
+
+        return tf.nest.map_structure(lambda out: out.concat(), run(x))
 
     # --- partitioning -----------------------------------------------------------------------
 
