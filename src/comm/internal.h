@@ -2,6 +2,7 @@
 // Not installed: only src/comm includes it.
 #pragma once
 
+#include <chrono>
 #include <mpi.h>
 
 #include <functional>
@@ -49,6 +50,9 @@ struct GroupState : std::enable_shared_from_this<GroupState> {
   int size = 1;
   double timeout_s = 60.0;
   double phase_timeout_s = 3600.0;  // set by ProcessGroups
+  // How long a wait polls with sched_yield before it sleeps between polls (set by ProcessGroups:
+  // short when the node runs more ranks than this process may use cores).
+  std::chrono::microseconds spin{50000};
 
   std::mutex mutex;  // guards what follows: calls may come from several threads
   Counters counters;

@@ -1,6 +1,8 @@
 // One MPI communicator per group kind, split from the world by the topology's group index.
 #include "smp/comm/process_groups.h"
 
+#include <sched.h>
+
 #include <mpi.h>
 
 #include <algorithm>
@@ -108,7 +110,11 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
     (replicas ? sdp_replicas_ : sdp_) = std::make_unique<Communicator>(made.back());
   }
   make_sdp_levels(made, sdp_degree, faked_per_node);
-  for (const auto& group : made) group->phase_timeout_s = phase_timeout_s;
+  // More ranks on this node than cores for this rank: waits spin briefly, then sleep.
+  cpu_set_t cores;
+  const int usable = sched_getaffinity(0, sizeof(cores), &cores) == 0 ? CPU_COUNT(&cores) : 1;
+  const auto spin = std::chrono::microseconds(local_size_ > usable ? 1000 : 50000);
+  for (const auto& group : made) group->phase_timeout_s = phase_timeout_s, group->spin = spin;
   // Every device communicator now, not on first use: a lazy one would be made inside the first
   // device call, which only some ranks reach together (a pipeline's later stages wait on the
   // earlier ones), and its bootstrap would hang them all.

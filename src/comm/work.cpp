@@ -3,7 +3,9 @@
 // Every wait polls a nonblocking operation against the group's deadline. The first 50 ms it
 // polls with sched_yield (fast hand-offs, and MPI needs the polls to progress large
 // transfers); after that it sleeps between polls, growing to 2 ms, so a rank waiting on a
-// pipeline peer gives its core to the ranks that compute.
+// pipeline peer gives its core to the ranks that compute. Where the node runs more ranks than a
+// rank has cores, the spin lasts 1 ms: a yielding rank still takes its share of a core that a
+// computing rank needs (GroupState::spin).
 #include <sched.h>
 
 #include <algorithm>
@@ -45,7 +47,7 @@ void Work::wait(double timeout_s) {
       throw TimeoutError(detail::diagnose_timeout(
           *state_, std::chrono::duration<double>(waited).count()));
     }
-    if (waited < std::chrono::milliseconds(50)) {
+    if (waited < state_->group->spin) {
       sched_yield();
     } else {
       std::this_thread::sleep_for(sleep);

@@ -588,7 +588,7 @@ TEST(ConfigTest, WarnsOnlyForTensorFlowKeys) {
 TEST(ConfigTest, ToJsonHasEveryKeyWithEffectiveValues) {
   const Config c = Config::from_json({{"partitions", 4}, {"optimize", "speed"}, {"pipeline", "simple"}});
   const json out = c.to_json();
-  EXPECT_EQ(out.size(), 37u);
+  EXPECT_EQ(out.size(), 38u);
   EXPECT_FALSE(out.contains("partitions"));
   EXPECT_EQ(out.at("pipeline_parallel_degree"), 4);
   EXPECT_EQ(out.at("active_microbatches"), 6);
@@ -599,6 +599,7 @@ TEST(ConfigTest, ToJsonHasEveryKeyWithEffectiveValues) {
   EXPECT_TRUE(out.at("ddp_port").is_null());
   EXPECT_EQ(out.at("comm_timeout_s"), 60.0);
   EXPECT_EQ(out.at("phase_timeout_s"), 3600.0);
+  EXPECT_EQ(out.at("offload_optimizer_state"), false);
 }
 
 TEST(ConfigTest, RoundTripsThroughJson) {
