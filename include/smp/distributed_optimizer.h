@@ -151,7 +151,8 @@ class DistributedOptimizer {
   // Bytes of optimizer state and fp32 master weights this rank holds (0 before the first step).
   int64_t state_bytes() const;
 
-  // Not collective: this rank's state (SMP's local_state_dict, partial).
+  // Not collective: this rank's state (SMP's local_state_dict, partial). Its tensors are the
+  // state itself, which later steps update (as torch.optim's state_dict), not copies.
   OptimizerStateDict local_state_dict();
   // Loads a dict from local_state_dict() of the same layout (ranks, buckets, parameters).
   void load_local_state_dict(const OptimizerStateDict& dict);

@@ -107,8 +107,9 @@ OptimizerStateDict DistributedOptimizer::Impl::local_dict() const {
   out.meta["local_numel"] = reducer->layout().local_numel();
   const ParallelContext& context = model.context();
   out.meta["ranks"] = {{"pp", context.pp_rank()}, {"tp", context.tp_rank()}, {"rdp", context.rdp_rank()}};
-  for (const auto& [name, t] : state) out.tensors[name] = t.clone();
-  if (mixed) out.tensors["fp32_master"] = master.clone();
+  // The state itself, not copies, as torch.optim's state_dict() hands it out: a copy would
+  // double the optimizer's memory at every save (and bring offloaded state into memory).
+  out.tensors = all_state();
   return out;
 }
 
