@@ -113,6 +113,29 @@ std::string describe(const ModelConfig& c) {
          std::to_string(c.num_layers) + " layers";
 }
 
+// Rule r's whole smp tensor from its Hugging Face tensors: `hf(name, shape)` gives each.
+template <typename Get>
+at::Tensor to_smp(const Rule& r, Get hf) {
+  const Shape shape = r.hf_shape();
+  switch (r.kind) {
+    case Kind::kSame: return hf(r.hf[0], shape);
+    case Kind::kConv1D: return hf(r.hf[0], shape).t().reshape(r.shape);
+    case Kind::kFlat: return hf(r.hf[0], shape).reshape(r.shape);
+    case Kind::kSplit: {
+      std::vector<at::Tensor> parts;
+      for (const std::string& name : r.hf) parts.push_back(hf(name, shape));
+      return at::stack(parts);
+    }
+  }
+  return {};
+}
+
+// Buffers transformers computes, which older versions saved: not parameters.
+bool computed_buffer(const std::string& name) {
+  return ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias") ||
+         ends_with(name, "rotary_emb.inv_freq");
+}
+
 // Tensors taken from a map by name, each checked against its expected shape; what is never
 // taken is unexpected. `what` names the kind of tensor in messages ("Hugging Face tensor").
 class Taker {
@@ -248,6 +271,30 @@ ShardSpec shard_of(const Layer& layer, size_t j) {
   return layer.tp_shards.empty() ? ShardSpec{} : layer.tp_shards[j];
 }
 
+// The whole tensor's shape of a parameter: the sharded dimension at its whole size.
+Shape whole_shape(const at::Tensor& param, const ShardSpec& shard) {
+  Shape shape = param.sizes().vec();
+  if (shard.sharded()) shape[shard.dim] = shard.size;
+  return shape;
+}
+
+// Copies whole tensor `source` into `param`: TP rank `tp_rank`'s rows [r n, (r + 1) n) of a
+// sharded one, those past the whole tensor's size (padding) zeroed.
+void copy_slice(const at::Tensor& param, const ShardSpec& shard, const at::Tensor& source, int tp_rank) {
+  at::NoGradGuard no_grad;
+  if (!shard.sharded()) {
+    param.copy_(source);
+    return;
+  }
+  const int64_t dim = shard.dim, n = param.size(dim), start = tp_rank * n;
+  const int64_t rows = std::clamp<int64_t>(shard.size - start, 0, n);
+  if (rows > 0) param.narrow(dim, 0, rows).copy_(source.narrow(dim, start, rows));
+  if (rows < n) param.narrow(dim, rows, n - rows).zero_();
+}
+
+// The separate copy of a tied head (pipeline stages apart) is named so; it takes the embedding.
+constexpr const char* kTiedHeadCopy = "head.weight";
+
 }  // namespace
 
 // ---- tensors ---------------------------------------------------------------------------------
@@ -277,29 +324,14 @@ std::map<std::string, at::Tensor> from_hf(const ModelConfig& config,
   Taker in(hf, "Hugging Face tensor");
   std::map<std::string, at::Tensor> out;
   for (const Rule& r : rules(config)) {
-    const Shape shape = r.hf_shape();
-    switch (r.kind) {
-      case Kind::kSame: out[r.smp] = in.take(r.hf[0], shape); break;
-      case Kind::kConv1D: out[r.smp] = in.take(r.hf[0], shape).t().reshape(r.shape); break;
-      case Kind::kFlat: out[r.smp] = in.take(r.hf[0], shape).reshape(r.shape); break;
-      case Kind::kSplit: {
-        std::vector<at::Tensor> parts;
-        for (const std::string& name : r.hf) parts.push_back(in.take(name, shape));
-        out[r.smp] = at::stack(parts);
-        break;
-      }
-    }
+    out[r.smp] = to_smp(r, [&](const std::string& name, const Shape& shape) { return in.take(name, shape); });
   }
   const at::Tensor& embedding = out.at("embed.wte.weight");
   in.finish(config, [&](const std::string& name, const at::Tensor& t) {
-    // Buffers transformers computes (older versions saved them); a tied head equal to the
-    // embedding (some writers keep it).
-    if (ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias") ||
-        ends_with(name, "rotary_emb.inv_freq")) {
-      return true;
-    }
-    return config.tie_embeddings && name == "lm_head.weight" && t.sizes() == embedding.sizes() &&
-           at::equal(t, embedding.to(t.scalar_type()));
+    // A tied head equal to the embedding: some writers keep it.
+    return computed_buffer(name) || (config.tie_embeddings && name == "lm_head.weight" &&
+                                     t.sizes() == embedding.sizes() &&
+                                     at::equal(t, embedding.to(t.scalar_type())));
   });
   return out;
 }
@@ -451,8 +483,7 @@ void load_whole_parameters(Model& model, const std::map<std::string, at::Tensor>
       if (!seen.insert(identity(p)).second) continue;
       const std::string name = layer.name + "." + layer.parameter_names[j];
       const ShardSpec shard = shard_of(layer, j);
-      std::vector<int64_t> shape = p.sizes().vec();
-      if (shard.sharded()) shape[shard.dim] = shard.size;
+      const Shape shape = whole_shape(p, shard);
       std::string source = name;
       if (!whole.count(source) && copy_of.count(name)) source = copy_of.at(name);
       const auto it = whole.find(source);
@@ -477,18 +508,7 @@ void load_whole_parameters(Model& model, const std::map<std::string, at::Tensor>
                       describe(model.config) + ": " + extra);
   }
 
-  at::NoGradGuard no_grad;
-  for (Load& l : loads) {
-    if (!l.shard.sharded()) {
-      l.param.copy_(l.source);
-      continue;
-    }
-    // This rank's rows [r n, (r + 1) n); those past the whole tensor's `size` are padding.
-    const int64_t dim = l.shard.dim, n = l.param.size(dim), start = model.tp.rank() * n;
-    const int64_t rows = std::clamp<int64_t>(l.shard.size - start, 0, n);
-    if (rows > 0) l.param.narrow(dim, 0, rows).copy_(l.source.narrow(dim, start, rows));
-    if (rows < n) l.param.narrow(dim, rows, n - rows).zero_();
-  }
+  for (const Load& l : loads) copy_slice(l.param, l.shard, l.source, model.tp.rank());
 }
 
 // ---- directories -----------------------------------------------------------------------------
@@ -510,7 +530,8 @@ void save_hf(const std::string& dir, const Model& model) {
   }
 }
 
-void load_hf(const std::string& dir, Model& model) {
+HfWeights::HfWeights(const std::string& dir, const ModelConfig& config)
+    : config_(config), weights_path_(dir + "/model.safetensors") {
   const std::string config_path = dir + "/config.json";
   nlohmann::json json;
   try {
@@ -524,18 +545,72 @@ void load_hf(const std::string& dir, Model& model) {
   } catch (const ConfigError& e) {
     throw ConfigError(config_path + ": " + e.what());
   }
-  const std::string differences = config_differences(file_config, model.config);
+  const std::string differences = config_differences(file_config, config);
   if (!differences.empty()) {
     throw ConfigError(config_path + " does not match the model: " + differences);
   }
-  const std::string weights_path = dir + "/model.safetensors";
-  std::map<std::string, at::Tensor> whole;
-  try {
-    whole = from_hf(model.config, checkpoint::load_safetensors(weights_path));
-  } catch (const ConfigError& e) {
-    throw ConfigError(weights_path + ": " + e.what());
+  // Every tensor the rules name is in the file with its shape; nothing else is, but buffers
+  // and a tied head equal to the embedding (read, to compare: the one time two are in hand).
+  const checkpoint::SafetensorsHeader header = checkpoint::read_safetensors_header(weights_path_);
+  const auto bad = [&](const std::string& message) { return ConfigError(weights_path_ + ": " + message); };
+  const std::vector<Rule> all = rules(config);
+  std::set<std::string> named;
+  for (size_t i = 0; i < all.size(); ++i) {
+    const Shape shape = all[i].hf_shape();
+    for (const std::string& name : all[i].hf) {
+      if (!header.contains(name)) {
+        throw bad("Hugging Face tensor \"" + name + "\" is missing (expected shape " + shape_str(shape) + ")");
+      }
+      if (header.at(name).shape != shape) {
+        throw bad("Hugging Face tensor \"" + name + "\": shape " + shape_str(header.at(name).shape) +
+                  " found; expected " + shape_str(shape));
+      }
+      named.insert(name);
+    }
+    rule_of_[all[i].smp] = i;
   }
-  load_whole_parameters(model, whole);
+  const auto tied_copy_in_file = [&](const checkpoint::SafetensorsTensorInfo& t) {
+    const std::string embedding = all[rule_of_.at("embed.wte.weight")].hf[0];
+    if (!config.tie_embeddings || t.name != "lm_head.weight" || t.shape != header.at(embedding).shape) return false;
+    const at::Tensor head = checkpoint::load_safetensors_tensor(weights_path_, t.name);
+    return at::equal(head, checkpoint::load_safetensors_tensor(weights_path_, embedding).to(head.scalar_type()));
+  };
+  std::string extra;
+  for (const checkpoint::SafetensorsTensorInfo& t : header.tensors) {
+    if (named.count(t.name) || computed_buffer(t.name) || tied_copy_in_file(t)) continue;
+    extra += (extra.empty() ? "\"" : ", \"") + t.name + "\" " + shape_str(t.shape);
+  }
+  if (!extra.empty()) throw bad("Hugging Face tensors unexpected for a " + describe(config) + ": " + extra);
+}
+
+void HfWeights::load(Layer& layer, int tp_rank) {
+  const std::vector<Rule> all = rules(config_);
+  for (size_t j = 0; j < layer.parameters.size(); ++j) {
+    const at::Tensor& p = layer.parameters[j];
+    if (std::find(loaded_.begin(), loaded_.end(), identity(p)) != loaded_.end()) continue;
+    const std::string name = layer.name + "." + layer.parameter_names[j];
+    auto it = rule_of_.find(config_.tie_embeddings && name == kTiedHeadCopy ? "embed.wte.weight" : name);
+    if (it == rule_of_.end()) {
+      throw ConfigError(weights_path_ + ": no Hugging Face tensor for parameter \"" + name + "\" of the " +
+                        describe(config_));
+    }
+    const Rule& r = all[it->second];
+    const ShardSpec shard = shard_of(layer, j);
+    if (whole_shape(p, shard) != r.shape) {
+      throw ConfigError(weights_path_ + ": parameter \"" + name + "\" has whole shape " +
+                        shape_str(whole_shape(p, shard)) + "; the file's tensor is " + shape_str(r.shape));
+    }
+    const at::Tensor whole = to_smp(r, [&](const std::string& hf, const Shape&) {
+      return checkpoint::load_safetensors_tensor(weights_path_, hf);
+    });
+    copy_slice(p, shard, whole, tp_rank);
+    loaded_.push_back(identity(p));
+  }
+}
+
+void load_hf(const std::string& dir, Model& model) {
+  HfWeights weights(dir, model.config);
+  for (Layer& layer : model.layers) weights.load(layer, model.tp.rank());
 }
 
 }  // namespace smp::models

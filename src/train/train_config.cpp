@@ -333,10 +333,6 @@ void TrainConfig::validate(int world_size) const {
           "blocks of the model, block.0 to block." + std::to_string(model.num_layers - 1));
     }
   }
-  if (!init_from_hf.empty() && smp.delayed_parameter_initialization) {
-    throw ConfigError("run config model.from_hf: got \"" + init_from_hf + "\", which loads whole "
-                      "weights; allowed only without smp's \"delayed_parameter_initialization\": true");
-  }
 }
 
 TrainConfig TrainConfig::from_json_file(const std::string& path) {

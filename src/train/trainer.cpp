@@ -448,15 +448,23 @@ void Trainer::setup_data() {
 void Trainer::setup_model() {
   at::manual_seed(training_.seed);
   std::shared_ptr<dp::DelayedSlices> delayed;
-  std::function<void(Layer&)> on_layer;
   if (config().delayed_parameter_initialization) {
     const int s = config().sharded_data_parallel_degree;
     delayed = std::make_shared<dp::DelayedSlices>(s, rdp_rank() % s);
-    on_layer = [delayed](Layer& layer) { delayed->take(layer); };
   }
-  model_.emplace(models::build_model(config_.model, tp::TpGroup(process_group(CommGroup::TP_GROUP)),
-                                     /*separate_tied_head=*/pp_size() > 1, on_layer));
-  if (!config_.init_from_hf.empty()) models::load_hf(config_.init_from_hf, *model_);  // fine-tuning
+  // Fine-tuning: each layer takes its Hugging Face weights as it is built, before delayed
+  // initialisation keeps only this rank's slices of it.
+  std::optional<models::HfWeights> hf;
+  if (!config_.init_from_hf.empty()) hf.emplace(config_.init_from_hf, config_.model);
+  const tp::TpGroup tp_group(process_group(CommGroup::TP_GROUP));
+  std::function<void(Layer&)> on_layer;
+  if (hf || delayed) {
+    on_layer = [&hf, delayed, tp_rank = tp_group.rank()](Layer& layer) {
+      if (hf) hf->load(layer, tp_rank);
+      if (delayed) delayed->take(layer);
+    };
+  }
+  model_.emplace(models::build_model(config_.model, tp_group, /*separate_tied_head=*/pp_size() > 1, on_layer));
   model_->set_prescaled_batch(prescaled_);
   DistributedModelOptions options;
   if (delayed) {

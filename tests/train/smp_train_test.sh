@@ -75,6 +75,18 @@ if [ "$rc" -ne 0 ]; then echo "FAIL from_hf: exit $rc"; echo "$out"; failed=1; e
   if python3 -c "import sys; sys.exit(0 if $tuned < $fresh - 0.5 else 1)"; then
     ok "from_hf: starts at loss $tuned from the trained weights (a fresh model: $fresh)"
   else fail "from_hf: first loss $tuned, not well below a fresh model's $fresh"; fi
+  # The same weights under sharded data parallelism with delayed initialisation: each layer
+  # takes them from the file as it is built, then only this rank's slices stay. Same global
+  # batch, same weights: the same first loss.
+  sed 's|"smp": {[^}]*}|"smp": {"sharded_data_parallel_degree": 2, "ddp": true, "delayed_parameter_initialization": true}|; s|runs/from_hf"|runs/from_hf_sdp"|' \
+    "$work/from_hf.json" > "$work/from_hf_sdp.json"
+  run from_hf_sdp 2
+  if [ "$rc" -ne 0 ]; then echo "FAIL from_hf_sdp: exit $rc"; echo "$out"; failed=1; else
+    sliced=$(first_loss "$work/runs/from_hf_sdp/metrics.jsonl")
+    if python3 -c "import sys; sys.exit(0 if abs($sliced - $tuned) <= 1e-5 * abs($tuned) else 1)"; then
+      ok "from_hf_sdp: delayed initialisation under sdp 2 starts at the same loss ($sliced)"
+    else fail "from_hf_sdp: first loss $sliced, the whole model's was $tuned"; fi
+  fi
 fi
 
 # --- resumed into its own run directory: metrics.jsonl holds each step once ---------------

@@ -228,21 +228,6 @@ TEST(TrainConfigValidate, CheckpointedBlocksLieWithinTheModel) {
                   {"training.activation_checkpointing key", "\"block.2-4\"", "block.0 to block.3"});
 }
 
-TEST(TrainConfigValidate, HuggingFaceWeightsAreNotSlicedOnConstruction) {
-  TrainConfig c = TrainConfig::from_json_string(R"({"data": {"text": "t"}})");
-  c.init_from_hf = "some/folder";
-  EXPECT_NO_THROW(c.validate(1));
-  c.smp.delayed_parameter_initialization = true;
-  try {
-    c.validate(1);
-    ADD_FAILURE() << "expected ConfigError";
-  } catch (const ConfigError& e) {
-    expect_contains(e.what(), {"model.from_hf", "\"some/folder\"", "delayed_parameter_initialization"});
-  }
-  c.init_from_hf.clear();
-  EXPECT_NO_THROW(c.validate(1)) << "delayed initialisation alone is fine";
-}
-
 TEST(LearningRate, WarmsUpLinearlyThenDecaysByCosineToMinLr) {
   TrainingConfig t;
   t.steps = 110, t.warmup_steps = 10, t.lr = 1.0, t.min_lr = 0.1;

@@ -69,9 +69,31 @@ void load_whole_parameters(Model& model, const std::map<std::string, at::Tensor>
 // throws on every rank when TP rank 0 could not write them.
 void save_hf(const std::string& dir, const Model& model);
 
-// Reads <dir>/config.json and <dir>/model.safetensors into the model. Every rank reads the
-// files itself (not collective). Throws smp::ConfigError naming every field where config.json
-// differs from the model's config, and as from_hf does for the tensors.
+// A Hugging Face model directory's weights, read one parameter at a time as the model's layers
+// are built: a rank holds no more of the file than the tensor in hand (so a model built under
+// delayed initialisation never exists whole on any rank). The constructor reads config.json and
+// the weights file's header and checks both before any tensor is read: it throws
+// smp::ConfigError naming every field where config.json differs from `config`, and, as from_hf
+// does, each Hugging Face tensor that is missing, has the wrong shape or is unexpected.
+class HfWeights {
+ public:
+  HfWeights(const std::string& dir, const ModelConfig& config);
+
+  // Copies the layer's parameters from the file: each TP rank its own slice, padding rows
+  // zeroed. A parameter an earlier layer listed (a tied head) is left as loaded; a tied head's
+  // separate copy ("head.weight") takes the embedding's tensor. Not collective.
+  void load(Layer& layer, int tp_rank);
+
+ private:
+  ModelConfig config_;
+  std::string weights_path_;
+  std::map<std::string, size_t> rule_of_;  // smp name -> index into rules (see hf.cpp)
+  std::vector<const void*> loaded_;        // parameters already loaded (tied heads)
+};
+
+// Reads <dir>/config.json and <dir>/model.safetensors into the model, layer by layer
+// (HfWeights). Every rank reads the files itself (not collective). Throws as HfWeights does,
+// before any parameter is written.
 void load_hf(const std::string& dir, Model& model);
 
 }  // namespace smp::models
