@@ -4,9 +4,10 @@ How a step runs on each rank (docs/tensorflow.md):
 
 1. Tensor arguments (also inside lists, tuples and dicts) are split into ``microbatches`` along
    axis 0; other arguments pass through.
-2. The function runs once per microbatch, each in a thread of its own, one at a time, up to its
-   model call, which hands the microbatch's arguments over and waits. A ``tf.GradientTape``
-   recording at that call makes it a training step (forwards and backwards), else forwards only.
+2. The function runs once per microbatch, each in a thread of its own (kept from step to step),
+   one at a time, up to its model call, which hands the microbatch's arguments over and waits. A
+   ``tf.GradientTape`` recording at that call makes it a training step (forwards and backwards),
+   else forwards only.
 3. This thread runs the rank's list of actions from the engine's schedule (``simple`` = GPipe,
    ``interleaved`` = 1F1B): each forward runs the rank's stage under a tape of its own, each
    backward takes that tape's gradient, and activations and gradients cross ranks over the
@@ -27,6 +28,7 @@ How a step runs on each rank (docs/tensorflow.md):
 
 import functools
 import inspect
+import queue
 import threading
 import time
 
@@ -125,6 +127,36 @@ def _to_tf(t):
     return tf.experimental.dlpack.from_dlpack(torch.utils.dlpack.to_dlpack(t))
 
 
+class _Worker:
+    """A thread that runs microbatches of step functions, kept from one step to the next: a
+    fresh thread per microbatch cost its start and join in every step, and TensorFlow builds
+    per-thread state on a thread's first eager ops (docs/tensorflow.md, Performance)."""
+
+    def __init__(self):
+        self.tasks = queue.SimpleQueue()
+        threading.Thread(target=self._loop, daemon=True, name="smp-step").start()
+
+    def _loop(self):
+        while True:
+            self.tasks.get()()
+
+
+_idle_workers = []  # workers between steps
+_idle_lock = threading.Lock()
+
+
+def _take_worker():
+    with _idle_lock:
+        if _idle_workers:
+            return _idle_workers.pop()
+    return _Worker()
+
+
+def _return_workers(workers):
+    with _idle_lock:
+        _idle_workers.extend(reversed(workers))  # microbatch 0 takes the same thread next step
+
+
 _ACT, _GRAD, _OUT = 0, 1, 2
 
 
@@ -164,6 +196,7 @@ class _Run:
             self.results[k] = self.fn(*args, **kwargs)
         except BaseException as e:  # noqa: BLE001  (re-raised by the step's caller)
             self.errors[k] = e
+        _local.run = None  # the worker waits for the next step's microbatch
         with self.cond:
             self.finished[k] = self.reached[k] = True
             self.cond.notify_all()
@@ -226,9 +259,8 @@ class _Run:
         self.t_start = time.perf_counter()
         threads = []
         for k in range(self.m):  # one at a time up to the model call, in microbatch order
-            t = threading.Thread(target=self.thread_main, args=(k,), daemon=True)
-            threads.append(t)
-            t.start()
+            threads.append(_take_worker())
+            threads[k].tasks.put(functools.partial(self.thread_main, k))
             self._wait(lambda: self.reached[k])
         local_error = next((e for e in self.errors if e is not None), None)
         if local_error is None and any(i is None for i in self.inputs):
@@ -286,8 +318,8 @@ class _Run:
                 self.released[k] = True
             self.done = True
             self.cond.notify_all()
-        for t in threads:
-            t.join()
+            self.cond.wait_for(lambda: all(self.finished))
+        _return_workers(threads)
 
     def _pipeline(self):
         cfg = _state.state.cfg
