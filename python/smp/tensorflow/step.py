@@ -411,7 +411,8 @@ class _Run:
                     self._receive_output(k, release=False)
                     to_release.append(k)
                 else:  # thread k's loss, computed since forward k (not compute of this stage)
-                    release()
+                    if k in to_release:  # no forward since forward k; a later one's thread waits for tape.gradient
+                        release()
                     self._wait(lambda: self.dy_given[k] or self.finished[k])
                     if not self.dy_given[k]:
                         raise RuntimeError(
