@@ -106,6 +106,14 @@ def test_evaluate_and_predict_equal_one_process(runs, layout, ranks):
     assert len(found(out, rf"EVALUATE OK {layout} rank=\d+ ")) == ranks, out[-4000:]
 
 
+def test_1f1b_runs_one_more_forward_ahead(runs):
+    """smp.tensorflow's 1F1B lists (one more forward ahead on every rank, so the last stage's
+    loss of microbatch k runs with its forward k + 1): the same actions as the engine's, the
+    ranks' lists run together without a deadlock (tf_suite_worker.py's schedule_check)."""
+    out = ok(runs(2))
+    assert out.count("SCHEDULE OK") == 2, out[-4000:]
+
+
 def test_checkpoint_round_trip_and_resume_under_another_layout(runs):
     """Saved under pp2 after 4 Adam steps; resumed (into a model built from another seed) under
     pp2, where steps 4-7 must repeat the saved run's losses exactly, and under dp2 (1e-4)."""

@@ -7,12 +7,14 @@ For each model (the CNN, the transformer, and the transformer placed by smp.part
 --manual): every step's loss (the mean over dp replicas of reduce_mean over microbatches) must
 equal the reference's within 1e-4 relative, and the first step's gradients of every variable this
 rank holds within 1e-5. Replicas with dp_rank > 0 build their model from another seed, so they
-match only if smp starts them from dp rank 0's values. Prints "PARITY OK <model> ..." per model.
+match only if smp starts them from dp rank 0's values. Every step's microbatches must run in the
+first step's threads (smp.step keeps them). Prints "PARITY OK <model> ..." per model.
 """
 
 import argparse
 import os
 import sys
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -69,9 +71,13 @@ def distributed(name, steps, manual):
     opt = keras.optimizers.SGD(LR)
     hooked = []
     model.register_post_partition_hook(lambda m: hooked.append([layer.name for layer in m.local_layers()]))
+    threads = []  # per step, the thread each microbatch ran in (the objects: an ident can be reused)
 
     @smp.step
     def train_step(x, y):
+        if not threads or len(threads[-1]) == smp.state.cfg["microbatches"]:
+            threads.append([])
+        threads[-1].append(threading.current_thread())
         with tf.GradientTape() as tape:
             loss = tf_models.loss_fn(y, model(x, training=True))
         return tape.gradient(loss, model.trainable_variables), loss
@@ -87,6 +93,9 @@ def distributed(name, steps, manual):
             first_grads = {names[id(v)]: g.numpy() for v, g in zip(model.trainable_variables, grads)}
         opt.apply_gradients(zip(grads, model.trainable_variables))
         losses.append(float(np.mean(smp.allgather(float(loss.reduce_mean()), smp.DP_GROUP))))
+    assert all(len({id(t) for t in step}) == len(step) for step in threads), "microbatches shared a thread"
+    assert all({id(t) for t in step} == {id(t) for t in threads[0]} for step in threads), \
+        "smp.step started new threads for a later step (its microbatches' threads are kept from step to step)"
     held = sorted({name.split("#")[0] for name in first_grads})
     assert len(hooked) == 1 and set(held) <= set(hooked[0]), f"post-partition hook calls: {hooked}, holding {held}"
     return losses, first_grads, model

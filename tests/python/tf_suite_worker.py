@@ -24,6 +24,7 @@ dp2 (20 steps); the checkpoint saved under pp2, resumed under pp2 and under dp2;
 import argparse
 import ctypes
 import ctypes.util
+import importlib
 import os
 import runpy
 import shlex
@@ -100,7 +101,41 @@ def parity_layout(name, config, models, steps, refs, manual=False, fit=False, ev
     return refs
 
 
+def schedule_check():
+    """1F1B as smp.tensorflow runs it (step.py's _one_more_ahead): rank r of pp runs
+    min(pp - r + 1, m) forwards before its first backward, one more than the engine's list, with
+    the same actions; the ranks' lists run together (a send never waits, a receive waits for its
+    send) all finish; with active_microbatches below pp + 1 the engine's lists are kept. Prints
+    "SCHEDULE OK" (each rank, before smp.init)."""
+    from smp._engine import _C
+
+    ahead = importlib.import_module("smp.tensorflow.step")._one_more_ahead
+    for pp, m in ((1, 4), (2, 8), (3, 6), (4, 3)):
+        given = [_C.schedule_actions("interleaved", pp, m, pp + 2, r) for r in range(pp)]
+        lists = [ahead(actions, pp, pp + 2) for actions in given]
+        for r in range(pp):
+            kinds = [a[0] for a in lists[r] if a[0] in ("forward", "backward")]
+            assert kinds.index("backward") == min(pp - r + 1, m), (pp, m, r, lists[r])
+            assert sorted(lists[r]) == sorted(given[r]), (pp, m, r, lists[r])
+            assert ahead(given[r], pp, pp) == given[r], (pp, m, r)
+        sent, at, moved = set(), [0] * pp, True
+        while moved:
+            moved = False
+            for r in range(pp):
+                while at[r] < len(lists[r]):
+                    what, _, k, peer = lists[r][at[r]]
+                    if what.startswith("recv_") and (peer, r, what[5:], k) not in sent:
+                        break
+                    if what.startswith("send_"):
+                        sent.add((r, peer, what[5:], k))
+                    at[r] += 1
+                    moved = True
+        assert at == [len(x) for x in lists], f"pp={pp} m={m}: the ranks' lists stop at {at} (a deadlock)"
+    print("SCHEDULE OK", flush=True)
+
+
 def two_ranks(directory, example_args):
+    schedule_check()
     try:  # refused by smp.init before the engine starts
         smp.init(dict(errors.CONFIG, horovod=True))
         print("no error raised by horovod", flush=True)

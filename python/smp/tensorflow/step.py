@@ -4,16 +4,18 @@ How a step runs on each rank (docs/tensorflow.md):
 
 1. Tensor arguments (also inside lists, tuples and dicts) are split into ``microbatches`` along
    axis 0; other arguments pass through.
-2. The function runs once per microbatch, each in a thread of its own, one at a time, up to its
-   model call, which hands the microbatch's arguments over and waits. A ``tf.GradientTape``
-   recording at that call makes it a training step (forwards and backwards), else forwards only.
+2. The function runs once per microbatch, each in a thread of its own (kept from step to step),
+   one at a time, up to its model call, which hands the microbatch's arguments over and waits. A
+   ``tf.GradientTape`` recording at that call makes it a training step (forwards and backwards),
+   else forwards only.
 3. This thread runs the rank's list of actions from the engine's schedule (``simple`` = GPipe,
    ``interleaved`` = 1F1B): each forward runs the rank's stage under a tape of its own, each
    backward takes that tape's gradient, and activations and gradients cross ranks over the
    engine's communicator (TensorFlow tensors become torch tensors through DLPack, no copy).
    On the last stage, after the forward of microbatch k, thread k goes on with the output: it
    computes its loss and calls ``tape.gradient``, which hands the output's gradient to the
-   schedule and waits.
+   schedule and waits; under 1F1B every rank runs one more forward ahead, so thread k does that
+   while this thread runs forward k + 1.
 4. After the schedule the gradients are averaged over the data-parallel replicas (one
    all_reduce), the last stage sends the outputs to the other pipeline ranks, and every thread
    finishes: ``tape.gradient(loss, model.trainable_variables)`` returns the stage's gradients for
@@ -27,6 +29,7 @@ How a step runs on each rank (docs/tensorflow.md):
 
 import functools
 import inspect
+import queue
 import threading
 import time
 
@@ -125,7 +128,67 @@ def _to_tf(t):
     return tf.experimental.dlpack.from_dlpack(torch.utils.dlpack.to_dlpack(t))
 
 
+class _Worker:
+    """A thread that runs microbatches of step functions, kept from one step to the next: a
+    fresh thread per microbatch cost its start and join in every step, and TensorFlow builds
+    per-thread state on a thread's first eager ops (docs/tensorflow.md, Performance)."""
+
+    def __init__(self):
+        self.tasks = queue.SimpleQueue()
+        threading.Thread(target=self._loop, daemon=True, name="smp-step").start()
+
+    def _loop(self):
+        while True:
+            self.tasks.get()()
+
+
+_idle_workers = []  # workers between steps
+_idle_lock = threading.Lock()
+
+
+def _take_worker():
+    with _idle_lock:
+        if _idle_workers:
+            return _idle_workers.pop()
+    return _Worker()
+
+
+def _return_workers(workers):
+    with _idle_lock:
+        _idle_workers.extend(reversed(workers))  # microbatch 0 takes the same thread next step
+
+
 _ACT, _GRAD, _OUT = 0, 1, 2
+
+
+def _one_more_ahead(actions, pp, active):
+    """A rank's 1F1B actions with one more forward ahead of the backwards: each backward moves
+    after the next forward (last stage: F0 B0 F1 B1 ... becomes F0 F1 B0 F2 B1 ...), so on the last
+    stage thread k computes microbatch k's loss and its gradient up to the model's output while
+    this thread runs forward k + 1 (TensorFlow leaves the GIL to the thread), not between forward k
+    and backward k, where the stage waited for it. Every rank takes one more, so each still sends
+    activation k + 1 before it waits for gradient k of the stage after it. Only with
+    active_microbatches >= pp + 1 (the default is pp + 2): rank 0 then has pp + 1 microbatches in
+    flight; with fewer the actions are unchanged."""
+    if active < pp + 1:
+        return actions
+    groups = []  # [recv_activation] forward [send_activation] | [recv_grad] backward [send_grad]
+    for action in actions:
+        after = {"forward": "recv_activation", "backward": "recv_grad"}.get(action[0])
+        if groups and (action[0].startswith("send_") or groups[-1][-1][0] == after):
+            groups[-1].append(action)
+        else:
+            groups.append([action])
+    kinds = [next((a[0] for a in g if a[0] in ("forward", "backward")), None) for g in groups]
+    out, i = [], 0
+    while i < len(groups):
+        if kinds[i] == "backward" and i + 1 < len(groups) and kinds[i + 1] == "forward":
+            out += groups[i + 1] + groups[i]
+            i += 2
+        else:
+            out += groups[i]
+            i += 1
+    return out
 
 
 def _tag(kind, microbatch):
@@ -164,6 +227,7 @@ class _Run:
             self.results[k] = self.fn(*args, **kwargs)
         except BaseException as e:  # noqa: BLE001  (re-raised by the step's caller)
             self.errors[k] = e
+        _local.run = None  # the worker waits for the next step's microbatch
         with self.cond:
             self.finished[k] = self.reached[k] = True
             self.cond.notify_all()
@@ -226,9 +290,8 @@ class _Run:
         self.t_start = time.perf_counter()
         threads = []
         for k in range(self.m):  # one at a time up to the model call, in microbatch order
-            t = threading.Thread(target=self.thread_main, args=(k,), daemon=True)
-            threads.append(t)
-            t.start()
+            threads.append(_take_worker())
+            threads[k].tasks.put(functools.partial(self.thread_main, k))
             self._wait(lambda: self.reached[k])
         local_error = next((e for e in self.errors if e is not None), None)
         if local_error is None and any(i is None for i in self.inputs):
@@ -286,8 +349,8 @@ class _Run:
                 self.released[k] = True
             self.done = True
             self.cond.notify_all()
-        for t in threads:
-            t.join()
+            self.cond.wait_for(lambda: all(self.finished))
+        _return_workers(threads)
 
     def _pipeline(self):
         cfg = _state.state.cfg
@@ -296,6 +359,8 @@ class _Run:
         first, last = cut.bounds(rank)
         kind = cfg["pipeline"] if self.train else "_only_forward"
         actions = _C.schedule_actions(kind, pp, self.m, cfg["active_microbatches"], rank)
+        if kind == "interleaved":
+            actions = _one_more_ahead(actions, pp, cfg["active_microbatches"])
         variables = self.model.trainable_variables
         stage_fn = cut.stage_function(self.model, rank)
         received = [None] * self.m
@@ -303,6 +368,17 @@ class _Run:
         grad_in = [None] * self.m
         sends = []
         busy = 0.0
+        # Thread k (its loss) is released right before this thread's next run of TensorFlow
+        # (a forward or a backward), which leaves the GIL to the thread: released earlier, the
+        # thread takes the GIL while this one waits on a receive or runs Python, and this one then
+        # waits for the thread's loss (the GIL passes between threads only when its holder blocks).
+        to_release = []
+
+        def release():
+            for j in to_release:
+                self._release_thread(j)
+            to_release.clear()
+
         for what, stage, k, peer in actions:
             started = time.perf_counter()
             if what == "recv_activation":
@@ -316,6 +392,7 @@ class _Run:
                         for t in tf.nest.flatten(received[k]):
                             if t.dtype.is_floating:
                                 tape.watch(t)
+                    release()
                     out = stage_fn(args, kwargs, received[k])
                 saved[k] = (tape, received[k], out)
                 busy += time.perf_counter() - started
@@ -323,14 +400,7 @@ class _Run:
                     self.outputs[k] = out
                     flat = [_to_torch(t) for t in tf.nest.flatten(out)]  # every pipeline rank gets it
                     sends += [_C.send_tensors(flat, r, _state.PP_GROUP, _tag(_OUT, k)) for r in range(pp - 1)]
-                    self._release_thread(k)
-                    if self.train:  # the thread computes its loss and hands the output's gradient back
-                        self._wait(lambda: self.dy_given[k] or self.finished[k])
-                        if not self.dy_given[k]:
-                            raise RuntimeError(
-                                f"smp.step: microbatch {k}'s step function did not take the gradient of the model's "
-                                "output (call tape.gradient(loss, model.trainable_variables) inside the step) "
-                                "although a GradientTape was recording at the model call")
+                    to_release.append(k)  # the thread computes its loss, hands the output's gradient back
             elif what == "send_activation":
                 flat = [_to_torch(t) for t in tf.nest.flatten(saved[k][2])]
                 sends.append(_C.send_tensors(flat, peer, _state.PP_GROUP, _tag(_ACT, k)))
@@ -338,12 +408,24 @@ class _Run:
                 grad_in[k] = [_to_tf(t) for t in _C.recv_tensors(peer, _state.PP_GROUP, _tag(_GRAD, k))]
             elif what == "backward":
                 if rank < pp - 1:  # the output is in by now: thread k computes its loss meanwhile
-                    self._receive_output(k)
+                    self._receive_output(k, release=False)
+                    to_release.append(k)
+                else:  # thread k's loss, computed since forward k (not compute of this stage)
+                    if k in to_release:  # no forward since forward k; a later one's thread waits for tape.gradient
+                        release()
+                    self._wait(lambda: self.dy_given[k] or self.finished[k])
+                    if not self.dy_given[k]:
+                        raise RuntimeError(
+                            f"smp.step: microbatch {k}'s step function did not take the gradient of the model's "
+                            "output (call tape.gradient(loss, model.trainable_variables) inside the step) "
+                            "although a GradientTape was recording at the model call")
+                    started = time.perf_counter()
                 tape, inp, out = saved[k]
                 dys = self.dy[k] if rank == pp - 1 else grad_in[k]
                 pairs = [(o, d) for o, d in zip(tf.nest.flatten(out), dys) if o.dtype.is_floating]
                 inputs = tf.nest.flatten(inp) if inp is not None else []
                 sources = [t for t in inputs if t.dtype.is_floating] + list(variables)
+                release()
                 grads = tape.gradient([o for o, _ in pairs], sources,
                                       output_gradients=[d if d is not None else tf.zeros_like(o) for o, d in pairs],
                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -358,6 +440,7 @@ class _Run:
                 sends.append(_C.send_tensors(flat, peer, _state.PP_GROUP, _tag(_GRAD, k)))
             else:
                 raise RuntimeError(f"smp.step: schedule action '{what}' is not run by smp.tensorflow")
+        release()
         for work in sends:
             work.wait()
         _last_stats.update(busy_s=busy, microbatches=self.m, stages=pp, schedule=kind)
@@ -378,13 +461,14 @@ class _Run:
         for k in range(self.m):
             self.grads[k] = [next(averaged) for _ in self.grads[k]]
 
-    def _receive_output(self, k):
+    def _receive_output(self, k, release=True):
         """Microbatch k's model output from the last stage (sent right after its forward); thread
-        k goes on with it."""
+        k goes on with it (released here, or by the caller)."""
         spec = self.model._smp()["cut"].output_spec
         flat = [_to_tf(t) for t in _C.recv_tensors(_state.pp_size() - 1, _state.PP_GROUP, _tag(_OUT, k))]
         self.outputs[k] = tf.nest.pack_sequence_as(spec, flat)
-        self._release_thread(k)
+        if release:
+            self._release_thread(k)
 
     def _share_outputs(self):
         """Every pipeline rank has every output (those not received during the schedule now);
