@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <stdexcept>
 
 #include <ATen/ATen.h>
@@ -189,6 +190,58 @@ TEST(HfParity, WrongShapeNamesTheTensor) {
     const std::string what = e.what();
     EXPECT_NE(what.find("\"" + name + "\""), std::string::npos) << what;
     EXPECT_NE(what.find("shape [96, 32] found; expected [32, 96]"), std::string::npos) << what;
+  }
+  shutdown();
+}
+
+// The file is checked whole before any parameter is written: a missing tensor, an unexpected
+// one and a tied head's lm_head.weight that differs from the embedding are each named, and the
+// model keeps its values; an lm_head.weight equal to the embedding (some writers keep it) loads.
+TEST(HfParity, FileIsCheckedBeforeAnyParameterIsWritten) {
+  init_tp();
+  const smp::testing::TempDir tmp = shared_temp_dir();
+  const std::string& dir = tmp.path();
+  const ModelConfig config = tiny(Family::kGpt2);
+  Model model = build_model(config, tp_group(), false);
+  save_hf(dir, model);
+  const std::string path = dir + "/model.safetensors";
+  const auto saved = checkpoint::load_safetensors(path);
+  // Rewrites the file from `saved` with `edit` applied (rank 0; every rank then reads it).
+  const auto rewrite = [&](const std::function<void(std::map<std::string, at::Tensor>&)>& edit) {
+    on_rank0("rewrite", [&] {
+      auto tensors = saved;
+      edit(tensors);
+      std::vector<std::pair<std::string, at::Tensor>> out(tensors.begin(), tensors.end());
+      checkpoint::save_safetensors(path, out, {{"format", "pt"}});
+      return "";
+    });
+  };
+  at::manual_seed(9);
+  Model other = build_model(config, tp_group(), false);
+  const auto before = whole_parameters(other);
+  const auto expect_refused = [&](const std::string& what, const std::string& needle) {
+    try {
+      load_hf(dir, other);
+      ADD_FAILURE() << what << ": expected ConfigError";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << what << ": " << e.what();
+    }
+    for (const auto& [name, t] : whole_parameters(other)) {
+      EXPECT_TRUE(at::equal(t, before.at(name))) << what << ": " << name << " was written";
+    }
+  };
+  const std::string last = "transformer.h.1.mlp.c_proj.bias";  // the last block's, read late
+  rewrite([&](auto& t) { t.erase(last); });
+  expect_refused("missing", "\"" + last + "\" is missing (expected shape [32])");
+  rewrite([&](auto& t) { t["transformer.h.2.ln_1.weight"] = at::ones({config.hidden}); });
+  expect_refused("stray", "unexpected for a GPT-2 model with 2 layers: \"transformer.h.2.ln_1.weight\" [32]");
+  rewrite([&](auto& t) { t["lm_head.weight"] = t.at("transformer.wte.weight") + 1; });
+  expect_refused("unequal tied head", "\"lm_head.weight\"");
+  rewrite([&](auto& t) { t["lm_head.weight"] = t.at("transformer.wte.weight").clone(); });
+  load_hf(dir, other);
+  const auto loaded = whole_parameters(other);
+  for (const auto& [name, t] : whole_parameters(model)) {
+    EXPECT_TRUE(at::equal(loaded.at(name), t)) << name;
   }
   shutdown();
 }
