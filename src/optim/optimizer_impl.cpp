@@ -151,7 +151,8 @@ void DistributedOptimizer::Impl::initialize() {
                             : at::zeros({layout.local_numel()}, opts);
   }
   if (mixed) {
-    master = at::zeros({layout.local_numel()}, opts);
+    master = offloaded ? optim::file_backed_zeros(layout.local_numel(), at::kFloat, files::temp_dir())
+                       : at::zeros({layout.local_numel()}, opts);
     for (const Run& run : runs) {
       master.narrow(0, run.local, run.numel).copy_(param_source(run));
     }
@@ -232,7 +233,6 @@ const DistributedOptimizer::Impl::RunViews& DistributedOptimizer::Impl::views() 
     const at::Tensor grad = grad_view(run);
     v.grads.push_back(grad);
     if (run.in_norm) v.norm_grads.push_back(grad);
-    if (mixed) v.masters.push_back(param_view(run)), v.sources.push_back(param_source(run));
   }
   // Windows over the local elements: one for in-memory state, offload_window each when the
   // state is in a file. A run crossing a window's edge is updated in pieces (elementwise: the
@@ -252,6 +252,7 @@ const DistributedOptimizer::Impl::RunViews& DistributedOptimizer::Impl::views() 
       piece.flat = run.flat + (at - run.local);
       piece.numel = std::min(run.local + run.numel, w.local + w.numel) - at;
       at += piece.numel;
+      if (mixed) w.masters.push_back(param_view(piece)), w.sources.push_back(param_source(piece));
       GroupViews& g = w.groups[run.group];
       g.params.push_back(param_view(piece));
       g.grads.push_back(grad_view(piece));
@@ -266,8 +267,9 @@ const DistributedOptimizer::Impl::RunViews& DistributedOptimizer::Impl::views() 
 void DistributedOptimizer::Impl::update() {
   for (const Window& w : views().windows) {
     for (size_t g = 0; g < w.groups.size(); ++g) update_group(w.groups[g], static_cast<int>(g));
+    if (!w.sources.empty()) at::_foreach_copy_(w.sources, w.masters);  // the new values, in 16 bits
     if (!offloaded) continue;
-    for (const auto& [name, t] : state) optim::release(t.narrow(0, w.local, w.numel));
+    for (const auto& [name, t] : all_state()) optim::release(t.narrow(0, w.local, w.numel));
   }
   // A read fault maps the cached pages around it too (the kernel's fault-around), earlier
   // windows' included: drop those as well.
@@ -276,7 +278,7 @@ void DistributedOptimizer::Impl::update() {
 
 void DistributedOptimizer::Impl::release_state() {
   if (!offloaded) return;
-  for (const auto& [name, t] : state) optim::release(t);
+  for (const auto& [name, t] : all_state()) optim::release(t);
 }
 
 void DistributedOptimizer::Impl::prepare() {
@@ -398,12 +400,6 @@ void DistributedOptimizer::Impl::update_group(const GroupViews& views, int group
   }
 }
 
-void DistributedOptimizer::Impl::write_back() {
-  if (mixed) {
-    const RunViews& v = views();
-    if (!v.sources.empty()) at::_foreach_copy_(v.sources, v.masters);
-  }
-  reducer->store().after_update();
-}
+void DistributedOptimizer::Impl::write_back() { reducer->store().after_update(); }
 
 }  // namespace smp

@@ -55,7 +55,8 @@ struct DistributedOptimizer::Impl {
   void upload_learning_rates();  // lr_on_device: the groups' options into lrs
   // Step counts (per group) and fp16's dynamic scale copied from the host to the device.
   void upload_counts_and_scale();
-  // Masters back into the parameters; all-gathers sharded buckets (collective).
+  // After update(), which copied the masters into the parameters window by window: the
+  // reducer's parameter store takes the new values (all-gathers sharded buckets; collective).
   void write_back();
   // State dicts (state_dict.cpp).
   nlohmann::json meta() const;
@@ -87,12 +88,12 @@ struct DistributedOptimizer::Impl {
   struct Window {  // local elements [local, +numel): the whole state, or one offload_window
     int64_t local = 0, numel = 0;
     std::vector<GroupViews> groups;  // by optimizer group; runs cut at the window's edges
+    std::vector<at::Tensor> masters, sources;  // fp16/bf16: the masters and where they go back
   };
   struct RunViews {
     std::vector<std::pair<const void*, int64_t>> key;  // each buffer's storage and offset
     std::vector<at::Tensor> grads;       // every run
     std::vector<at::Tensor> norm_grads;  // the runs counted in the norm
-    std::vector<at::Tensor> masters, sources;  // fp16/bf16: the masters and where they go back
     std::vector<Window> windows;
   };
   const RunViews& views();
