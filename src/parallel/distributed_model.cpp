@@ -60,15 +60,18 @@ void DistributedModel::require_nccl_transport() const {
 
 // SMP's fp16_params: the parameters become fp16 as the model is built (set_data keeps each
 // tensor's identity, so optimizers and tied layers still see it), so the whole model is never
-// held in fp32. Under delayed initialisation the parameters hold no storage to cast.
+// held in fp32. Under delayed initialisation the parameters hold no storage: they only change
+// type, and their fp32 slices are rounded to fp16 as the shards take them, the values a cast
+// here would give.
 void DistributedModel::build_in_fp16() {
-  if (options_.delayed_slices) {
-    throw ConfigError("config key \"fp16_params\": true with delayed_parameter_initialization (the "
-                      "parameters were sharded as built and hold no storage to cast); allowed: false there");
-  }
   for (Layer& layer : layers_) {
     for (at::Tensor& p : layer.parameters) {
-      if (at::isFloatingType(p.scalar_type()) && p.scalar_type() != at::kHalf) {
+      if (!at::isFloatingType(p.scalar_type()) || p.scalar_type() == at::kHalf) continue;
+      if (options_.delayed_slices && p.storage().nbytes() == 0) {
+        at::Tensor half = at::empty({0}, p.options().dtype(at::kHalf));
+        half.unsafeGetTensorImpl()->set_sizes_contiguous(p.sizes());  // no storage, as before
+        p.set_data(half);
+      } else {
         p.set_data(p.detach().to(at::kHalf));
       }
     }
