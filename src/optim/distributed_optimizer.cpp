@@ -101,7 +101,7 @@ void DistributedOptimizer::step() {
   // pieces; on a GPU a handful of kernels instead of thousands).
   im.release_state();  // what a checkpoint read or a load brought in since the last step
   im.update();
-  im.write_back();
+  im.reducer->store().after_update();  // the new values (update() wrote fp16/bf16's masters back)
   if (im.scale.defined()) {
     const optim::DynamicLossArgs& a = im.scaler.args();
     at::_amp_update_scale_(im.scale, im.growth_tracker, im.found_inf, a.scale_factor,

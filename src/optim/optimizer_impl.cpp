@@ -400,6 +400,4 @@ void DistributedOptimizer::Impl::update_group(const GroupViews& views, int group
   }
 }
 
-void DistributedOptimizer::Impl::write_back() { reducer->store().after_update(); }
-
 }  // namespace smp

@@ -55,9 +55,6 @@ struct DistributedOptimizer::Impl {
   void upload_learning_rates();  // lr_on_device: the groups' options into lrs
   // Step counts (per group) and fp16's dynamic scale copied from the host to the device.
   void upload_counts_and_scale();
-  // After update(), which copied the masters into the parameters window by window: the
-  // reducer's parameter store takes the new values (all-gathers sharded buckets; collective).
-  void write_back();
   // State dicts (state_dict.cpp).
   nlohmann::json meta() const;
   void load_meta(const nlohmann::json& meta);
@@ -99,8 +96,8 @@ struct DistributedOptimizer::Impl {
   const RunViews& views();
   // The update of every run: window by window, and in a window, one call of PyTorch's fused
   // kernels (_fused_adamw_, _fused_adam_, _fused_sgd_: what torch.optim's fused=True runs) per
-  // parameter group, with the group's current options. Offloaded state leaves resident memory
-  // after its window.
+  // parameter group, with the group's current options; fp16/bf16's masters then go into the
+  // parameters. Offloaded state leaves resident memory after its window.
   void update();
   void update_group(const GroupViews& views, int group);
   void release_state();  // offloaded: every state page out of resident memory
