@@ -115,9 +115,9 @@ class DistributedOptimizer {
   // (overflow(), skipped_steps(), the warning and max_nonfinite_steps' error, the step counts
   // and loss scale a checkpoint stores) runs when record_overflow gives it, or else when the
   // next gradients are prepared or any of these is asked for (then reading the flag: a wait).
-  // Except where step() needs it (then it reads it): SGD with momentum until its first step,
-  // a skip that would be the max_nonfinite_steps-th in a row (it throws from step()), and fp16
-  // dynamic scaling that the device rule cannot follow (LossScaler::device_rule false).
+  // Except where step() needs it (then it reads it): SGD with momentum and dampening until its
+  // first step, a skip that would be the max_nonfinite_steps-th in a row (it throws from
+  // step()), and fp16 dynamic scaling that the device rule cannot follow (device_rule false).
   at::Tensor overflow_tensor();
   // Not collective. `overflow`: the value of overflow_tensor() after the last step() (the same
   // on every rank). Settles that step's bookkeeping (may throw smp::Error past

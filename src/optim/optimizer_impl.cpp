@@ -310,17 +310,24 @@ bool DistributedOptimizer::Impl::read_overflow() {
 }
 
 bool DistributedOptimizer::Impl::flag_needed_on_host() const {
-  // SGD's first step with momentum starts the buffers (is_first_step): only a step taken does.
+  // SGD's first step with momentum and dampening starts the buffers undamped (is_first_step):
+  // only a step taken does.
   if (kind == Kind::kSgd) {
     for (size_t g = 0; g < momentum_started.size(); ++g) {
-      const auto& o = static_cast<const torch::optim::SGDOptions&>(inner->param_groups()[g].options());
-      if (o.momentum() != 0 && !momentum_started[g]) return true;
+      if (first_sgd_step(static_cast<int>(g))) return true;
     }
   }
   // A skip that would be the max_nonfinite_steps-th in a row throws from step() itself.
   const int64_t limit = options.max_nonfinite_steps;
   if (!fp16 && limit > 0 && nonfinite_in_a_row + 1 >= limit) return true;
   return scaler.dynamic() && !scale.defined();  // the host's scale is the next step's
+}
+
+bool DistributedOptimizer::Impl::first_sgd_step(int group) const {
+  // Without dampening the ordinary rule, buffer = momentum * buffer + gradient, starts the
+  // zeroed buffers exactly as is_first_step's buffer = gradient does: no host read needed.
+  const auto& o = static_cast<const torch::optim::SGDOptions&>(inner->param_groups().at(group).options());
+  return o.momentum() != 0 && o.dampening() != 0 && !momentum_started[group];
 }
 
 void DistributedOptimizer::Impl::settle() {
@@ -367,7 +374,7 @@ void DistributedOptimizer::Impl::update_group(const GroupViews& views, int group
   if (kind == Kind::kSgd) {
     const auto& o = static_cast<const torch::optim::SGDOptions&>(options);
     const at::TensorList momentum = o.momentum() != 0 ? at::TensorList(m) : at::TensorList();
-    const bool first = !momentum_started[group];
+    const bool first = first_sgd_step(group);
     if (!lrs.empty()) {
       at::_fused_sgd_(params, grads, momentum, o.weight_decay(), o.momentum(), lrs[group], o.dampening(),
                       o.nesterov(), /*maximize=*/false, first, std::nullopt, found_inf);

@@ -52,6 +52,7 @@ struct DistributedOptimizer::Impl {
   void settle();
   // Whether step() needs the flag on the host before its update (see overflow_tensor's comment).
   bool flag_needed_on_host() const;
+  bool first_sgd_step(int group) const;  // is_first_step of a group's fused SGD
   void upload_learning_rates();  // lr_on_device: the groups' options into lrs
   // Step counts (per group) and fp16's dynamic scale copied from the host to the device.
   void upload_counts_and_scale();

@@ -69,6 +69,37 @@ TEST(Optimizer, EqualsTorchOptimOptionForOption) {
   }
 }
 
+// SGD with momentum, as smp-train steps (the flag handed back after step()): without
+// dampening step() never reads the overflow flag, its first step included (the zeroed buffers
+// start as is_first_step's would, which EqualsTorchOptimOptionForOption's "sgd nesterov"
+// checks against torch::optim); with dampening its first step reads it, later ones do not.
+TEST(Optimizer, SgdMomentumStepsWithoutReadingTheFlag) {
+  using namespace torch::optim;
+  reinit("\"ddp\": true");
+  for (const double dampening : {0.0, 0.1}) {
+    std::vector<Layer> layers = make_mlp(1);
+    auto params = values_of(named(layers));
+    DistributedModel model(std::move(layers));
+    DistributedOptimizer opt(model, two_groups<SGD>(SGDOptions(0.1).momentum(0.9).dampening(dampening))(params));
+    train::HostSyncCounter counter;
+    std::vector<int64_t> syncs;
+    for (int it = 0; it < 3; ++it) {
+      opt.zero_grad();
+      const Batch b = my_slice(whole_batch(it));
+      step(model, {b.x}, {b.y}, mse_loss);
+      counter.clear();
+      counter.phase("step");
+      opt.step();
+      counter.pause();
+      syncs.push_back(counter.total().syncs);
+      opt.record_overflow(opt.overflow_tensor().item<float>() != 0);
+    }
+    const std::vector<int64_t> expected = dampening == 0 ? std::vector<int64_t>{0, 0, 0}
+                                                          : std::vector<int64_t>{1, 0, 0};
+    EXPECT_EQ(syncs, expected) << "dampening " << dampening;
+  }
+}
+
 OptimizerFactory adam(double lr = 1e-3) {
   return [lr](std::vector<at::Tensor> p) {
     return std::make_unique<torch::optim::Adam>(p, torch::optim::AdamOptions(lr));
