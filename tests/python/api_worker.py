@@ -123,15 +123,100 @@ def phase_resume(d):
     check("resume_before_first_step", max(abs(a - b) for a, b in zip(got, expected)) < 1e-6, f"{got} {expected}")
 
 
+class Traced(torch.nn.Module):
+    """A block with a running-statistics buffer whose forward records smp.is_tracing()."""
+
+    def __init__(self, width, seen):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(width)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 2 * width), torch.nn.GELU(),
+                                       torch.nn.Linear(2 * width, width))
+        self.seen = seen
+
+    def forward(self, x):
+        self.seen.append(smp.is_tracing())
+        return x + self.mlp(self.norm(x))
+
+
+class Checkpointed(torch.nn.Module):
+    """Blocks called through SMP's patches.checkpoint.checkpoint, then a head."""
+
+    def __init__(self, seen, through=True):
+        super().__init__()
+        self.through = through  # False: the blocks called directly (the reference)
+        torch.manual_seed(0)
+        self.blocks = torch.nn.ModuleList(Traced(8, seen) for _ in range(4))
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = smp.patches.checkpoint.checkpoint(block, x) if self.through else block(x)
+        return self.head(x)
+
+
+def phase_extras(d):
+    """DistributedModel's local_named_modules / local_named_buffers, smp.is_tracing and
+    patches.checkpoint on pp2, against the same model and data in this process alone."""
+    seen = []
+    module = Checkpointed(seen)
+    model = smp.DistributedModel(module)
+    opt = smp.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    ref_seen = []
+    ref = Checkpointed(ref_seen, through=False)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+
+    @smp.step
+    def step(model, x, y):
+        loss = F.cross_entropy(model(x), y)
+        model.backward(loss)
+        return loss
+
+    check("is_tracing_outside", not smp.is_tracing())
+    m = smp.state.cfg["microbatches"]
+    for s in range(3):
+        g = torch.Generator().manual_seed(s)
+        x, y = torch.randn(8, 8, generator=g), torch.randint(0, 3, (8,), generator=g)
+        loss = step(model, x, y).reduce_mean()
+        opt.step()
+        opt.zero_grad()
+        ref_loss = sum(F.cross_entropy(ref(xm), ym) for xm, ym in zip(x.chunk(m), y.chunk(m))) / m
+        ref_loss.backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+        check(f"checkpointed_loss_{s}", abs(loss.item() - ref_loss.item()) < 1e-5, f"{loss.item()} {ref_loss.item()}")
+    # The forward's Python ran only while captured (the pipeline runs the captured graphs).
+    check("is_tracing_inside", seen and all(seen), str(seen))
+    check("checkpoint_marks", all(getattr(b, "_smp_checkpointing", None) for b in module.blocks))
+    # Local modules and buffers: this rank's pipeline stage. Each holds some blocks; together
+    # they hold every module and buffer once (the root and parameterless modules with parents).
+    names = dict(model.local_named_modules())
+    buffers = dict(model.local_named_buffers())
+    params = dict(model.local_named_parameters())
+    held = {**params, **buffers}
+    full = lambda n, k: f"{n}.{k}" if n else k  # noqa: E731
+    check("local_modules_hold_local_tensors",
+          all(not n or not mod.state_dict() or any(full(n, k) in held for k in mod.state_dict())
+              for n, mod in names.items()), str(sorted(names)))
+    check("local_buffers_of_local_modules", all(n.rsplit(".", 1)[0] in names for n in buffers), str(sorted(buffers)))
+    for name, b in buffers.items():  # this rank's running statistics are the reference's
+        check(f"buffer_{name}", torch.allclose(b, ref.state_dict()[name], atol=1e-5))
+    every = smp.allgather((sorted(names), sorted(buffers)), smp.PP_GROUP)
+    all_modules = [n for n, _ in module.named_modules()]
+    check("local_modules_cover", sorted({n for mods, _ in every for n in mods}) == sorted(all_modules))
+    check("local_modules_split", smp.pp_size() == 1 or all(len(mods) < len(all_modules) for mods, _ in every),
+          str(every))
+    check("local_buffers_once", sorted(n for _, bufs in every for n in bufs) == sorted(n for n, _ in module.named_buffers()))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--dir", required=True)
-    p.add_argument("--phase", choices=["train", "resume"], required=True)
+    p.add_argument("--phase", choices=["train", "resume", "extras"], required=True)
     p.add_argument("--pp", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(1)
     smp.init({"pipeline_parallel_degree": a.pp, "microbatches": 2, "ddp": True})
-    (phase_train if a.phase == "train" else phase_resume)(a.dir)
+    {"train": phase_train, "resume": phase_resume, "extras": phase_extras}[a.phase](a.dir)
 
 
 if __name__ == "__main__":

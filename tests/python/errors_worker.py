@@ -45,7 +45,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--case", required=True)
     case = p.parse_args().case
-    smp.init({"pipeline_parallel_degree": 2, "microbatches": 4, "ddp": True})
+    # A stage that fails mid-schedule leaves its peer waiting until the comm timeout: short here.
+    smp.init({"pipeline_parallel_degree": 2, "microbatches": 4, "ddp": True, "comm_timeout_s": 8})
     torch.manual_seed(0)
     if case == "model_outside_step":
         model = smp.DistributedModel(models.Net())
@@ -73,6 +74,19 @@ def main():
             return model(x) + model(x)
 
         twice(model, torch.randn(8, 1, 28, 28))
+    elif case == "last_stage_fails_in_backward":
+        # The last stage raises in its backward (a gradient hook) while the first stage waits
+        # for its gradients: the failing rank reports its own error, not the timeout that
+        # follows; the waiting rank reports a timeout naming its peer.
+        model = smp.DistributedModel(models.Net())
+        train(model, torch.randn(8, 1, 28, 28))
+
+        def fail(grad):
+            raise RuntimeError("injected failure in the last stage's backward")
+
+        if smp.pp_rank() == 1:
+            next(model.local_parameters()).register_hook(fail)
+        train(model, torch.randn(8, 1, 28, 28))
     else:
         raise SystemExit(f"unknown case {case}")
     print("no error raised", flush=True)

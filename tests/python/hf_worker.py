@@ -94,6 +94,38 @@ def _blocks(module):
     return base.encoder.layer if hasattr(base, "encoder") else getattr(base, "h", None) or base.layers
 
 
+def check_tp_extras(c, name, model, ref):
+    """SMP's tensor-parallel queries against what one process's model says: a parameter is
+    distributed (split along get_distribution_axis) where this rank holds fewer elements than
+    the whole; scaled batch (reduced over RDP_GROUP) where it sees the TP group's batch: every
+    parameter with prescaled_batch, the blocks' (batch regions) and the slices' without, none
+    without TP; state_dict(gather_to_rank0=True) gives the whole dict on mp_rank 0 only."""
+    whole = dict(ref.named_parameters())
+    blocks = _blocks(model.get_module())
+    prefix = next(n for n, m in model.get_module().named_modules() if m is blocks) + "."
+    local = dict(model.local_named_parameters())
+    scaled = dict(model.scaled_batch_reducer_named_parameters())
+    default = dict(model.default_reducer_named_parameters())
+    if set(scaled) & set(default) or set(scaled) | set(default) != set(local):
+        c.failures.append(f"{name}: the two reducers' parameters do not split the local ones")
+    for n, p in local.items():
+        sharded = p.numel() != whole[n].numel()
+        axis = smp.utils.get_distribution_axis(p)
+        if model.is_distributed_parameter(p) != sharded or (axis is not None) != sharded:
+            c.failures.append(f"{name}: {n} distributed {model.is_distributed_parameter(p)}, axis {axis}")
+        if smp.tp_size() == 1:
+            expected = False
+        else:
+            expected = smp.state.cfg.prescaled_batch or sharded or n.startswith(prefix)
+        if model.is_scaled_batch_parameter(p) != expected or (n in scaled) != expected:
+            c.failures.append(f"{name}: {n} scaled batch {model.is_scaled_batch_parameter(p)}, expected {expected}")
+    if (smp.tp_size() > 1) != any(True for _ in model.distributed_modules()):
+        c.failures.append(f"{name}: distributed_modules() {list(model.distributed_modules())[:2]}")
+    gathered = model.state_dict(gather_to_rank0=True)
+    if (set(gathered) == set(ref.state_dict())) != (smp.mp_rank() == 0) or (smp.mp_rank() and gathered):
+        c.failures.append(f"{name}: state_dict(gather_to_rank0=True) on mp_rank {smp.mp_rank()}: {len(gathered)}")
+
+
 def family(name, a, c, folder):
     torch.manual_seed(0)
     ref = hf_families.make(name)
@@ -131,6 +163,7 @@ def family(name, a, c, folder):
         ref_opt.step()
         ref_opt.zero_grad()
 
+    check_tp_extras(c, name, model, ref)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     want = ref.state_dict()
     for k, v in state.items():

@@ -20,6 +20,10 @@ assert smp.state.module_manager.translate_functions == []
 assert smp.DistributedModel is real.DistributedModel
 assert FusedLayerNorm is real.nn.FusedLayerNorm and smp.state is real.state
 assert smp.RankType.PP_RANK and smp.PP_GROUP and smp.step
+from smdistributed.modelparallel.torch.state_mod import state
+from smdistributed.modelparallel.torch.patches.checkpoint import checkpoint, checkpoint_sequential
+from smdistributed.modelparallel.torch.utils import get_distribution_axis, rmsg
+assert state is real.state and checkpoint is real.patches.checkpoint.checkpoint and rmsg is real.utils.rmsg
 print("compat ok", smdistributed.modelparallel.__version__)
 """
 

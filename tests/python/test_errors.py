@@ -14,6 +14,12 @@ CASES = {
 }
 
 
+def test_a_stage_failing_mid_schedule_reports_its_own_error(run_mpi):
+    r = run_mpi(2, "errors_worker.py", "--case", "last_stage_fails_in_backward", timeout=120)
+    assert r.returncode != 0, r.stdout[-3000:]
+    assert "ERROR RuntimeError: injected failure in the last stage's backward" in r.stdout, r.stdout[-3000:]
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_rank_reports_it(run_mpi, case):
     r = run_mpi(2, "errors_worker.py", "--case", case, timeout=120)

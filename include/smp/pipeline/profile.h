@@ -10,8 +10,8 @@ namespace smp::pipeline {
 
 // Runs the layers in order on `trial_inputs` on this process: each layer's forward and
 // backward are timed (best of `repeats`), its output bytes and parameter bytes counted, and
-// layers listing one parameter tensor put in one share group. Parameter gradients are left as
-// they were. Not collective.
+// layers listing one parameter tensor put in one share group. Parameter gradients, the default
+// generators and the layers' state (Layer::get_state) are left as they were. Not collective.
 // `device` (the trial inputs' device): a layer whose parameters live elsewhere (a model built
 // on the host) has them moved there for its own runs and back after, so only one layer at a
 // time occupies the device. On a CUDA device each run is timed between two device

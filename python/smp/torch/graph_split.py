@@ -303,7 +303,8 @@ class Unit:
     ``SplitModule.flatten_inputs(...)`` for the first) and returns the list the next
     unit takes (for the last unit: the flat user outputs)."""
 
-    def __init__(self, name, graph_module, n_inputs, param_feed, params, buffer_feed, constants, mutations, module):
+    def __init__(self, name, graph_module, n_inputs, param_feed, params, buffer_feed, constants, mutations, module,
+                 updated_in_place=()):
         self.name: str = name
         self.graph_module: fx.GraphModule = graph_module
         self.param_names: list[str] = list(dict.fromkeys(param_feed))
@@ -314,14 +315,22 @@ class Unit:
         self._buffer_feed = buffer_feed
         self._constants = constants
         self._mutated_buffers = [b for b, _ in mutations]
+        self._updated_in_place = list(updated_in_place)
         self._module = module
 
     def forward(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
         if len(values) != self._n_inputs:
             raise SplitError(f"smp: unit {self.name!r} takes {self._n_inputs} values, got {len(values)}")
         extra = [self.params[n] for n in self._param_feed]
-        extra += [self._module.get_buffer(n) for n in self._buffer_feed]
+        # A buffer an op updates in place (batch_norm's running statistics) is fed as a copy and
+        # copied back: autograd saves what the op was given, and a recomputed run's restore of
+        # the unit's state (an in-place copy into the buffer) must not change what it saved.
+        copies = {n: self._module.get_buffer(n).clone() for n in self._updated_in_place}
+        extra += [copies[n] if n in copies else self._module.get_buffer(n) for n in self._buffer_feed]
         out = list(self.graph_module(*values, *extra, *self._constants))
+        with torch.no_grad():
+            for name, value in copies.items():
+                self._module.get_buffer(name).copy_(value)
         k = len(self._mutated_buffers)
         if k:
             out, new = out[:-k], out[-k:]
@@ -393,7 +402,7 @@ def _build_unit(prog: _Program, name, path, seg, inputs, outputs, mutations, roo
 
     for n in inputs:
         placeholder(n)
-    param_feed, buffer_feed, constants = [], [], []
+    param_feed, buffer_feed, constants, updated_in_place = [], [], [], []
     for n in prog.placeholders:  # graph order keeps the unit's signature stable
         if n not in needed or n in env:
             continue
@@ -404,6 +413,8 @@ def _build_unit(prog: _Program, name, path, seg, inputs, outputs, mutations, roo
         elif kind == InputKind.BUFFER:
             placeholder(n)
             buffer_feed.append(spec.target)
+            if any(_updates_running_stats(u) for u in n.users if u in seg):
+                updated_in_place.append(spec.target)
         elif kind in (InputKind.CONSTANT_TENSOR, InputKind.CUSTOM_OBJ):
             placeholder(n)
             constants.append(prog.constants[spec.target])
@@ -419,7 +430,15 @@ def _build_unit(prog: _Program, name, path, seg, inputs, outputs, mutations, roo
     cls_name = "Unit_" + "".join(c if c.isalnum() else "_" for c in name)
     gm = fx.GraphModule(root_gm, g, class_name=cls_name)
     params = {fqn: prog.module.get_parameter(fqn) for fqn in param_feed}
-    return Unit(name, gm, len(inputs), param_feed, params, buffer_feed, constants, mutations, prog.module)
+    return Unit(name, gm, len(inputs), param_feed, params, buffer_feed, constants, mutations, prog.module,
+                updated_in_place)
+
+
+def _updates_running_stats(node: fx.Node) -> bool:
+    """Whether ``node`` is a normalisation that updates its running statistics in place
+    (non-strict export keeps aten.batch_norm so, not as a reported buffer mutation)."""
+    name = node.target.name() if isinstance(node.target, torch._ops.OpOverload) else ""
+    return any(op in name for op in ("batch_norm", "instance_norm"))
 
 
 def _unique_names(paths: list[str]) -> list[str]:

@@ -157,6 +157,99 @@ class DistributedModel(torch.nn.Module):
         return iter((self._engine_names.get(n, n), t) for n, t in self._engine.local_named_parameters()
                     if n in self._engine_names)
 
+    def local_named_buffers(self):
+        """This rank's buffers (every buffer before partitioning), by the module's names."""
+        buffers = {id(b) for b in self.module.buffers()}
+        return iter((n, t) for n, t in self._local_tensors().items() if id(t) in buffers)
+
+    def local_buffers(self):
+        return iter(t for _, t in self.local_named_buffers())
+
+    def local_named_modules(self):
+        """The modules this rank runs: those holding a parameter or buffer of this rank, and a
+        module without any where its parent is one (SMP places parameterless modules with their
+        parent). Every module before partitioning."""
+        local = {id(t) for t in self._local_tensors().values()}
+        local |= {i for i, copies in self._copies.items() if any(id(c) in local for c in copies)}  # tied
+        kept = {}
+
+        def visit(prefix, module, parent_local):
+            tensors = list(module.state_dict(keep_vars=True).values())
+            mine = any(id(t) in local for t in tensors) if tensors else parent_local
+            if mine:
+                kept[prefix] = module
+            for name, child in module.named_children():
+                visit(f"{prefix}.{name}" if prefix else name, child, mine)
+
+        visit("", self.module, True)
+        return iter(kept.items())
+
+    def local_modules(self):
+        return iter(m for _, m in self.local_named_modules())
+
+    # tensor parallelism's extras (SMP's names) ----------------------------------------------
+
+    def distributed_modules(self):
+        """The modules tensor parallelism distributed: smp.nn's Distributed* modules and the
+        tensor-parallel forms it put in place of Linear / Conv1D / Embedding children."""
+        from . import nn  # noqa: PLC0415 (smp.nn imports model_creation, which needs this module's package)
+        classes = tuple(getattr(nn, name) for name in nn.__all__ if name.startswith("Distributed"))
+        return iter(m for m in self.module.modules() if isinstance(m, classes) or nn.sharded.is_sharded_form(m))
+
+    @staticmethod
+    def is_distributed_parameter(param):
+        """Whether ``param`` is this rank's slice of a tensor-parallel parameter."""
+        return hasattr(param, "_smp_tp_shard")
+
+    is_distributed_buffer = is_distributed_parameter
+
+    def is_scaled_batch_parameter(self, param):
+        """Whether ``param`` is computed on the TP group's whole batch (SMP's scaled batch):
+        a tensor-parallel slice, anything in a distributed module or a batch region (when
+        prescaled_batch is false), every parameter with prescaled_batch (the group's ranks hold
+        the same samples); none without tensor parallelism. Its gradient is then the same sum
+        on every rank of the TP group: SMP reduces it over RDP_GROUP, the rest over DP_GROUP."""
+        return id(param) in self._scaled_batch_ids()
+
+    is_scaled_batch_buffer = is_scaled_batch_parameter
+
+    def default_reducer_named_parameters(self):
+        """This rank's parameters reduced over DP_GROUP (not scaled batch)."""
+        scaled = self._scaled_batch_ids()
+        return iter((n, p) for n, p in self.local_named_parameters() if id(p) not in scaled)
+
+    def scaled_batch_reducer_named_parameters(self):
+        """This rank's parameters reduced over RDP_GROUP (scaled batch)."""
+        scaled = self._scaled_batch_ids()
+        return iter((n, p) for n, p in self.local_named_parameters() if id(p) in scaled)
+
+    def _scaled_batch_ids(self):
+        from . import nn  # noqa: PLC0415
+        if _state.tp_size() == 1:
+            return set()
+        tensors = lambda m: [*m.parameters(), *m.buffers()]  # noqa: E731
+        if _state.state.cfg["prescaled_batch"]:
+            ids = {id(t) for t in tensors(self.module)}
+        else:
+            regions = [m for m in self.distributed_modules() if not nn.sharded.is_sharded_form(m)]
+            regions += [m for m in self.module.modules() if nn.sharded.is_batch_region(m)]
+            ids = {id(t) for m in regions for t in tensors(m)}
+            ids |= {id(t) for t in tensors(self.module) if self.is_distributed_parameter(t)}
+        # A tied parameter's copies (a later unit computes with one) are what local_* gives.
+        return ids | {id(c) for i in list(ids) for c in self._copies.get(i, [])}
+
+    # not supported -----------------------------------------------------------------------
+
+    def join(self, *args, **kwargs):
+        raise NotImplementedError(
+            "smp.DistributedModel.join: uneven inputs are not supported; every data-parallel rank must run the "
+            "same number of smp.step calls (drop_last=True, or the same number of batches per rank)")
+
+    def register_comm_hook(self, *args, **kwargs):
+        raise NotImplementedError(
+            "smp.DistributedModel.register_comm_hook: the engine reduces gradients itself (bucketed all-reduce "
+            "or reduce-scatter in fp32); custom communication hooks are not supported")
+
     def register_post_partition_hook(self, hook):
         self._post_partition_hooks.append(hook)
         return _Handle(self._post_partition_hooks, hook)
@@ -173,9 +266,14 @@ class DistributedModel(torch.nn.Module):
         out["_smp_is_partial"] = True
         return out
 
-    def state_dict(self, *args, **kwargs):
+    def state_dict(self, *args, gather_to_rank0=False, **kwargs):
         """The whole model's state (module names, whole tensors): tensor-parallel shards
-        gathered over TP_GROUP and stages over PP_GROUP (collective over both)."""
+        gathered over TP_GROUP and stages over PP_GROUP (collective over both). With
+        ``gather_to_rank0`` only mp_rank 0 gets it; the other ranks get an empty dict."""
+        full = self._whole_state_dict(*args, **kwargs)
+        return {} if gather_to_rank0 and _state.mp_rank() != 0 else full
+
+    def _whole_state_dict(self, *args, **kwargs):
         if self._engine is None and _state.tp_size() == 1:
             return self.module.state_dict(*args, **kwargs)
         mine = {name: _whole(t) for name, t in self._local_tensors().items()}
@@ -281,7 +379,7 @@ class DistributedModel(torch.nn.Module):
         key = (graph_split.call_signature(self.module, args, kwargs), self.module.training)
         split = self._splits.get(key)
         if split is None:
-            with self._whole_for_capture():
+            with self._whole_for_capture(), _tracing():
                 split = graph_split.split_module(self.module, args, kwargs)
             if self._unit_names is not None:
                 self._adopt(split)
@@ -421,6 +519,15 @@ class DistributedModel(torch.nn.Module):
         shards = [t for t in tensors if hasattr(t, "_smp_tp_shard")]
         _broadcast([t for t in tensors if not hasattr(t, "_smp_tp_shard")], 0, None)
         _broadcast(shards, _state.get_rdp_group()[0], _state.get_rdp_process_group())
+
+
+@contextlib.contextmanager
+def _tracing():
+    _state.state.tracing = True
+    try:
+        yield
+    finally:
+        _state.state.tracing = False
 
 
 def _broadcast(tensors, src, group, bucket=1 << 24):

@@ -41,6 +41,7 @@ class _State:
         # Hugging Face's save_pretrained applies each (smp_to_hf, hf_to_smp) pair's first function
         # to a state dict; smp's state dicts already have Hugging Face's names and shapes.
         self.module_manager = types.SimpleNamespace(translate_functions=[])
+        self.tracing = False  # the model's forward runs to be captured (smp.is_tracing)
 
 
 state = _State()
@@ -98,6 +99,13 @@ def device():
 
 def is_initialized():
     return _C.is_initialized()
+
+
+def is_tracing():
+    """True while the model's forward runs only to be captured (the first step of each call
+    signature, before the pipeline runs it): code that should not run then (logging, counters)
+    can skip itself."""
+    return state.tracing
 
 
 def _require_init(what):

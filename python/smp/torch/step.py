@@ -275,7 +275,14 @@ def _agree(error, where):
     naming the rank that failed), so no rank waits on a peer that gave up. One 8-byte sum when
     all went well; the messages travel only when one did not."""
     failed = torch.tensor([0 if error is None else 1], dtype=torch.int64)
-    _C.all_reduce(failed, _state.WORLD)
+    try:
+        _C.all_reduce(failed, _state.WORLD)
+    except Exception as comm_error:  # noqa: BLE001
+        # Peers still inside the pipeline wait on this rank (a stage that failed mid-schedule)
+        # until their own timeout: this rank's failure is the cause, not the timeout.
+        if error is not None:
+            raise error from comm_error
+        raise
     if failed.item() == 0:
         return
     errors = _state.allgather(None if error is None else f"{type(error).__name__}: {error}", _state.WORLD)

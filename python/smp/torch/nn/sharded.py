@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from . import tp_ops
 from .tp_ops import copy_to_tp, gather_from_tp, reduce_from_tp
 
-__all__ = ["shard_module", "batch_region", "vocab_lookup", "is_conv1d"]
+__all__ = ["shard_module", "batch_region", "vocab_lookup", "is_conv1d", "is_batch_region", "is_sharded_form"]
 
 _FORMS = ("column", "row", "vocab")
 
@@ -155,6 +155,16 @@ def batch_region(module):
         _REGIONS[cls] = type(f"BatchRegion{cls.__name__}", (_BatchRegion, cls), {"__module__": __name__})
     module.__class__ = _REGIONS[cls]
     return module
+
+
+def is_batch_region(module):
+    """Whether batch_region made ``module`` a region."""
+    return isinstance(module, _BatchRegion)
+
+
+def is_sharded_form(module):
+    """Whether ``module`` is a tensor-parallel form made by shard_module."""
+    return isinstance(module, _Sharded)
 
 
 def _sharded_class(cls):

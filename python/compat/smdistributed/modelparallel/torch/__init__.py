@@ -11,4 +11,6 @@ globals().update({k: v for k, v in _names.items() if not k.startswith("__")})
 for _name, _module in list(sys.modules.items()):
     if _name.startswith("smp.torch."):
         sys.modules["smdistributed.modelparallel.torch." + _name[len("smp.torch."):]] = _module
+# SMP's module of its runtime state (scripts import `state` from it).
+sys.modules["smdistributed.modelparallel.torch.state_mod"] = sys.modules["smp.torch.state"]
 del _name, _module, _names
