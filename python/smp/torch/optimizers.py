@@ -20,10 +20,12 @@ gradient norm as its second moment). Under smp a rank holds only part of the mod
     both the summed gradient) is left out of the global norm, so the tensor counts once.
 
 So a step on every rank equals the step one process takes on the whole model. The reductions
-use torch.distributed on smp's process groups, only when smp is initialised and the group has
-more than one rank: a plain single process needs no smp.init. Every rank of a TP group (and,
-for LAMB, of a pipeline group) must call step() together, as DistributedOptimizer.step does
-(these optimizers run in Python there, on gradients the engine has already averaged).
+use torch.distributed on smp's process groups, only for the optimizer smp.DistributedOptimizer
+wraps and only where the group has more than one rank: a plain single process needs no
+smp.init, and an optimizer not wrapped steps its parameters as whole tensors. Every rank of a
+TP group (and, for LAMB, of a pipeline group) must call step() together, as
+DistributedOptimizer.step does (these optimizers run in Python there, on gradients the engine
+has already averaged).
 
 Deviations from apex, none of which changes the math of fp32 parameters: float64 parameters are
 accepted (the math runs in float64); fp16 and bf16 parameters keep their moments in fp32 and are
@@ -49,13 +51,15 @@ _FLOATS = (torch.float32, torch.float64) + _LOW
 
 class _Placement:
     """Where this rank's tensors sit in the whole model, for norms; built once per step.
-    Outside smp, or with tp = pp = 1, every tensor is whole and nothing is reduced."""
+    Only the optimizer smp.DistributedOptimizer wraps steps a distributed model: any other
+    (outside smp, or a second optimizer over a model of its own), or tp = pp = 1, has every
+    tensor whole and reduces nothing."""
 
-    def __init__(self):
+    def __init__(self, optimizer):
         self.tp_group = self.pp_group = None
         self.tp_rank = 0
         self.copies = frozenset()  # ids of tied parameters' copies (the original counts)
-        if not _state.is_initialized():
+        if not _state.is_initialized() or getattr(_state.state.optimizer, "optimizer", None) is not optimizer:
             return
         if _state.tp_size() > 1:
             self.tp_group, self.tp_rank = _state.get_tp_process_group(), _state.tp_rank()
@@ -219,7 +223,7 @@ class FusedLamb(_Fused):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        where = _Placement()
+        where = _Placement(self)
         work = self._work()
         params = [p for _, ps, _, _ in work for p in ps]
         grads = [g for _, _, gs, _ in work for g in gs]
@@ -317,7 +321,7 @@ class FusedNovoGrad(_Fused):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        where = _Placement()
+        where = _Placement(self)
         for group, params, grads, weights in self._work():
             group["step"] = group.get("step", 0) + 1
             if params:
