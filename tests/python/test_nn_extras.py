@@ -21,6 +21,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -160,6 +161,26 @@ def test_flash_attention_float32():
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), reference(qkv, masks(2, 4, 7)["bool"], True, slopes=SLOPES[4]),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_flash_attention_exports():
+    """torch.export (how DistributedModel captures a model) traces the layer, ALiBi and masks
+    included, into a graph equal to the module, without tensor attributes set during the trace."""
+    layer = smp.nn.FlashAttentionLayer(attention_dropout_prob=0.0, use_alibi=True).eval()
+    qkv, keep = qkv_of(), masks(2, 4, 7)["bool"]
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, qkv, keep):
+            return self.layer(qkv, keep, causal=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ep = torch.export.export(Wrap(), (qkv, keep), strict=False)
+    torch.testing.assert_close(ep.module()(qkv, keep), layer(qkv, keep, causal=True), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("call,error,words", [

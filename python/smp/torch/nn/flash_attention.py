@@ -84,7 +84,6 @@ class FlashAttentionLayer(torch.nn.Module):
         self.scale = scale
         self.triton_flash_attention = bool(triton_flash_attention)
         self.use_alibi = bool(use_alibi)
-        self._slopes = {}  # (global heads, first head, device, dtype) -> (H, 1, 1) slopes
 
     def extra_repr(self):
         return (f"attention_dropout_prob={self.attention_dropout_prob}, scale={self.scale}, "
@@ -168,11 +167,8 @@ class FlashAttentionLayer(torch.nn.Module):
         """ALiBi's bias (H, S, S) for this rank's heads: slope_h * (j - i) at query i, key j."""
         tp = tp_ops.tp_size()
         first = tp_ops.tp_rank() * h if tp > 1 else 0
-        key = (h * tp, first, qkv.device, qkv.dtype)
-        slopes = self._slopes.get(key)
-        if slopes is None:
-            every = alibi_slopes(h * tp)
-            slopes = torch.tensor(every[first:first + h], dtype=qkv.dtype, device=qkv.device).view(h, 1, 1)
-            self._slopes[key] = slopes
+        # built per call (H numbers), not cached on the module: torch.export must not see a
+        # tensor attribute assigned during its trace
+        slopes = torch.tensor(alibi_slopes(h * tp)[first:first + h], dtype=qkv.dtype, device=qkv.device).view(h, 1, 1)
         pos = torch.arange(s, device=qkv.device, dtype=qkv.dtype)
         return slopes * (pos.view(1, 1, s) - pos.view(1, s, 1))
