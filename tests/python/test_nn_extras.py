@@ -445,6 +445,15 @@ def test_optimizer_bad_arguments(cls, kwargs, error, words):
         assert w in str(e.value), (w, str(e.value))
 
 
+@pytest.mark.parametrize("cls", [smp.optimizers.FusedLamb, smp.optimizers.FusedNovoGrad])
+def test_a_step_without_gradients_counts_and_changes_nothing(cls):
+    """(A pipeline stage without gradients still takes part in LAMB's global norm.)"""
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = cls([p])
+    opt.step()
+    assert opt.param_groups[0]["step"] == 1 and torch.equal(p, torch.ones(2)) and not opt.state
+
+
 def test_zero_grad_keeps_gradients_when_asked():
     p = torch.nn.Parameter(torch.ones(2))
     opt = smp.optimizers.FusedLamb([p], set_grad_none=False)

@@ -88,7 +88,7 @@ class _Placement:
         sq = _sq_norms([self.real(p, t) for p, t in zip(params, tensors)])
         if self.tp_group is None or not any(self.sharded(p) for p in params):
             return sq
-        mask = torch.tensor([self.sharded(p) for p in params], device=sq.device)
+        mask = torch.tensor([self.sharded(p) for p in params], dtype=torch.bool, device=sq.device)
         part = torch.where(mask, sq, torch.zeros_like(sq))
         dist.all_reduce(part, group=self.tp_group)
         return torch.where(mask, part, sq)
@@ -105,9 +105,10 @@ class _Placement:
     def global_sq(self, params, sq):
         """The squared norm of the whole model from each tensor's whole squared norm: tied
         copies left out, stages summed over PP_GROUP."""
-        counted = torch.tensor([id(p) not in self.copies for p in params], device=sq.device)
+        counted = torch.tensor([id(p) not in self.copies for p in params], dtype=torch.bool, device=sq.device)
         total = torch.where(counted, sq, torch.zeros_like(sq)).sum()
-        if self.pp_group is not None:
+        if self.pp_group is not None:  # (every stage takes part, one without gradients too: same dtype, device)
+            total = total.to(torch.float64).to(_state.device())
             dist.all_reduce(total, group=self.pp_group)
         return total
 
@@ -231,7 +232,7 @@ class FusedLamb(_Fused):
         n = len(params)
         # 1. whole norms of every gradient and weight (one TP reduction), the global gradient norm
         sq = where.whole_sq(params + params, grads + weights)
-        norm = where.global_sq(params, sq[:n]).sqrt().item() if n else 0.0
+        norm = where.global_sq(params, sq[:n]).sqrt().item()
         max_norm = self.defaults["max_grad_norm"]
         clip = norm / max_norm if max_norm and norm > max_norm else 1.0
         # 2. each group's update (apex's stage 1)
