@@ -6,7 +6,7 @@ A script written for ``smdistributed.modelparallel.torch`` runs with that import
 
 from smp import __version__
 
-from . import amp, nn, patches, utils
+from . import amp, nn, optimizers, patches, utils
 from . import state as _state_module
 from .checkpoint import load, resume_from_checkpoint, save, save_checkpoint
 from .model import DistributedModel, partition, set_activation_checkpointing, set_partition

@@ -7,16 +7,19 @@ DistributedTransformerOutputLayer, DistributedTransformerLayer, DistributedTrans
 DistributedTransformerLMHead. Build them after smp.init, on every rank, from the same seed.
 
 FusedLayerNorm is LayerNorm (importable, as SMP's scripts need for isinstance checks).
+FlashAttentionLayer is SMP's attention core over packed q/k/v, on PyTorch's SDPA
+(flash_attention.py).
 """
 
 import torch
 
+from .flash_attention import FlashAttentionLayer
 from .linear import DistributedEmbedding, DistributedLinear
 from .transformer import (DistributedAttentionLayer, DistributedTransformer, DistributedTransformerLayer,
                           DistributedTransformerLMHead, DistributedTransformerOutputLayer)
 
-__all__ = ["FusedLayerNorm", "DistributedLinear", "DistributedEmbedding", "DistributedAttentionLayer",
-           "DistributedTransformerOutputLayer", "DistributedTransformerLayer", "DistributedTransformer",
+__all__ = ["FusedLayerNorm", "FlashAttentionLayer", "DistributedLinear", "DistributedEmbedding",
+           "DistributedAttentionLayer", "DistributedTransformerOutputLayer", "DistributedTransformerLayer", "DistributedTransformer",
            "DistributedTransformerLMHead"]
 
 
