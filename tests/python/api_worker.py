@@ -208,15 +208,64 @@ def phase_extras(d):
     check("local_buffers_once", sorted(n for _, bufs in every for n in bufs) == sorted(n for n, _ in module.named_buffers()))
 
 
+def hf_run(checkpointing):
+    """Two steps of a small GPT-2 (transformers) on pp2; the losses and, per step, the units the
+    engine ran (a recomputed unit runs twice per microbatch)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    cfg = GPT2Config(n_layer=4, n_embd=32, n_head=4, vocab_size=64, n_positions=16, use_cache=False)
+    torch.manual_seed(0)
+    module = GPT2LMHeadModel(cfg)
+    if checkpointing:
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = smp.DistributedModel(module)
+    runs = []
+    forward_unit = model._forward_unit  # (the engine's layers call it, bound at partitioning)
+    model._forward_unit = lambda i, values: runs.append(model._split.units[i].name) or forward_unit(i, values)
+    opt = smp.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+
+    @smp.step
+    def step(model, ids):
+        loss = model(input_ids=ids, labels=ids)["loss"]
+        model.backward(loss)
+        return loss
+
+    losses = []
+    for s in range(2):
+        runs.clear()
+        ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(s))
+        losses.append(step(model, ids).reduce_mean().item())
+        opt.step()
+        opt.zero_grad()
+    smp.state.model, smp.state.optimizer = None, None  # the next run is another script's model
+    return losses, list(runs)
+
+
+def phase_hf_checkpointing(d):
+    """Hugging Face's gradient_checkpointing_enable() becomes the engine's recompute of each
+    transformer block (the second step runs each local block twice per microbatch, the other
+    units once), with the losses of the run without it."""
+    plain, plain_runs = hf_run(False)
+    checked, runs = hf_run(True)
+    m = smp.state.cfg["microbatches"]
+    blocks = sorted({n for n in runs if n.startswith("transformer.h.")})
+    check("hf_blocks_local", len(blocks) == 2, str(blocks))
+    check("hf_blocks_recomputed", all(runs.count(b) == 2 * m for b in blocks), str(runs))
+    check("hf_others_once", all(runs.count(n) == m for n in set(runs) - set(blocks)), str(runs))
+    check("hf_plain_once", all(plain_runs.count(n) == m for n in set(plain_runs)), str(plain_runs))
+    check("hf_checkpointing_losses", max(abs(a - b) for a, b in zip(plain, checked)) < 1e-6, f"{plain} {checked}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--dir", required=True)
-    p.add_argument("--phase", choices=["train", "resume", "extras"], required=True)
+    p.add_argument("--phase", choices=["train", "resume", "extras", "hf_checkpointing"], required=True)
     p.add_argument("--pp", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(1)
     smp.init({"pipeline_parallel_degree": a.pp, "microbatches": 2, "ddp": True})
-    {"train": phase_train, "resume": phase_resume, "extras": phase_extras}[a.phase](a.dir)
+    phases = {"train": phase_train, "resume": phase_resume, "extras": phase_extras,
+              "hf_checkpointing": phase_hf_checkpointing}
+    phases[a.phase](a.dir)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,14 @@ def test_local_modules_buffers_tracing_and_checkpoint(run_mpi, tmp_path):
     assert r.stdout.count("OK buffer_") >= 2, r.stdout[-3000:]
 
 
+def test_hugging_face_gradient_checkpointing_is_the_engines_recompute(run_mpi, tmp_path):
+    r = run_mpi(2, "api_worker.py", "--dir", tmp_path, "--phase", "hf_checkpointing",
+                env={"PYTHONWARNINGS": "ignore::UserWarning"})
+    assert r.returncode == 0, r.stdout[-3000:]
+    for name in ("hf_blocks_recomputed", "hf_others_once", "hf_plain_once", "hf_checkpointing_losses"):
+        assert r.stdout.count(f"OK {name} ") == 2, (name, r.stdout[-3000:])
+
+
 def test_checkpoint_functions_and_utils_without_smp():
     """Outside a DistributedModel, patches.checkpoint's functions are torch.utils.checkpoint's
     (the same gradients as no checkpointing); utils.rmsg and get_distribution_axis need no init."""

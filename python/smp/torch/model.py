@@ -479,7 +479,7 @@ class DistributedModel(torch.nn.Module):
         for path, module in sorted(self.module.named_modules(), key=lambda pm: pm[0].count(".") if pm[0] else -1):
             covered = [u for u in units if not path or u == path or u.startswith(path + ".")]
             stage = getattr(module, "_smp_partition", None)
-            checkpointing = getattr(module, "_smp_checkpointing", None)
+            checkpointing = getattr(module, "_smp_checkpointing", None) or _hf_checkpointing(module)
             if (stage is not None or checkpointing is not None) and not covered:
                 owner = next((u for u in units if path.startswith(u + ".")), "?")
                 if checkpointing is not None or stage is not None:
@@ -519,6 +519,17 @@ class DistributedModel(torch.nn.Module):
         shards = [t for t in tensors if hasattr(t, "_smp_tp_shard")]
         _broadcast([t for t in tensors if not hasattr(t, "_smp_tp_shard")], 0, None)
         _broadcast(shards, _state.get_rdp_group()[0], _state.get_rdp_process_group())
+
+
+def _hf_checkpointing(module):
+    """Hugging Face's gradient checkpointing (``model.gradient_checkpointing_enable()``, the
+    Trainer's ``gradient_checkpointing=True``) as the engine's: a transformers layer that would
+    checkpoint itself (a GradientCheckpointingLayer with ``gradient_checkpointing`` on) is
+    recomputed by the engine (torch.utils.checkpoint inside a captured forward is only traced
+    through, so without this it would keep its activations)."""
+    hf_layer = any(c.__name__ == "GradientCheckpointingLayer" and c.__module__.startswith("transformers.")
+                   for c in type(module).__mro__)
+    return ("each", True) if hf_layer and getattr(module, "gradient_checkpointing", False) else None
 
 
 @contextlib.contextmanager
