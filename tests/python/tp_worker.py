@@ -113,13 +113,23 @@ def weighted(out):
 # --- plain PyTorch references (whole weights, no smp) -----------------------------------------
 
 
-def ref_attention(x, mask, w, p, pre, post, causal, heads, d):
+def ref_alibi(heads, s, bias_max):
+    """ALiBi written out: for n = 2^k heads, slope_h = 2^(-bias_max (h + 1) / n); bias m_h (j - i)."""
+    slopes = torch.tensor([2.0 ** (-bias_max * (h + 1) / heads) for h in range(heads)]).view(heads, 1, 1)
+    i = torch.arange(s).view(s, 1)
+    j = torch.arange(s).view(1, s)
+    return slopes * (j - i).float()
+
+
+def ref_attention(x, mask, w, p, pre, post, causal, heads, d, alibi_max=None):
     """w: whole weights by name with prefix p (qkv.weight (3, heads*d, H) ...)."""
     def attend(t):
         b, s, _ = t.shape
         qw, qb = w[p + "qkv.weight"], w[p + "qkv.bias"]
         q, k, v = [(t @ qw[i].T + qb[i]).view(b, s, heads, d).transpose(1, 2) for i in range(3)]
         scores = q @ k.transpose(-1, -2) / d ** 0.5
+        if alibi_max is not None:
+            scores = scores + ref_alibi(heads, s, alibi_max)
         if causal:
             scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
         if mask is not None:
@@ -146,8 +156,8 @@ def ref_residual(x, f, w, ln, pre, post):
     return x + f(x)
 
 
-def ref_layer(x, mask, w, p, pre, post, causal):
-    h = ref_attention(x, mask, w, p + "attention.", pre, post, causal, HEADS, HEAD_SIZE)
+def ref_layer(x, mask, w, p, pre, post, causal, alibi_max=None):
+    h = ref_attention(x, mask, w, p + "attention.", pre, post, causal, HEADS, HEAD_SIZE, alibi_max)
     return ref_output(h, w, p + "output.", pre, post)
 
 
@@ -236,6 +246,13 @@ def check_units(c):
                        lambda w: ref_layer(x, mask, w, "", False, True, False))
     c.equal("DistributedTransformerLayer: mask passes through", m((x, mask))[1], mask)
     check_export(c, "DistributedTransformerLayer", m, ((x, mask),))
+
+    # ... with ALiBi (causal, alibi_bias_max 4): each rank adds its global heads' slopes
+    m, w, r, same = built_twice(lambda: smp.nn.DistributedTransformerLayer(
+        use_alibi=True, alibi_bias_max=4, causal_mask_size=SEQ, **layer_args))
+    c.forward_backward("DistributedTransformerLayer alibi", m, w, lambda m: m((x, mask))[0],
+                       lambda w: ref_layer(x, mask, w, "", False, True, True, alibi_max=4))
+    check_export(c, "DistributedTransformerLayer alibi", m, ((x, mask),))
 
     # DistributedTransformer, pre and post: a final LayerNorm
     m, w, r, same = built_twice(lambda: smp.nn.DistributedTransformer(
@@ -353,8 +370,9 @@ def check_refusals(c, layer_args):
 
     raises("add_cross_attention", NotImplementedError,
            lambda: smp.nn.DistributedTransformerLayer(add_cross_attention=True, **layer_args), ["add_cross_attention"])
-    raises("use_alibi", NotImplementedError,
-           lambda: smp.nn.DistributedTransformer(num_layers=1, use_alibi=True, **layer_args), ["use_alibi"])
+    raises("alibi_bias_max", ValueError,
+           lambda: smp.nn.DistributedTransformer(num_layers=1, use_alibi=True, alibi_bias_max=0, **layer_args),
+           ["alibi_bias_max", "> 0"])
     raises("cross_attention", NotImplementedError,
            lambda: smp.nn.DistributedAttentionLayer(cross_attention=True), ["cross_attention"])
     raises("max_norm", NotImplementedError, lambda: smp.nn.DistributedEmbedding(8, 4, max_norm=1.0), ["max_norm"])

@@ -33,17 +33,20 @@ from . import tp_ops
 __all__ = ["FlashAttentionLayer", "alibi_slopes"]
 
 
-def alibi_slopes(num_heads):
+def alibi_slopes(num_heads, bias_max=8):
     """ALiBi's per-head slopes (a list of floats, head 0 first): the geometric sequence
-    2^(-8/n), 2^(-16/n), ... for n = the largest power of two <= num_heads, then for the
-    remaining heads every other slope of the sequence for 2n (BLOOM's build_alibi_tensor)."""
+    2^(-b/n), 2^(-2b/n), ... (b = ``bias_max``, 8 in the paper; SMP's alibi_bias_max) for n = the
+    largest power of two <= num_heads, then for the remaining heads every other slope of the
+    sequence for 2n (BLOOM's build_alibi_tensor)."""
     if not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"smp.nn.alibi_slopes: num_heads={num_heads!r}; allowed: an int >= 1")
+    if not isinstance(bias_max, numbers.Real) or not bias_max > 0:
+        raise ValueError(f"smp.nn.alibi_slopes: bias_max={bias_max!r}; allowed: a number > 0")
     closest = 2 ** math.floor(math.log2(num_heads))
-    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+    base = 2.0 ** (-bias_max / closest)
     slopes = [base ** k for k in range(1, closest + 1)]
     if closest != num_heads:
-        extra = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+        extra = 2.0 ** (-bias_max / (2 * closest))
         remaining = min(closest, num_heads - closest)
         slopes += [extra ** k for k in range(1, 2 * remaining, 2)]
     return slopes
@@ -164,11 +167,17 @@ class FlashAttentionLayer(torch.nn.Module):
         return torch.where(keep, add, torch.tensor(float("-inf"), dtype=qkv.dtype, device=qkv.device))
 
     def _alibi(self, h, s, qkv):
-        """ALiBi's bias (H, S, S) for this rank's heads: slope_h * (j - i) at query i, key j."""
-        tp = tp_ops.tp_size()
-        first = tp_ops.tp_rank() * h if tp > 1 else 0
-        # built per call (H numbers), not cached on the module: torch.export must not see a
-        # tensor attribute assigned during its trace
-        slopes = torch.tensor(alibi_slopes(h * tp)[first:first + h], dtype=qkv.dtype, device=qkv.device).view(h, 1, 1)
-        pos = torch.arange(s, device=qkv.device, dtype=qkv.dtype)
-        return slopes * (pos.view(1, 1, s) - pos.view(1, s, 1))
+        return alibi_bias(h, s, qkv)
+
+
+def alibi_bias(local_heads, s, like, bias_max=8):
+    """ALiBi's bias (H, S, S) for this rank's heads: slope_h * (j - i) at query i, key j, with
+    the slopes of the GLOBAL heads this rank holds (head h here is tp_rank * H + h)."""
+    tp = tp_ops.tp_size()
+    first = tp_ops.tp_rank() * local_heads if tp > 1 else 0
+    # built per call (H numbers), not cached on the module: torch.export must not see a tensor
+    # attribute assigned during its trace
+    slopes = alibi_slopes(local_heads * tp, bias_max)[first:first + local_heads]
+    slopes = torch.tensor(slopes, dtype=like.dtype, device=like.device).view(local_heads, 1, 1)
+    pos = torch.arange(s, device=like.device, dtype=like.dtype)
+    return slopes * (pos.view(1, 1, s) - pos.view(1, s, 1))

@@ -12,7 +12,10 @@ arguments and defaults, the math and conventions of smp's C++ smp::nn (Megatron'
   default) LN(x + f(x)); neither x + f(x). DistributedTransformer with both adds a final
   LayerNorm after the stack (GPT-2's ln_f).
 - Masks are additive, (N, 1, 1, S) (0 keep, -10000 drop); causal_mask_size set makes attention
-  causal (sequences up to that length). The LM head builds the additive mask from a (N, S) 0/1
+  causal (sequences up to that length). use_alibi adds ALiBi's slope_h * (j - i) to the scores
+  (flash_attention.alibi_bias: slopes 2^(-alibi_bias_max * k / n), BLOOM's rule for head counts
+  that are not a power of two; each rank its global heads' slopes); position embeddings stay
+  as num_positions makes them. The LM head builds the additive mask from a (N, S) 0/1
   attention_mask.
 - Initialisation: torch's Linear draw U(+-1/sqrt(fan_in)) for weights and biases, or with
   use_normal_initialization N(0, initializer_range) weights and zero biases; embeddings
@@ -38,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from . import tp_ops
+from .flash_attention import alibi_bias
 from .linear import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 from .tp_ops import DropoutStreams, copy_to_tp
 
@@ -89,7 +93,7 @@ def _enter(module, extra, **refused):
 
 def _check_common(module, *, hidden_size=None, num_attention_heads=None, attention_head_size=None,
                   intermediate_size=None, attention_dropout_prob=None, hidden_dropout_prob=None, activation=None,
-                  layernorm_epsilon=None, causal_mask_size=None):
+                  layernorm_epsilon=None, causal_mask_size=None, alibi_bias_max=None):
     tp = tp_ops.tp_size()
     for key, value in (("hidden_size", hidden_size), ("num_attention_heads", num_attention_heads),
                        ("attention_head_size", attention_head_size), ("intermediate_size", intermediate_size)):
@@ -100,6 +104,9 @@ def _check_common(module, *, hidden_size=None, num_attention_heads=None, attenti
             _check(module, key, 0.0 <= value < 1.0, value, "[0, 1)")
     if layernorm_epsilon is not None:
         _check(module, "layernorm_epsilon", layernorm_epsilon > 0, layernorm_epsilon, "> 0")
+    if alibi_bias_max is not None:
+        _check(module, "alibi_bias_max", isinstance(alibi_bias_max, (int, float)) and alibi_bias_max > 0,
+               alibi_bias_max, "a number > 0")
     if activation is not None:
         _check(module, "activation", activation in _ACTIVATIONS, activation, ", ".join(map(repr, _ACTIVATIONS)))
     if causal_mask_size is not None:
@@ -157,11 +164,12 @@ class DistributedAttentionLayer(torch.nn.Module):
         super().__init__()
         name = "DistributedAttentionLayer"
         self.skip_scatter_and_merge = bool(_skip_scatter_and_merge)
-        _enter(name, extra, cross_attention=cross_attention, use_alibi=use_alibi)
+        _enter(name, extra, cross_attention=cross_attention)
         _check_common(name, hidden_size=hidden_size, num_attention_heads=num_attention_heads,
                       attention_head_size=attention_head_size, attention_dropout_prob=attention_dropout_prob,
                       hidden_dropout_prob=hidden_dropout_prob, layernorm_epsilon=layernorm_epsilon,
-                      causal_mask_size=causal_mask_size)
+                      causal_mask_size=causal_mask_size, alibi_bias_max=alibi_bias_max)
+        self.use_alibi, self.alibi_bias_max = bool(use_alibi), alibi_bias_max
         self.num_attention_heads, self.attention_head_size = num_attention_heads, attention_head_size
         self.local_heads = num_attention_heads // tp_ops.tp_size()
         self.attention_dropout_prob, self.hidden_dropout_prob = attention_dropout_prob, hidden_dropout_prob
@@ -200,13 +208,16 @@ class DistributedAttentionLayer(torch.nn.Module):
         causal = self.causal_mask_size is not None
         s = q.shape[2]
         p = self.attention_dropout_prob
+        bias = _bias(mask, s, causal, q)
+        if self.use_alibi:  # this rank's heads' slopes (of the global heads)
+            alibi = alibi_bias(self.local_heads, s, q, self.alibi_bias_max)
+            bias = alibi if bias is None else bias + alibi
         if not self.training or p == 0.0:
-            if causal and mask is None:
+            if causal and mask is None and not self.use_alibi:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=_bias(mask, s, causal, q), scale=scale)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         # With dropout: the math path, so the mask comes from this rank's (sharded) stream.
         scores = torch.matmul(q, k.transpose(-2, -1)) * scale
-        bias = _bias(mask, s, causal, q)
         if bias is not None:
             scores = scores + bias
         probs = self.dropout.dropout(torch.softmax(scores, -1), p, sharded=True)
@@ -293,11 +304,12 @@ class DistributedTransformerLayer(torch.nn.Module):
         super().__init__()
         name = "DistributedTransformerLayer"
         self.skip_scatter_and_merge = bool(_skip_scatter_and_merge)
-        _enter(name, extra, add_cross_attention=add_cross_attention, use_alibi=use_alibi)
+        _enter(name, extra, add_cross_attention=add_cross_attention)
         _check_common(name, hidden_size=hidden_size, num_attention_heads=num_attention_heads,
                       attention_head_size=attention_head_size, intermediate_size=intermediate_size,
                       attention_dropout_prob=attention_dropout_prob, hidden_dropout_prob=hidden_dropout_prob,
-                      activation=activation, layernorm_epsilon=layernorm_epsilon, causal_mask_size=causal_mask_size)
+                      activation=activation, layernorm_epsilon=layernorm_epsilon, causal_mask_size=causal_mask_size,
+                      alibi_bias_max=alibi_bias_max)
         seed = tp_ops.draw_seed()  # first, as smp's C++ layer draws its dropout seed
         common = dict(hidden_size=hidden_size, hidden_dropout_prob=hidden_dropout_prob,
                       layernorm_epsilon=layernorm_epsilon, initializer_range=initializer_range,
@@ -305,7 +317,8 @@ class DistributedTransformerLayer(torch.nn.Module):
                       post_layernorm=post_layernorm, _dropout_seed=seed, _skip_scatter_and_merge=True)
         self.attention = DistributedAttentionLayer(
             num_attention_heads=num_attention_heads, attention_head_size=attention_head_size,
-            attention_dropout_prob=attention_dropout_prob, causal_mask_size=causal_mask_size, **common)
+            attention_dropout_prob=attention_dropout_prob, causal_mask_size=causal_mask_size, use_alibi=use_alibi,
+            alibi_bias_max=alibi_bias_max, **common)
         self.output = DistributedTransformerOutputLayer(intermediate_size=intermediate_size, activation=activation,
                                                         **common)
 
@@ -339,7 +352,7 @@ class DistributedTransformer(torch.nn.Module):
                     add_cross_attention=add_cross_attention, pre_layernorm=pre_layernorm,
                     post_layernorm=post_layernorm, use_alibi=use_alibi, alibi_bias_max=alibi_bias_max,
                     _skip_scatter_and_merge=True, **extra)
-        _enter(name, extra, add_cross_attention=add_cross_attention, use_alibi=use_alibi)
+        _enter(name, extra, add_cross_attention=add_cross_attention)
         self.num_layers = num_layers
         self.seq_layers = torch.nn.Sequential(*[DistributedTransformerLayer(**args) for _ in range(num_layers)])
         self.final_layernorm = _norm(hidden_size, layernorm_epsilon, pre_layernorm and post_layernorm)
@@ -448,7 +461,7 @@ class DistributedTransformerLMHead(torch.nn.Module):
         super().__init__()
         name = "DistributedTransformerLMHead"
         self.skip_scatter_and_merge = bool(_skip_scatter_and_merge)
-        _enter(name, {}, add_cross_attention=add_cross_attention, use_alibi=use_alibi)  # (extra: the stack's)
+        _enter(name, {}, add_cross_attention=add_cross_attention)  # (extra: the stack's)
         for key, value in (("vocab_size", vocab_size), ("num_positions", num_positions)):
             _check(name, key, isinstance(value, int) and value >= 1, value, "an int >= 1")
         _check(name, "num_token_types", isinstance(num_token_types, int) and num_token_types >= 0, num_token_types,
@@ -464,7 +477,8 @@ class DistributedTransformerLMHead(torch.nn.Module):
             attention_dropout_prob=attention_dropout_prob, hidden_dropout_prob=hidden_dropout_prob,
             activation=activation, layernorm_epsilon=layernorm_epsilon, initializer_range=initializer_range,
             use_normal_initialization=use_normal_initialization, causal_mask_size=causal_mask_size,
-            pre_layernorm=pre_layernorm, post_layernorm=post_layernorm, _skip_scatter_and_merge=True, **extra)
+            pre_layernorm=pre_layernorm, post_layernorm=post_layernorm, use_alibi=use_alibi,
+            alibi_bias_max=alibi_bias_max, _skip_scatter_and_merge=True, **extra)
         self.lm_head = _TiedLMHead(vocab_size) if self.add_lm_head else None
 
     def forward(self, inputs):
