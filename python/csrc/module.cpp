@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include "smp/comm/peer_failure.h"
 #include "smp/runtime.h"
 
 namespace py = pybind11;
@@ -28,6 +29,7 @@ void bind_errors(py::module& m) {
   py::register_exception<CheckpointError>(m, "CheckpointError", error.ptr());
   auto comm = py::register_exception<CommError>(m, "CommError", error.ptr());
   py::register_exception<TimeoutError>(m, "TimeoutError", comm.ptr());
+  py::register_exception<PeerFailedError>(m, "PeerFailedError", comm.ptr());
   py::register_exception<InternalError>(m, "InternalError", error.ptr());
 }
 
@@ -50,6 +52,7 @@ void bind_runtime(py::module& m) {
   // init takes SMP's parameters as JSON text (the Python side merges the environment's).
   m.def("init", [](const std::string& params) { init(Config::from_json_string(params)); });
   m.def("is_initialized", &is_initialized);
+  m.def("clear_peer_failures", &comm::clear_peer_failures);
   m.def("shutdown", &shutdown);
   m.def("config_json", [] { return config().to_json().dump(); });
   m.def("rank", &rank);

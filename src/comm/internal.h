@@ -132,6 +132,10 @@ MPI_Op mpi_op(ReduceOp op, at::ScalarType dtype);
 // How much of a group's timeout is kept for asking the other members what they wait on, so
 // that detection plus diagnosis together end within the timeout.
 double diagnosis_grace_s(double timeout_s);
+// The peer-failure channel (peer_failure.cpp): WORLD of the current init; and, inside a step,
+// a PeerFailedError if a rank announced its failure.
+void set_failure_channel(const std::shared_ptr<GroupState>& world_group);
+void check_peer_failure(const WorkState& work);
 
 // Builds the TimeoutError message for `work`: for collectives it first asks every other
 // group member, over the control communicator, which operation it is waiting in.

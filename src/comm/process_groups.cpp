@@ -78,6 +78,7 @@ ProcessGroups::ProcessGroups(const Topology& topology, double timeout_s, int sdp
       detail::dup_within(MPI_COMM_WORLD, "MPI_Comm_idup for WORLD", timeout_s),
       to_string(CommGroup::WORLD), everyone, timeout_s, receives_));
   groups_[CommGroup::WORLD] = std::make_unique<Communicator>(made.back());
+  detail::set_failure_channel(made.back());
 
   const int me = world_rank_;
   MPI_Comm node = detail::split_within(

@@ -42,6 +42,7 @@ void Work::wait(double timeout_s) {
   auto sleep = std::chrono::microseconds(100);
   while (!is_completed()) {
     state_->group->receives->advance_all();
+    detail::check_peer_failure(*state_);
     const auto waited = Clock::now() - start;
     if (waited >= timeout) {
       throw TimeoutError(detail::diagnose_timeout(

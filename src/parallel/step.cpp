@@ -2,6 +2,7 @@
 // loss returned with every pipeline rank (see step.h).
 #include "smp/step.h"
 
+#include "smp/comm/peer_failure.h"
 #include "smp/core/error.h"
 
 namespace smp {
@@ -94,15 +95,25 @@ std::vector<Values> step_microbatches(DistributedModel& model, std::vector<Value
   }
   const at::Device device = data.inputs[0].empty() ? at::Device(at::kCPU) : data.inputs[0][0].device();
   const pipeline::Schedule& schedule = model.schedule_for(m, options.train);
-  pipeline::ExecutorResult result = model.executor_for(m, options.train)
-                                        .run(data, options.trace || !model.options().timeline_dir.empty());
-  if (options.train) {
-    reducer.finish();
-    if (reduce) model.sum_tied_gradients();  // summed once, over the passes' accumulated sum
+  // A failure here (not communication's own) is announced: the ranks waiting on this one stop
+  // with its message rather than at comm_timeout_s (comm/peer_failure.h).
+  const comm::StepWatch watch;
+  try {
+    pipeline::ExecutorResult result = model.executor_for(m, options.train)
+                                          .run(data, options.trace || !model.options().timeline_dir.empty());
+    if (options.train) {
+      reducer.finish();
+      if (reduce) model.sum_tied_gradients();  // summed once, over the passes' accumulated sum
+    }
+    model.record_step(result, schedule);
+    return share_returned(model.context().group(CommGroup::PP_GROUP), std::move(result.returned), m,
+                          device);
+  } catch (const CommError&) {
+    throw;
+  } catch (const std::exception& e) {
+    comm::announce_failure(e.what());
+    throw;
   }
-  model.record_step(result, schedule);
-  return share_returned(model.context().group(CommGroup::PP_GROUP), std::move(result.returned), m,
-                        device);
 }
 
 }  // namespace smp

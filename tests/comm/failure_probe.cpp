@@ -9,6 +9,9 @@
 //             others' same call must time out, naming it
 //   shutdown-after-failure  rank 1 dies; the others' all_reduce fails and they call
 //             smp::shutdown(), which must not hang (its barrier is bounded too)
+//   step-throws  comm_timeout_s 60 (not the argument): pp 3, the last stage's layer throws in
+//             its second step's forward; the earlier stages, waiting on it inside the step, must
+//             stop at once with its error (PeerFailedError), long before the timeout
 //   phases    phase_timeout_s 6: rank 0 works 4 s alone (on_rank0), longer than the 3 s
 //             comm_timeout_s, which must pass; then rank 2 never finishes its part of an
 //             on_every_rank phase, which must end the others after phase_timeout_s
@@ -20,6 +23,7 @@
 #include <string>
 
 #include <ATen/ATen.h>
+#include <torch/torch.h>
 
 #include "smp/smp.h"
 
@@ -57,6 +61,26 @@ int main(int argc, char** argv) {
       });
       return 3;
     }
+    if (mode == "step-throws") {
+      smp::init(smp::Config::from_json_string(
+          R"({"pipeline_parallel_degree": 3, "microbatches": 3, "comm_timeout_s": 60, "auto_partition": false})"));
+      std::vector<smp::Layer> layers;
+      int steps = 0;
+      for (int i = 0; i < 3; ++i) {
+        auto linear = std::make_shared<torch::nn::LinearImpl>(4, 4);
+        layers.push_back(smp::module_layer("fc" + std::to_string(i), linear, [linear, i, &steps](const smp::Values& x) {
+          if (i == 2 && steps == 1) throw std::runtime_error("injected failure in fc2's forward");
+          return smp::Values{linear->forward(x[0])};
+        }));
+      }
+      smp::DistributedModel model(layers);
+      for (int i = 0; i < 3; ++i) model.set_partition("fc" + std::to_string(i), i);
+      const smp::LossFn loss = [](const smp::Values& out, const smp::Values&) -> smp::Values {
+        return {out[0].pow(2).mean()};
+      };
+      for (steps = 0; steps < 2; ++steps) smp::step(model, {at::ones({6, 4})}, {at::ones({6, 1})}, loss);
+      return 3;
+    }
     smp::init(smp::Config::from_json_string(config + "}"));
     smp::barrier();
     if (mode == "shutdown-after-failure") {
@@ -85,7 +109,7 @@ int main(int argc, char** argv) {
     }
     smp::shutdown();
     return 0;
-  } catch (const smp::Error& e) {
+  } catch (const std::exception& e) {
     std::fprintf(stderr, "[rank %d] %s\n", smp::comm::world_rank(), e.what());
     smp::comm::abort_world(1);
   }

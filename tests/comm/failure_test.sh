@@ -56,6 +56,10 @@ for call in "MPI_Comm_split_type for the node's ranks" "MPI_Comm_split for TP_GR
 done
 SMP_EMULATE_NCCL=1 run_case "stall:NCCL init (emulated) on DP_GROUP" \
   "smp::init on world rank 0: NCCL init (emulated) on DP_GROUP (world ranks [0, 1, 2]) did not complete"
+# A stage whose step throws tells the others: they stop at once (comm_timeout_s is 60 here),
+# naming it and its error.
+limit_s=20 run_case step-throws "world rank 2 failed in its step: injected failure in fc2's forward" \
+  "abandoned: world rank 2 failed"
 # After a failure, smp::shutdown's barrier fails within the timeout instead of hanging.
 run_case shutdown-after-failure "all_reduce #1 on WORLD" "barrier #2 on WORLD (world ranks [0, 1, 2])"
 # A long phase some ranks run alone is bounded by phase_timeout_s (6 s here), not comm_timeout_s.

@@ -45,8 +45,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--case", required=True)
     case = p.parse_args().case
-    # A stage that fails mid-schedule leaves its peer waiting until the comm timeout: short here.
-    smp.init({"pipeline_parallel_degree": 2, "microbatches": 4, "ddp": True, "comm_timeout_s": 8})
+    # A stage failing mid-schedule must not leave its peer waiting for the comm timeout: long here.
+    smp.init({"pipeline_parallel_degree": 2, "microbatches": 4, "ddp": True, "comm_timeout_s": 120})
     torch.manual_seed(0)
     if case == "model_outside_step":
         model = smp.DistributedModel(models.Net())
@@ -76,8 +76,8 @@ def main():
         twice(model, torch.randn(8, 1, 28, 28))
     elif case == "last_stage_fails_in_backward":
         # The last stage raises in its backward (a gradient hook) while the first stage waits
-        # for its gradients: the failing rank reports its own error, not the timeout that
-        # follows; the waiting rank reports a timeout naming its peer.
+        # for its gradients: the failing rank reports its own error, and the waiting rank stops
+        # at once (not at comm_timeout_s), naming the failed rank and its error.
         model = smp.DistributedModel(models.Net())
         train(model, torch.randn(8, 1, 28, 28))
 

@@ -1,5 +1,7 @@
 """Bad input through smp.torch: a clear error on every rank, a non-zero exit, no hang."""
 
+import time
+
 import pytest
 
 CASES = {
@@ -14,10 +16,15 @@ CASES = {
 }
 
 
-def test_a_stage_failing_mid_schedule_reports_its_own_error(run_mpi):
-    r = run_mpi(2, "errors_worker.py", "--case", "last_stage_fails_in_backward", timeout=120)
+def test_a_stage_failing_mid_schedule_stops_its_peers_at_once(run_mpi):
+    start = time.monotonic()
+    r = run_mpi(2, "errors_worker.py", "--case", "last_stage_fails_in_backward", timeout=110)
+    elapsed = time.monotonic() - start
     assert r.returncode != 0, r.stdout[-3000:]
     assert "ERROR RuntimeError: injected failure in the last stage's backward" in r.stdout, r.stdout[-3000:]
+    assert ("ERROR PeerFailedError: smp: recv on PP_GROUP (world ranks [0, 1]) with peer rank 1 (world rank 1) "
+            "abandoned: world rank 1 failed in its step: ") in r.stdout, r.stdout[-3000:]
+    assert elapsed < 60, f"{elapsed:.0f} s: the peer waited for comm_timeout_s (120 s) instead"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -46,6 +46,13 @@ class TimeoutError : public CommError {
   using CommError::CommError;
 };
 
+// A wait inside a training step was abandoned: the rank it waited on failed in its own step
+// (comm/peer_failure.h) and said so; the message names that rank and its error.
+class PeerFailedError : public CommError {
+ public:
+  using CommError::CommError;
+};
+
 // An internal invariant does not hold: a bug in smp, not in the caller's input.
 class InternalError : public Error {
  public:

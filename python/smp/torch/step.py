@@ -286,6 +286,7 @@ def _agree(error, where):
     if failed.item() == 0:
         return
     errors = _state.allgather(None if error is None else f"{type(error).__name__}: {error}", _state.WORLD)
+    _C.clear_peer_failures()  # a failed rank's announcement no wait took (comm/peer_failure.h)
     if error is not None:
         raise error
     for r, message in enumerate(errors):
