@@ -59,38 +59,6 @@ Values detached(const Values& values) {
   return out;
 }
 
-// The generators a forward draws from: the default ones of the CPU and of the stage's device,
-// and each layer's own streams (Layer::get_state). A recompute starts from the states they had
-// when the forward began, so dropout draws the same masks; then they are put back.
-struct RngState {
-  std::vector<std::pair<at::Generator, at::Tensor>> generators;
-  std::vector<std::pair<const Layer*, std::map<std::string, at::Tensor>>> layers;
-};
-
-RngState capture_rng(const std::vector<const Layer*>& layers, size_t begin, size_t end,
-                     const at::Device& device) {
-  RngState state;
-  auto keep = [&](const at::Generator& gen) {
-    at::Generator g = gen;
-    std::lock_guard<std::mutex> lock(g.mutex());
-    state.generators.emplace_back(g, g.get_state());
-  };
-  keep(at::globalContext().defaultGenerator(at::kCPU));
-  if (!device.is_cpu()) keep(at::globalContext().defaultGenerator(device));
-  for (size_t i = begin; i < end; ++i) {
-    if (layers[i]->get_state) state.layers.emplace_back(layers[i], layers[i]->get_state());
-  }
-  return state;
-}
-
-void restore_rng(RngState& state) {
-  for (auto& [gen, value] : state.generators) {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_state(value);
-  }
-  for (const auto& [layer, value] : state.layers) layer->set_state(value);
-}
-
 // A run of a stage's layers whose graph backward walks on its own: the whole stage, or, with
 // activation checkpointing, each recomputed run and the runs of kept layers between them. Where
 // one segment ends and the next begins, the values become fresh leaves (as between stages).

@@ -4,12 +4,13 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
-#include <mutex>
 #include <numeric>
 
 #include <ATen/ATen.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/csrc/autograd/autograd.h>
+
+#include "smp/pipeline/recompute.h"
 
 namespace smp::pipeline {
 namespace {
@@ -83,37 +84,6 @@ std::pair<Values, double> run_once(const Layer& layer, const Values& inputs) {
   return {outputs, seconds_since(start)};
 }
 
-// What trial runs change besides their outputs: the default generators' states (dropout, the
-// random output gradients) and the layers' own state (Layer::get_state: dropout streams,
-// BatchNorm's running statistics), kept at construction and put back at destruction.
-class ProfileTrace {
- public:
-  ProfileTrace(const std::vector<Layer>& layers, const at::Device& device) {
-    auto keep = [this](at::Generator g) {
-      std::lock_guard<std::mutex> lock(g.mutex());
-      generators_.emplace_back(g, g.get_state());
-    };
-    keep(at::globalContext().defaultGenerator(at::kCPU));
-    if (!device.is_cpu()) keep(at::globalContext().defaultGenerator(device));
-    for (const Layer& layer : layers) {
-      if (layer.get_state) states_.emplace_back(&layer, layer.get_state());
-    }
-  }
-  ~ProfileTrace() {
-    for (auto& [gen, value] : generators_) {
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      gen.set_state(value);
-    }
-    for (const auto& [layer, value] : states_) layer->set_state(value);
-  }
-  ProfileTrace(const ProfileTrace&) = delete;
-  ProfileTrace& operator=(const ProfileTrace&) = delete;
-
- private:
-  std::vector<std::pair<at::Generator, at::Tensor>> generators_;
-  std::vector<std::pair<const Layer*, std::map<std::string, at::Tensor>>> states_;
-};
-
 }  // namespace
 
 std::vector<int> share_groups(const std::vector<Layer>& layers) {
@@ -154,7 +124,9 @@ std::vector<LayerCost> profile_layers(const std::vector<Layer>& layers, const Va
   }
   // The runs leave no trace: random numbers drawn (dropout, the output gradients) and state
   // the layers update (BatchNorm's running statistics) are put back as they were.
-  const ProfileTrace untouched(layers, device_of(trial_inputs));
+  std::vector<const Layer*> all;
+  for (const Layer& layer : layers) all.push_back(&layer);
+  RngState untouched = capture_rng(all, 0, all.size(), device_of(trial_inputs));
   const std::vector<int> groups = share_groups(layers);
   std::vector<LayerCost> costs;
   Values x = trial_inputs;
@@ -181,6 +153,7 @@ std::vector<LayerCost> profile_layers(const std::vector<Layer>& layers, const Va
     for (const at::Tensor& t : outputs) x.push_back(t.defined() ? t.detach() : t);
   }
   for (auto& [param, grad] : saved_grads) param.mutable_grad() = grad;
+  restore_rng(untouched);
   return costs;
 }
 

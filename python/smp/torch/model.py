@@ -171,17 +171,19 @@ class DistributedModel(torch.nn.Module):
         parent). Every module before partitioning."""
         local = {id(t) for t in self._local_tensors().values()}
         local |= {i for i, copies in self._copies.items() if any(id(c) in local for c in copies)}  # tied
-        kept = {}
-
-        def visit(prefix, module, parent_local):
-            tensors = list(module.state_dict(keep_vars=True).values())
-            mine = any(id(t) in local for t in tensors) if tensors else parent_local
-            if mine:
-                kept[prefix] = module
-            for name, child in module.named_children():
-                visit(f"{prefix}.{name}" if prefix else name, child, mine)
-
-        visit("", self.module, True)
+        holds, mine = set(), set()  # module paths holding any tensor / one of this rank's
+        for name, t in self.module.state_dict(keep_vars=True).items():
+            parts = name.split(".")[:-1]
+            paths = {".".join(parts[:k]) for k in range(len(parts) + 1)}
+            holds |= paths
+            if id(t) in local:
+                mine |= paths
+        kept, runs = {}, {"": True}
+        for path, module in self.module.named_modules():  # parents before children
+            parent = runs[path.rpartition(".")[0]] if path else True
+            runs[path] = path in mine if path in holds else parent
+            if runs[path]:
+                kept[path] = module
         return iter(kept.items())
 
     def local_modules(self):
@@ -224,6 +226,17 @@ class DistributedModel(torch.nn.Module):
         return iter((n, p) for n, p in self.local_named_parameters() if id(p) in scaled)
 
     def _scaled_batch_ids(self):
+        """The ids of the scaled-batch tensors (see is_scaled_batch_parameter); kept once
+        partitioned (the modules and tied copies are fixed from then on)."""
+        cached = self.__dict__.get("_scaled_ids")
+        if cached is not None:
+            return cached
+        ids = self._find_scaled_batch_ids()
+        if self._engine is not None:
+            self._scaled_ids = ids
+        return ids
+
+    def _find_scaled_batch_ids(self):
         from . import nn  # noqa: PLC0415
         if _state.tp_size() == 1:
             return set()

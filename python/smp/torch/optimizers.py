@@ -145,9 +145,19 @@ def _check_common(owner, lr, betas, eps, weight_decay, amsgrad):
 
 
 class _Fused(torch.optim.Optimizer):
-    """What both share: apex's zero_grad (set_grad_none), the parameters to step, fp32 work copies."""
+    """What both share: step() around a closure (each subclass's _step does the update), apex's
+    zero_grad (set_grad_none), the parameters to step, fp32 work copies."""
 
     _name = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._step(_Placement(self))
+        return loss
 
     def zero_grad(self, set_to_none=None):
         """Gradients become None when set_grad_none (apex's default) unless set_to_none says otherwise."""
@@ -218,13 +228,7 @@ class FusedLamb(_Fused):
         self.set_grad_none = bool(set_grad_none)
         self.use_nvlamb = bool(use_nvlamb)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        where = _Placement(self)
+    def _step(self, where):
         work = self._work()
         params = [p for _, ps, _, _ in work for p in ps]
         grads = [g for _, _, gs, _ in work for g in gs]
@@ -242,7 +246,7 @@ class FusedLamb(_Fused):
             if ps:
                 updates += self._updates(group, ps, gs, ws, clip)
         if not n:
-            return loss
+            return
         # 3. trust ratios from the whole update norms (one TP reduction), then w -= lr r u (stage 2)
         w_norm, u_norm = sq[n:].sqrt(), where.whole_sq(params, updates).sqrt()
         adaptive = torch.tensor([self.use_nvlamb or g["weight_decay"] != 0 for g, ps, _, _ in work for _ in ps],
@@ -253,7 +257,6 @@ class FusedLamb(_Fused):
         torch._foreach_mul_(updates, (lrs * ratio).tolist())
         torch._foreach_sub_(weights, updates)
         self._write_back(params, weights)
-        return loss
 
     def _updates(self, group, params, grads, weights, clip):
         """apex's stage 1 for one group: moments updated in place, the updates u returned."""
@@ -316,19 +319,12 @@ class FusedNovoGrad(_Fused):
         self.reg_inside_moment = bool(reg_inside_moment)
         self.set_grad_none = bool(set_grad_none)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        where = _Placement(self)
+    def _step(self, where):
         for group, params, grads, weights in self._work():
             group["step"] = group.get("step", 0) + 1
             if params:
                 self._step_group(where, group, params, grads, weights)
                 self._write_back(params, weights)
-        return loss
 
     def _step_group(self, where, group, params, grads, weights):
         beta1, beta2 = group["betas"]
